@@ -1,0 +1,93 @@
+//! pier's typed configuration.
+//!
+//! The binary turns flags into these types; the engine and the server only ever see them. Nothing
+//! here depends on wasmtime, so every rule can be tested on its own.
+
+mod grants;
+
+pub use grants::{DirGrant, EnvGrant, GrantError, Grants};
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// The address `pier serve` listens on when `--addr` is not given.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:8080";
+
+/// Where compiled code is cached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheConfig {
+    /// No cache: compile on every start.
+    Disabled,
+    /// Cache under this directory.
+    Dir(PathBuf),
+}
+
+impl CacheConfig {
+    /// The cache pier uses unless told otherwise: `$PIER_CACHE_DIR`, else the user's cache dir.
+    pub fn from_env(
+        no_cache: bool,
+        env_dir: Option<PathBuf>,
+        user_cache_dir: Option<PathBuf>,
+    ) -> Self {
+        if no_cache {
+            return CacheConfig::Disabled;
+        }
+        match env_dir.or_else(|| user_cache_dir.map(|d| d.join("pier"))) {
+            Some(dir) => CacheConfig::Dir(dir),
+            None => CacheConfig::Disabled,
+        }
+    }
+}
+
+/// Everything `pier serve` needs to start.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Address to listen on (port 0 picks a free port).
+    pub addr: SocketAddr,
+    /// The `wasi:http/proxy` component to serve.
+    pub app: PathBuf,
+    /// What the component may see of the host.
+    pub grants: Grants,
+    /// Compiled-code cache.
+    pub cache: CacheConfig,
+}
+
+/// Everything `pier run` needs to run a program.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// The command component or preview1 module to run.
+    pub app: PathBuf,
+    /// Arguments after the program name.
+    pub args: Vec<String>,
+    /// What the program may see of the host.
+    pub grants: Grants,
+    /// Compiled-code cache.
+    pub cache: CacheConfig,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_dir_precedence() {
+        let env = Some(PathBuf::from("/env"));
+        let user = Some(PathBuf::from("/home/u/.cache"));
+        assert_eq!(
+            CacheConfig::from_env(true, env.clone(), user.clone()),
+            CacheConfig::Disabled
+        );
+        assert_eq!(
+            CacheConfig::from_env(false, env, user.clone()),
+            CacheConfig::Dir("/env".into())
+        );
+        assert_eq!(
+            CacheConfig::from_env(false, None, user),
+            CacheConfig::Dir("/home/u/.cache/pier".into())
+        );
+        assert_eq!(
+            CacheConfig::from_env(false, None, None),
+            CacheConfig::Disabled
+        );
+    }
+}

@@ -1,0 +1,171 @@
+//! The on-disk cache of compiled code.
+//!
+//! An entry is keyed by the wasm's content hash, the engine's compilation settings and pier's
+//! version, so a stale entry is never used: a changed file, flag or pier release is simply a miss.
+//! Entries are written to a temporary file and renamed into place, so a reader never sees half of
+//! one, and an entry wasmtime refuses to load is recompiled and replaced.
+
+use std::hash::{Hash, Hasher};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use pier_config::CacheConfig;
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+use wasmtime::{Engine, Module};
+
+use crate::load::{WasmFile, WasmKind};
+
+/// Compiles wasm, or loads it from the cache when it was compiled before.
+#[derive(Debug, Clone)]
+pub struct CompileCache {
+    dir: Option<PathBuf>,
+}
+
+/// Whether an artifact came from the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// Loaded compiled code from disk.
+    Hit,
+    /// Compiled now (and stored, if the cache is on).
+    Miss,
+    /// Compiled now; the cache is off.
+    Disabled,
+}
+
+impl CompileCache {
+    /// A cache as configured by `--no-cache` / `PIER_CACHE_DIR`.
+    pub fn new(config: &CacheConfig) -> Self {
+        let dir = match config {
+            CacheConfig::Disabled => None,
+            CacheConfig::Dir(dir) => Some(dir.clone()),
+        };
+        CompileCache { dir }
+    }
+
+    /// The compiled component for `wasm`.
+    pub fn component(
+        &self,
+        engine: &Engine,
+        wasm: &WasmFile,
+    ) -> wasmtime::Result<(Component, CacheOutcome)> {
+        self.get(
+            engine,
+            wasm,
+            |bytes| engine.precompile_component(bytes),
+            // SAFETY: the file was written by `precompile_component` for a compatible engine (the
+            // key includes the engine's compatibility hash), is only ever replaced by rename and
+            // never modified in place, so the mapping stays valid.
+            |path| unsafe { Component::deserialize_file(engine, path) },
+        )
+    }
+
+    /// The compiled core module for `wasm`.
+    pub fn module(
+        &self,
+        engine: &Engine,
+        wasm: &WasmFile,
+    ) -> wasmtime::Result<(Module, CacheOutcome)> {
+        self.get(
+            engine,
+            wasm,
+            |bytes| engine.precompile_module(bytes),
+            // SAFETY: as for components above.
+            |path| unsafe { Module::deserialize_file(engine, path) },
+        )
+    }
+
+    fn get<T>(
+        &self,
+        engine: &Engine,
+        wasm: &WasmFile,
+        precompile: impl FnOnce(&[u8]) -> wasmtime::Result<Vec<u8>>,
+        deserialize: impl Fn(&Path) -> wasmtime::Result<T>,
+    ) -> wasmtime::Result<(T, CacheOutcome)> {
+        let Some(dir) = &self.dir else {
+            let compiled = with_spinner(wasm, || precompile(&wasm.bytes))?;
+            let artifact = deserialize_bytes(&compiled, &deserialize)?;
+            return Ok((artifact, CacheOutcome::Disabled));
+        };
+        let path = dir.join(format!("{}.cwasm", cache_key(engine, wasm)));
+        if path.exists() {
+            match deserialize(&path) {
+                Ok(artifact) => {
+                    tracing::debug!(file = %wasm.display(), cache = %path.display(), "loaded compiled code from cache");
+                    return Ok((artifact, CacheOutcome::Hit));
+                }
+                Err(e) => {
+                    tracing::warn!(cache = %path.display(), "ignoring unusable cache entry: {e}")
+                }
+            }
+        }
+        let compiled = with_spinner(wasm, || precompile(&wasm.bytes))?;
+        if let Err(e) = store(dir, &path, &compiled) {
+            tracing::warn!(cache = %dir.display(), "cannot write the compile cache: {e}");
+            let artifact = deserialize_bytes(&compiled, &deserialize)?;
+            return Ok((artifact, CacheOutcome::Miss));
+        }
+        Ok((deserialize(&path)?, CacheOutcome::Miss))
+    }
+}
+
+/// Loads freshly compiled bytes that could not be stored (or with the cache off) through a
+/// private temporary file, so both paths share one deserialisation routine.
+fn deserialize_bytes<T>(
+    compiled: &[u8],
+    deserialize: &impl Fn(&Path) -> wasmtime::Result<T>,
+) -> wasmtime::Result<T> {
+    let tmp = tempfile::NamedTempFile::new()?;
+    std::fs::write(tmp.path(), compiled)?;
+    deserialize(tmp.path())
+}
+
+fn store(dir: &Path, path: &Path, compiled: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut tmp, compiled)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// `<sha256 of the wasm>-<hash of engine settings, pier version and kind>`.
+fn cache_key(engine: &Engine, wasm: &WasmFile) -> String {
+    let content = hex::encode(Sha256::digest(&wasm.bytes));
+    let mut settings = std::hash::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut settings);
+    env!("CARGO_PKG_VERSION").hash(&mut settings);
+    matches!(wasm.kind, WasmKind::Component).hash(&mut settings);
+    format!("{content}-{:016x}", settings.finish())
+}
+
+/// Runs `compile`, showing a spinner with the elapsed time if it takes more than a second and
+/// stderr is a terminal.
+fn with_spinner<R>(wasm: &WasmFile, compile: impl FnOnce() -> R) -> R {
+    let start = Instant::now();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let spinner = std::io::stderr().is_terminal().then(|| {
+        let label = format!("compiling {}", wasm.display());
+        std::thread::spawn(move || {
+            if done_rx.recv_timeout(Duration::from_secs(1)).is_ok() {
+                return;
+            }
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+                    .expect("static template"),
+            );
+            bar.set_message(label);
+            bar.enable_steady_tick(Duration::from_millis(100));
+            let _ = done_rx.recv();
+            bar.finish_and_clear();
+        })
+    });
+    let result = compile();
+    drop(done_tx);
+    if let Some(thread) = spinner {
+        let _ = thread.join();
+    }
+    tracing::info!(file = %wasm.display(), "compiled in {:.2?}", start.elapsed());
+    result
+}

@@ -1,0 +1,17 @@
+//! pier's engine layer: the wasmtime engine, loading and caching compiled code, the per-store
+//! host state, and the two kinds of app pier runs (`wasi:http/proxy` components for serving,
+//! `wasi:cli` programs for `pier run`).
+
+mod cache;
+mod engine;
+mod host;
+mod load;
+mod proxy;
+mod run;
+
+pub use cache::{CacheOutcome, CompileCache};
+pub use engine::{EngineKind, new_engine};
+pub use host::{GuestLog, HostState};
+pub use load::{LoadError, WasmFile, WasmKind, kind_of};
+pub use proxy::{AppError, ProxyApp};
+pub use run::{RunOutcome, TRAP_EXIT_CODE, run};

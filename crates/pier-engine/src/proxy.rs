@@ -1,0 +1,214 @@
+//! A `wasi:http/proxy` component, compiled, linked and pre-instantiated once, ready to give
+//! every request a fresh store.
+
+use std::sync::Arc;
+
+use pier_config::{DirGrant, Grants};
+use wasmtime::component::{Component, Linker, types::ComponentItem};
+use wasmtime::{Engine, Store};
+use wasmtime_wasi::{FsPerms, WasiCtx};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::cache::{CacheOutcome, CompileCache};
+use crate::host::{GuestLog, HostState};
+use crate::load::{WasmFile, WasmKind};
+
+/// The export a `wasi:http/proxy` 0.2 component answers requests through.
+const INCOMING_HANDLER: &str = "wasi:http/incoming-handler@0.2.";
+/// The export of a `wasi:cli/command` component.
+const CLI_RUN: &str = "wasi:cli/run@0.2.";
+
+/// Why a file cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// A core module where a component was needed.
+    #[error(
+        "{path} is a core WebAssembly module, not a component: `pier serve` needs a wasi:http/proxy \
+         component (run preview1 programs with `pier run`)"
+    )]
+    CoreModule { path: String },
+    /// A component with no `wasi:http/incoming-handler` export.
+    #[error("{path} does not export wasi:http/incoming-handler@0.2 (it exports: {exports}){hint}")]
+    NoHandler {
+        path: String,
+        exports: String,
+        hint: &'static str,
+    },
+    /// A component that does not export `wasi:cli/run`.
+    #[error("{path} does not export wasi:cli/run@0.2 (it exports: {exports}){hint}")]
+    NoRun {
+        path: String,
+        exports: String,
+        hint: &'static str,
+    },
+    /// An import pier does not provide.
+    #[error("{path} imports `{import}`, which pier does not provide")]
+    MissingImport { path: String, import: String },
+    /// Linking failed for another reason (a type mismatch, for example).
+    #[error("{path} cannot be linked: {message}")]
+    Link { path: String, message: String },
+    /// Compilation failed (invalid wasm, unsupported feature).
+    #[error("{path} does not compile: {message}")]
+    Compile { path: String, message: String },
+    /// A `--dir` that cannot be opened.
+    #[error("--dir {host}: cannot open the directory: {message}")]
+    Dir { host: String, message: String },
+}
+
+impl AppError {
+    pub(crate) fn compile(wasm: &WasmFile, e: wasmtime::Error) -> Self {
+        AppError::Compile {
+            path: wasm.display().to_string(),
+            message: format!("{e:#}"),
+        }
+    }
+
+    /// Maps a linker error to the import it names, when it names one.
+    pub(crate) fn link(wasm: &WasmFile, e: wasmtime::Error) -> Self {
+        let message = format!("{e:#}");
+        let path = wasm.display().to_string();
+        let named = message
+            .split_once("imports instance `")
+            .or_else(|| message.split_once("imports `"))
+            .and_then(|(_, rest)| rest.split_once('`'))
+            .map(|(import, _)| import.to_string());
+        match named {
+            Some(import) if message.contains("not found") || message.contains("not defined") => {
+                AppError::MissingImport { path, import }
+            }
+            _ => AppError::Link { path, message },
+        }
+    }
+}
+
+/// The names a component exports, for messages.
+pub(crate) fn export_names(engine: &Engine, component: &Component) -> Vec<String> {
+    component
+        .component_type()
+        .exports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect()
+}
+
+pub(crate) fn exports_list(names: &[String]) -> String {
+    if names.is_empty() {
+        "nothing".to_string()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// A `wasi:http/proxy` component ready to serve.
+pub struct ProxyApp {
+    pre: ProxyPre<HostState>,
+    name: Arc<str>,
+    env: Vec<(String, String)>,
+    dirs: Vec<DirGrant>,
+    cache: CacheOutcome,
+}
+
+impl ProxyApp {
+    /// Compiles (or loads from the cache), checks and pre-instantiates `wasm`.
+    pub fn load(
+        engine: &Engine,
+        wasm: &WasmFile,
+        grants: &Grants,
+        cache: &CompileCache,
+    ) -> Result<ProxyApp, AppError> {
+        let path = wasm.display().to_string();
+        if wasm.kind == WasmKind::Module {
+            return Err(AppError::CoreModule { path });
+        }
+        let (component, outcome) = cache
+            .component(engine, wasm)
+            .map_err(|e| AppError::compile(wasm, e))?;
+
+        let exports = export_names(engine, &component);
+        let handler = component
+            .component_type()
+            .exports(engine)
+            .any(|(name, item)| {
+                name.starts_with(INCOMING_HANDLER)
+                    && matches!(item.ty, ComponentItem::ComponentInstance(_))
+            });
+        if !handler {
+            let hint = if exports.iter().any(|e| e.starts_with(CLI_RUN)) {
+                "; it is a command: run it with `pier run`"
+            } else {
+                ""
+            };
+            return Err(AppError::NoHandler {
+                path,
+                exports: exports_list(&exports),
+                hint,
+            });
+        }
+
+        let mut linker = Linker::<HostState>::new(engine);
+        link_wasi(&mut linker).map_err(|e| AppError::link(wasm, e))?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| AppError::link(wasm, e))?;
+        let pre = ProxyPre::new(pre).map_err(|e| AppError::link(wasm, e))?;
+
+        for dir in &grants.dirs {
+            check_dir(dir)?;
+        }
+        Ok(ProxyApp {
+            pre,
+            name: wasm.name.as_str().into(),
+            env: grants.resolve_env(|name| std::env::var(name).ok()),
+            dirs: grants.dirs.clone(),
+            cache: outcome,
+        })
+    }
+
+    /// The pre-instantiated component.
+    pub fn pre(&self) -> &ProxyPre<HostState> {
+        &self.pre
+    }
+
+    /// The component's short name, as it appears in the log.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the compiled code came from the cache.
+    pub fn cache_outcome(&self) -> CacheOutcome {
+        self.cache
+    }
+
+    /// A fresh store for one request: only the granted env and dirs, stdio to the log.
+    pub fn new_store(&self) -> wasmtime::Result<Store<HostState>> {
+        let mut wasi = WasiCtx::builder();
+        wasi.envs(&self.env)
+            .stdout(GuestLog::new(self.name.clone(), "stdout"))
+            .stderr(GuestLog::new(self.name.clone(), "stderr"));
+        for dir in &self.dirs {
+            wasi.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadWrite)?;
+        }
+        Ok(Store::new(self.pre.engine(), HostState::new(wasi.build())))
+    }
+}
+
+/// Every interface pier offers a component: WASI 0.2 (cli, clocks, random, io, filesystem and
+/// sockets, the last two usable only through explicit grants) and `wasi:http`.
+pub(crate) fn link_wasi(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)
+}
+
+pub(crate) fn check_dir(dir: &DirGrant) -> Result<(), AppError> {
+    let host = dir.host.display().to_string();
+    match std::fs::metadata(&dir.host) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(AppError::Dir {
+            host,
+            message: "not a directory".into(),
+        }),
+        Err(e) => Err(AppError::Dir {
+            host,
+            message: e.to_string(),
+        }),
+    }
+}

@@ -1,0 +1,145 @@
+//! `pier run`: a `wasi:cli/command` component or a preview1 core module, with the terminal's
+//! stdio and exactly the granted env and dirs. The guest's exit code becomes pier's.
+
+use pier_config::RunConfig;
+use wasmtime::component::{Linker, types::ComponentItem};
+use wasmtime::{Engine, Store};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
+
+use crate::cache::CompileCache;
+use crate::engine::{EngineKind, new_engine};
+use crate::host::HostState;
+use crate::load::{WasmFile, WasmKind};
+use crate::proxy::{AppError, check_dir, export_names, exports_list, link_wasi};
+
+/// Exit code for a guest that trapped, as a process killed by SIGABRT (what `wasmtime run` does).
+pub const TRAP_EXIT_CODE: i32 = 128 + 6;
+
+/// How a program ended.
+#[derive(Debug)]
+pub enum RunOutcome {
+    /// The guest exited with this code (0 for a normal return).
+    Exit(i32),
+    /// The guest trapped; the error carries the trap and its wasm backtrace.
+    Trap(wasmtime::Error),
+}
+
+/// Loads and runs the program `config` names.
+pub async fn run(config: &RunConfig) -> anyhow::Result<RunOutcome> {
+    let wasm = WasmFile::read(&config.app)?;
+    let engine = new_engine(EngineKind::Run)?;
+    let cache = CompileCache::new(&config.cache);
+    for dir in &config.grants.dirs {
+        check_dir(dir)?;
+    }
+    let wasi = wasi_builder(config, &wasm)?;
+    let result = match wasm.kind {
+        WasmKind::Component => run_component(&engine, &cache, &wasm, wasi).await?,
+        WasmKind::Module => run_module(&engine, &cache, &wasm, wasi).await?,
+    };
+    Ok(match result {
+        Ok(code) => RunOutcome::Exit(code),
+        Err(e) => match e.downcast_ref::<I32Exit>() {
+            Some(exit) => RunOutcome::Exit(exit.0),
+            None => RunOutcome::Trap(e),
+        },
+    })
+}
+
+fn wasi_builder(config: &RunConfig, wasm: &WasmFile) -> anyhow::Result<WasiCtxBuilder> {
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.inherit_stdio()
+        .arg(wasm.display().to_string())
+        .args(&config.args)
+        .envs(&config.grants.resolve_env(|name| std::env::var(name).ok()));
+    for dir in &config.grants.dirs {
+        wasi.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadWrite)?;
+    }
+    Ok(wasi)
+}
+
+/// Runs `wasi:cli/run`. The outer error is a load problem; the inner one is how the guest ended.
+async fn run_component(
+    engine: &Engine,
+    cache: &CompileCache,
+    wasm: &WasmFile,
+    mut wasi: WasiCtxBuilder,
+) -> anyhow::Result<wasmtime::Result<i32>> {
+    let (component, _) = cache
+        .component(engine, wasm)
+        .map_err(|e| AppError::compile(wasm, e))?;
+    let runs = component
+        .component_type()
+        .exports(engine)
+        .any(|(name, item)| {
+            name.starts_with("wasi:cli/run@0.2.")
+                && matches!(item.ty, ComponentItem::ComponentInstance(_))
+        });
+    if !runs {
+        let exports = export_names(engine, &component);
+        let hint = if exports
+            .iter()
+            .any(|e| e.starts_with("wasi:http/incoming-handler@"))
+        {
+            "; it is an HTTP component: serve it with `pier serve`"
+        } else {
+            ""
+        };
+        let path = wasm.display().to_string();
+        return Err(AppError::NoRun {
+            path,
+            exports: exports_list(&exports),
+            hint,
+        }
+        .into());
+    }
+    let mut linker = Linker::<HostState>::new(engine);
+    link_wasi(&mut linker).map_err(|e| AppError::link(wasm, e))?;
+    let pre = linker
+        .instantiate_pre(&component)
+        .map_err(|e| AppError::link(wasm, e))?;
+    let mut store = Store::new(engine, HostState::new(wasi.build()));
+    let command = match CommandPre::new(pre) {
+        Ok(pre) => pre,
+        Err(e) => return Err(AppError::link(wasm, e).into()),
+    };
+    let outcome = async {
+        let command = command.instantiate_async(&mut store).await?;
+        command.wasi_cli_run().call_run(&mut store).await
+    }
+    .await;
+    Ok(outcome.map(|status| if status.is_ok() { 0 } else { 1 }))
+}
+
+/// Runs a preview1 module's `_start` natively (so `proc_exit(n)` gives exactly `n`).
+async fn run_module(
+    engine: &Engine,
+    cache: &CompileCache,
+    wasm: &WasmFile,
+    mut wasi: WasiCtxBuilder,
+) -> anyhow::Result<wasmtime::Result<i32>> {
+    let (module, _) = cache
+        .module(engine, wasm)
+        .map_err(|e| AppError::compile(wasm, e))?;
+    let mut linker = wasmtime::Linker::<WasiP1Ctx>::new(engine);
+    wasmtime_wasi::p1::add_to_linker_async(&mut linker, |cx| cx)?;
+    let pre = linker
+        .instantiate_pre(&module)
+        .map_err(|e| AppError::link(wasm, e))?;
+    if module.get_export("_start").is_none() {
+        anyhow::bail!(
+            "{} has no `_start` export: it is not a preview1 command",
+            wasm.display()
+        );
+    }
+    let mut store = Store::new(engine, wasi.build_p1());
+    let outcome = async {
+        let instance = pre.instantiate_async(&mut store).await?;
+        let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+        start.call_async(&mut store, ()).await
+    }
+    .await;
+    Ok(outcome.map(|()| 0))
+}

@@ -1,0 +1,59 @@
+//! Builds every WAT guest in `guests/wat/` into a component, once per build, so each test binary
+//! finds them ready (`pier_testkit::guest("hello")`).
+
+#[allow(dead_code)] // the build script uses only part of it
+#[path = "src/compose.rs"]
+mod compose;
+
+use std::path::{Path, PathBuf};
+
+/// wasmtime-wasi-http release whose WIT the guests are built against (matches the workspace pin).
+const WASI_HTTP_CRATE: &str = "48.0.8";
+
+/// Extra builds of a guest against an older WASI 0.2.x, to prove version compatibility.
+const RETARGETED: &[(&str, &str)] = &[("hello", "0.2.0"), ("hello", "0.2.3")];
+
+fn main() -> anyhow::Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let wat_dir = root.join("guests/wat");
+    let guests_wit = root.join("guests/wit");
+    println!("cargo:rerun-if-changed={}", wat_dir.display());
+    println!("cargo:rerun-if-changed={}", guests_wit.display());
+    println!("cargo:rerun-if-changed=src/compose.rs");
+
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    let wasi_wit = compose::find_wasi_wit(WASI_HTTP_CRATE)?;
+    let guests = out.join("guests");
+    std::fs::create_dir_all(&guests)?;
+
+    let wit_for = |version: &str| -> anyhow::Result<PathBuf> {
+        let dir = out.join(format!("wit-{version}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        compose::prepare_wit(&wasi_wit, &guests_wit, version, &dir)?;
+        Ok(dir)
+    };
+    let wit = wit_for(compose::WIT_VERSION)?;
+    for entry in std::fs::read_dir(&wat_dir)? {
+        let path = entry?.path();
+        if path.extension().is_none_or(|e| e != "wat") {
+            continue;
+        }
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let wat = std::fs::read_to_string(&path)?;
+        let bytes = compose::component_from_wat(&wat, &wit, compose::world_of(&wat))
+            .map_err(|e| anyhow::anyhow!("guest {}: {e:?}", path.display()))?;
+        std::fs::write(guests.join(format!("{name}.wasm")), bytes)?;
+    }
+    for (name, version) in RETARGETED {
+        let wat = compose::retarget(
+            &std::fs::read_to_string(wat_dir.join(format!("{name}.wat")))?,
+            version,
+        );
+        let bytes = compose::component_from_wat(&wat, &wit_for(version)?, compose::world_of(&wat))
+            .map_err(|e| anyhow::anyhow!("guest {name} at {version}: {e:?}"))?;
+        std::fs::write(guests.join(format!("{name}-{version}.wasm")), bytes)?;
+    }
+    println!("cargo:rustc-env=PIER_TEST_GUESTS={}", guests.display());
+    println!("cargo:rustc-env=PIER_WASI_WIT={}", wasi_wit.display());
+    Ok(())
+}

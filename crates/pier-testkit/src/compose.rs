@@ -1,0 +1,115 @@
+//! WAT text + a WIT world -> a component, with the `wat` and `wit-component` crates.
+//!
+//! Shared by the build script (which builds every guest in `guests/wat/` for the tests) and the
+//! `pier-guest` tool (which builds committed artifacts such as the README example).
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use wit_component::{ComponentEncoder, StringEncoding, embed_component_metadata};
+use wit_parser::Resolve;
+
+/// The WASI version of the WIT shipped with wasmtime-wasi-http.
+pub const WIT_VERSION: &str = "0.2.12";
+
+/// Prepares a WIT tree at `out`: the WASI packages from `wasi_wit` (rewritten to `version`) as
+/// dependencies, and the `.wit` files of `root` (pier's guest worlds, also rewritten) as the root
+/// package.
+pub fn prepare_wit(wasi_wit: &Path, root: &Path, version: &str, out: &Path) -> Result<()> {
+    let deps = out.join("deps");
+    std::fs::create_dir_all(&deps)?;
+    for entry in std::fs::read_dir(wasi_wit.join("deps"))? {
+        let entry = entry?;
+        let text = std::fs::read_to_string(entry.path())?;
+        std::fs::write(deps.join(entry.file_name()), retarget(&text, version))?;
+    }
+    for entry in std::fs::read_dir(root)? {
+        let entry = entry?;
+        let text = std::fs::read_to_string(entry.path())?;
+        std::fs::write(out.join(entry.file_name()), retarget(&text, version))?;
+    }
+    Ok(())
+}
+
+/// Rewrites WIT or WAT text written against WASI 0.2.12 to another 0.2.x: package versions
+/// change and `@since`/`@deprecated` gates (which may name later versions) are dropped.
+pub fn retarget(text: &str, version: &str) -> String {
+    if version == WIT_VERSION {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('@') {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        if let Some(gate) = ["@since(", "@deprecated("]
+            .iter()
+            .find(|g| tail.starts_with(**g))
+        {
+            let end = tail[gate.len()..]
+                .find(')')
+                .map_or(tail.len(), |i| gate.len() + i + 1);
+            rest = &tail[end..];
+        } else if let Some(after) = tail.strip_prefix(&format!("@{WIT_VERSION}")) {
+            out.push('@');
+            out.push_str(version);
+            rest = after;
+        } else {
+            out.push('@');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The world named in a WAT guest's first line (`;; world: NAME`), or `http`.
+pub fn world_of(wat: &str) -> &str {
+    wat.lines()
+        .next()
+        .and_then(|line| line.trim().strip_prefix(";; world:"))
+        .map(str::trim)
+        .unwrap_or("http")
+}
+
+/// Encodes `wat` (a core module) as a component of `world` from the WIT tree at `wit`.
+pub fn component_from_wat(wat: &str, wit: &Path, world: &str) -> Result<Vec<u8>> {
+    let mut module = wat::parse_str(wat).context("parsing WAT")?;
+    let mut resolve = Resolve::default();
+    let (pkg, _) = resolve
+        .push_dir(wit)
+        .with_context(|| format!("reading WIT in {}", wit.display()))?;
+    let world = resolve.select_world(&[pkg], Some(world))?;
+    embed_component_metadata(&mut module, &resolve, world, StringEncoding::UTF8)?;
+    ComponentEncoder::default()
+        .module(&module)?
+        .validate(true)
+        .encode()
+}
+
+/// Wraps a preview1 command module into a `wasi:cli/command` component with the adapter.
+pub fn component_from_p1(module: &[u8], adapter: &[u8]) -> Result<Vec<u8>> {
+    ComponentEncoder::default()
+        .module(module)?
+        .adapter("wasi_snapshot_preview1", adapter)?
+        .validate(true)
+        .encode()
+}
+
+/// The `wit/` directory of the wasmtime-wasi-http crate pier depends on, found in Cargo's
+/// registry (`$CARGO_HOME`, else `~/.cargo`).
+pub fn find_wasi_wit(crate_version: &str) -> Result<std::path::PathBuf> {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
+        .context("neither CARGO_HOME nor HOME is set")?;
+    let src = home.join("registry").join("src");
+    let name = format!("wasmtime-wasi-http-{crate_version}");
+    for index in std::fs::read_dir(&src).with_context(|| format!("reading {}", src.display()))? {
+        let wit = index?.path().join(&name).join("wit");
+        if wit.join("deps").is_dir() {
+            return Ok(wit);
+        }
+    }
+    anyhow::bail!("{name}/wit not found under {}", src.display())
+}

@@ -1,0 +1,308 @@
+//! Test support for pier: guests, a `pier` process harness, and a small HTTP client that speaks
+//! HTTP/1.1 or HTTP/2 (prior knowledge) on purpose.
+
+pub mod compose;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+/// A WAT guest from `guests/wat/`, built into a component by this crate's build script.
+pub fn guest(name: &str) -> PathBuf {
+    let path = Path::new(env!("PIER_TEST_GUESTS")).join(format!("{name}.wasm"));
+    assert!(path.exists(), "no guest {name} at {}", path.display());
+    path
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repo root")
+}
+
+/// A guest built by `guests/build.sh` from a third-party toolchain (componentize-py,
+/// componentize-js), under `guests/build/`. `None` when it has not been built, which fails the
+/// test in CI (where `.ci/run` builds them) and skips it, loudly, elsewhere.
+pub fn toolchain_guest(file: &str) -> Option<PathBuf> {
+    let path = repo_root().join("guests/build").join(file);
+    if path.exists() {
+        return Some(path);
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "{} is missing: guests/build.sh must build it in CI",
+            path.display()
+        );
+    }
+    eprintln!(
+        "SKIPPED: {} not built (run guests/build.sh)",
+        path.display()
+    );
+    None
+}
+
+/// A running `pier serve` child process.
+pub struct PierServer {
+    child: Option<Child>,
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    /// `127.0.0.1:PORT`
+    pub addr: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl PierServer {
+    /// Starts `pier serve --addr 127.0.0.1:0 ARGS...` and waits for its "serving" line.
+    pub fn start(pier: &Path, args: &[&str]) -> Result<PierServer> {
+        Self::start_with_env(pier, args, &[])
+    }
+
+    /// As [`PierServer::start`], with extra environment variables for pier itself.
+    pub fn start_with_env(pier: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<PierServer> {
+        let mut cmd = Command::new(pier);
+        cmd.arg("serve").arg("--addr").arg("127.0.0.1:0").args(args);
+        cmd.envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if !env.iter().any(|(k, _)| *k == "PIER_CACHE_DIR") {
+            cmd.arg("--no-cache");
+        }
+        let mut child = cmd.spawn().context("spawning pier")?;
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut tx = Some(tx);
+                for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
+                    if let Some(url) = line.strip_prefix("pier: serving ") {
+                        if let Some(tx) = tx.take() {
+                            let _ = tx.send(url.to_string());
+                        }
+                    }
+                    let mut log = log.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
+        let mut server = PierServer {
+            child: Some(child),
+            url: String::new(),
+            addr: String::new(),
+            log,
+        };
+        match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(url) => {
+                server.addr = url.trim_start_matches("http://").to_string();
+                server.url = url;
+                Ok(server)
+            }
+            Err(_) => {
+                let status = server.child.as_mut().unwrap().try_wait()?;
+                bail!(
+                    "pier did not start ({status:?}); its log:\n{}",
+                    server.log()
+                )
+            }
+        }
+    }
+
+    /// Everything pier wrote to stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> Result<ExitStatus> {
+        let mut child = self.child.take().unwrap();
+        signal(child.id(), "TERM")?;
+        Ok(child.wait()?)
+    }
+
+    /// Waits for the process to exit on its own.
+    pub fn wait(mut self) -> Result<ExitStatus> {
+        Ok(self.child.take().unwrap().wait()?)
+    }
+}
+
+impl Drop for PierServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Sends a signal (by name, e.g. `TERM`) to a process.
+pub fn signal(pid: u32, name: &str) -> Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -{name} {pid} failed");
+    Ok(())
+}
+
+/// The resident set size of a process, in bytes (Linux `/proc`).
+pub fn rss_bytes(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS")?;
+    Ok(kb * 1024)
+}
+
+/// HTTP version a [`Client`] speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    /// HTTP/1.1
+    H1,
+    /// HTTP/2 with prior knowledge (h2c).
+    H2,
+}
+
+/// Both protocols, for tests that must hold for each.
+pub const PROTOS: [Proto; 2] = [Proto::H1, Proto::H2];
+
+/// One client connection to `addr`.
+pub enum Client<B> {
+    /// HTTP/1.1 connection.
+    H1(hyper::client::conn::http1::SendRequest<B>),
+    /// HTTP/2 connection.
+    H2(hyper::client::conn::http2::SendRequest<B>),
+}
+
+impl<B> Client<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// Opens a connection speaking `proto`.
+    pub async fn connect(addr: &str, proto: Proto) -> Result<Self> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        let io = TokioIo::new(stream);
+        Ok(match proto {
+            Proto::H1 => {
+                let (sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                Client::H1(sender)
+            }
+            Proto::H2 => {
+                let (sender, conn) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                Client::H2(sender)
+            }
+        })
+    }
+
+    /// Sends one request; the URI should be a path (the Host header is added for HTTP/1.1).
+    pub async fn send(&mut self, mut req: Request<B>) -> Result<Response<Incoming>> {
+        Ok(match self {
+            Client::H1(sender) => {
+                if !req.headers().contains_key(http::header::HOST) {
+                    req.headers_mut()
+                        .insert(http::header::HOST, "localhost".parse().unwrap());
+                }
+                sender.ready().await?;
+                sender.send_request(req).await?
+            }
+            Client::H2(sender) => {
+                let uri = format!("http://localhost{}", req.uri());
+                *req.uri_mut() = uri.parse()?;
+                sender.ready().await?;
+                sender.send_request(req).await?
+            }
+        })
+    }
+}
+
+/// A response read whole.
+#[derive(Debug)]
+pub struct Answer {
+    /// Status code.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl Answer {
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends `method path` with `body` over a new connection and reads the whole answer.
+pub async fn request(
+    addr: &str,
+    proto: Proto,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<Answer> {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .body(Full::new(Bytes::copy_from_slice(body)))?;
+    send(addr, proto, req).await
+}
+
+/// `GET path` over a new connection.
+pub async fn get(addr: &str, proto: Proto, path: &str) -> Result<Answer> {
+    request(addr, proto, "GET", path, b"").await
+}
+
+/// Sends a prepared request over a new connection and reads the whole answer.
+pub async fn send(addr: &str, proto: Proto, req: Request<Full<Bytes>>) -> Result<Answer> {
+    let mut client = Client::connect(addr, proto).await?;
+    let response = client.send(req).await?;
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok(Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}

@@ -1,0 +1,425 @@
+//! `pier serve` end to end: the real binary, real sockets on loopback, HTTP/1.1 and HTTP/2.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use pier_testkit::{Client, PROTOS, PierServer, Proto, get, guest, request, send};
+
+fn pier() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_BIN_EXE_pier"))
+}
+
+fn serve(guest_name: &str) -> PierServer {
+    PierServer::start(pier(), &[guest(guest_name).to_str().unwrap()]).expect("pier starts")
+}
+
+#[tokio::test]
+async fn hello_over_h1_and_h2_keeps_repeated_headers() {
+    let server = serve("hello");
+    for proto in PROTOS {
+        let answer = get(&server.addr, proto, "/").await.unwrap();
+        assert_eq!(answer.status, StatusCode::OK, "{proto:?}");
+        assert_eq!(answer.text(), "hello from pier\n", "{proto:?}");
+        assert_eq!(answer.headers["content-type"], "text/plain", "{proto:?}");
+        let cookies: Vec<_> = answer.headers.get_all("set-cookie").iter().collect();
+        assert_eq!(
+            cookies,
+            ["a=1", "b=2"],
+            "{proto:?}: both set-cookie headers, in order"
+        );
+    }
+}
+
+#[tokio::test]
+async fn components_built_against_older_wasi_0_2_releases_are_served() {
+    for name in ["hello-0.2.0", "hello-0.2.3"] {
+        let server = serve(name);
+        let answer = get(&server.addr, Proto::H1, "/").await.unwrap();
+        assert_eq!(
+            (answer.status, answer.text().as_str()),
+            (StatusCode::OK, "hello from pier\n"),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn echo_copies_headers_and_body() {
+    let server = serve("echo");
+    for proto in PROTOS {
+        let req = Request::builder()
+            .method("POST")
+            .uri("/echo")
+            .header("x-one", "1")
+            .header("x-rep", "a")
+            .header("x-rep", "b")
+            .body(Full::new(Bytes::from_static(b"ping")))
+            .unwrap();
+        let answer = send(&server.addr, proto, req).await.unwrap();
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.text(), "ping");
+        assert_eq!(answer.headers["x-echo-x-one"], "1");
+        let reps: Vec<_> = answer.headers.get_all("x-echo-x-rep").iter().collect();
+        assert_eq!(
+            reps,
+            ["a", "b"],
+            "{proto:?}: repeated request headers stay repeated"
+        );
+    }
+}
+
+/// A request body produced on the fly, chunk by chunk, so the client never holds it whole.
+struct Pattern {
+    remaining: usize,
+    offset: usize,
+}
+
+const CHUNK: usize = 64 * 1024;
+
+fn pattern_byte(i: usize) -> u8 {
+    (i % 251) as u8
+}
+
+impl http_body::Body for Pattern {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        if self.remaining == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let n = self.remaining.min(CHUNK);
+        let chunk: Vec<u8> = (self.offset..self.offset + n).map(pattern_byte).collect();
+        self.remaining -= n;
+        self.offset += n;
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from(chunk)))))
+    }
+}
+
+#[tokio::test]
+async fn a_50_mb_body_streams_through_echo_without_buffering() {
+    const SIZE: usize = 50 * 1024 * 1024;
+    let server = serve("echo");
+    let pid = server.pid();
+    for proto in PROTOS {
+        let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sampler = {
+            let (peak, done) = (peak.clone(), done.clone());
+            std::thread::spawn(move || {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Ok(rss) = pier_testkit::rss_bytes(pid) {
+                        peak.fetch_max(rss, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        };
+        let mut client = Client::connect(&server.addr, proto).await.unwrap();
+        let req = Request::builder()
+            .method("POST")
+            .uri("/")
+            .body(Pattern {
+                remaining: SIZE,
+                offset: 0,
+            })
+            .unwrap();
+        let response = client.send(req).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let mut body = response.into_body();
+        let mut seen = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.unwrap();
+            if let Some(data) = frame.data_ref() {
+                for (i, b) in data.iter().enumerate() {
+                    assert_eq!(
+                        *b,
+                        pattern_byte(seen + i),
+                        "{proto:?}: byte {} differs",
+                        seen + i
+                    );
+                }
+                seen += data.len();
+            }
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        sampler.join().unwrap();
+        assert_eq!(seen, SIZE, "{proto:?}: the whole body came back");
+        let peak_mb = peak.load(std::sync::atomic::Ordering::Relaxed) / (1024 * 1024);
+        assert!(
+            peak_mb < 100,
+            "{proto:?}: pier's RSS peaked at {peak_mb} MB while streaming 50 MB"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_trap_is_a_500_and_the_server_keeps_serving() {
+    let server = serve("faults");
+    for proto in PROTOS {
+        let answer = get(&server.addr, proto, "/trap").await.unwrap();
+        assert_eq!(
+            answer.status,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "{proto:?}"
+        );
+        assert_eq!(answer.headers["content-type"], "text/plain; charset=utf-8");
+        assert_eq!(answer.headers["server"], "pier");
+        assert_eq!(answer.text(), "the component failed\n");
+        let next = get(&server.addr, proto, "/ok").await.unwrap();
+        assert_eq!(
+            (next.status, next.text().as_str()),
+            (StatusCode::OK, "ok\n"),
+            "{proto:?}"
+        );
+    }
+    assert!(
+        server.wait_for_log("guest failed", Duration::from_secs(5)),
+        "{}",
+        server.log()
+    );
+    let log = server.log();
+    assert!(
+        log.contains("wasm trap: wasm `unreachable` instruction executed"),
+        "{log}"
+    );
+    assert!(
+        log.contains("wasm backtrace:"),
+        "the trap is logged with its backtrace: {log}"
+    );
+    assert!(
+        log.contains("handle_trap"),
+        "the backtrace names the guest function: {log}"
+    );
+}
+
+#[tokio::test]
+async fn a_guest_that_never_answers_is_a_500_with_a_log_line() {
+    let server = serve("faults");
+    for proto in PROTOS {
+        let answer = get(&server.addr, proto, "/never").await.unwrap();
+        assert_eq!(
+            answer.status,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "{proto:?}"
+        );
+        assert_eq!(answer.text(), "the component returned no response\n");
+    }
+    assert!(
+        server
+            .log()
+            .contains("guest returned without setting a response"),
+        "{}",
+        server.log()
+    );
+    assert_eq!(
+        get(&server.addr, Proto::H1, "/ok").await.unwrap().status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_trap_after_the_headers_aborts_the_response() {
+    let server = serve("faults");
+    for proto in PROTOS {
+        let mut client = Client::connect(&server.addr, proto).await.unwrap();
+        let req = Request::builder()
+            .uri("/abort")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(10), async {
+            // HTTP/1.1 may close the connection before the buffered head is flushed; HTTP/2
+            // delivers the head, then resets the stream. Either way the response must fail.
+            let response = client.send(req).await?;
+            assert_eq!(
+                response.status(),
+                StatusCode::OK,
+                "{proto:?}: the head was set before the trap"
+            );
+            response
+                .into_body()
+                .collect()
+                .await
+                .map_err(anyhow::Error::from)
+        })
+        .await
+        .expect("an aborted response never hangs");
+        assert!(
+            outcome.is_err(),
+            "{proto:?}: the response must fail, not end as if complete"
+        );
+        let next = get(&server.addr, proto, "/ok").await.unwrap();
+        assert_eq!(next.status, StatusCode::OK, "{proto:?}");
+    }
+}
+
+#[tokio::test]
+async fn every_request_gets_a_fresh_instance() {
+    let server = serve("counter");
+    for proto in PROTOS {
+        for _ in 0..10 {
+            let answer = get(&server.addr, proto, "/").await.unwrap();
+            assert_eq!(
+                answer.text(),
+                "global=1 memory=1\n",
+                "{proto:?}: state leaked between requests"
+            );
+        }
+    }
+    let concurrent = (0..32).map(|i| {
+        let addr = server.addr.clone();
+        tokio::spawn(async move { get(&addr, PROTOS[i % 2], "/").await.unwrap().text() })
+    });
+    for answer in futures_join(concurrent).await {
+        assert_eq!(answer, "global=1 memory=1\n");
+    }
+}
+
+async fn futures_join<T>(tasks: impl Iterator<Item = tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::new();
+    for task in tasks.collect::<Vec<_>>() {
+        out.push(task.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn guest_stdio_goes_to_the_log_tagged_with_the_component() {
+    let server = serve("faults");
+    let answer = get(&server.addr, Proto::H1, "/print").await.unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    assert!(
+        server.wait_for_log("no newline at the end", Duration::from_secs(5)),
+        "{}",
+        server.log()
+    );
+    let log = server.log();
+    for line in ["first line", "second line", "no newline at the end"] {
+        let entry = log
+            .lines()
+            .find(|l| l.contains(line))
+            .unwrap_or_else(|| panic!("{line:?} not logged: {log}"));
+        assert!(entry.contains("component=\"faults\""), "{entry}");
+    }
+    let first = log.lines().find(|l| l.contains("first line")).unwrap();
+    assert!(
+        first.contains("stream=\"stdout\"") && !first.contains("second line"),
+        "one event per line: {first}"
+    );
+    let last = log.lines().find(|l| l.contains("no newline")).unwrap();
+    assert!(last.contains("stream=\"stderr\""), "{last}");
+}
+
+#[tokio::test]
+async fn the_environment_holds_only_what_was_granted() {
+    // SAFETY-free: set for the child through its environment, never for this process.
+    let app = guest("env");
+    let bare = PierServer::start_with_env(
+        pier(),
+        &[app.to_str().unwrap()],
+        &[("PIER_SECRET", "s3cret")],
+    )
+    .unwrap();
+    let answer = get(&bare.addr, Proto::H1, "/").await.unwrap();
+    assert_eq!(answer.text(), "", "no host variable leaks in without --env");
+
+    let granted = PierServer::start_with_env(
+        pier(),
+        &[
+            "--env",
+            "GREETING=hi",
+            "--env",
+            "PIER_SECRET",
+            "--env",
+            "NOT_SET_ANYWHERE",
+            app.to_str().unwrap(),
+        ],
+        &[("PIER_SECRET", "s3cret")],
+    )
+    .unwrap();
+    let answer = get(&granted.addr, Proto::H1, "/").await.unwrap();
+    assert_eq!(answer.text(), "GREETING=hi\nPIER_SECRET=s3cret\n");
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
+    let server = serve("echo");
+    let mut client = Client::connect(&server.addr, Proto::H1).await.unwrap();
+    let (mut tx, body) = channel_body();
+    let req = Request::builder()
+        .method("POST")
+        .uri("/")
+        .body(body)
+        .unwrap();
+    let pending = tokio::spawn(async move {
+        let response = client.send(req).await.unwrap();
+        let status = response.status();
+        (
+            status,
+            response.into_body().collect().await.unwrap().to_bytes(),
+        )
+    });
+    tx.send(Bytes::from_static(b"first half, ")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    pier_testkit::signal(server.pid(), "TERM").unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tx.send(Bytes::from_static(b"second half")).await.unwrap();
+    drop(tx);
+    let (status, body) = pending.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&body[..], b"first half, second half");
+    let exit = server.wait().unwrap();
+    assert!(exit.success(), "pier exits 0 after draining: {exit:?}");
+}
+
+/// A request body fed from a channel, so a test can send part of it, act, then send the rest.
+fn channel_body() -> (tokio::sync::mpsc::Sender<Bytes>, ChannelBody) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    (tx, ChannelBody(rx))
+}
+
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|c| Ok(http_body::Frame::data(c))))
+    }
+}
+
+#[tokio::test]
+async fn python_and_javascript_components_answer() {
+    for (file, greeting) in [
+        ("python-hello.wasm", "hello from python at /hi?x=1\n"),
+        ("js-hello.wasm", "hello from javascript at /hi?x=1\n"),
+    ] {
+        let Some(app) = pier_testkit::toolchain_guest(file) else {
+            continue;
+        };
+        let server = PierServer::start(pier(), &[app.to_str().unwrap()]).unwrap();
+        for proto in PROTOS {
+            for _ in 0..3 {
+                let answer = request(&server.addr, proto, "GET", "/hi?x=1", b"")
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    (answer.status, answer.text().as_str()),
+                    (StatusCode::OK, greeting),
+                    "{file} {proto:?}"
+                );
+            }
+        }
+    }
+}

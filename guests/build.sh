@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Builds pier's guests. One script for all of them:
+#
+#   guests/build.sh            everything whose toolchain is available (installs the Python and
+#                              JavaScript toolchains into target/guest-tools and guests/js)
+#   guests/build.sh c          C programs -> guests/prebuilt/ (committed; needs Debian's clang,
+#                              lld and wasi-libc)
+#   guests/build.sh examples   WAT -> examples/hello/hello.wasm (committed)
+#   guests/build.sh python     componentize-py hello -> guests/build/python-hello.wasm
+#   guests/build.sh js         componentize-js hello -> guests/build/js-hello.wasm
+#
+# WAT test guests (guests/wat/) need no step here: the pier-testkit build script compiles them
+# for every test build. Python and JavaScript components are ~13-18 MB, so they are built here
+# (by .ci/run before the tests) rather than committed.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+build=guests/build
+tools=target/guest-tools
+mkdir -p "$build" guests/prebuilt
+
+pier_guest() {
+  cargo run --quiet --locked -p pier-testkit --bin pier-guest -- "$@"
+}
+
+build_c() {
+  if ! command -v clang >/dev/null || [[ ! -e /usr/lib/wasm32-wasi/libc.a ]]; then
+    echo "guests/build.sh: skipping C guests (apt-get install clang lld wasi-libc libclang-rt-14-dev-wasm32)" >&2
+    return 0
+  fi
+  for src in guests/c/*.c; do
+    name=$(basename "$src" .c)
+    clang --target=wasm32-wasi --sysroot=/usr -O2 -Wl,--strip-debug -o "guests/prebuilt/$name.wasm" "$src"
+    pier_guest adapt "guests/prebuilt/$name.wasm" "guests/prebuilt/$name.component.wasm"
+    echo "built guests/prebuilt/$name.wasm and $name.component.wasm"
+  done
+}
+
+build_examples() {
+  pier_guest wat2component guests/wat/hello.wat examples/hello/hello.wasm
+  echo "built examples/hello/hello.wasm"
+}
+
+build_python() {
+  if [[ ! -x $tools/py/bin/componentize-py ]]; then
+    python3 -m venv "$tools/py"
+    "$tools/py/bin/pip" install --quiet componentize-py==0.25.1
+  fi
+  local wit=$tools/wit-python out
+  rm -rf "$wit"
+  pier_guest wit-dir "$wit" 0.2.0 guests/python/wit
+  out=$(mktemp -d)
+  (cd "$out" && "$root/$tools/py/bin/componentize-py" -d "$root/$wit" -w pier:python-guests/hello bindings . >/dev/null)
+  cp guests/python/app.py "$out/"
+  (cd "$out" && "$root/$tools/py/bin/componentize-py" -d "$root/$wit" -w pier:python-guests/hello \
+      componentize app -o "$root/$build/python-hello.wasm" >/dev/null)
+  rm -rf "$out"
+  echo "built $build/python-hello.wasm"
+}
+
+build_js() {
+  if [[ ! -x guests/js/node_modules/.bin/componentize-js ]]; then
+    (cd guests/js && npm install --no-audit --no-fund --silent)
+  fi
+  local wit=$tools/wit-js
+  rm -rf "$wit"
+  pier_guest wit-dir "$wit" 0.2.10 guests/js/wit
+  (cd guests/js && ./node_modules/.bin/componentize-js app.js --wit "$root/$wit" --world-name hello \
+      -o "$root/$build/js-hello.wasm" >/dev/null)
+  echo "built $build/js-hello.wasm"
+}
+
+what=${1:-all}
+case $what in
+  c) build_c ;;
+  examples) build_examples ;;
+  python) build_python ;;
+  js) build_js ;;
+  all) build_c; build_examples; build_python; build_js ;;
+  *) echo "usage: guests/build.sh [all|c|examples|python|js]" >&2; exit 2 ;;
+esac
