@@ -5,7 +5,7 @@
 #                              JavaScript toolchains into target/guest-tools and guests/js)
 #   guests/build.sh c          C programs -> guests/prebuilt/ (committed; needs Debian's clang,
 #                              lld and wasi-libc)
-#   guests/build.sh examples   WAT -> examples/hello/hello.wasm (committed)
+#   guests/build.sh examples   examples/hello/hello.wat -> hello.wasm (committed)
 #   guests/build.sh python     componentize-py hello -> guests/build/python-hello.wasm
 #   guests/build.sh js         componentize-js hello -> guests/build/js-hello.wasm
 #
@@ -38,7 +38,7 @@ build_c() {
 }
 
 build_examples() {
-  pier_guest wat2component guests/wat/hello.wat examples/hello/hello.wasm
+  pier_guest wat2component examples/hello/hello.wat examples/hello/hello.wasm
   echo "built examples/hello/hello.wasm"
 }
 

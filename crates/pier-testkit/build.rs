@@ -1,11 +1,14 @@
-//! Builds every WAT guest in `guests/wat/` into a component, once per build, so each test binary
-//! finds them ready (`pier_testkit::guest("hello")`).
+//! Builds every WAT guest in `guests/wat/` (and the README example, `examples/hello/hello.wat`)
+//! into a component, once per build, so each test binary finds them ready
+//! (`pier_testkit::guest("hello")`).
 
 #[allow(dead_code)] // the build script uses only part of it
 #[path = "src/compose.rs"]
 mod compose;
 
 use std::path::{Path, PathBuf};
+
+use anyhow::Context;
 
 /// wasmtime-wasi-http release whose WIT the guests are built against (matches the workspace pin).
 const WASI_HTTP_CRATE: &str = "48.0.8";
@@ -16,8 +19,10 @@ const RETARGETED: &[(&str, &str)] = &[("hello", "0.2.0"), ("hello", "0.2.3")];
 fn main() -> anyhow::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let wat_dir = root.join("guests/wat");
+    let example_dir = root.join("examples/hello");
     let guests_wit = root.join("guests/wit");
     println!("cargo:rerun-if-changed={}", wat_dir.display());
+    println!("cargo:rerun-if-changed={}", example_dir.join("hello.wat").display());
     println!("cargo:rerun-if-changed={}", guests_wit.display());
     println!("cargo:rerun-if-changed=src/compose.rs");
 
@@ -33,22 +38,24 @@ fn main() -> anyhow::Result<()> {
         Ok(dir)
     };
     let wit = wit_for(compose::WIT_VERSION)?;
+    let mut sources = vec![example_dir.join("hello.wat")];
     for entry in std::fs::read_dir(&wat_dir)? {
-        let path = entry?.path();
+        sources.push(entry?.path());
+    }
+    for path in sources {
         if path.extension().is_none_or(|e| e != "wat") {
             continue;
         }
         let name = path.file_stem().unwrap().to_string_lossy().into_owned();
-        let wat = std::fs::read_to_string(&path)?;
+        let wat = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
         let bytes = compose::component_from_wat(&wat, &wit, compose::world_of(&wat))
             .map_err(|e| anyhow::anyhow!("guest {}: {e:?}", path.display()))?;
         std::fs::write(guests.join(format!("{name}.wasm")), bytes)?;
     }
     for (name, version) in RETARGETED {
-        let wat = compose::retarget(
-            &std::fs::read_to_string(wat_dir.join(format!("{name}.wat")))?,
-            version,
-        );
+        let source = example_dir.join(format!("{name}.wat"));
+        let text = std::fs::read_to_string(&source).with_context(|| source.display().to_string())?;
+        let wat = compose::retarget(&text, version);
         let bytes = compose::component_from_wat(&wat, &wit_for(version)?, compose::world_of(&wat))
             .map_err(|e| anyhow::anyhow!("guest {name} at {version}: {e:?}"))?;
         std::fs::write(guests.join(format!("{name}-{version}.wasm")), bytes)?;

@@ -7,6 +7,7 @@ mod engine;
 mod host;
 mod load;
 mod proxy;
+mod report;
 mod run;
 
 pub use cache::{CacheOutcome, CompileCache};
@@ -14,4 +15,5 @@ pub use engine::{EngineKind, new_engine};
 pub use host::{GuestLog, HostState};
 pub use load::{LoadError, WasmFile, WasmKind, kind_of};
 pub use proxy::{AppError, ProxyApp};
+pub use report::describe_guest_error;
 pub use run::{RunOutcome, TRAP_EXIT_CODE, run};

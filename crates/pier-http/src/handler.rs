@@ -57,7 +57,8 @@ pub async fn handle(app: Arc<ProxyApp>, req: Request<Incoming>) -> Response<Resp
             }
             .await;
             if let Err(e) = &result {
-                tracing::error!(component = app.name(), %method, path, "guest failed: {e:?}");
+                let report = pier_engine::describe_guest_error(e);
+                tracing::error!(component = app.name(), %method, path, "guest failed: {report}");
             }
             // Publish the outcome before the store (and with it the body sender) is dropped.
             outcome.set(result.is_ok());

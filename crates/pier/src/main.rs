@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use pier_config::{CacheConfig, DEFAULT_ADDR, DirGrant, EnvGrant, Grants, RunConfig, ServeConfig};
-use pier_engine::{CompileCache, EngineKind, ProxyApp, RunOutcome, WasmFile, WasmKind};
+use pier_engine::{CacheOutcome, CompileCache, EngineKind, ProxyApp, RunOutcome, WasmFile, WasmKind};
 
 /// pier: a server and runner for WebAssembly components that speak WASI.
 #[derive(Parser)]
@@ -46,16 +46,15 @@ struct RunArgs {
     grants: GrantArgs,
     #[command(flatten)]
     cache: CacheArgs,
-    /// The program to run.
-    #[arg(value_name = "APP.wasm")]
-    app: PathBuf,
-    /// Arguments passed to the program.
+    /// The program to run, then its arguments (everything after the program goes to it).
     #[arg(
-        value_name = "ARGS",
+        value_name = "APP.wasm [ARGS]",
+        required = true,
+        num_args = 1..,
         trailing_var_arg = true,
         allow_hyphen_values = true
     )]
-    args: Vec<String>,
+    command: Vec<String>,
 }
 
 #[derive(Args)]
@@ -163,16 +162,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let mut command = args.command.into_iter();
     let config = RunConfig {
-        app: args.app,
-        args: args.args,
+        app: command.next().expect("clap requires the program").into(),
+        args: command.collect(),
         cache: args.cache.config(),
         grants: args.grants.into_grants(),
     };
     match pier_engine::run(&config).await? {
         RunOutcome::Exit(code) => Ok(ExitCode::from(code as u8)),
         RunOutcome::Trap(e) => {
-            eprintln!("pier: {} trapped: {e:?}", config.app.display());
+            eprintln!("pier: {} trapped: {}", config.app.display(), pier_engine::describe_guest_error(&e));
             Ok(ExitCode::from(pier_engine::TRAP_EXIT_CODE as u8))
         }
     }
@@ -187,7 +187,12 @@ fn compile(args: CompileArgs) -> anyhow::Result<()> {
         WasmKind::Module => cache.module(&engine, &wasm).map(|(_, o)| o),
     }
     .map_err(|e| anyhow::anyhow!("{} does not compile: {e:#}", wasm.display()))?;
-    eprintln!("pier: {}: {outcome:?}", wasm.display());
+    let what = match outcome {
+        CacheOutcome::Hit => "is already in the compile cache",
+        CacheOutcome::Miss => "compiled into the compile cache",
+        CacheOutcome::Disabled => "compiles (the cache is off, nothing was stored)",
+    };
+    eprintln!("pier: {} {what}", wasm.display());
     Ok(())
 }
 
