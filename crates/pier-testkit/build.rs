@@ -22,7 +22,10 @@ fn main() -> anyhow::Result<()> {
     let example_dir = root.join("examples/hello");
     let guests_wit = root.join("guests/wit");
     println!("cargo:rerun-if-changed={}", wat_dir.display());
-    println!("cargo:rerun-if-changed={}", example_dir.join("hello.wat").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        example_dir.join("hello.wat").display()
+    );
     println!("cargo:rerun-if-changed={}", guests_wit.display());
     println!("cargo:rerun-if-changed=src/compose.rs");
 
@@ -54,7 +57,8 @@ fn main() -> anyhow::Result<()> {
     }
     for (name, version) in RETARGETED {
         let source = example_dir.join(format!("{name}.wat"));
-        let text = std::fs::read_to_string(&source).with_context(|| source.display().to_string())?;
+        let text =
+            std::fs::read_to_string(&source).with_context(|| source.display().to_string())?;
         let wat = compose::retarget(&text, version);
         let bytes = compose::component_from_wat(&wat, &wit_for(version)?, compose::world_of(&wat))
             .map_err(|e| anyhow::anyhow!("guest {name} at {version}: {e:?}"))?;

@@ -8,7 +8,9 @@ pub fn describe_guest_error(e: &wasmtime::Error) -> String {
     let mut chain: Vec<String> = e.chain().map(|cause| cause.to_string()).collect();
     let mut out = chain.pop().unwrap_or_default();
     for context in chain.iter().rev() {
-        let context = context.strip_prefix("error while executing at ").unwrap_or(context);
+        let context = context
+            .strip_prefix("error while executing at ")
+            .unwrap_or(context);
         let _ = write!(out, "\n{context}");
     }
     out

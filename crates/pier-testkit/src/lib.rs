@@ -88,10 +88,10 @@ impl PierServer {
             std::thread::spawn(move || {
                 let mut tx = Some(tx);
                 for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
-                    if let Some(url) = line.strip_prefix("pier: serving ") {
-                        if let Some(tx) = tx.take() {
-                            let _ = tx.send(url.to_string());
-                        }
+                    if let Some(url) = line.strip_prefix("pier: serving ")
+                        && let Some(tx) = tx.take()
+                    {
+                        let _ = tx.send(url.to_string());
                     }
                     let mut log = log.lock().unwrap();
                     log.push_str(&line);
@@ -146,8 +146,9 @@ impl PierServer {
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self) -> Result<ExitStatus> {
         let mut child = self.child.take().unwrap();
-        signal(child.id(), "TERM")?;
-        Ok(child.wait()?)
+        let sent = signal(child.id(), "TERM");
+        let status = child.wait()?;
+        sent.map(|()| status)
     }
 
     /// Waits for the process to exit on its own.

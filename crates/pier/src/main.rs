@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use pier_config::{CacheConfig, DEFAULT_ADDR, DirGrant, EnvGrant, Grants, RunConfig, ServeConfig};
-use pier_engine::{CacheOutcome, CompileCache, EngineKind, ProxyApp, RunOutcome, WasmFile, WasmKind};
+use pier_engine::{
+    CacheOutcome, CompileCache, EngineKind, ProxyApp, RunOutcome, WasmFile, WasmKind,
+};
 
 /// pier: a server and runner for WebAssembly components that speak WASI.
 #[derive(Parser)]
@@ -172,7 +174,11 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     match pier_engine::run(&config).await? {
         RunOutcome::Exit(code) => Ok(ExitCode::from(code as u8)),
         RunOutcome::Trap(e) => {
-            eprintln!("pier: {} trapped: {}", config.app.display(), pier_engine::describe_guest_error(&e));
+            eprintln!(
+                "pier: {} trapped: {}",
+                config.app.display(),
+                pier_engine::describe_guest_error(&e)
+            );
             Ok(ExitCode::from(pier_engine::TRAP_EXIT_CODE as u8))
         }
     }

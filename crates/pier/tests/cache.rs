@@ -12,8 +12,12 @@ fn pier_bin() -> &'static Path {
 
 fn start(app: &Path, cache: &Path) -> PierServer {
     let cache = cache.to_str().unwrap();
-    PierServer::start_with_env(pier_bin(), &[app.to_str().unwrap()], &[("PIER_CACHE_DIR", cache), ("PIER_LOG", "pier=debug")])
-        .unwrap()
+    PierServer::start_with_env(
+        pier_bin(),
+        &[app.to_str().unwrap()],
+        &[("PIER_CACHE_DIR", cache), ("PIER_LOG", "pier=debug")],
+    )
+    .unwrap()
 }
 
 fn entries(dir: &Path) -> usize {
@@ -30,8 +34,14 @@ async fn the_second_start_loads_compiled_code_from_the_cache() {
 
     let second = start(&guest("hello"), cache.path());
     let log = second.log();
-    assert!(log.contains("loaded compiled code from cache") && !log.contains("compiled in"), "{log}");
-    assert_eq!(get(&second.addr, Proto::H1, "/").await.unwrap().text(), "hello from pier\n");
+    assert!(
+        log.contains("loaded compiled code from cache") && !log.contains("compiled in"),
+        "{log}"
+    );
+    assert_eq!(
+        get(&second.addr, Proto::H1, "/").await.unwrap().text(),
+        "hello from pier\n"
+    );
 }
 
 #[tokio::test]
@@ -49,7 +59,11 @@ async fn pier_compile_warms_the_cache_for_serve_and_run() {
     assert_eq!(entries(cache.path()), 2);
 
     let server = start(&guest("hello"), cache.path());
-    assert!(!server.log().contains("compiled in"), "serve used the warmed cache: {}", server.log());
+    assert!(
+        !server.log().contains("compiled in"),
+        "serve used the warmed cache: {}",
+        server.log()
+    );
     let out = Command::new(pier_bin())
         .args(["run", cli.to_str().unwrap(), "--exit", "0"])
         .env("PIER_CACHE_DIR", cache.path())
@@ -58,7 +72,10 @@ async fn pier_compile_warms_the_cache_for_serve_and_run() {
         .output()
         .unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
-    assert!(log.contains("loaded compiled code from cache") && !log.contains("compiled in"), "{log}");
+    assert!(
+        log.contains("loaded compiled code from cache") && !log.contains("compiled in"),
+        "{log}"
+    );
     assert_eq!(entries(cache.path()), 2, "no new entry");
 }
 
@@ -66,14 +83,27 @@ async fn pier_compile_warms_the_cache_for_serve_and_run() {
 async fn a_corrupt_entry_is_recompiled_and_replaced() {
     let cache = tempfile::tempdir().unwrap();
     drop(start(&guest("hello"), cache.path()));
-    let entry = std::fs::read_dir(cache.path()).unwrap().next().unwrap().unwrap().path();
+    let entry = std::fs::read_dir(cache.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     std::fs::write(&entry, b"not compiled code").unwrap();
     let server = start(&guest("hello"), cache.path());
-    assert!(server.log().contains("ignoring unusable cache entry"), "{}", server.log());
+    assert!(
+        server.log().contains("ignoring unusable cache entry"),
+        "{}",
+        server.log()
+    );
     assert_eq!(get(&server.addr, Proto::H1, "/").await.unwrap().status, 200);
     drop(server);
     let again = start(&guest("hello"), cache.path());
-    assert!(again.log().contains("loaded compiled code from cache"), "the entry was replaced: {}", again.log());
+    assert!(
+        again.log().contains("loaded compiled code from cache"),
+        "the entry was replaced: {}",
+        again.log()
+    );
 }
 
 #[test]
@@ -93,18 +123,23 @@ fn no_cache_writes_nothing() {
 /// time once compiled. (The figures are printed; the ratio asserted is deliberately loose.)
 #[tokio::test]
 async fn a_cached_python_component_starts_in_a_fraction_of_the_cold_time() {
-    let Some(app) = pier_testkit::toolchain_guest("python-hello.wasm") else { return };
+    let Some(app) = pier_testkit::toolchain_guest("python-hello.wasm") else {
+        return;
+    };
     let cache = tempfile::tempdir().unwrap();
     let timed = || {
-        let start = Instant::now();
+        let began = Instant::now();
         let server = start(&app, cache.path());
-        (start.elapsed(), server)
+        (began.elapsed(), server)
     };
     let (cold, server) = timed();
     drop(server);
     let (warm, server) = timed();
     eprintln!("python-hello.wasm: cold start {cold:.2?}, cached start {warm:.2?}");
-    assert_eq!(get(&server.addr, Proto::H1, "/").await.unwrap().text(), "hello from python at /\n");
+    assert_eq!(
+        get(&server.addr, Proto::H1, "/").await.unwrap().text(),
+        "hello from python at /\n"
+    );
     assert!(warm * 4 < cold, "cached start {warm:?} vs cold {cold:?}");
     assert!(warm < Duration::from_secs(5));
 }

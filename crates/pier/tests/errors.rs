@@ -6,7 +6,10 @@ fn pier(args: &[&str]) -> (Option<i32>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_pier"))
         .args(args)
         .env("PIER_LOG", "off")
-        .env("PIER_CACHE_DIR", std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("errors-cache"))
+        .env(
+            "PIER_CACHE_DIR",
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("errors-cache"),
+        )
         .stdin(Stdio::null())
         .output()
         .expect("pier runs");
@@ -23,12 +26,20 @@ fn assert_one_line_error(args: &[&str], needles: &[&str]) {
     assert_eq!(lines.len(), 1, "{args:?}: one line, got:\n{stderr}");
     assert!(lines[0].starts_with("pier: "), "{}", lines[0]);
     for needle in needles {
-        assert!(lines[0].contains(needle), "{args:?}: {needle:?} missing from {:?}", lines[0]);
+        assert!(
+            lines[0].contains(needle),
+            "{args:?}: {needle:?} missing from {:?}",
+            lines[0]
+        );
     }
 }
 
 fn prebuilt(name: &str) -> String {
-    pier_testkit::repo_root().join("guests/prebuilt").join(name).display().to_string()
+    pier_testkit::repo_root()
+        .join("guests/prebuilt")
+        .join(name)
+        .display()
+        .to_string()
 }
 
 fn guest(name: &str) -> String {
@@ -38,7 +49,10 @@ fn guest(name: &str) -> String {
 #[test]
 fn a_missing_file() {
     for cmd in ["serve", "run", "compile"] {
-        assert_one_line_error(&[cmd, "no/such/app.wasm"], &["cannot read no/such/app.wasm", "No such file"]);
+        assert_one_line_error(
+            &[cmd, "no/such/app.wasm"],
+            &["cannot read no/such/app.wasm", "No such file"],
+        );
     }
 }
 
@@ -56,7 +70,14 @@ fn a_file_that_is_not_wasm() {
 #[test]
 fn a_core_module_given_to_serve() {
     let app = prebuilt("cli.wasm");
-    assert_one_line_error(&["serve", &app], &[&app, "is a core WebAssembly module, not a component", "pier run"]);
+    assert_one_line_error(
+        &["serve", &app],
+        &[
+            &app,
+            "is a core WebAssembly module, not a component",
+            "pier run",
+        ],
+    );
 }
 
 #[test]
@@ -64,7 +85,12 @@ fn a_command_given_to_serve_is_pointed_to_run() {
     let app = prebuilt("cli.component.wasm");
     assert_one_line_error(
         &["serve", &app],
-        &[&app, "does not export wasi:http/incoming-handler", "wasi:cli/run@0.2", "run it with `pier run`"],
+        &[
+            &app,
+            "does not export wasi:http/incoming-handler",
+            "wasi:cli/run@0.2",
+            "run it with `pier run`",
+        ],
     );
 }
 
@@ -73,14 +99,25 @@ fn an_http_component_given_to_run_is_pointed_to_serve() {
     let app = guest("hello");
     assert_one_line_error(
         &["run", &app],
-        &[&app, "does not export wasi:cli/run", "wasi:http/incoming-handler@0.2.12", "serve it with `pier serve`"],
+        &[
+            &app,
+            "does not export wasi:cli/run",
+            "wasi:http/incoming-handler@0.2.12",
+            "serve it with `pier serve`",
+        ],
     );
 }
 
 #[test]
 fn an_import_pier_cannot_satisfy_is_named() {
     let app = guest("unsatisfied");
-    assert_one_line_error(&["serve", &app], &[&app, "imports `pier:guests/missing`, which pier does not provide"]);
+    assert_one_line_error(
+        &["serve", &app],
+        &[
+            &app,
+            "imports `pier:guests/missing`, which pier does not provide",
+        ],
+    );
 }
 
 #[test]
@@ -89,15 +126,26 @@ fn an_address_in_use() {
     let addr = taken.local_addr().unwrap().to_string();
     assert_one_line_error(
         &["serve", "--addr", &addr, &guest("hello")],
-        &[&format!("cannot listen on {addr}"), "already in use", "--addr"],
+        &[
+            &format!("cannot listen on {addr}"),
+            "already in use",
+            "--addr",
+        ],
     );
 }
 
 #[test]
 fn a_dir_grant_that_does_not_exist() {
     for cmd in ["serve", "run"] {
-        let app = if cmd == "serve" { guest("hello") } else { prebuilt("cli.wasm") };
-        assert_one_line_error(&[cmd, "--dir", "/no/such/dir::/data", &app], &["--dir /no/such/dir", "No such file"]);
+        let app = if cmd == "serve" {
+            guest("hello")
+        } else {
+            prebuilt("cli.wasm")
+        };
+        assert_one_line_error(
+            &[cmd, "--dir", "/no/such/dir::/data", &app],
+            &["--dir /no/such/dir", "No such file"],
+        );
     }
 }
 
@@ -105,7 +153,10 @@ fn a_dir_grant_that_does_not_exist() {
 fn malformed_flags_are_named() {
     let (code, stderr) = pier(&["serve", "--env", "=x", &guest("hello")]);
     assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains("invalid --env \"=x\": expected NAME=VALUE or NAME"), "{stderr}");
+    assert!(
+        stderr.contains("invalid --env \"=x\": expected NAME=VALUE or NAME"),
+        "{stderr}"
+    );
     let (code, stderr) = pier(&["serve", "--addr", "localhost", &guest("hello")]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("--addr"), "{stderr}");

@@ -7,7 +7,8 @@ use std::process::{Command, Output, Stdio};
 
 fn pier() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pier"));
-    cmd.env_remove("PIER_LOG").env("PIER_CACHE_DIR", cache_dir());
+    cmd.env_remove("PIER_LOG")
+        .env("PIER_CACHE_DIR", cache_dir());
     cmd
 }
 
@@ -16,14 +17,23 @@ fn cache_dir() -> PathBuf {
 }
 
 fn prebuilt(name: &str) -> String {
-    pier_testkit::repo_root().join("guests/prebuilt").join(name).display().to_string()
+    pier_testkit::repo_root()
+        .join("guests/prebuilt")
+        .join(name)
+        .display()
+        .to_string()
 }
 
 const MODULE: &str = "cli.wasm";
 const COMPONENT: &str = "cli.component.wasm";
 
 fn run(args: &[&str]) -> Output {
-    pier().arg("run").args(args).stdin(Stdio::null()).output().expect("pier runs")
+    pier()
+        .arg("run")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("pier runs")
 }
 
 fn stdout(out: &Output) -> String {
@@ -41,11 +51,21 @@ fn a_preview1_module_exits_with_its_exact_code_and_sees_its_args() {
     assert_eq!(out.status.code(), Some(42), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(text.starts_with("argc=5\n"), "{text}");
-    assert!(text.contains("argv[1]=one\nargv[2]=two words\nargv[3]=--exit\n"), "{text}");
-    assert!(stderr(&out).contains("cli: exiting with 42"), "the guest's stderr is the terminal's");
+    assert!(
+        text.contains("argv[1]=one\nargv[2]=two words\nargv[3]=--exit\n"),
+        "{text}"
+    );
+    assert!(
+        stderr(&out).contains("cli: exiting with 42"),
+        "the guest's stderr is the terminal's"
+    );
 
     let out = run(&[&app]);
-    assert_eq!(out.status.code(), Some(3), "the program's default exit code");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "the program's default exit code"
+    );
     let out = run(&[&app, "--exit", "0"]);
     assert_eq!(out.status.code(), Some(0));
 }
@@ -66,21 +86,44 @@ fn env_is_only_what_was_granted() {
     for app in [prebuilt(MODULE), prebuilt(COMPONENT)] {
         let out = pier()
             .env("PIER_TEST_SECRET", "s3cret")
-            .args(["run", "--env", "GREETING=hi", &app, "--env", "GREETING", "--env", "PIER_TEST_SECRET"])
+            .args([
+                "run",
+                "--env",
+                "GREETING=hi",
+                &app,
+                "--env",
+                "GREETING",
+                "--env",
+                "PIER_TEST_SECRET",
+            ])
             .stdin(Stdio::null())
             .output()
             .unwrap();
         let text = stdout(&out);
         assert!(text.contains("env GREETING=hi\n"), "{text}");
-        assert!(text.contains("env PIER_TEST_SECRET=<unset>\n"), "host env must not leak: {text}");
+        assert!(
+            text.contains("env PIER_TEST_SECRET=<unset>\n"),
+            "host env must not leak: {text}"
+        );
 
         let out = pier()
             .env("PIER_TEST_SECRET", "s3cret")
-            .args(["run", "--env", "PIER_TEST_SECRET", &app, "--env", "PIER_TEST_SECRET"])
+            .args([
+                "run",
+                "--env",
+                "PIER_TEST_SECRET",
+                &app,
+                "--env",
+                "PIER_TEST_SECRET",
+            ])
             .stdin(Stdio::null())
             .output()
             .unwrap();
-        assert!(stdout(&out).contains("env PIER_TEST_SECRET=s3cret\n"), "--env NAME inherits: {}", stdout(&out));
+        assert!(
+            stdout(&out).contains("env PIER_TEST_SECRET=s3cret\n"),
+            "--env NAME inherits: {}",
+            stdout(&out)
+        );
     }
 }
 
@@ -91,17 +134,34 @@ fn directories_are_reachable_only_when_preopened() {
     let host = dir.path().display().to_string();
     for app in [prebuilt(MODULE), prebuilt(COMPONENT)] {
         let granted = format!("{host}::/data");
-        let out = run(&["--dir", &granted, &app, "--read", "/data/note.txt", "--write", "/data/out.txt"]);
+        let out = run(&[
+            "--dir",
+            &granted,
+            &app,
+            "--read",
+            "/data/note.txt",
+            "--write",
+            "/data/out.txt",
+        ]);
         let text = stdout(&out);
-        assert!(text.contains("read /data/note.txt: from the host\n"), "{text}");
+        assert!(
+            text.contains("read /data/note.txt: from the host\n"),
+            "{text}"
+        );
         assert!(text.contains("write /data/out.txt: ok\n"), "{text}");
-        assert_eq!(std::fs::read_to_string(dir.path().join("out.txt")).unwrap(), "written by cli\n");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("out.txt")).unwrap(),
+            "written by cli\n"
+        );
         std::fs::remove_file(dir.path().join("out.txt")).unwrap();
 
         let path = format!("{host}/note.txt");
         let out = run(&[&app, "--read", &path]);
         let text = stdout(&out);
-        assert!(text.contains(&format!("read {path}: error:")), "no ambient file access: {text}");
+        assert!(
+            text.contains(&format!("read {path}: error:")),
+            "no ambient file access: {text}"
+        );
     }
 }
 
@@ -115,10 +175,19 @@ fn stdin_is_the_terminals() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(b"piped in\n").unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"piped in\n")
+            .unwrap();
         let out = child.wait_with_output().unwrap();
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-        assert!(stdout(&out).contains("stdin: piped in\n"), "{}", stdout(&out));
+        assert!(
+            stdout(&out).contains("stdin: piped in\n"),
+            "{}",
+            stdout(&out)
+        );
     }
 }
 
@@ -129,8 +198,14 @@ fn a_trap_prints_the_trap_with_its_backtrace_and_exits_non_zero() {
         assert_eq!(out.status.code(), Some(134), "{app}: {}", stderr(&out));
         let err = stderr(&out);
         assert!(err.contains("trapped"), "{err}");
-        assert!(err.contains("wasm `unreachable` instruction executed"), "{err}");
+        assert!(
+            err.contains("wasm `unreachable` instruction executed"),
+            "{err}"
+        );
         assert!(err.contains("wasm backtrace:"), "{err}");
-        assert!(stdout(&out).contains("argv[1]=--trap"), "output before the trap is kept");
+        assert!(
+            stdout(&out).contains("argv[1]=--trap"),
+            "output before the trap is kept"
+        );
     }
 }

@@ -350,7 +350,7 @@ async fn the_environment_holds_only_what_was_granted() {
 async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     let server = serve("echo");
     let mut client = Client::connect(&server.addr, Proto::H1).await.unwrap();
-    let (mut tx, body) = channel_body();
+    let (tx, body) = channel_body();
     let req = Request::builder()
         .method("POST")
         .uri("/")
