@@ -1,6 +1,10 @@
 ;; world: http
-;; Isolation probe: increments a mutable global and a counter in linear memory, and answers
-;; "global=G memory=M". A fresh instance per request answers "global=1 memory=1" every time.
+;; Isolation probe. Each request increments a mutable global and a counter in linear memory,
+;; marks a funcref table slot (counting how many requests found it marked), and reports the
+;; handle number it was given for the request:
+;;   "global=G memory=M table=T handle=H"
+;; A fresh instance per request answers "global=1 memory=1 table=1 handle=H" with the same H
+;; every time; any state carried over from an earlier request changes a number.
 (module
   (import "wasi:http/types@0.2.12" "[constructor]fields" (func $fields.new (result i32)))
   (import "wasi:http/types@0.2.12" "[constructor]outgoing-response" (func $response.new (param i32) (result i32)))
@@ -25,6 +29,12 @@
   (global $memory_counter i32 (i32.const 4000))
   (data (i32.const 16) "global=")
   (data (i32.const 32) " memory=")
+  (data (i32.const 48) " table=")
+  (data (i32.const 64) " handle=")
+  (table $marks 1 funcref)
+  (global $table_seen (mut i32) (i32.const 1))
+  (func $mark)
+  (elem declare func $mark)
 
   ;; Writes n in decimal at ptr; returns the length.
   (func $itoa (param $n i32) (param $ptr i32) (result i32)
@@ -47,6 +57,10 @@
     (local $response i32) (local $body i32) (local $stream i32) (local $p i32)
     (global.set $count (i32.add (global.get $count) (i32.const 1)))
     (i32.store (global.get $memory_counter) (i32.add (i32.load (global.get $memory_counter)) (i32.const 1)))
+    ;; table=1 when the slot is still null (fresh), 2 when an earlier request marked it.
+    (if (i32.eqz (ref.is_null (table.get $marks (i32.const 0))))
+      (then (global.set $table_seen (i32.const 2))))
+    (table.set $marks (i32.const 0) (ref.func $mark))
     ;; "global=G memory=M\n" at 2048
     (local.set $p (i32.const 2048))
     (memory.copy (local.get $p) (i32.const 16) (i32.const 7))
@@ -55,6 +69,12 @@
     (memory.copy (local.get $p) (i32.const 32) (i32.const 8))
     (local.set $p (i32.add (local.get $p) (i32.const 8)))
     (local.set $p (i32.add (local.get $p) (call $itoa (i32.load (global.get $memory_counter)) (local.get $p))))
+    (memory.copy (local.get $p) (i32.const 48) (i32.const 7))
+    (local.set $p (i32.add (local.get $p) (i32.const 7)))
+    (local.set $p (i32.add (local.get $p) (call $itoa (global.get $table_seen) (local.get $p))))
+    (memory.copy (local.get $p) (i32.const 64) (i32.const 8))
+    (local.set $p (i32.add (local.get $p) (i32.const 8)))
+    (local.set $p (i32.add (local.get $p) (call $itoa (local.get $request) (local.get $p))))
     (i32.store8 (local.get $p) (i32.const 10))
     (local.set $p (i32.add (local.get $p) (i32.const 1)))
 

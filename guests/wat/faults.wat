@@ -1,8 +1,10 @@
 ;; world: http
 ;; Misbehaves on request, chosen by the path's first letter after "/":
-;;   /trap   traps before answering          /never  returns without answering
-;;   /abort  sends the head, then traps      /loop   loops forever
-;;   /print  writes to stdout and stderr     anything else: 200 "ok"
+;;   /trap    traps before answering          /never  returns without answering
+;;   /abort   sends the head, then traps      /loop   loops forever
+;;   /print   writes to stdout and stderr     /memory grows memory until it cannot
+;;   /sink    reads the whole body, then 200  /wait   sleeps 300 ms, then 200
+;;   anything else: 200 "ok"
 (module
   (import "wasi:http/types@0.2.12" "[constructor]fields" (func $fields.new (result i32)))
   (import "wasi:http/types@0.2.12" "[method]incoming-request.path-with-query" (func $request.path (param i32 i32)))
@@ -13,6 +15,11 @@
   (import "wasi:http/types@0.2.12" "[static]outgoing-body.finish" (func $body.finish (param i32 i32 i32 i32)))
   (import "wasi:io/streams@0.2.12" "[method]output-stream.blocking-write-and-flush" (func $stream.write (param i32 i32 i32 i32)))
   (import "wasi:io/streams@0.2.12" "[resource-drop]output-stream" (func $stream.drop (param i32)))
+  (import "wasi:http/types@0.2.12" "[method]incoming-request.consume" (func $request.consume (param i32 i32)))
+  (import "wasi:http/types@0.2.12" "[method]incoming-body.stream" (func $incoming.stream (param i32 i32)))
+  (import "wasi:io/streams@0.2.12" "[method]input-stream.blocking-skip" (func $input.skip (param i32 i64 i32)))
+  (import "wasi:clocks/monotonic-clock@0.2.12" "subscribe-duration" (func $sleep_for (param i64) (result i32)))
+  (import "wasi:io/poll@0.2.12" "[method]pollable.block" (func $pollable.block (param i32)))
   (import "wasi:cli/stdout@0.2.12" "get-stdout" (func $stdout (result i32)))
   (import "wasi:cli/stderr@0.2.12" "get-stderr" (func $stderr (result i32)))
 
@@ -62,6 +69,31 @@
 
   (func $handle_loop (loop $forever (br $forever)))
 
+  ;; Grows memory a page at a time; pier's memory limit turns the failed growth into a trap.
+  (func $handle_memory
+    (loop $grow
+      (br_if $grow (i32.ne (memory.grow (i32.const 1)) (i32.const -1))))
+    unreachable)
+
+  ;; Reads (skips) the request body to its end, then answers.
+  (func $handle_sink (param $request i32) (param $outparam i32)
+    (local $in i32)
+    (call $request.consume (local.get $request) (global.get $ret))
+    (call $incoming.stream (i32.load offset=4 (global.get $ret)) (global.get $ret))
+    (local.set $in (i32.load offset=4 (global.get $ret)))
+    (block $eof
+      (loop $skip
+        (call $input.skip (local.get $in) (i64.const 65536) (global.get $ret))
+        (br_if $eof (i32.load8_u (global.get $ret)))
+        (br $skip)))
+    ;; A stream that failed (rather than closed) means the body was refused: give up.
+    (if (i32.eqz (i32.load8_u offset=8 (global.get $ret))) (then unreachable))
+    (call $respond (local.get $outparam) (i32.const 16) (i32.const 3)))
+
+  (func $handle_wait (param $outparam i32)
+    (call $pollable.block (call $sleep_for (i64.const 300000000)))
+    (call $respond (local.get $outparam) (i32.const 16) (i32.const 3)))
+
   (func $handle_print (param $outparam i32)
     (call $write (call $stdout) (i32.const 48) (i32.const 23))
     (call $write (call $stderr) (i32.const 80) (i32.const 21))
@@ -78,5 +110,10 @@
     (if (i32.eq (local.get $letter) (i32.const 0x6c)) (then (call $handle_loop)))         ;; l
     (if (i32.eq (local.get $letter) (i32.const 0x70))                                     ;; p
       (then (call $handle_print (local.get $outparam)) (return)))
+    (if (i32.eq (local.get $letter) (i32.const 0x6d)) (then (call $handle_memory)))       ;; m
+    (if (i32.eq (local.get $letter) (i32.const 0x73))                                     ;; s
+      (then (call $handle_sink (local.get $request) (local.get $outparam)) (return)))
+    (if (i32.eq (local.get $letter) (i32.const 0x77))                                     ;; w
+      (then (call $handle_wait (local.get $outparam)) (return)))
     (call $respond (local.get $outparam) (i32.const 16) (i32.const 3)))
 )

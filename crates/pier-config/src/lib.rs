@@ -4,8 +4,12 @@
 //! here depends on wasmtime, so every rule can be tested on its own.
 
 mod grants;
+mod limits;
+mod units;
 
 pub use grants::{DirGrant, EnvGrant, GrantError, Grants};
+pub use limits::Limits;
+pub use units::{UnitError, parse_duration, parse_size};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -50,6 +54,8 @@ pub struct ServeConfig {
     pub grants: Grants,
     /// Compiled-code cache.
     pub cache: CacheConfig,
+    /// Protections: memory, time, sizes, concurrency, connections.
+    pub limits: Limits,
 }
 
 /// Everything `pier run` needs to run a program.

@@ -3,28 +3,32 @@
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
-/// State of one store: the WASI context, the HTTP context and the resource table they share.
+/// State of one store: the WASI context, the HTTP context and the resource table they share,
+/// and the store's resource limits.
 pub struct HostState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
     hooks: OutboundHooks,
+    pub(crate) limits: StoreLimits,
 }
 
 impl HostState {
-    /// A state around a built WASI context.
+    /// A state around a built WASI context, with no limits of its own.
     pub fn new(wasi: WasiCtx) -> Self {
         HostState {
             wasi,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             hooks: OutboundHooks,
+            limits: StoreLimits::default(),
         }
     }
 }

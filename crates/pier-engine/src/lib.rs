@@ -11,9 +11,9 @@ mod report;
 mod run;
 
 pub use cache::{CacheOutcome, CompileCache};
-pub use engine::{EngineKind, new_engine};
+pub use engine::{EPOCH_TICK, EngineKind, EpochTicker, new_engine};
 pub use host::{GuestLog, HostState};
 pub use load::{LoadError, WasmFile, WasmKind, kind_of};
-pub use proxy::{AppError, ProxyApp};
-pub use report::describe_guest_error;
+pub use proxy::{AppError, ProxyApp, StoreSettings};
+pub use report::{FailureKind, describe_guest_error};
 pub use run::{RunOutcome, TRAP_EXIT_CODE, run};

@@ -2,10 +2,11 @@
 //! every request a fresh store.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use pier_config::{DirGrant, Grants};
 use wasmtime::component::{Component, Linker, types::ComponentItem};
-use wasmtime::{Engine, Store};
+use wasmtime::{Engine, Store, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
@@ -98,6 +99,25 @@ pub(crate) fn exports_list(names: &[String]) -> String {
     }
 }
 
+/// Limits every store of an app gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// Largest size any linear memory may grow to; growing past it traps.
+    pub max_memory: u64,
+    /// Wall-clock time the guest may spend running; zero means no limit.
+    pub timeout: Duration,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        let limits = pier_config::Limits::default();
+        StoreSettings {
+            max_memory: limits.max_memory,
+            timeout: limits.timeout,
+        }
+    }
+}
+
 /// A `wasi:http/proxy` component ready to serve.
 pub struct ProxyApp {
     pre: ProxyPre<HostState>,
@@ -105,6 +125,7 @@ pub struct ProxyApp {
     env: Vec<(String, String)>,
     dirs: Vec<DirGrant>,
     cache: CacheOutcome,
+    settings: StoreSettings,
 }
 
 impl ProxyApp {
@@ -114,6 +135,7 @@ impl ProxyApp {
         wasm: &WasmFile,
         grants: &Grants,
         cache: &CompileCache,
+        settings: StoreSettings,
     ) -> Result<ProxyApp, AppError> {
         let path = wasm.display().to_string();
         if wasm.kind == WasmKind::Module {
@@ -160,6 +182,7 @@ impl ProxyApp {
             env: grants.resolve_env(|name| std::env::var(name).ok()),
             dirs: grants.dirs.clone(),
             cache: outcome,
+            settings,
         })
     }
 
@@ -178,7 +201,16 @@ impl ProxyApp {
         self.cache
     }
 
-    /// A fresh store for one request: only the granted env and dirs, stdio to the log.
+    /// The limits each store gets.
+    pub fn settings(&self) -> StoreSettings {
+        self.settings
+    }
+
+    /// A fresh store for one request: only the granted env and dirs, stdio to the log, memory
+    /// capped, and a deadline `settings.timeout` from now.
+    ///
+    /// The guest yields to the async runtime every epoch tick, so one busy guest never holds a
+    /// worker thread; past the deadline the next tick traps it with [`wasmtime::Trap::Interrupt`].
     pub fn new_store(&self) -> wasmtime::Result<Store<HostState>> {
         let mut wasi = WasiCtx::builder();
         wasi.envs(&self.env)
@@ -187,7 +219,21 @@ impl ProxyApp {
         for dir in &self.dirs {
             wasi.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadWrite)?;
         }
-        Ok(Store::new(self.pre.engine(), HostState::new(wasi.build())))
+        let mut state = HostState::new(wasi.build());
+        state.limits = StoreLimitsBuilder::new()
+            .memory_size(usize::try_from(self.settings.max_memory).unwrap_or(usize::MAX))
+            .trap_on_grow_failure(true)
+            .build();
+        let mut store = Store::new(self.pre.engine(), state);
+        store.limiter(|state| &mut state.limits);
+        let deadline =
+            (!self.settings.timeout.is_zero()).then(|| Instant::now() + self.settings.timeout);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| match deadline {
+            Some(deadline) if Instant::now() >= deadline => Ok(UpdateDeadline::Interrupt),
+            _ => Ok(UpdateDeadline::Yield(1)),
+        });
+        Ok(store)
     }
 }
 

@@ -17,6 +17,9 @@ use crate::proxy::{AppError, check_dir, export_names, exports_list, link_wasi};
 /// Exit code for a guest that trapped, as a process killed by SIGABRT (what `wasmtime run` does).
 pub const TRAP_EXIT_CODE: i32 = 128 + 6;
 
+/// `pier run` has no time limit: an epoch deadline that is never reached.
+const NO_DEADLINE: u64 = u64::MAX / 2;
+
 /// How a program ended.
 #[derive(Debug)]
 pub enum RunOutcome {
@@ -101,6 +104,7 @@ async fn run_component(
         .instantiate_pre(&component)
         .map_err(|e| AppError::link(wasm, e))?;
     let mut store = Store::new(engine, HostState::new(wasi.build()));
+    store.set_epoch_deadline(NO_DEADLINE);
     let command = match CommandPre::new(pre) {
         Ok(pre) => pre,
         Err(e) => return Err(AppError::link(wasm, e).into()),
@@ -135,6 +139,7 @@ async fn run_module(
         );
     }
     let mut store = Store::new(engine, wasi.build_p1());
+    store.set_epoch_deadline(NO_DEADLINE);
     let outcome = async {
         let instance = pre.instantiate_async(&mut store).await?;
         let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;

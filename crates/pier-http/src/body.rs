@@ -3,8 +3,9 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
@@ -19,20 +20,31 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 /// How the guest's call ended, published before its store (and so its body sender) is dropped.
 /// Starts as "still running" (0).
 #[derive(Debug, Default)]
-pub struct GuestOutcome(AtomicU8);
+pub struct GuestOutcome {
+    state: AtomicU8,
+    micros: AtomicU64,
+}
 
 const SUCCEEDED: u8 = 1;
 const FAILED: u8 = 2;
 
 impl GuestOutcome {
-    /// Records how the guest call ended.
-    pub fn set(&self, ok: bool) {
-        self.0
+    /// Records how the guest call ended and how long it ran.
+    pub fn set(&self, ok: bool, elapsed: Duration) {
+        self.micros
+            .store(elapsed.as_micros() as u64, Ordering::Relaxed);
+        self.state
             .store(if ok { SUCCEEDED } else { FAILED }, Ordering::Release);
     }
 
     fn failed(&self) -> bool {
-        self.0.load(Ordering::Acquire) == FAILED
+        self.state.load(Ordering::Acquire) == FAILED
+    }
+
+    /// Time the guest ran, once it has finished.
+    pub fn elapsed(&self) -> Option<Duration> {
+        (self.state.load(Ordering::Acquire) != 0)
+            .then(|| Duration::from_micros(self.micros.load(Ordering::Relaxed)))
     }
 }
 
@@ -92,6 +104,126 @@ impl Body for ResponseBody {
             }
             ResponseBody::Guest { inner, .. } => inner.size_hint(),
         }
+    }
+}
+
+/// A response body that, when hyper is done with it (sent whole or aborted), writes the access
+/// log line and the request metrics, and marks the request finished on its connection.
+pub struct Observed {
+    inner: ResponseBody,
+    record: AccessRecord,
+}
+
+/// What the access log says about one request.
+pub struct AccessRecord {
+    /// Request method.
+    pub method: http::Method,
+    /// Request URI.
+    pub uri: http::Uri,
+    /// Response status.
+    pub status: StatusCode,
+    /// When the request head arrived.
+    pub started: Instant,
+    /// The guest's outcome, when a guest ran.
+    pub guest: Option<Arc<GuestOutcome>>,
+    /// Keeps the connection busy (for its idle timeout) while the response is sent.
+    _in_flight: Option<crate::conn::InFlight>,
+    bytes: u64,
+    failed: bool,
+    done: bool,
+}
+
+impl AccessRecord {
+    /// A record for a request that started at `started`.
+    pub fn new(
+        method: http::Method,
+        uri: http::Uri,
+        started: Instant,
+        in_flight: Option<crate::conn::InFlight>,
+    ) -> Self {
+        metrics::gauge!(crate::metrics::IN_FLIGHT).increment(1.0);
+        AccessRecord {
+            method,
+            uri,
+            status: StatusCode::OK,
+            started,
+            guest: None,
+            _in_flight: in_flight,
+            bytes: 0,
+            failed: false,
+            done: false,
+        }
+    }
+
+    /// Wraps `response` so that this record is logged when its body is finished.
+    pub fn attach(mut self, response: Response<ResponseBody>) -> Response<Observed> {
+        self.status = response.status();
+        response.map(|inner| {
+            // hyper never polls a body that is already at its end.
+            self.done = inner.is_end_stream();
+            Observed {
+                inner,
+                record: self,
+            }
+        })
+    }
+}
+
+impl Drop for AccessRecord {
+    fn drop(&mut self) {
+        let elapsed = self.started.elapsed();
+        let guest_us = self
+            .guest
+            .as_ref()
+            .and_then(|g| g.elapsed())
+            .map(|d| d.as_micros() as u64);
+        let complete = self.done && !self.failed;
+        tracing::info!(
+            target: "pier::access",
+            method = %self.method,
+            path = self.uri.path(),
+            status = self.status.as_u16(),
+            bytes = self.bytes,
+            duration_us = elapsed.as_micros() as u64,
+            guest_us,
+            complete,
+        );
+        metrics::gauge!(crate::metrics::IN_FLIGHT).decrement(1.0);
+        metrics::counter!(crate::metrics::REQUESTS, "status" => crate::metrics::status_class(self.status)).increment(1);
+        metrics::histogram!(crate::metrics::REQUEST_SECONDS).record(elapsed.as_secs_f64());
+        metrics::counter!(crate::metrics::BYTES_OUT).increment(self.bytes);
+    }
+}
+
+impl Body for Observed {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let poll = Pin::new(&mut this.inner).poll_frame(cx);
+        match &poll {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.record.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.record.failed = true,
+            Poll::Ready(None) => this.record.done = true,
+            Poll::Pending => {}
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -1,36 +1,65 @@
 //! The component handler: one request, one fresh instance.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
-use pier_engine::ProxyApp;
-use tokio::sync::oneshot;
+use http_body::Body;
+use pier_engine::{FailureKind, ProxyApp};
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
 use crate::body::{GuestOutcome, ResponseBody, error_response};
+use crate::limits::BodyLimit;
+
+/// How a guest call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GuestEnd {
+    Returned,
+    Failed(FailureKind),
+}
 
 /// Answers `req` with a fresh instance of `app`.
 ///
 /// The guest runs in its own task so that it can keep streaming the body (or keep working) after
-/// it has handed over the response head. If it fails before that, the client gets a 500; if it
-/// fails after, the response body is aborted.
-pub async fn handle(app: Arc<ProxyApp>, req: Request<Incoming>) -> Response<ResponseBody> {
+/// it has handed over the response head. If it fails before that, the client gets a 500 (504 for
+/// a timeout, 413 if it failed reading a body over the limit); if it fails after, the response
+/// body is aborted. `permit` (a slot of `--max-concurrency`) is held until the guest is done.
+pub async fn handle<B>(
+    app: Arc<ProxyApp>,
+    req: Request<B>,
+    body_limit: Option<BodyLimit>,
+    permit: Option<OwnedSemaphorePermit>,
+) -> (Response<ResponseBody>, Option<Arc<GuestOutcome>>)
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    let started = Instant::now();
     let mut store = match app.new_store() {
         Ok(store) => store,
         Err(e) => {
             tracing::error!(component = app.name(), "cannot prepare an instance: {e:#}");
-            return error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+            return (
+                error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+                None,
+            );
         }
     };
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    let uri = req.uri().clone();
     let (sender, receiver) = oneshot::channel();
     let mut http = store.data_mut().http();
     let request = match http.new_incoming_request(Scheme::Http, req) {
         Ok(request) => request,
-        Err(e) => return error_response(StatusCode::BAD_REQUEST, &format!("bad request: {e}")),
+        Err(e) => {
+            return (
+                error_response(StatusCode::BAD_REQUEST, &format!("bad request: {e}")),
+                None,
+            );
+        }
     };
     let outparam = match http.new_response_outparam(sender) {
         Ok(outparam) => outparam,
@@ -39,36 +68,67 @@ pub async fn handle(app: Arc<ProxyApp>, req: Request<Incoming>) -> Response<Resp
                 component = app.name(),
                 "cannot create the response outparam: {e:#}"
             );
-            return error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+            return (
+                error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+                None,
+            );
         }
     };
 
     let outcome = Arc::new(GuestOutcome::default());
+    let timeout = app.settings().timeout;
     let guest = {
         let app = app.clone();
         let outcome = outcome.clone();
         tokio::spawn(async move {
-            let result = async {
+            let call = async {
                 let proxy = app.pre().instantiate_async(&mut store).await?;
+                metrics::counter!(crate::metrics::INSTANCES).increment(1);
+                metrics::histogram!(crate::metrics::INSTANTIATE_SECONDS)
+                    .record(started.elapsed().as_secs_f64());
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, request, outparam)
                     .await
-            }
-            .await;
-            if let Err(e) = &result {
-                let report = pier_engine::describe_guest_error(e);
-                tracing::error!(component = app.name(), %method, path, "guest failed: {report}");
-            }
+            };
+            // The epoch deadline stops a guest that computes past its time; this also stops
+            // one that waits past it (on a body, say). Dropping the call drops the instance.
+            let result = if timeout.is_zero() {
+                call.await
+            } else {
+                match tokio::time::timeout(timeout, call).await {
+                    Ok(result) => result,
+                    Err(_) => Err(wasmtime::Trap::Interrupt.into()),
+                }
+            };
+            let end = match &result {
+                Ok(()) => GuestEnd::Returned,
+                Err(e) => {
+                    let kind = FailureKind::of(e);
+                    metrics::counter!(crate::metrics::GUEST_FAILURES, "kind" => kind.as_str())
+                        .increment(1);
+                    let report = pier_engine::describe_guest_error(e);
+                    tracing::error!(component = app.name(), %method, path = uri.path(), kind = kind.as_str(), "guest failed: {report}");
+                    GuestEnd::Failed(kind)
+                }
+            };
+            let elapsed = started.elapsed();
+            metrics::histogram!(crate::metrics::GUEST_SECONDS).record(elapsed.as_secs_f64());
             // Publish the outcome before the store (and with it the body sender) is dropped.
-            outcome.set(result.is_ok());
+            outcome.set(end == GuestEnd::Returned, elapsed);
             drop(store);
-            result.is_ok()
+            drop(permit);
+            end
         })
     };
 
-    match receiver.await {
-        Ok(Ok(response)) => response.map(|body| ResponseBody::guest(body, outcome)),
+    let response = match receiver.await {
+        Ok(Ok(response)) => {
+            return (
+                response.map(|body| ResponseBody::guest(body, outcome.clone())),
+                Some(outcome),
+            );
+        }
         Ok(Err(code)) => {
             tracing::warn!(
                 component = app.name(),
@@ -81,7 +141,10 @@ pub async fn handle(app: Arc<ProxyApp>, req: Request<Incoming>) -> Response<Resp
         }
         // The outparam was dropped unused: the guest returned without answering, or failed.
         Err(_) => match guest.await {
-            Ok(true) => {
+            _ if body_limit.as_ref().is_some_and(BodyLimit::exceeded) => {
+                too_large(body_limit.as_ref())
+            }
+            Ok(GuestEnd::Returned) => {
                 tracing::error!(
                     component = app.name(),
                     "guest returned without setting a response"
@@ -91,11 +154,39 @@ pub async fn handle(app: Arc<ProxyApp>, req: Request<Incoming>) -> Response<Resp
                     "the component returned no response",
                 )
             }
-            Ok(false) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "the component failed"),
+            Ok(GuestEnd::Failed(FailureKind::Timeout)) => error_response(
+                StatusCode::GATEWAY_TIMEOUT,
+                &format!("the component did not answer within {}", human(timeout)),
+            ),
+            Ok(GuestEnd::Failed(FailureKind::OutOfMemory)) => error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the component ran out of memory",
+            ),
+            Ok(GuestEnd::Failed(FailureKind::Trap)) => {
+                error_response(StatusCode::INTERNAL_SERVER_ERROR, "the component failed")
+            }
             Err(e) => {
                 tracing::error!(component = app.name(), "guest task ended abnormally: {e}");
                 error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
             }
         },
+    };
+    (response, Some(outcome))
+}
+
+fn too_large(limit: Option<&BodyLimit>) -> Response<ResponseBody> {
+    let max = limit.map_or(0, BodyLimit::max);
+    error_response(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("request body larger than {max} bytes"),
+    )
+}
+
+/// `30s`, `250ms`.
+fn human(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
     }
 }

@@ -1,8 +1,14 @@
-//! pier's HTTP side: the server, and the handlers that answer requests.
+//! pier's HTTP side: the server, the request path, and the handlers that answer requests.
 
 mod body;
-mod handler;
+mod conn;
+pub mod handler;
+mod limits;
+pub mod metrics;
 mod server;
+mod service;
+mod tls;
 
 pub use body::{BodyError, ResponseBody, error_response};
-pub use server::{DRAIN_TIMEOUT, ServeError, Server};
+pub use server::{ServeError, Server};
+pub use tls::{TlsError, acceptor as tls_acceptor};

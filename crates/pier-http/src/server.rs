@@ -1,4 +1,5 @@
-//! The listener and connection loop: HTTP/1.1 and HTTP/2 (h2c with prior knowledge) on one port.
+//! The listener and connection loop: HTTP/1.1 and HTTP/2 (h2c with prior knowledge, or ALPN over
+//! TLS) on one port, with connection limits, timeouts and a graceful drain.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -7,49 +8,69 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use pier_config::Limits;
 use pier_engine::ProxyApp;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
 
-use crate::handler;
-
-/// How long shutdown waits for in-flight requests before giving up on them.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::conn::{Activity, Tracked};
+use crate::service::Pipeline;
 
 /// A listening server that has not started accepting yet.
 pub struct Server {
     listener: TcpListener,
-    app: Arc<ProxyApp>,
+    pipeline: Arc<Pipeline>,
+    limits: Limits,
+    tls: Option<TlsAcceptor>,
 }
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// The address is taken.
-    #[error("cannot listen on {addr}: the address is already in use (pick another with --addr)")]
-    AddrInUse { addr: SocketAddr },
+    #[error("cannot listen on {addr}: the address is already in use (pick another with {flag})")]
+    AddrInUse {
+        addr: SocketAddr,
+        flag: &'static str,
+    },
     /// Another bind failure (permission, no such address).
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr} ({flag}): {source}")]
     Bind {
         addr: SocketAddr,
+        flag: &'static str,
         source: std::io::Error,
     },
 }
 
+/// Binds `addr`, naming `flag` in the error.
+pub(crate) async fn bind(addr: SocketAddr, flag: &'static str) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| match source.kind() {
+            std::io::ErrorKind::AddrInUse => ServeError::AddrInUse { addr, flag },
+            _ => ServeError::Bind { addr, flag, source },
+        })
+}
+
 impl Server {
-    /// Binds `addr` for `app`.
-    pub async fn bind(addr: SocketAddr, app: ProxyApp) -> Result<Server, ServeError> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| match source.kind() {
-                std::io::ErrorKind::AddrInUse => ServeError::AddrInUse { addr },
-                _ => ServeError::Bind { addr, source },
-            })?;
+    /// Binds `addr` for `app`, with TLS when an acceptor is given.
+    pub async fn bind(
+        addr: SocketAddr,
+        app: ProxyApp,
+        limits: Limits,
+        tls: Option<TlsAcceptor>,
+    ) -> Result<Server, ServeError> {
+        let listener = bind(addr, "--addr").await?;
+        let pipeline = Pipeline::new(Arc::new(app), limits.clone());
         Ok(Server {
             listener,
-            app: Arc::new(app),
+            pipeline,
+            limits,
+            tls,
         })
     }
 
@@ -60,14 +81,32 @@ impl Server {
             .expect("a bound listener has an address")
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests finish
-    /// (up to [`DRAIN_TIMEOUT`]).
+    /// The URL clients reach the server at.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.local_addr())
+    }
+
+    /// Serves until `shutdown` resolves; then stops accepting, asks every connection to finish
+    /// (HTTP/2 GOAWAY, HTTP/1.1 close after the current response) and waits up to
+    /// `--drain-timeout` for in-flight requests before returning.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
-        let Server { listener, app } = self;
-        let builder = auto::Builder::new(TokioExecutor::new());
-        let graceful = GracefulShutdown::new();
+        let Server {
+            listener,
+            pipeline,
+            limits,
+            tls,
+        } = self;
+        let builder = Arc::new(http_builder(&limits));
+        let connections = Arc::new(Semaphore::new(limits.max_connections));
+        let (draining_tx, draining) = watch::channel(false);
         tokio::pin!(shutdown);
         loop {
+            // At the connection limit, stop accepting: clients wait in the kernel's backlog.
+            let permit = tokio::select! {
+                permit = connections.clone().acquire_owned() => permit.expect("never closed"),
+                () = &mut shutdown => break,
+            };
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
@@ -81,26 +120,121 @@ impl Server {
                 () = &mut shutdown => break,
             };
             let _ = stream.set_nodelay(true);
-            let app = app.clone();
-            let service = service_fn(move |req| {
-                let app = app.clone();
-                async move { Ok::<_, Infallible>(handler::handle(app, req).await) }
-            });
-            let conn = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned();
-            let conn = graceful.watch(conn);
+            let conn = Connection {
+                builder: builder.clone(),
+                pipeline: pipeline.clone(),
+                limits: limits.clone(),
+                draining: draining.clone(),
+                peer,
+            };
+            let tls = tls.clone();
             tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(%peer, "connection ended with an error: {e}");
+                match tls {
+                    None => conn.run(stream).await,
+                    Some(acceptor) => match tokio::time::timeout(
+                        conn.limits.header_timeout,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(stream)) => conn.run(stream).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    },
                 }
+                drop(permit);
             });
         }
         drop(listener);
-        tracing::info!("shutting down: waiting for in-flight requests");
-        tokio::select! {
-            () = graceful.shutdown() => tracing::info!("all connections closed"),
-            () = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("drain timed out; closing the remaining connections"),
+        let _ = draining_tx.send(true);
+        tracing::info!("shutting down: no new connections; waiting for in-flight requests");
+        let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+        match tokio::time::timeout(limits.drain_timeout, connections.acquire_many(all)).await {
+            Ok(_) => tracing::info!("drained: all connections closed"),
+            Err(_) => tracing::warn!(
+                "drain timed out after {:?}; closing the remaining connections",
+                limits.drain_timeout
+            ),
+        }
+    }
+}
+
+/// hyper's connection settings from the limits. hyper's own header limits sit above pier's so
+/// that pier's checks (which answer 431 with an explanation) normally speak first.
+fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_headers(limits.max_headers.saturating_mul(2).max(100))
+        .max_buf_size(limits.max_header_size.saturating_mul(2).max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_streams)
+        .max_header_list_size(
+            u32::try_from(limits.max_header_size.saturating_mul(2)).unwrap_or(u32::MAX),
+        );
+    builder
+}
+
+/// One accepted connection.
+struct Connection {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    pipeline: Arc<Pipeline>,
+    limits: Limits,
+    draining: watch::Receiver<bool>,
+    peer: SocketAddr,
+}
+
+impl Connection {
+    /// Serves the connection until the client closes it, it sits idle past `--idle-timeout`, or
+    /// the server drains.
+    async fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(mut self, stream: S) {
+        let activity = Activity::new();
+        let io = TokioIo::new(Tracked::new(stream, activity.clone()));
+        let pipeline = self.pipeline.clone();
+        let requests = activity.clone();
+        let service = service_fn(move |req| {
+            let pipeline = pipeline.clone();
+            let activity = requests.clone();
+            async move { Ok::<_, Infallible>(pipeline.serve(req, &activity).await) }
+        });
+        let conn = self.builder.serve_connection(io, service);
+        tokio::pin!(conn);
+        let idle = self.limits.idle_timeout;
+        let mut closing = *self.draining.borrow();
+        if closing {
+            conn.as_mut().graceful_shutdown();
+        }
+        loop {
+            // While a request is in progress the connection is not idle: look again later.
+            let wake = if activity.busy() {
+                std::time::Instant::now() + idle
+            } else {
+                activity.idle_deadline(idle)
+            };
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(peer = %self.peer, "connection ended with an error: {e}");
+                    }
+                    return;
+                }
+                _ = self.draining.changed(), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                () = tokio::time::sleep_until(wake.into()), if !closing && !idle.is_zero() => {
+                    if !activity.busy() && std::time::Instant::now() >= activity.idle_deadline(idle) {
+                        tracing::debug!(peer = %self.peer, "closing an idle connection");
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
         }
     }
 }

@@ -55,10 +55,12 @@ pub fn toolchain_guest(file: &str) -> Option<PathBuf> {
 /// A running `pier serve` child process.
 pub struct PierServer {
     child: Option<Child>,
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT` (or `https://`)
     pub url: String,
     /// `127.0.0.1:PORT`
     pub addr: String,
+    /// The admin listener's `127.0.0.1:PORT`, when `--admin-addr` was given.
+    pub admin_addr: Option<String>,
     log: Arc<Mutex<String>>,
 }
 
@@ -83,6 +85,7 @@ impl PierServer {
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
+        let (admin_tx, admin_rx) = std::sync::mpsc::channel();
         {
             let log = log.clone();
             std::thread::spawn(move || {
@@ -92,6 +95,9 @@ impl PierServer {
                         && let Some(tx) = tx.take()
                     {
                         let _ = tx.send(url.to_string());
+                    }
+                    if line.starts_with("pier: admin on ") {
+                        let _ = admin_tx.send(line["pier: admin on http://".len()..].to_string());
                     }
                     let mut log = log.lock().unwrap();
                     log.push_str(&line);
@@ -103,12 +109,18 @@ impl PierServer {
             child: Some(child),
             url: String::new(),
             addr: String::new(),
+            admin_addr: None,
             log,
         };
         match rx.recv_timeout(Duration::from_secs(120)) {
             Ok(url) => {
-                server.addr = url.trim_start_matches("http://").to_string();
+                server.addr = url
+                    .trim_start_matches("http://")
+                    .trim_start_matches("https://")
+                    .to_string();
                 server.url = url;
+                // The admin line, when there is one, comes before the serving line.
+                server.admin_addr = admin_rx.try_recv().ok();
                 Ok(server)
             }
             Err(_) => {
@@ -306,4 +318,77 @@ pub async fn send(addr: &str, proto: Proto, req: Request<Full<Bytes>>) -> Result
         headers: parts.headers,
         body,
     })
+}
+
+/// A TLS client for `addr` (server name `localhost`) trusting only `root`, offering `alpn`; the
+/// protocol the server picked decides HTTP/2 or HTTP/1.1.
+pub async fn connect_tls<B>(addr: &str, root: &[u8], alpn: &[&[u8]]) -> Result<(Client<B>, Proto)>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from(root.to_vec()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost")?, stream)
+        .await?;
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let io = TokioIo::new(tls);
+    Ok(if h2 {
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        (Client::H2(sender), Proto::H2)
+    } else {
+        let (sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        (Client::H1(sender), Proto::H1)
+    })
+}
+
+/// Reads a response whole.
+pub async fn read(response: Response<Incoming>) -> Result<Answer> {
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok(Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}
+
+/// A request body fed from a channel, so a test can send part of it, act, then send the rest.
+pub fn channel_body() -> (tokio::sync::mpsc::Sender<Bytes>, ChannelBody) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    (tx, ChannelBody(rx))
+}
+
+/// See [`channel_body`].
+pub struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|c| Ok(hyper::body::Frame::data(c))))
+    }
 }

@@ -3,25 +3,39 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use pier_config::{CacheConfig, DEFAULT_ADDR, DirGrant, EnvGrant, Grants, RunConfig, ServeConfig};
+use pier_config::{
+    CacheConfig, DEFAULT_ADDR, DirGrant, EnvGrant, Grants, Limits, RunConfig, ServeConfig,
+    parse_duration, parse_size,
+};
 use pier_engine::{
-    CacheOutcome, CompileCache, EngineKind, ProxyApp, RunOutcome, WasmFile, WasmKind,
+    CacheOutcome, CompileCache, EngineKind, EpochTicker, ProxyApp, RunOutcome, StoreSettings,
+    WasmFile, WasmKind,
 };
 
 /// pier: a server and runner for WebAssembly components that speak WASI.
 #[derive(Parser)]
 #[command(version, about, max_term_width = 100)]
 struct Cli {
+    /// Log format: human-readable text, or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Serve a wasi:http/proxy component over HTTP/1.1 and HTTP/2.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run a wasi:cli command component or a preview1 (wasm32-wasi) module.
     Run(RunArgs),
     /// Compile a component or module into the cache, so the next start is fast.
@@ -33,6 +47,17 @@ struct ServeArgs {
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_ADDR)]
     addr: SocketAddr,
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key); ALPN offers h2 and http/1.1.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key for --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve Prometheus metrics (/metrics) and /healthz on this address.
+    #[arg(long, value_name = "HOST:PORT")]
+    admin_addr: Option<SocketAddr>,
+    #[command(flatten)]
+    limits: LimitArgs,
     #[command(flatten)]
     grants: GrantArgs,
     #[command(flatten)]
@@ -66,6 +91,68 @@ struct CompileArgs {
     /// The component or module to compile.
     #[arg(value_name = "APP.wasm")]
     app: PathBuf,
+}
+
+/// Protections, all on by default (see the README's flags table).
+#[derive(Args)]
+struct LimitArgs {
+    /// Largest linear memory a guest instance may grow to; past it the guest traps (500).
+    #[arg(long, value_name = "SIZE", default_value = "128MiB", value_parser = parse_size)]
+    max_memory: u64,
+    /// Time a request may spend in its guest: 504 (or an aborted response); 0 disables.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Largest request body: 413 (checked up front and while streaming).
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
+    max_body: u64,
+    /// Largest request header section: 431.
+    #[arg(long, value_name = "SIZE", default_value = "64KiB", value_parser = parse_size_usize)]
+    max_header_size: usize,
+    /// Most request header fields: 431.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    max_headers: usize,
+    /// Time a client has to send request headers (slowloris); on HTTP/1.1 this also bounds the
+    /// wait for the next request on a keep-alive connection.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    header_timeout: Duration,
+    /// Close connections idle this long; 0 disables.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Requests in guests at once; beyond it pier answers 503 with Retry-After at once.
+    #[arg(long, value_name = "N", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+    max_concurrency: u32,
+    /// Open client connections; beyond it pier stops accepting until one closes.
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// Concurrent streams per HTTP/2 connection.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    h2_max_streams: u32,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_memory: self.max_memory,
+            timeout: self.timeout,
+            max_body: self.max_body,
+            max_header_size: self.max_header_size,
+            max_headers: self.max_headers,
+            header_timeout: self.header_timeout,
+            idle_timeout: self.idle_timeout,
+            max_concurrency: self.max_concurrency as usize,
+            max_connections: self.max_connections as usize,
+            h2_max_streams: self.h2_max_streams,
+            drain_timeout: self.drain_timeout,
+        }
+    }
+}
+
+fn parse_size_usize(s: &str) -> Result<usize, String> {
+    let n = parse_size(s).map_err(|e| e.to_string())?;
+    usize::try_from(n).map_err(|_| format!("{s} is too large"))
 }
 
 /// What the guest may see of the host; nothing unless granted here.
@@ -111,14 +198,14 @@ fn main() -> ExitCode {
         Command::Run(_) => "warn",
         _ => "info",
     };
-    init_logging(default_log);
+    init_logging(default_log, cli.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("cannot start the async runtime");
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Serve(args) => serve(*args).await.map(|()| ExitCode::SUCCESS),
             Command::Run(args) => run(args).await,
             Command::Compile(args) => compile(args).map(|()| ExitCode::SUCCESS),
         }
@@ -132,14 +219,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(default: &str) {
+fn init_logging(default: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PIER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -148,17 +239,41 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         app: args.app,
         cache: args.cache.config(),
         grants: args.grants.into_grants(),
+        limits: args.limits.limits(),
+    };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(pier_http::tls_acceptor(cert, key)?),
+        _ => None,
+    };
+    let admin = match args.admin_addr {
+        Some(addr) => Some(pier_http::metrics::bind_admin(addr).await?),
+        None => None,
     };
     let wasm = WasmFile::read(&config.app)?;
-    let engine = pier_engine::new_engine(EngineKind::Serve)?;
+    // One pool slot per request in a guest, plus slack for instances still being torn down.
+    let instances = u32::try_from(config.limits.max_concurrency)
+        .unwrap_or(u32::MAX)
+        .saturating_add(16);
+    let engine = pier_engine::new_engine(EngineKind::Serve { instances })?;
+    let settings = StoreSettings {
+        max_memory: config.limits.max_memory,
+        timeout: config.limits.timeout,
+    };
     let app = ProxyApp::load(
         &engine,
         &wasm,
         &config.grants,
         &CompileCache::new(&config.cache),
+        settings,
     )?;
-    let server = pier_http::Server::bind(config.addr, app).await?;
-    eprintln!("pier: serving http://{}", server.local_addr());
+    let _ticker = EpochTicker::start(&engine);
+    if let Some(listener) = admin {
+        let handle = pier_http::metrics::install_recorder()?;
+        eprintln!("pier: admin on http://{}", listener.local_addr()?);
+        tokio::spawn(pier_http::metrics::serve_admin(listener, handle));
+    }
+    let server = pier_http::Server::bind(config.addr, app, config.limits, tls).await?;
+    eprintln!("pier: serving {}", server.url());
     server.serve(shutdown_signal()).await;
     Ok(())
 }
@@ -187,7 +302,8 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 fn compile(args: CompileArgs) -> anyhow::Result<()> {
     let wasm = WasmFile::read(&args.app)?;
     let cache = CompileCache::new(&args.cache.config());
-    let engine = pier_engine::new_engine(EngineKind::Serve)?;
+    // Code compiled for `run` is the same as for `serve` (only instance allocation differs).
+    let engine = pier_engine::new_engine(EngineKind::Run)?;
     let outcome = match wasm.kind {
         WasmKind::Component => cache.component(&engine, &wasm).map(|(_, o)| o),
         WasmKind::Module => cache.module(&engine, &wasm).map(|(_, o)| o),
@@ -210,5 +326,49 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_defaults_are_the_documented_limits() {
+        let cli = Cli::try_parse_from(["pier", "serve", "app.wasm"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
+        assert_eq!(args.limits.limits(), Limits::default());
+        assert_eq!(args.addr.to_string(), DEFAULT_ADDR);
+    }
+
+    #[test]
+    fn limit_flags_parse_units() {
+        let cli = Cli::try_parse_from([
+            "pier",
+            "serve",
+            "--max-memory",
+            "1GiB",
+            "--timeout",
+            "250ms",
+            "--max-body",
+            "10k",
+            "app.wasm",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
+        let limits = args.limits.limits();
+        assert_eq!(
+            (limits.max_memory, limits.timeout, limits.max_body),
+            (1 << 30, Duration::from_millis(250), 10 << 10)
+        );
+        assert!(Cli::try_parse_from(["pier", "serve", "--timeout", "30", "app.wasm"]).is_err());
+        assert!(
+            Cli::try_parse_from(["pier", "serve", "--tls-cert", "c.pem", "app.wasm"]).is_err(),
+            "--tls-cert needs --tls-key"
+        );
     }
 }

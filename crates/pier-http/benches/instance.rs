@@ -1,0 +1,74 @@
+//! In-process cost of one request with a fresh instance: store + instantiate + handle + body +
+//! drop, through the same handler the server uses (no sockets).
+//!
+//! `cargo bench -p pier-http --bench instance` (Python/JS guests are included when
+//! `guests/build.sh` has built them).
+
+use std::convert::Infallible;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use http_body_util::{BodyExt, Empty};
+use pier_config::{CacheConfig, Grants};
+use pier_engine::{CompileCache, EngineKind, ProxyApp, StoreSettings, WasmFile, new_engine};
+
+fn guests() -> Vec<(&'static str, std::path::PathBuf)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut out = vec![("wat-hello", root.join("examples/hello/hello.wasm"))];
+    for (name, file) in [
+        ("python-hello", "python-hello.wasm"),
+        ("js-hello", "js-hello.wasm"),
+    ] {
+        let path = root.join("guests/build").join(file);
+        if path.exists() {
+            out.push((name, path));
+        }
+    }
+    out
+}
+
+fn fresh_instance(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let engine = new_engine(EngineKind::Serve { instances: 1000 }).unwrap();
+    let cache_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench/pier-cache");
+    let cache = CompileCache::new(&CacheConfig::Dir(cache_dir));
+    let mut group = c.benchmark_group("fresh-instance-request");
+    for (name, path) in guests() {
+        let wasm = WasmFile::read(&path).unwrap();
+        let app = Arc::new(
+            ProxyApp::load(
+                &engine,
+                &wasm,
+                &Grants::default(),
+                &cache,
+                StoreSettings::default(),
+            )
+            .unwrap(),
+        );
+        group.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| {
+                let app = app.clone();
+                async move {
+                    let req = http::Request::builder()
+                        .uri("http://localhost/")
+                        .body(Empty::<Bytes>::new().map_err(
+                            |never: Infallible| -> wasmtime_wasi_http::Error { match never {} },
+                        ))
+                        .unwrap();
+                    let (response, _) = pier_http::handler::handle(app, req, None, None).await;
+                    assert_eq!(response.status(), 200);
+                    response.into_body().collect().await.unwrap();
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, fresh_instance);
+criterion_main!(benches);

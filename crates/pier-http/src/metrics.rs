@@ -1,0 +1,148 @@
+//! Prometheus metrics and the admin listener (`/metrics`, `/healthz`).
+//!
+//! Metrics are recorded through the `metrics` facade everywhere; without `--admin-addr` no
+//! recorder is installed and recording costs next to nothing.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+
+/// Requests answered, by status class (`2xx`, `4xx`, ...).
+pub const REQUESTS: &str = "pier_requests_total";
+/// Time from request head to the end of the response body.
+pub const REQUEST_SECONDS: &str = "pier_request_duration_seconds";
+/// Time a guest spent handling one request (instantiation included).
+pub const GUEST_SECONDS: &str = "pier_guest_execution_seconds";
+/// Time to instantiate a fresh instance.
+pub const INSTANTIATE_SECONDS: &str = "pier_instantiation_seconds";
+/// Requests currently being answered.
+pub const IN_FLIGHT: &str = "pier_requests_in_flight";
+/// Instances created.
+pub const INSTANCES: &str = "pier_instances_created_total";
+/// Guest failures by kind (`trap`, `timeout`, `out_of_memory`).
+pub const GUEST_FAILURES: &str = "pier_guest_failures_total";
+/// Requests refused before reaching a guest, by reason.
+pub const REJECTED: &str = "pier_requests_rejected_total";
+/// Request body bytes received.
+pub const BYTES_IN: &str = "pier_request_body_bytes_total";
+/// Response body bytes sent.
+pub const BYTES_OUT: &str = "pier_response_body_bytes_total";
+
+/// The Prometheus status class of a status code.
+pub fn status_class(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// Installs the Prometheus recorder (once per process) and returns the handle that renders it.
+pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
+    let buckets = [
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0, 10.0, 30.0,
+    ];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)?
+        .install_recorder()?;
+    metrics::describe_counter!(REQUESTS, "Requests answered, by status class");
+    metrics::describe_histogram!(
+        REQUEST_SECONDS,
+        metrics::Unit::Seconds,
+        "Request duration, head to end of body"
+    );
+    metrics::describe_histogram!(
+        GUEST_SECONDS,
+        metrics::Unit::Seconds,
+        "Guest execution time per request"
+    );
+    metrics::describe_histogram!(
+        INSTANTIATE_SECONDS,
+        metrics::Unit::Seconds,
+        "Instantiation time per request"
+    );
+    metrics::describe_gauge!(IN_FLIGHT, "Requests being answered");
+    metrics::describe_counter!(INSTANCES, "Instances created");
+    metrics::describe_counter!(GUEST_FAILURES, "Guest failures by kind");
+    metrics::describe_counter!(
+        REJECTED,
+        "Requests refused before reaching a guest, by reason"
+    );
+    metrics::describe_counter!(
+        BYTES_IN,
+        metrics::Unit::Bytes,
+        "Request body bytes received"
+    );
+    metrics::describe_counter!(BYTES_OUT, metrics::Unit::Bytes, "Response body bytes sent");
+    // Upkeep (histogram summaries) on a timer, not on every scrape.
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
+}
+
+/// Serves `/metrics` and `/healthz` on `listener` until the process ends.
+pub async fn serve_admin(listener: TcpListener, handle: PrometheusHandle) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!("admin accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let handle = handle.clone();
+                async move { Ok::<_, Infallible>(admin_response(req.uri().path(), &handle)) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn admin_response(path: &str, handle: &PrometheusHandle) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match path {
+        "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", handle.render()),
+        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /metrics or /healthz\n".to_string(),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        content_type.parse().expect("static"),
+    );
+    response
+        .headers_mut()
+        .insert(http::header::SERVER, http::HeaderValue::from_static("pier"));
+    response
+}
+
+/// Binds the admin listener.
+pub async fn bind_admin(addr: SocketAddr) -> Result<TcpListener, crate::ServeError> {
+    crate::server::bind(addr, "--admin-addr").await
+}

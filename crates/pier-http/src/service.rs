@@ -1,0 +1,110 @@
+//! The request path, in order: limits on the head, admission (`--max-concurrency`), the handler,
+//! and the access record that logs the response when it is done.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use pier_config::Limits;
+use pier_engine::ProxyApp;
+use tokio::sync::Semaphore;
+
+use crate::body::{AccessRecord, Observed, error_response};
+use crate::conn::Activity;
+use crate::handler;
+use crate::limits::{BodyLimit, LimitedBody, content_length, header_problem};
+
+/// What every request on a server shares.
+pub struct Pipeline {
+    app: Arc<ProxyApp>,
+    limits: Limits,
+    concurrency: Arc<Semaphore>,
+}
+
+impl Pipeline {
+    /// The pipeline for `app` under `limits`.
+    pub fn new(app: Arc<ProxyApp>, limits: Limits) -> Arc<Pipeline> {
+        let concurrency = Arc::new(Semaphore::new(limits.max_concurrency));
+        Arc::new(Pipeline {
+            app,
+            limits,
+            concurrency,
+        })
+    }
+
+    /// Answers one request that arrived on the connection `activity` tracks.
+    pub async fn serve(
+        &self,
+        req: Request<Incoming>,
+        activity: &Arc<Activity>,
+    ) -> Response<Observed> {
+        let mut record = AccessRecord::new(
+            req.method().clone(),
+            req.uri().clone(),
+            Instant::now(),
+            Some(activity.begin()),
+        );
+        let limits = &self.limits;
+
+        if let Some(problem) =
+            header_problem(req.headers(), limits.max_headers, limits.max_header_size)
+        {
+            return reject(
+                record,
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                &problem,
+                "headers_too_large",
+            );
+        }
+        if let Some(declared) = content_length(req.headers()).filter(|&n| n > limits.max_body) {
+            let message = format!(
+                "request body of {declared} bytes is larger than {} bytes",
+                limits.max_body
+            );
+            return reject(
+                record,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &message,
+                "body_too_large",
+            );
+        }
+        // Admission: answer at once rather than queue without bound.
+        let Ok(permit) = self.concurrency.clone().try_acquire_owned() else {
+            let mut response = reject_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server busy: too many requests in progress, retry shortly",
+                "overload",
+            );
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return record.attach(response);
+        };
+
+        let limit = BodyLimit::new(limits.max_body);
+        let req = req.map(|body| LimitedBody::new(body, limit.clone()));
+        let (response, outcome) =
+            handler::handle(self.app.clone(), req, Some(limit), Some(permit)).await;
+        record.guest = outcome;
+        record.attach(response)
+    }
+}
+
+fn reject(
+    record: AccessRecord,
+    status: StatusCode,
+    message: &str,
+    reason: &'static str,
+) -> Response<Observed> {
+    record.attach(reject_response(status, message, reason))
+}
+
+fn reject_response(
+    status: StatusCode,
+    message: &str,
+    reason: &'static str,
+) -> Response<crate::body::ResponseBody> {
+    metrics::counter!(crate::metrics::REJECTED, "reason" => reason).increment(1);
+    error_response(status, message)
+}

@@ -1,0 +1,496 @@
+//! Production serving: TLS, limits and timeouts, overload, drain, metrics and logs. Every test is
+//! bounded in time and count and talks to loopback only.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use pier_testkit::{Client, PROTOS, PierServer, Proto, get, guest, read, request};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn pier() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_BIN_EXE_pier"))
+}
+
+fn serve(guest_name: &str, flags: &[&str]) -> PierServer {
+    let app = guest(guest_name);
+    let mut args: Vec<&str> = flags.to_vec();
+    args.push(app.to_str().unwrap());
+    PierServer::start(pier(), &args).expect("pier starts")
+}
+
+fn assert_pier_error(answer: &pier_testkit::Answer, status: StatusCode, text: &str) {
+    assert_eq!(answer.status, status, "{}", answer.text());
+    assert_eq!(answer.headers["server"], "pier");
+    assert_eq!(answer.headers["content-type"], "text/plain; charset=utf-8");
+    assert!(
+        answer.text().contains(text),
+        "{:?} should say {text:?}",
+        answer.text()
+    );
+}
+
+#[tokio::test]
+async fn tls_serves_h1_and_h2_by_alpn() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let server = serve(
+        "hello",
+        &[
+            "--tls-cert",
+            cert_path.to_str().unwrap(),
+            "--tls-key",
+            key_path.to_str().unwrap(),
+        ],
+    );
+    assert!(server.url.starts_with("https://"), "{}", server.url);
+    for (alpn, want) in [
+        (&[b"h2".as_slice(), b"http/1.1"][..], Proto::H2),
+        (&[b"http/1.1".as_slice()][..], Proto::H1),
+    ] {
+        let (mut client, proto) = pier_testkit::connect_tls(&server.addr, cert.cert.der(), alpn)
+            .await
+            .unwrap();
+        assert_eq!(proto, want);
+        let req = Request::builder()
+            .uri("/")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = client.send(req).await.unwrap();
+        let expected_version = if want == Proto::H2 {
+            http::Version::HTTP_2
+        } else {
+            http::Version::HTTP_11
+        };
+        assert_eq!(response.version(), expected_version);
+        assert_eq!(read(response).await.unwrap().text(), "hello from pier\n");
+    }
+    // A client that never finishes its handshake does not hold up others.
+    let _stalled = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    let (mut client, _) =
+        pier_testkit::connect_tls::<Full<Bytes>>(&server.addr, cert.cert.der(), &[b"h2"])
+            .await
+            .unwrap();
+    let response = client
+        .send(
+            Request::builder()
+                .uri("/")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[test]
+fn bad_tls_files_are_one_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    let out = std::process::Command::new(pier())
+        .args([
+            "serve",
+            "--no-cache",
+            "--tls-cert",
+            junk.to_str().unwrap(),
+            "--tls-key",
+            junk.to_str().unwrap(),
+        ])
+        .arg(guest("hello"))
+        .env("PIER_LOG", "off")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("pier: --tls-cert ") && stderr.contains("junk.pem"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_memory_bomb_is_a_500_and_the_server_keeps_serving() {
+    let server = serve("faults", &["--max-memory", "4MiB"]);
+    for proto in PROTOS {
+        let answer = get(&server.addr, proto, "/memory").await.unwrap();
+        assert_pier_error(
+            &answer,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ran out of memory",
+        );
+        assert_eq!(
+            get(&server.addr, proto, "/ok").await.unwrap().status,
+            StatusCode::OK
+        );
+    }
+    assert!(
+        server.log().contains("kind=\"out_of_memory\""),
+        "{}",
+        server.log()
+    );
+}
+
+#[tokio::test]
+async fn an_infinite_loop_is_a_504_within_the_timeout() {
+    let server = serve("faults", &["--timeout", "500ms"]);
+    for proto in PROTOS {
+        let began = Instant::now();
+        let answer = get(&server.addr, proto, "/loop").await.unwrap();
+        let took = began.elapsed();
+        assert_pier_error(
+            &answer,
+            StatusCode::GATEWAY_TIMEOUT,
+            "did not answer within 500ms",
+        );
+        assert!(
+            took >= Duration::from_millis(500) && took < Duration::from_millis(600),
+            "{proto:?}: took {took:?}"
+        );
+        assert_eq!(
+            get(&server.addr, proto, "/ok").await.unwrap().status,
+            StatusCode::OK
+        );
+    }
+    // A guest that waits (rather than computes) past its deadline is stopped too.
+    let server = serve("faults", &["--timeout", "100ms"]);
+    let answer = get(&server.addr, Proto::H1, "/wait").await.unwrap();
+    assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
+}
+
+#[tokio::test]
+async fn too_many_or_too_large_headers_are_431() {
+    let server = serve(
+        "hello",
+        &["--max-headers", "10", "--max-header-size", "1KiB"],
+    );
+    for proto in PROTOS {
+        let mut many = Request::builder().uri("/");
+        for i in 0..20 {
+            many = many.header(format!("x-h{i}"), "v");
+        }
+        let answer = pier_testkit::send(
+            &server.addr,
+            proto,
+            many.body(Full::new(Bytes::new())).unwrap(),
+        )
+        .await
+        .unwrap();
+        assert_pier_error(
+            &answer,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "too many request header fields",
+        );
+
+        let big = Request::builder()
+            .uri("/")
+            .header("x-big", "v".repeat(1500))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let answer = pier_testkit::send(&server.addr, proto, big).await.unwrap();
+        assert_pier_error(
+            &answer,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "header section too large",
+        );
+
+        assert_eq!(
+            get(&server.addr, proto, "/").await.unwrap().status,
+            StatusCode::OK
+        );
+    }
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_are_413_up_front_and_mid_stream() {
+    let server = serve("faults", &["--max-body", "1KiB"]);
+    for proto in PROTOS {
+        let answer = request(&server.addr, proto, "POST", "/sink", &[b'x'; 2048])
+            .await
+            .unwrap();
+        assert_pier_error(
+            &answer,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "larger than 1024 bytes",
+        );
+        let answer = request(&server.addr, proto, "POST", "/sink", &[b'x'; 1000])
+            .await
+            .unwrap();
+        assert_eq!(answer.status, StatusCode::OK, "{proto:?}: under the limit");
+
+        // No content-length: the limit is enforced as the body streams in.
+        let mut client = Client::connect(&server.addr, proto).await.unwrap();
+        let (tx, body) = pier_testkit::channel_body();
+        let req = Request::builder()
+            .method("POST")
+            .uri("/sink")
+            .body(body)
+            .unwrap();
+        let pending = tokio::spawn(async move { read(client.send(req).await?).await });
+        for _ in 0..4 {
+            if tx.send(Bytes::from(vec![b'y'; 400])).await.is_err() {
+                break;
+            }
+        }
+        drop(tx);
+        let answer = tokio::time::timeout(Duration::from_secs(10), pending)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_pier_error(
+            &answer,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "larger than 1024 bytes",
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_slowloris_client_is_cut_off_while_others_are_served() {
+    let server = serve("hello", &["--header-timeout", "500ms"]);
+    let mut slow = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\n")
+        .await
+        .unwrap();
+    let began = Instant::now();
+    let served = async {
+        for _ in 0..5 {
+            assert_eq!(
+                get(&server.addr, Proto::H1, "/").await.unwrap().status,
+                StatusCode::OK
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let cut_off = async {
+        let mut buf = [0u8; 1024];
+        loop {
+            // Trickle a header byte now and then; pier must still close the connection.
+            match tokio::time::timeout(Duration::from_millis(100), slow.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return began.elapsed(),
+                Ok(Ok(_)) => {}
+                Err(_) => {
+                    let _ = slow.write_all(b"x").await;
+                }
+            }
+            assert!(began.elapsed() < Duration::from_secs(5), "never cut off");
+        }
+    };
+    let ((), took) = tokio::join!(served, cut_off);
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(2),
+        "cut off after {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn overload_gets_503_with_retry_after_and_the_rest_succeed() {
+    let server = serve("faults", &["--max-concurrency", "4"]);
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let addr = server.addr.clone();
+            tokio::spawn(async move {
+                let began = Instant::now();
+                let answer = get(&addr, PROTOS[i % 2], "/wait").await.unwrap();
+                (answer, began.elapsed())
+            })
+        })
+        .collect();
+    let (mut ok, mut busy) = (0, 0);
+    for task in tasks {
+        let (answer, took) = task.await.unwrap();
+        match answer.status {
+            StatusCode::OK => ok += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                busy += 1;
+                assert_eq!(answer.headers["retry-after"], "1");
+                assert_eq!(answer.headers["server"], "pier");
+                assert!(
+                    took < Duration::from_millis(250),
+                    "503 must be immediate, took {took:?}"
+                );
+            }
+            other => panic!("unexpected {other}: {}", answer.text()),
+        }
+    }
+    assert!(ok >= 4 && busy >= 20, "ok {ok}, busy {busy}");
+    assert_eq!(ok + busy, 50);
+    assert_eq!(
+        get(&server.addr, Proto::H1, "/ok").await.unwrap().status,
+        StatusCode::OK,
+        "recovers"
+    );
+}
+
+#[tokio::test]
+async fn drain_finishes_every_request_in_flight_then_exits_0() {
+    let server = serve("faults", &["--drain-timeout", "10s"]);
+    let tasks: Vec<_> = (0..10)
+        .map(|i| {
+            let addr = server.addr.clone();
+            tokio::spawn(async move { get(&addr, PROTOS[i % 2], "/wait").await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    pier_testkit::signal(server.pid(), "TERM").unwrap();
+    for task in tasks {
+        let answer = task.await.unwrap().expect("accepted requests are not lost");
+        assert_eq!(
+            (answer.status, answer.text().as_str()),
+            (StatusCode::OK, "ok\n")
+        );
+    }
+    let began = Instant::now();
+    let status = server.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(began.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn the_drain_timeout_bounds_shutdown() {
+    let server = serve("faults", &["--drain-timeout", "300ms", "--timeout", "60s"]);
+    let addr = server.addr.clone();
+    let stuck = tokio::spawn(async move { get(&addr, Proto::H1, "/loop").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let began = Instant::now();
+    let status = server.terminate().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        began.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        began.elapsed()
+    );
+    assert!(
+        stuck.await.unwrap().is_err(),
+        "the request still running at the deadline is cut"
+    );
+}
+
+#[tokio::test]
+async fn metrics_and_health_on_the_admin_listener() {
+    let server = serve(
+        "faults",
+        &["--admin-addr", "127.0.0.1:0", "--timeout", "200ms"],
+    );
+    let admin = server.admin_addr.clone().expect("admin address printed");
+    let health = get(&admin, Proto::H1, "/healthz").await.unwrap();
+    assert_eq!(
+        (health.status, health.text().as_str()),
+        (StatusCode::OK, "ok\n")
+    );
+
+    for path in ["/ok", "/ok", "/trap", "/loop"] {
+        get(&server.addr, Proto::H1, path).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let metrics = get(&admin, Proto::H1, "/metrics").await.unwrap().text();
+    for line in [
+        "pier_requests_total{status=\"2xx\"} 2",
+        "pier_requests_total{status=\"5xx\"} 2",
+        "pier_guest_failures_total{kind=\"trap\"} 1",
+        "pier_guest_failures_total{kind=\"timeout\"} 1",
+        "pier_instances_created_total 4",
+        "pier_requests_in_flight 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line:?} missing from:\n{metrics}"
+        );
+    }
+    for histogram in [
+        "pier_request_duration_seconds_bucket",
+        "pier_guest_execution_seconds_count",
+        "pier_instantiation_seconds_count",
+    ] {
+        assert!(metrics.contains(histogram), "{histogram} missing");
+    }
+    assert!(metrics.contains("pier_response_body_bytes_total"));
+}
+
+#[tokio::test]
+async fn access_log_lines_in_text_and_json() {
+    let server = serve("hello", &[]);
+    get(&server.addr, Proto::H1, "/some/path?q=1")
+        .await
+        .unwrap();
+    assert!(server.wait_for_log("pier::access", Duration::from_secs(5)));
+    let line = server
+        .log()
+        .lines()
+        .find(|l| l.contains("pier::access"))
+        .unwrap()
+        .to_string();
+    for field in [
+        "method=GET",
+        "path=\"/some/path\"",
+        "status=200",
+        "bytes=16",
+        "complete=true",
+        "guest_us=",
+    ] {
+        assert!(line.contains(field), "{field} missing from {line}");
+    }
+
+    let app = guest("hello");
+    let server =
+        PierServer::start(pier(), &["--log-format", "json", app.to_str().unwrap()]).unwrap();
+    get(&server.addr, Proto::H2, "/j").await.unwrap();
+    assert!(server.wait_for_log("pier::access", Duration::from_secs(5)));
+    let line = server
+        .log()
+        .lines()
+        .find(|l| l.contains("pier::access"))
+        .unwrap()
+        .to_string();
+    let json: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(json["path"], "/j");
+    assert_eq!(json["status"], 200);
+    assert_eq!(json["bytes"], 16);
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed() {
+    let server = serve(
+        "hello",
+        &["--idle-timeout", "300ms", "--header-timeout", "10s"],
+    );
+    let (mut client, _) = (
+        Client::<Full<Bytes>>::connect(&server.addr, Proto::H2)
+            .await
+            .unwrap(),
+        (),
+    );
+    let response = client
+        .send(
+            Request::builder()
+                .uri("/")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        response.into_body().collect().await.unwrap().to_bytes(),
+        "hello from pier\n"
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let again = client
+        .send(
+            Request::builder()
+                .uri("/")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert!(
+        again.is_err(),
+        "the idle HTTP/2 connection should have been closed"
+    );
+}
