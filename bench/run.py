@@ -74,8 +74,12 @@ def prepare(scenarios):
     return cli, guests
 
 
+PIER_ARGS = []
+PIER_LOG = "warn"
+
+
 def pier_env():
-    return dict(os.environ, PIER_CACHE_DIR=str(WORK / "pier-cache"), PIER_LOG="warn")
+    return dict(os.environ, PIER_CACHE_DIR=str(WORK / "pier-cache"), PIER_LOG=PIER_LOG)
 
 
 def free_port():
@@ -107,7 +111,7 @@ def start(server, guests, name, cli, port):
     src, cwasm = guests.get(name, (None, None))
     addr = f"127.0.0.1:{port}"
     if server == "pier":
-        cmd = [ROOT / "target" / "release" / "pier", "serve", "--addr", addr, src]
+        cmd = [ROOT / "target" / "release" / "pier", "serve", "--addr", addr, *PIER_ARGS, src]
         env = pier_env()
     elif server == "wasmtime":
         cmd = [cli, "serve", "-S", "cli", "--allow-precompiled", "--addr", addr, cwasm]
@@ -191,7 +195,13 @@ def main():
     parser.add_argument("--duration", type=int, default=8, help="seconds per measurement")
     parser.add_argument("--rounds", type=int, default=2, help="A B A B rounds")
     parser.add_argument("--quick", action="store_true", help="--duration 2 --rounds 1")
+    parser.add_argument("--pier-args", default="", help="extra flags for pier serve, e.g. '--timeout 0'")
+    parser.add_argument("--pier-log", default="warn", help="PIER_LOG for pier (info turns the access log on)")
+    parser.add_argument("--out", default="latest.json", help="file name under bench/results/")
     args = parser.parse_args()
+    global PIER_LOG
+    PIER_ARGS.extend(args.pier_args.split())
+    PIER_LOG = args.pier_log
     if args.quick:
         args.duration, args.rounds = 2, 1
     scenarios = [s for s in args.scenarios.split(",") if s]
@@ -234,12 +244,13 @@ def main():
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "cpu": cpu_model()},
         "duration_s": args.duration, "rounds": args.rounds,
+        "pier_args": PIER_ARGS, "pier_log": PIER_LOG,
         "rows": rows, "ratios": ratios(rows),
     }
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
-    (out / "latest.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nJSON: {out / 'latest.json'}", file=sys.stderr)
+    (out / args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nJSON: {out / args.out}", file=sys.stderr)
 
 
 def cpu_model():

@@ -6,7 +6,7 @@
 #   guests/build.sh c          C programs -> guests/prebuilt/ (committed; needs Debian's clang,
 #                              lld and wasi-libc)
 #   guests/build.sh examples   examples/hello/hello.wat -> hello.wasm (committed)
-#   guests/build.sh python     componentize-py hello -> guests/build/python-hello.wasm
+#   guests/build.sh python     componentize-py hello and fetch -> guests/build/python-*.wasm
 #   guests/build.sh js         componentize-js hello -> guests/build/js-hello.wasm
 #
 # WAT test guests (guests/wat/) need no step here: the pier-testkit build script compiles them
@@ -52,11 +52,13 @@ build_python() {
   pier_guest wit-dir "$wit" 0.2.0 guests/python/wit
   out=$(mktemp -d)
   (cd "$out" && "$root/$tools/py/bin/componentize-py" -d "$root/$wit" -w pier:python-guests/hello bindings . >/dev/null)
-  cp guests/python/app.py "$out/"
-  (cd "$out" && "$root/$tools/py/bin/componentize-py" -d "$root/$wit" -w pier:python-guests/hello \
-      componentize app -o "$root/$build/python-hello.wasm" >/dev/null)
+  cp guests/python/app.py guests/python/fetch.py "$out/"
+  for name in app:python-hello fetch:python-fetch; do
+    (cd "$out" && "$root/$tools/py/bin/componentize-py" -d "$root/$wit" -w pier:python-guests/hello \
+        componentize "${name%%:*}" -o "$root/$build/${name#*:}.wasm" >/dev/null)
+    echo "built $build/${name#*:}.wasm"
+  done
   rm -rf "$out"
-  echo "built $build/python-hello.wasm"
 }
 
 build_js() {

@@ -5,10 +5,12 @@
 
 mod grants;
 mod limits;
+mod outbound;
 mod units;
 
 pub use grants::{DirGrant, EnvGrant, GrantError, Grants};
 pub use limits::Limits;
+pub use outbound::{Denied, OutboundPattern, OutboundPolicy, PatternError, is_special_purpose};
 pub use units::{UnitError, parse_duration, parse_size};
 
 use std::net::SocketAddr;
@@ -56,6 +58,43 @@ pub struct ServeConfig {
     pub cache: CacheConfig,
     /// Protections: memory, time, sizes, concurrency, connections.
     pub limits: Limits,
+    /// What guests may reach through `wasi:http/outgoing-handler`, and how.
+    pub outbound: OutboundConfig,
+}
+
+/// The outbound HTTP client's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundConfig {
+    /// `--allow-outbound`: URL patterns guests may reach (none by default).
+    pub policy: OutboundPolicy,
+    /// `--ca-cert`: extra PEM CA certificates trusted for TLS, on top of the system's and the
+    /// bundled webpki roots.
+    pub ca_certs: Vec<PathBuf>,
+    /// `--outbound-connect-timeout`: cap on the time to connect (DNS, TCP, TLS).
+    pub connect_timeout: std::time::Duration,
+    /// `--outbound-first-byte-timeout`: cap on the wait for the response head.
+    pub first_byte_timeout: std::time::Duration,
+    /// `--outbound-between-bytes-timeout`: cap on the wait between response body chunks.
+    pub between_bytes_timeout: std::time::Duration,
+    /// `--outbound-idle-timeout`: how long a pooled connection may sit unused.
+    pub pool_idle_timeout: std::time::Duration,
+    /// `--outbound-max-idle-per-host`: pooled idle connections kept per origin.
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        use std::time::Duration;
+        OutboundConfig {
+            policy: OutboundPolicy::default(),
+            ca_certs: Vec::new(),
+            connect_timeout: Duration::from_secs(10),
+            first_byte_timeout: Duration::from_secs(30),
+            between_bytes_timeout: Duration::from_secs(30),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 32,
+        }
+    }
 }
 
 /// Everything `pier run` needs to run a program.

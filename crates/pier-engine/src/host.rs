@@ -1,5 +1,7 @@
 //! The per-store host state: what one guest instance can reach.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -8,7 +10,9 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+use wasmtime_wasi_http::{
+    RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
+};
 
 /// State of one store: the WASI context, the HTTP context and the resource table they share,
 /// and the store's resource limits.
@@ -27,9 +31,15 @@ impl HostState {
             wasi,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            hooks: OutboundHooks,
+            hooks: OutboundHooks(Arc::new(DenyAll)),
             limits: StoreLimits::default(),
         }
+    }
+
+    /// Sends this store's outgoing HTTP requests through `outbound`.
+    pub fn with_outbound(mut self, outbound: Arc<dyn Outbound>) -> Self {
+        self.hooks = OutboundHooks(outbound);
+        self
     }
 }
 
@@ -52,28 +62,90 @@ impl WasiHttpView for HostState {
     }
 }
 
-/// How guests' outgoing HTTP requests are sent.
-///
-/// No network access is granted by default, and pier has no outbound grant yet, so every
-/// outgoing request is refused with `HTTP-request-denied` (and a log line saying so).
-struct OutboundHooks;
+/// Sends a guest's outgoing HTTP requests. pier's pooled, policy-checking client implements it
+/// (in pier-http); one instance is shared by every store of an app.
+pub trait Outbound: Send + Sync + 'static {
+    /// Sends `request` (absolute URI, body streaming from the guest), honouring the guest's
+    /// `options` within the host's limits.
+    fn send(
+        &self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+    ) -> Pin<
+        Box<
+            dyn Future<Output = Result<http::Response<WasiBody>, wasmtime_wasi_http::Error>> + Send,
+        >,
+    >;
+}
+
+/// Refuses every outgoing request: what a guest gets when nothing was granted.
+pub struct DenyAll;
+
+impl Outbound for DenyAll {
+    fn send(
+        &self,
+        request: http::Request<WasiBody>,
+        _options: Option<RequestOptions>,
+    ) -> Pin<
+        Box<
+            dyn Future<Output = Result<http::Response<WasiBody>, wasmtime_wasi_http::Error>> + Send,
+        >,
+    > {
+        tracing::warn!(uri = %request.uri(), "outgoing request denied: no --allow-outbound pattern was given");
+        Box::pin(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    }
+}
+
+/// Header names a guest may not set on an outgoing request (RFC 9110 connection-specific
+/// fields, proxy fields, and `host`, which pier derives from the URL).
+const FORBIDDEN: [http::HeaderName; 10] = [
+    http::header::CONNECTION,
+    http::HeaderName::from_static("keep-alive"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    http::HeaderName::from_static("proxy-connection"),
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
+    http::header::TE,
+    http::header::HOST,
+    http::HeaderName::from_static("http2-settings"),
+];
+
+/// wasmtime-wasi-http's hooks, routed to the app's [`Outbound`].
+struct OutboundHooks(Arc<dyn Outbound>);
 
 impl WasiHttpHooks for OutboundHooks {
+    fn forbidden_header_filter(&mut self) -> wasmtime_wasi_http::ForbiddenHeaderFilter {
+        Arc::new(|name| FORBIDDEN.contains(name))
+    }
+
+    /// The client sets `Host` from the URL's authority, without a default port.
+    fn set_host_header(&mut self) -> bool {
+        false
+    }
+
     fn send_request(
         &mut self,
-        request: http::Request<wasmtime_wasi_http::WasiBody>,
-        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
     ) -> Box<
         dyn Future<
                 Output = wasmtime_wasi_http::Result<(
-                    http::Response<wasmtime_wasi_http::WasiBody>,
+                    http::Response<WasiBody>,
                     Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
                 )>,
             > + Send,
     > {
-        tracing::warn!(uri = %request.uri(), "outgoing request denied: pier grants no outbound access");
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+        let sent = self.0.send(request, options);
+        Box::new(async move {
+            let response = sent.await?;
+            // The pooled client drives its connections itself: no per-request I/O future.
+            Ok((
+                response,
+                Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
+            ))
+        })
     }
 }
 

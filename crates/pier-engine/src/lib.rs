@@ -12,7 +12,7 @@ mod run;
 
 pub use cache::{CacheOutcome, CompileCache};
 pub use engine::{EPOCH_TICK, EngineKind, EpochTicker, new_engine};
-pub use host::{GuestLog, HostState};
+pub use host::{DenyAll, GuestLog, HostState, Outbound};
 pub use load::{LoadError, WasmFile, WasmKind, kind_of};
 pub use proxy::{AppError, ProxyApp, StoreSettings};
 pub use report::{FailureKind, describe_guest_error};

@@ -11,7 +11,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::cache::{CacheOutcome, CompileCache};
-use crate::host::{GuestLog, HostState};
+use crate::host::{DenyAll, GuestLog, HostState, Outbound};
 use crate::load::{WasmFile, WasmKind};
 
 /// The export a `wasi:http/proxy` 0.2 component answers requests through.
@@ -126,6 +126,7 @@ pub struct ProxyApp {
     dirs: Vec<DirGrant>,
     cache: CacheOutcome,
     settings: StoreSettings,
+    outbound: Arc<dyn Outbound>,
 }
 
 impl ProxyApp {
@@ -183,6 +184,7 @@ impl ProxyApp {
             dirs: grants.dirs.clone(),
             cache: outcome,
             settings,
+            outbound: Arc::new(DenyAll),
         })
     }
 
@@ -199,6 +201,11 @@ impl ProxyApp {
     /// Whether the compiled code came from the cache.
     pub fn cache_outcome(&self) -> CacheOutcome {
         self.cache
+    }
+
+    /// Sends the app's outgoing HTTP requests through `outbound` (by default all are denied).
+    pub fn set_outbound(&mut self, outbound: Arc<dyn Outbound>) {
+        self.outbound = outbound;
     }
 
     /// The limits each store gets.
@@ -219,7 +226,7 @@ impl ProxyApp {
         for dir in &self.dirs {
             wasi.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadWrite)?;
         }
-        let mut state = HostState::new(wasi.build());
+        let mut state = HostState::new(wasi.build()).with_outbound(self.outbound.clone());
         state.limits = StoreLimitsBuilder::new()
             .memory_size(usize::try_from(self.settings.max_memory).unwrap_or(usize::MAX))
             .trap_on_grow_failure(true)

@@ -5,10 +5,12 @@ mod conn;
 pub mod handler;
 mod limits;
 pub mod metrics;
+mod outbound;
 mod server;
 mod service;
 mod tls;
 
 pub use body::{BodyError, ResponseBody, error_response};
+pub use outbound::{CaError, OutboundClient};
 pub use server::{ServeError, Server};
 pub use tls::{TlsError, acceptor as tls_acceptor};

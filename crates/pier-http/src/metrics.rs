@@ -36,6 +36,15 @@ pub const BYTES_IN: &str = "pier_request_body_bytes_total";
 /// Response body bytes sent.
 pub const BYTES_OUT: &str = "pier_response_body_bytes_total";
 
+/// Outgoing requests from guests, by result (status class, `error`, `denied`).
+pub const OUTBOUND_REQUESTS: &str = "pier_outbound_requests_total";
+/// New outgoing connections opened (requests minus these reused a pooled connection).
+pub const OUTBOUND_CONNECTIONS: &str = "pier_outbound_connections_total";
+/// Time from sending an outgoing request to its response head.
+pub const OUTBOUND_SECONDS: &str = "pier_outbound_request_duration_seconds";
+/// Response body bytes received by outgoing requests.
+pub const OUTBOUND_BYTES_IN: &str = "pier_outbound_response_body_bytes_total";
+
 /// The Prometheus status class of a status code.
 pub fn status_class(status: StatusCode) -> &'static str {
     match status.as_u16() {
@@ -85,6 +94,21 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
         "Request body bytes received"
     );
     metrics::describe_counter!(BYTES_OUT, metrics::Unit::Bytes, "Response body bytes sent");
+    metrics::describe_counter!(
+        OUTBOUND_REQUESTS,
+        "Outgoing requests from guests, by result"
+    );
+    metrics::describe_counter!(OUTBOUND_CONNECTIONS, "New outgoing connections opened");
+    metrics::describe_histogram!(
+        OUTBOUND_SECONDS,
+        metrics::Unit::Seconds,
+        "Outgoing request time to response head"
+    );
+    metrics::describe_counter!(
+        OUTBOUND_BYTES_IN,
+        metrics::Unit::Bytes,
+        "Outgoing response body bytes received"
+    );
     // Upkeep (histogram summaries) on a timer, not on every scrape.
     let upkeep = handle.clone();
     tokio::spawn(async move {

@@ -3,12 +3,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use pier_config::{
-    CacheConfig, DEFAULT_ADDR, DirGrant, EnvGrant, Grants, Limits, RunConfig, ServeConfig,
-    parse_duration, parse_size,
+    CacheConfig, DEFAULT_ADDR, DirGrant, EnvGrant, Grants, Limits, OutboundConfig, OutboundPattern,
+    OutboundPolicy, RunConfig, ServeConfig, parse_duration, parse_size,
 };
 use pier_engine::{
     CacheOutcome, CompileCache, EngineKind, EpochTicker, ProxyApp, RunOutcome, StoreSettings,
@@ -58,6 +59,8 @@ struct ServeArgs {
     admin_addr: Option<SocketAddr>,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    outbound: OutboundArgs,
     #[command(flatten)]
     grants: GrantArgs,
     #[command(flatten)]
@@ -146,6 +149,49 @@ impl LimitArgs {
             max_connections: self.max_connections as usize,
             h2_max_streams: self.h2_max_streams,
             drain_timeout: self.drain_timeout,
+        }
+    }
+}
+
+/// Outgoing HTTP from guests: denied unless a pattern allows it.
+#[derive(Args)]
+struct OutboundArgs {
+    /// Let guests reach URLs matching a pattern: scheme://host[:port], with * for scheme, host
+    /// or port, *.domain, CIDR ranges and port ranges (8000..8010). Loopback, private and
+    /// link-local addresses need a pattern naming them. Repeatable.
+    #[arg(long = "allow-outbound", value_name = "PATTERN")]
+    allow: Vec<OutboundPattern>,
+    /// Trust this PEM CA certificate for outgoing TLS, besides the system's and the bundled
+    /// webpki roots. Repeatable.
+    #[arg(long = "ca-cert", value_name = "FILE")]
+    ca_certs: Vec<PathBuf>,
+    /// Cap on the time to connect (DNS, TCP, TLS): connection-timeout.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    outbound_connect_timeout: Duration,
+    /// Cap on the wait for a response head: connection-read-timeout.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    outbound_first_byte_timeout: Duration,
+    /// Cap on the wait between response body chunks: connection-read-timeout.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    outbound_between_bytes_timeout: Duration,
+    /// How long a pooled outgoing connection may stay idle.
+    #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = parse_duration)]
+    outbound_idle_timeout: Duration,
+    /// Idle pooled connections kept per origin.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    outbound_max_idle_per_host: usize,
+}
+
+impl OutboundArgs {
+    fn config(&self) -> OutboundConfig {
+        OutboundConfig {
+            policy: OutboundPolicy::new(self.allow.clone()),
+            ca_certs: self.ca_certs.clone(),
+            connect_timeout: self.outbound_connect_timeout,
+            first_byte_timeout: self.outbound_first_byte_timeout,
+            between_bytes_timeout: self.outbound_between_bytes_timeout,
+            pool_idle_timeout: self.outbound_idle_timeout,
+            pool_max_idle_per_host: self.outbound_max_idle_per_host,
         }
     }
 }
@@ -240,6 +286,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cache: args.cache.config(),
         grants: args.grants.into_grants(),
         limits: args.limits.limits(),
+        outbound: args.outbound.config(),
     };
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(pier_http::tls_acceptor(cert, key)?),
@@ -259,13 +306,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_memory: config.limits.max_memory,
         timeout: config.limits.timeout,
     };
-    let app = ProxyApp::load(
+    let mut app = ProxyApp::load(
         &engine,
         &wasm,
         &config.grants,
         &CompileCache::new(&config.cache),
         settings,
     )?;
+    app.set_outbound(Arc::new(pier_http::OutboundClient::new(&config.outbound)?));
     let _ticker = EpochTicker::start(&engine);
     if let Some(listener) = admin {
         let handle = pier_http::metrics::install_recorder()?;
@@ -340,6 +388,7 @@ mod tests {
             panic!("serve")
         };
         assert_eq!(args.limits.limits(), Limits::default());
+        assert_eq!(args.outbound.config(), OutboundConfig::default());
         assert_eq!(args.addr.to_string(), DEFAULT_ADDR);
     }
 

@@ -1,0 +1,481 @@
+//! Outbound HTTP from guests: a WAT guest (and a componentize-py one) forwarding to upstreams the
+//! test starts on loopback. Pooling, TLS trust, timeouts, policy and error codes.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use pier_testkit::{PierServer, Proto, guest};
+
+fn pier() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_BIN_EXE_pier"))
+}
+
+/// An upstream on 127.0.0.1 counting the TCP connections it accepts and the HTTP versions seen.
+struct Upstream {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    h2_requests: Arc<AtomicUsize>,
+}
+
+type UpBody = http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+async fn route(req: Request<Incoming>, h2: Arc<AtomicUsize>) -> Response<UpBody> {
+    if req.version() == http::Version::HTTP_2 {
+        h2.fetch_add(1, Ordering::Relaxed);
+    }
+    let full = |s: &'static str| {
+        Full::new(Bytes::from_static(s.as_bytes()))
+            .map_err(|never| match never {})
+            .boxed()
+    };
+    match req.uri().path() {
+        // Stream the request body back as it arrives.
+        "/echo" => Response::new(req.into_body().map_err(Into::into).boxed()),
+        "/never" => {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Response::new(full("too late"))
+        }
+        "/stall" => {
+            // The head and a first chunk, then nothing for a minute.
+            let (tx, body) = pier_testkit::channel_body();
+            tokio::spawn(async move {
+                let _ = tx.send(Bytes::from_static(b"first chunk ")).await;
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            });
+            Response::new(body.map_err(|never| match never {}).boxed())
+        }
+        _ => Response::new(full("upstream hello")),
+    }
+}
+
+impl Upstream {
+    async fn start(tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let h2_requests = Arc::new(AtomicUsize::new(0));
+        let (count, h2) = (connections.clone(), h2_requests.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                count.fetch_add(1, Ordering::Relaxed);
+                let (h2, tls) = (h2.clone(), tls.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        let h2 = h2.clone();
+                        async move { Ok::<_, Infallible>(route(req, h2).await) }
+                    });
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = builder
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Upstream {
+            addr,
+            connections,
+            h2_requests,
+        }
+    }
+}
+
+/// Sends `method path` to pier's forwarding guest, aimed at `target` (`HOST:PORT`).
+async fn forward(
+    pier: &PierServer,
+    target: &str,
+    https: bool,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> pier_testkit::Answer {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("x-forward-to", target);
+    if https {
+        req = req.header("x-forward-scheme", "https");
+    }
+    pier_testkit::send(
+        &pier.addr,
+        Proto::H1,
+        req.body(Full::new(Bytes::from(body))).unwrap(),
+    )
+    .await
+    .unwrap()
+}
+
+fn serve_forward(flags: &[&str]) -> PierServer {
+    let app = guest("forward");
+    let mut args = flags.to_vec();
+    args.push(app.to_str().unwrap());
+    PierServer::start(pier(), &args).unwrap()
+}
+
+const DENIED: &str = "error-code 15\n";
+
+#[tokio::test]
+async fn get_and_a_10_mb_post_stream_through_the_upstream() {
+    let upstream = Upstream::start(None).await;
+    let target = upstream.addr.to_string();
+    let pier = serve_forward(&["--allow-outbound", &format!("http://{target}")]);
+    let answer = forward(&pier, &target, false, "GET", "/hello", vec![]).await;
+    assert_eq!(
+        (answer.status, answer.text().as_str()),
+        (StatusCode::OK, "upstream hello")
+    );
+
+    let body: Vec<u8> = (0..10 * 1024 * 1024).map(|i| (i % 253) as u8).collect();
+    let answer = forward(&pier, &target, false, "POST", "/echo", body.clone()).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert!(
+        answer.body == body,
+        "10 MB round trip differs ({} bytes back)",
+        answer.body.len()
+    );
+}
+
+#[tokio::test]
+async fn connections_to_an_upstream_are_reused() {
+    let upstream = Upstream::start(None).await;
+    let target = upstream.addr.to_string();
+    let pier = serve_forward(&["--allow-outbound", &format!("http://{target}")]);
+    for _ in 0..100 {
+        let answer = forward(&pier, &target, false, "GET", "/hello", vec![]).await;
+        assert_eq!(answer.status, StatusCode::OK);
+    }
+    let opened = upstream.connections.load(Ordering::Relaxed);
+    assert!(
+        opened <= 5,
+        "100 sequential requests opened {opened} connections"
+    );
+}
+
+struct TestPki {
+    ca_pem: String,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+fn test_pki() -> TestPki {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    TestPki {
+        ca_pem: ca.pem(),
+        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+    }
+}
+
+#[tokio::test]
+async fn http2_over_tls_with_a_private_ca() {
+    let pki = test_pki();
+    let upstream = Upstream::start(Some(pki.acceptor.clone())).await;
+    let target = format!("localhost:{}", upstream.addr.port());
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let allow = format!("https://{target}");
+    let pier = serve_forward(&[
+        "--allow-outbound",
+        &allow,
+        "--ca-cert",
+        ca.to_str().unwrap(),
+    ]);
+    for _ in 0..3 {
+        let answer = forward(&pier, &target, true, "GET", "/hello", vec![]).await;
+        assert_eq!(
+            (answer.status, answer.text().as_str()),
+            (StatusCode::OK, "upstream hello")
+        );
+    }
+    assert_eq!(
+        upstream.h2_requests.load(Ordering::Relaxed),
+        3,
+        "ALPN chose HTTP/2"
+    );
+    assert_eq!(
+        upstream.connections.load(Ordering::Relaxed),
+        1,
+        "one multiplexed connection"
+    );
+
+    // Without the CA the certificate is not trusted: TLS-certificate-error (13).
+    let untrusting = serve_forward(&["--allow-outbound", &allow]);
+    let answer = forward(&untrusting, &target, true, "GET", "/hello", vec![]).await;
+    assert_eq!(
+        (answer.status, answer.text().as_str()),
+        (StatusCode::BAD_GATEWAY, "error-code 13\n")
+    );
+}
+
+#[tokio::test]
+async fn timeouts_map_to_their_error_codes_in_time() {
+    let upstream = Upstream::start(None).await;
+    let target = upstream.addr.to_string();
+    let pier = serve_forward(&[
+        "--allow-outbound",
+        &format!("http://{target}"),
+        "--outbound-first-byte-timeout",
+        "300ms",
+        "--outbound-between-bytes-timeout",
+        "300ms",
+        "--outbound-connect-timeout",
+        "300ms",
+    ]);
+    // An upstream that never answers: connection-read-timeout (9).
+    let began = Instant::now();
+    let answer = forward(&pier, &target, false, "GET", "/never", vec![]).await;
+    assert_eq!(
+        (answer.status, answer.text().as_str()),
+        (StatusCode::BAD_GATEWAY, "error-code 09\n")
+    );
+    assert!(
+        began.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        began.elapsed()
+    );
+
+    // A body that stalls mid-way: the response is aborted, never passed off as complete.
+    let began = Instant::now();
+    let req = Request::builder()
+        .uri("/stall")
+        .header("x-forward-to", &target)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut client = pier_testkit::Client::connect(&pier.addr, Proto::H1)
+            .await
+            .unwrap();
+        let response = client.send(req).await?;
+        response
+            .into_body()
+            .collect()
+            .await
+            .map_err(anyhow::Error::from)
+    })
+    .await
+    .expect("never hangs");
+    assert!(
+        result.is_err(),
+        "a stalled upstream body must fail the response"
+    );
+    assert!(began.elapsed() < Duration::from_secs(2));
+
+    // A TLS server that accepts TCP but never finishes the handshake: connection-timeout (8).
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let target = format!("localhost:{}", silent_addr.port());
+    let pier = serve_forward(&[
+        "--allow-outbound",
+        &format!("https://{target}"),
+        "--outbound-connect-timeout",
+        "300ms",
+    ]);
+    let began = Instant::now();
+    let answer = forward(&pier, &target, true, "GET", "/", vec![]).await;
+    assert_eq!(
+        (answer.status, answer.text().as_str()),
+        (StatusCode::BAD_GATEWAY, "error-code 08\n")
+    );
+    assert!(
+        began.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        began.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn denied_hosts_get_http_request_denied_and_a_log_line() {
+    let upstream = Upstream::start(None).await;
+    let target = upstream.addr.to_string();
+    // Nothing granted.
+    let pier = serve_forward(&[]);
+    let answer = forward(&pier, &target, false, "GET", "/hello", vec![]).await;
+    assert_eq!(
+        (answer.status, answer.text().as_str()),
+        (StatusCode::BAD_GATEWAY, DENIED)
+    );
+    assert!(
+        pier.wait_for_log(
+            &format!("grant it with --allow-outbound http://{target}"),
+            Duration::from_secs(5)
+        ),
+        "{}",
+        pier.log()
+    );
+    assert_eq!(
+        upstream.connections.load(Ordering::Relaxed),
+        0,
+        "no connection was even attempted"
+    );
+}
+
+#[tokio::test]
+async fn a_name_resolving_to_loopback_needs_loopback_granted() {
+    let upstream = Upstream::start(None).await;
+    let port = upstream.addr.port();
+    let by_name = format!("localhost:{port}");
+    // A wildcard host matches the name `localhost`, but the address it resolves to is loopback.
+    let pier = serve_forward(&["--allow-outbound", &format!("http://*:{port}")]);
+    let answer = forward(&pier, &by_name, false, "GET", "/hello", vec![]).await;
+    assert_eq!(answer.text(), DENIED);
+    assert!(
+        pier.wait_for_log(
+            "a loopback/private/link-local address",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        pier.log()
+    );
+    let answer = forward(
+        &pier,
+        &upstream.addr.to_string(),
+        false,
+        "GET",
+        "/hello",
+        vec![],
+    )
+    .await;
+    assert_eq!(
+        answer.text(),
+        DENIED,
+        "an IP literal is checked as an address too"
+    );
+
+    // Granting the loopback address (or the name localhost) lets it through.
+    let pier = serve_forward(&[
+        "--allow-outbound",
+        &format!("http://*:{port}"),
+        "--allow-outbound",
+        &format!("http://127.0.0.1:{port}"),
+    ]);
+    let answer = forward(&pier, &by_name, false, "GET", "/hello", vec![]).await;
+    assert_eq!(answer.text(), "upstream hello");
+    let pier = serve_forward(&["--allow-outbound", &format!("http://localhost:{port}")]);
+    let answer = forward(&pier, &by_name, false, "GET", "/hello", vec![]).await;
+    assert_eq!(answer.text(), "upstream hello");
+}
+
+#[tokio::test]
+async fn outbound_metrics_show_reuse() {
+    let upstream = Upstream::start(None).await;
+    let target = upstream.addr.to_string();
+    let pier = serve_forward(&[
+        "--allow-outbound",
+        &format!("http://{target}"),
+        "--admin-addr",
+        "127.0.0.1:0",
+    ]);
+    for _ in 0..10 {
+        forward(&pier, &target, false, "GET", "/hello", vec![]).await;
+    }
+    let metrics = pier_testkit::get(pier.admin_addr.as_ref().unwrap(), Proto::H1, "/metrics")
+        .await
+        .unwrap()
+        .text();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "pier_outbound_requests_total{result=\"2xx\"} 10"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "pier_outbound_connections_total{scheme=\"http\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_componentize_py_guest_fetches_through_the_pool() {
+    let Some(app) = pier_testkit::toolchain_guest("python-fetch.wasm") else {
+        return;
+    };
+    let upstream = Upstream::start(None).await;
+    let target = upstream.addr.to_string();
+    let allow = format!("http://{target}");
+    let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("py-cache");
+    let pier = PierServer::start_with_env(
+        pier(),
+        &["--allow-outbound", &allow, app.to_str().unwrap()],
+        &[("PIER_CACHE_DIR", cache.to_str().unwrap())],
+    )
+    .unwrap();
+    for _ in 0..3 {
+        let req = Request::builder()
+            .uri("/")
+            .header("x-fetch-url", format!("http://{target}/hello"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let answer = pier_testkit::send(&pier.addr, Proto::H1, req)
+            .await
+            .unwrap();
+        assert_eq!(
+            (answer.status, answer.text().as_str()),
+            (StatusCode::OK, "fetched: upstream hello")
+        );
+    }
+    assert_eq!(upstream.connections.load(Ordering::Relaxed), 1);
+    let req = Request::builder()
+        .uri("/")
+        .header("x-fetch-url", "http://example.com/")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let answer = pier_testkit::send(&pier.addr, Proto::H1, req)
+        .await
+        .unwrap();
+    assert!(
+        answer.text().contains("HttpRequestDenied"),
+        "{}",
+        answer.text()
+    );
+}
