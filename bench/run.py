@@ -35,7 +35,27 @@ SCENARIOS = {
     "echo": ("echo.wasm", "POST", 1024, b"x"),
     "python": ("python-hello.wasm", "GET", 0, b"hello from python"),
     "js": ("js-hello.wasm", "GET", 0, b"hello from javascript"),
+    # The WAT forwarding guest, sending each request on to a native hello upstream.
+    "forward": ("forward.wasm", "GET", 0, b"hello from pier"),
 }
+
+# The upstream of the forward scenario (a native hello server), started on first use.
+UPSTREAM = {"port": None, "proc": None}
+
+
+def upstream_port():
+    if UPSTREAM["port"] is None:
+        port = free_port()
+        UPSTREAM["proc"] = subprocess.Popen([str(ROOT / "target" / "release" / "native-hello"), f"127.0.0.1:{port}"],
+                                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.DEVNULL)
+        UPSTREAM["port"] = port
+        wait_http(port, b"hello", "GET", 0)
+    return UPSTREAM["port"]
+
+
+def extra_headers(name):
+    return {"x-forward-to": f"127.0.0.1:{upstream_port()}"} if name == "forward" else {}
 
 
 def sh(*cmd, **kw):
@@ -59,10 +79,10 @@ def prepare(scenarios):
         file = SCENARIOS[name][0]
         if name == "hello":
             src = ROOT / "examples" / "hello" / "hello.wasm"
-        elif name == "echo":
-            src = WORK / "echo.wasm"
+        elif name in ("echo", "forward"):
+            src = WORK / file
             sh("cargo", "run", "--quiet", "--locked", "-p", "pier-testkit", "--bin", "pier-guest", "--",
-               "wat2component", ROOT / "guests" / "wat" / "echo.wat", src, cwd=ROOT)
+               "wat2component", ROOT / "guests" / "wat" / f"{name}.wat", src, cwd=ROOT)
         else:
             src = ROOT / "guests" / "build" / file
             if not src.exists():
@@ -88,13 +108,14 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_http(port, expect, method, body, timeout=60):
+def wait_http(port, expect, method, body, timeout=60, headers=None):
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
                 payload = b"x" * body
-                s.sendall(f"{method} / HTTP/1.1\r\nhost: localhost\r\ncontent-length: {body}\r\n"
+                extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+                s.sendall(f"{method} / HTTP/1.1\r\nhost: localhost\r\ncontent-length: {body}\r\n{extra}"
                           f"connection: close\r\n\r\n".encode() + payload)
                 data = b""
                 while chunk := s.recv(65536):
@@ -112,6 +133,8 @@ def start(server, guests, name, cli, port):
     addr = f"127.0.0.1:{port}"
     if server == "pier":
         cmd = [ROOT / "target" / "release" / "pier", "serve", "--addr", addr, *PIER_ARGS, src]
+        if name == "forward":
+            cmd[4:4] = ["--allow-outbound", f"http://127.0.0.1:{upstream_port()}"]
         env = pier_env()
     elif server == "wasmtime":
         cmd = [cli, "serve", "-S", "cli", "--allow-precompiled", "--addr", addr, cwasm]
@@ -130,9 +153,11 @@ wrk.headers["content-type"] = "application/octet-stream"
 """
 
 
-def wrk(port, conc, duration, method, body):
+def wrk(port, conc, duration, method, body, headers):
     script = None
     args = ["wrk", "--latency", "-t", str(min(2, conc)), "-c", str(conc), "-d", f"{duration}s"]
+    for k, v in headers.items():
+        args += ["-H", f"{k}: {v}"]
     if method == "POST":
         script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
         script.write(LUA_POST.format(size=body))
@@ -175,9 +200,10 @@ def run_one(server, name, conc, args, guests, cli):
     port = free_port()
     proc = start(server, guests, name, cli, port)
     try:
-        wait_http(port, expect, method, body)
-        wrk(port, conc, 1, method, body)  # warm-up
-        result = wrk(port, conc, args.duration, method, body)
+        headers = extra_headers(name)
+        wait_http(port, expect, method, body, headers=headers)
+        wrk(port, conc, 1, method, body, headers)  # warm-up
+        result = wrk(port, conc, args.duration, method, body, headers)
         result["peak_rss_mb"] = round(peak_rss_mb(proc.pid), 1)
         return result
     finally:
@@ -235,6 +261,8 @@ def main():
                     "samples": [r["rps"] for r in rs],
                 })
 
+    if UPSTREAM["proc"]:
+        UPSTREAM["proc"].terminate()
     print_table(rows)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()

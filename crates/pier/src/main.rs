@@ -16,6 +16,11 @@ use pier_engine::{
     WasmFile, WasmKind,
 };
 
+/// Per-request allocations (stores, resource tables, HTTP buffers) are many and short-lived;
+/// mimalloc serves them with less contention and fragmentation than the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// pier: a server and runner for WebAssembly components that speak WASI.
 #[derive(Parser)]
 #[command(version, about, max_term_width = 100)]
