@@ -310,14 +310,7 @@ pub async fn get(addr: &str, proto: Proto, path: &str) -> Result<Answer> {
 /// Sends a prepared request over a new connection and reads the whole answer.
 pub async fn send(addr: &str, proto: Proto, req: Request<Full<Bytes>>) -> Result<Answer> {
     let mut client = Client::connect(addr, proto).await?;
-    let response = client.send(req).await?;
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await?.to_bytes();
-    Ok(Answer {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    })
+    read(client.send(req).await?).await
 }
 
 /// A TLS client for `addr` (server name `localhost`) trusting only `root`, offering `alpn`; the

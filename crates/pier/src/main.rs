@@ -183,7 +183,7 @@ struct OutboundArgs {
     #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = parse_duration)]
     outbound_idle_timeout: Duration,
     /// Idle pooled connections kept per origin.
-    #[arg(long, value_name = "N", default_value_t = 32)]
+    #[arg(long, value_name = "N", default_value_t = 256)]
     outbound_max_idle_per_host: usize,
 }
 
