@@ -19,10 +19,7 @@ pub fn parse_size(input: &str) -> Result<u64, UnitError> {
         input: input.to_string(),
         hint: "expected a number of bytes with an optional unit: 512, 64KiB, 128MiB, 1GiB",
     };
-    let s = input.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let number: u64 = number.parse().map_err(|_| err())?;
+    let (number, unit) = split_number(input).ok_or_else(err)?;
     let shift = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 0,
         "k" | "kb" | "kib" => 10,
@@ -40,10 +37,7 @@ pub fn parse_duration(input: &str) -> Result<Duration, UnitError> {
         input: input.to_string(),
         hint: "expected a number with a unit: 250ms, 30s, 5m, 1h (or 0)",
     };
-    let s = input.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let number: u64 = number.parse().map_err(|_| err())?;
+    let (number, unit) = split_number(input).ok_or_else(err)?;
     let millis = match unit {
         "" if number == 0 => 0,
         "ms" => number,
@@ -53,6 +47,13 @@ pub fn parse_duration(input: &str) -> Result<Duration, UnitError> {
         _ => return Err(err()),
     };
     Ok(Duration::from_millis(millis))
+}
+
+/// `"128MiB"` -> `(128, "MiB")`: leading decimal digits, then the rest.
+fn split_number(input: &str) -> Option<(u64, &str)> {
+    let s = input.trim();
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    Some((number.parse().ok()?, unit))
 }
 
 #[cfg(test)]
