@@ -1,12 +1,15 @@
 ;; world: http
 ;; Forwards each request to another server through wasi:http/outgoing-handler, streaming the
-;; body both ways: method and path-with-query are kept; the target comes from request headers
+;; body both ways: method, path-with-query and headers are kept (pier refuses the forbidden ones,
+;; such as host and connection, and the guest skips them); the target comes from request headers
 ;; `x-forward-to: HOST:PORT` and `x-forward-scheme: https` (default http). The upstream's status
 ;; and body come back. If the request fails, the answer is 502 with the body "error-code NN\n",
 ;; NN being the wasi:http error-code case number, two digits (15 = HTTP-request-denied, ...).
 (module
   (import "wasi:http/types@0.2.12" "[constructor]fields" (func $fields.new (result i32)))
   (import "wasi:http/types@0.2.12" "[method]fields.get" (func $fields.get (param i32 i32 i32 i32)))
+  (import "wasi:http/types@0.2.12" "[method]fields.entries" (func $fields.entries (param i32 i32)))
+  (import "wasi:http/types@0.2.12" "[method]fields.append" (func $fields.append (param i32 i32 i32 i32 i32 i32)))
   (import "wasi:http/types@0.2.12" "[method]incoming-request.headers" (func $request.headers (param i32) (result i32)))
   (import "wasi:http/types@0.2.12" "[method]incoming-request.method" (func $request.method (param i32 i32)))
   (import "wasi:http/types@0.2.12" "[method]incoming-request.path-with-query" (func $request.path (param i32 i32)))
@@ -100,9 +103,24 @@
 
   (func (export "wasi:http/incoming-handler@0.2.12#handle") (param $request i32) (param $outparam i32)
     (local $headers i32) (local $out i32) (local $out_body i32) (local $future i32) (local $pollable i32)
-    (local $upstream i32) (local $body i32) (local $https i32)
+    (local $upstream i32) (local $body i32) (local $https i32) (local $fields i32) (local $list i32)
+    (local $count i32)
     (local.set $headers (call $request.headers (local.get $request)))
-    (local.set $out (call $out.new (call $fields.new)))
+    ;; copy the request headers; append refuses forbidden names, and those are simply skipped
+    (local.set $fields (call $fields.new))
+    (call $fields.entries (local.get $headers) (global.get $ret))
+    (local.set $list (i32.load (global.get $ret)))
+    (local.set $count (i32.load offset=4 (global.get $ret)))
+    (block $copied
+      (loop $next
+        (br_if $copied (i32.eqz (local.get $count)))
+        (call $fields.append (local.get $fields)
+              (i32.load (local.get $list)) (i32.load offset=4 (local.get $list))
+              (i32.load offset=8 (local.get $list)) (i32.load offset=12 (local.get $list)) (global.get $ret))
+        (local.set $list (i32.add (local.get $list) (i32.const 16)))
+        (local.set $count (i32.sub (local.get $count) (i32.const 1)))
+        (br $next)))
+    (local.set $out (call $out.new (local.get $fields)))
     ;; method and path, as received
     (call $request.method (local.get $request) (global.get $ret))
     (drop (call $out.method (local.get $out) (i32.load8_u (global.get $ret))

@@ -40,6 +40,27 @@ async fn route(req: Request<Incoming>, h2: Arc<AtomicUsize>) -> Response<UpBody>
     match req.uri().path() {
         // Stream the request body back as it arrives.
         "/echo" => Response::new(req.into_body().map_err(Into::into).boxed()),
+        // What the upstream received: its Host header and the repeated x-rep values.
+        "/headers" => {
+            let host = req
+                .headers()
+                .get("host")
+                .map(|h| h.to_str().unwrap().to_string())
+                .unwrap_or_default();
+            let reps: Vec<&str> = req
+                .headers()
+                .get_all("x-rep")
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect();
+            let te = req.headers().contains_key("te");
+            let text = format!("host={host} x-rep={} te={te}", reps.join(","));
+            Response::new(
+                Full::new(Bytes::from(text))
+                    .map_err(|never| match never {})
+                    .boxed(),
+            )
+        }
         "/never" => {
             tokio::time::sleep(Duration::from_secs(60)).await;
             Response::new(full("too late"))
@@ -156,6 +177,27 @@ async fn get_and_a_10_mb_post_stream_through_the_upstream() {
         "10 MB round trip differs ({} bytes back)",
         answer.body.len()
     );
+}
+
+#[tokio::test]
+async fn headers_are_forwarded_repeated_and_host_comes_from_the_url() {
+    let upstream = Upstream::start(None).await;
+    let target = upstream.addr.to_string();
+    let pier = serve_forward(&["--allow-outbound", &format!("http://{target}")]);
+    let req = Request::builder()
+        .uri("/headers")
+        .header("x-forward-to", &target)
+        .header("x-rep", "a")
+        .header("x-rep", "b")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let answer = pier_testkit::send(&pier.addr, Proto::H1, req)
+        .await
+        .unwrap();
+    // The client's own Host (localhost) is not forwarded; the URL's authority is, with its
+    // non-default port; `te` is a forbidden header for guests.
+    assert_eq!(answer.text(), format!("host={target} x-rep=a,b te=false"));
 }
 
 #[tokio::test]
