@@ -64,6 +64,18 @@ fn main() -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("guest {name} at {version}: {e:?}"))?;
         std::fs::write(guests.join(format!("{name}-{version}.wasm")), bytes)?;
     }
+    // Proxy-Wasm filters are core modules, not components.
+    let filters = root.join("guests/proxywasm");
+    println!("cargo:rerun-if-changed={}", filters.display());
+    for entry in std::fs::read_dir(&filters)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "wat") {
+            let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+            let bytes = wat::parse_file(&path)
+                .map_err(|e| anyhow::anyhow!("filter {}: {e}", path.display()))?;
+            std::fs::write(guests.join(format!("filter-{name}.wasm")), bytes)?;
+        }
+    }
     println!("cargo:rustc-env=PIER_TEST_GUESTS={}", guests.display());
     println!("cargo:rustc-env=PIER_WASI_WIT={}", wasi_wit.display());
     Ok(())

@@ -17,3 +17,4 @@ pub use load::{LoadError, WasmFile, WasmKind, kind_of};
 pub use proxy::{AppError, ProxyApp, StoreSettings};
 pub use report::{FailureKind, describe_guest_error};
 pub use run::{RunOutcome, TRAP_EXIT_CODE, run};
+pub use wasmtime::Engine;

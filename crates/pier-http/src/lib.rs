@@ -2,6 +2,7 @@
 
 mod body;
 mod conn;
+mod filters;
 pub mod handler;
 mod limits;
 pub mod metrics;
@@ -11,6 +12,7 @@ mod service;
 mod tls;
 
 pub use body::{BodyError, ResponseBody, error_response};
+pub use filters::FilterChain;
 pub use outbound::{CaError, OutboundClient};
 pub use server::{ServeError, Server};
 pub use tls::{TlsError, acceptor as tls_acceptor};

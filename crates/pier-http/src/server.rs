@@ -57,15 +57,16 @@ pub(crate) async fn bind(addr: SocketAddr, flag: &'static str) -> Result<TcpList
 }
 
 impl Server {
-    /// Binds `addr` for `app`, with TLS when an acceptor is given.
+    /// Binds `addr` for `app` behind `filters`, with TLS when an acceptor is given.
     pub async fn bind(
         addr: SocketAddr,
         app: ProxyApp,
         limits: Limits,
         tls: Option<TlsAcceptor>,
+        filters: crate::FilterChain,
     ) -> Result<Server, ServeError> {
         let listener = bind(addr, "--addr").await?;
-        let pipeline = Pipeline::new(Arc::new(app), limits.clone());
+        let pipeline = Pipeline::new(Arc::new(app), limits.clone(), filters);
         Ok(Server {
             listener,
             pipeline,

@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 
 use crate::body::{AccessRecord, Observed, error_response};
 use crate::conn::Activity;
+use crate::filters::FilterChain;
 use crate::handler;
 use crate::limits::{BodyLimit, LimitedBody, content_length, header_problem};
 
@@ -20,16 +21,18 @@ pub struct Pipeline {
     app: Arc<ProxyApp>,
     limits: Limits,
     concurrency: Arc<Semaphore>,
+    filters: FilterChain,
 }
 
 impl Pipeline {
     /// The pipeline for `app` under `limits`.
-    pub fn new(app: Arc<ProxyApp>, limits: Limits) -> Arc<Pipeline> {
+    pub fn new(app: Arc<ProxyApp>, limits: Limits, filters: FilterChain) -> Arc<Pipeline> {
         let concurrency = Arc::new(Semaphore::new(limits.max_concurrency));
         Arc::new(Pipeline {
             app,
             limits,
             concurrency,
+            filters,
         })
     }
 
@@ -82,11 +85,28 @@ impl Pipeline {
             return record.attach(response);
         };
 
+        // Request-side filters may answer themselves, or change the head the handler sees.
+        let mut streams = Vec::new();
+        let req = if self.filters.is_empty() {
+            req
+        } else {
+            let (mut parts, body) = req.into_parts();
+            let end_of_stream = http_body::Body::is_end_stream(&body);
+            match self.filters.on_request(&mut parts, end_of_stream) {
+                Ok(opened) => streams = opened,
+                Err(local) => return record.attach(*local),
+            }
+            Request::from_parts(parts, body)
+        };
+
         let limit = BodyLimit::new(limits.max_body);
         let req = req.map(|body| LimitedBody::new(body, limit.clone()));
-        let (response, outcome) =
+        let (mut response, outcome) =
             handler::handle(self.app.clone(), req, Some(limit), Some(permit)).await;
         record.guest = outcome;
+        if !streams.is_empty() {
+            response = FilterChain::on_response(streams, response);
+        }
         record.attach(response)
     }
 }

@@ -67,6 +67,8 @@ struct ServeArgs {
     #[command(flatten)]
     outbound: OutboundArgs,
     #[command(flatten)]
+    filters: FilterArgs,
+    #[command(flatten)]
     grants: GrantArgs,
     #[command(flatten)]
     cache: CacheArgs,
@@ -155,6 +157,57 @@ impl LimitArgs {
             h2_max_streams: self.h2_max_streams,
             drain_timeout: self.drain_timeout,
         }
+    }
+}
+
+/// Proxy-Wasm filters in front of the component.
+#[derive(Args)]
+struct FilterArgs {
+    /// A Proxy-Wasm filter (ABI 0.1.0, 0.2.0 or 0.2.1) to run on every request; repeatable,
+    /// applied in order on requests and in reverse on responses.
+    #[arg(long = "filter", value_name = "FILE.wasm")]
+    filters: Vec<PathBuf>,
+    /// Plugin configuration for the filter in the same position: TEXT, or @FILE to read it.
+    #[arg(long = "filter-config", value_name = "TEXT|@FILE")]
+    configs: Vec<String>,
+    /// VM configuration for the filter in the same position: TEXT, or @FILE to read it.
+    #[arg(long = "filter-vm-config", value_name = "TEXT|@FILE")]
+    vm_configs: Vec<String>,
+    /// What a failing filter does to requests: fail-closed answers 503, fail-open skips it.
+    #[arg(long, value_name = "POLICY", default_value = "fail-closed", value_parser = ["fail-closed", "fail-open"])]
+    filter_failure: String,
+}
+
+impl FilterArgs {
+    fn load(&self, engine: &pier_engine::Engine) -> anyhow::Result<pier_http::FilterChain> {
+        let failure = if self.filter_failure == "fail-open" {
+            pier_proxywasm::FailurePolicy::FailOpen
+        } else {
+            pier_proxywasm::FailurePolicy::FailClosed
+        };
+        let mut chain = Vec::new();
+        for (i, path) in self.filters.iter().enumerate() {
+            let config = pier_proxywasm::FilterConfig {
+                plugin_config: text_or_file(self.configs.get(i), "--filter-config")?,
+                vm_config: text_or_file(self.vm_configs.get(i), "--filter-vm-config")?,
+                failure,
+            };
+            chain.push(Arc::new(pier_proxywasm::Filter::load(
+                engine, path, config,
+            )?));
+        }
+        Ok(pier_http::FilterChain(chain))
+    }
+}
+
+/// `TEXT`, or the contents of `FILE` for `@FILE`.
+fn text_or_file(value: Option<&String>, flag: &str) -> anyhow::Result<Vec<u8>> {
+    match value.map(String::as_str) {
+        None => Ok(Vec::new()),
+        Some(v) => match v.strip_prefix('@') {
+            Some(path) => std::fs::read(path).map_err(|e| anyhow::anyhow!("{flag} @{path}: {e}")),
+            None => Ok(v.as_bytes().to_vec()),
+        },
     }
 }
 
@@ -325,7 +378,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         eprintln!("pier: admin on http://{}", listener.local_addr()?);
         tokio::spawn(pier_http::metrics::serve_admin(listener, handle));
     }
-    let server = pier_http::Server::bind(config.addr, app, config.limits, tls).await?;
+    let filters = args.filters.load(&engine)?;
+    let server = pier_http::Server::bind(config.addr, app, config.limits, tls, filters).await?;
     eprintln!("pier: serving {}", server.url());
     server.serve(shutdown_signal()).await;
     Ok(())
