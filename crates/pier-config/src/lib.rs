@@ -50,8 +50,8 @@ impl CacheConfig {
 pub struct ServeConfig {
     /// Address to listen on (port 0 picks a free port).
     pub addr: SocketAddr,
-    /// The `wasi:http/proxy` component to serve.
-    pub app: PathBuf,
+    /// The `wasi:http/proxy` component to serve (absent with `--upstream`).
+    pub app: Option<PathBuf>,
     /// What the component may see of the host.
     pub grants: Grants,
     /// Compiled-code cache.

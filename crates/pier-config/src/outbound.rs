@@ -256,12 +256,25 @@ pub enum Denied {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OutboundPolicy {
     patterns: Vec<OutboundPattern>,
+    /// For destinations the operator configured (`--upstream`): every address is allowed.
+    unrestricted: bool,
 }
 
 impl OutboundPolicy {
     /// A policy allowing `patterns`.
     pub fn new(patterns: Vec<OutboundPattern>) -> Self {
-        OutboundPolicy { patterns }
+        OutboundPolicy {
+            patterns,
+            unrestricted: false,
+        }
+    }
+
+    /// A policy allowing everything: only for destinations the operator chose, never guests'.
+    pub fn unrestricted() -> Self {
+        OutboundPolicy {
+            patterns: Vec::new(),
+            unrestricted: true,
+        }
     }
 
     /// Whether anything at all is allowed.
@@ -276,6 +289,10 @@ impl OutboundPolicy {
         host: &str,
         port: u16,
     ) -> Result<&OutboundPattern, Denied> {
+        if self.unrestricted {
+            static ANY: std::sync::OnceLock<OutboundPattern> = std::sync::OnceLock::new();
+            return Ok(ANY.get_or_init(|| "*://*:*".parse().expect("valid pattern")));
+        }
         let host = host
             .trim_start_matches('[')
             .trim_end_matches(']')
@@ -300,7 +317,10 @@ impl OutboundPolicy {
     /// Checks an address `host` resolved to, just before connecting.
     pub fn check_ip(&self, scheme: &str, host: &str, ip: IpAddr, port: u16) -> Result<(), Denied> {
         let ip = canonical(ip);
-        if !is_special_purpose(ip) || self.patterns.iter().any(|p| p.names_ip(scheme, ip, port)) {
+        if self.unrestricted
+            || !is_special_purpose(ip)
+            || self.patterns.iter().any(|p| p.names_ip(scheme, ip, port))
+        {
             return Ok(());
         }
         let literal = if ip.is_ipv6() {

@@ -12,15 +12,17 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// When a connection last moved bytes, and how many of its requests are still being answered.
 #[derive(Debug)]
 pub struct Activity {
+    peer: std::net::SocketAddr,
     opened: Instant,
     last_ms: AtomicU64,
     in_flight: AtomicUsize,
 }
 
 impl Activity {
-    /// A connection opened now.
-    pub fn new() -> Arc<Activity> {
+    /// A connection from `peer` opened now.
+    pub fn new(peer: std::net::SocketAddr) -> Arc<Activity> {
         Arc::new(Activity {
+            peer,
             opened: Instant::now(),
             last_ms: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
@@ -37,6 +39,11 @@ impl Activity {
     /// The moment the connection becomes idle-expired, if nothing happens before.
     pub fn idle_deadline(&self, idle: Duration) -> Instant {
         self.opened + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + idle
+    }
+
+    /// The client's address.
+    pub fn peer(&self) -> std::net::SocketAddr {
+        self.peer
     }
 
     /// Whether a request on this connection is still being answered.

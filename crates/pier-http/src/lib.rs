@@ -10,9 +10,12 @@ mod outbound;
 mod server;
 mod service;
 mod tls;
+mod upstream;
 
 pub use body::{BodyError, ResponseBody, error_response};
 pub use filters::FilterChain;
 pub use outbound::{CaError, OutboundClient};
 pub use server::{ServeError, Server};
+pub use service::Handler;
 pub use tls::{TlsError, acceptor as tls_acceptor};
+pub use upstream::Upstream;

@@ -11,7 +11,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use pier_config::Limits;
-use pier_engine::ProxyApp;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
@@ -57,16 +56,16 @@ pub(crate) async fn bind(addr: SocketAddr, flag: &'static str) -> Result<TcpList
 }
 
 impl Server {
-    /// Binds `addr` for `app` behind `filters`, with TLS when an acceptor is given.
+    /// Binds `addr` for `handler` behind `filters`, with TLS when an acceptor is given.
     pub async fn bind(
         addr: SocketAddr,
-        app: ProxyApp,
+        handler: crate::Handler,
         limits: Limits,
         tls: Option<TlsAcceptor>,
         filters: crate::FilterChain,
     ) -> Result<Server, ServeError> {
         let listener = bind(addr, "--addr").await?;
-        let pipeline = Pipeline::new(Arc::new(app), limits.clone(), filters);
+        let pipeline = Pipeline::new(handler, limits.clone(), filters);
         Ok(Server {
             listener,
             pipeline,
@@ -194,7 +193,7 @@ impl Connection {
     /// Serves the connection until the client closes it, it sits idle past `--idle-timeout`, or
     /// the server drains.
     async fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(mut self, stream: S) {
-        let activity = Activity::new();
+        let activity = Activity::new(self.peer);
         let io = TokioIo::new(Tracked::new(stream, activity.clone()));
         let pipeline = self.pipeline.clone();
         let requests = activity.clone();

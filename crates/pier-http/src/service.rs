@@ -15,10 +15,19 @@ use crate::conn::Activity;
 use crate::filters::FilterChain;
 use crate::handler;
 use crate::limits::{BodyLimit, LimitedBody, content_length, header_problem};
+use crate::upstream::Upstream;
+
+/// What answers requests once the filters have let them through.
+pub enum Handler {
+    /// A `wasi:http/proxy` component, a fresh instance per request.
+    Component(Arc<ProxyApp>),
+    /// A reverse proxy to one origin.
+    Upstream(Arc<Upstream>),
+}
 
 /// What every request on a server shares.
 pub struct Pipeline {
-    app: Arc<ProxyApp>,
+    handler: Handler,
     limits: Limits,
     concurrency: Arc<Semaphore>,
     filters: FilterChain,
@@ -26,10 +35,10 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// The pipeline for `app` under `limits`.
-    pub fn new(app: Arc<ProxyApp>, limits: Limits, filters: FilterChain) -> Arc<Pipeline> {
+    pub fn new(handler: Handler, limits: Limits, filters: FilterChain) -> Arc<Pipeline> {
         let concurrency = Arc::new(Semaphore::new(limits.max_concurrency));
         Arc::new(Pipeline {
-            app,
+            handler,
             limits,
             concurrency,
             filters,
@@ -101,8 +110,16 @@ impl Pipeline {
 
         let limit = BodyLimit::new(limits.max_body);
         let req = req.map(|body| LimitedBody::new(body, limit.clone()));
-        let (mut response, outcome) =
-            handler::handle(self.app.clone(), req, Some(limit), Some(permit)).await;
+        let (mut response, outcome) = match &self.handler {
+            Handler::Component(app) => {
+                handler::handle(app.clone(), req, Some(limit), Some(permit)).await
+            }
+            Handler::Upstream(upstream) => {
+                let response = upstream.handle(req, activity.peer()).await;
+                drop(permit);
+                (response, None)
+            }
+        };
         record.guest = outcome;
         if !streams.is_empty() {
             response = FilterChain::on_response(streams, response);

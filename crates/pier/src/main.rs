@@ -72,9 +72,21 @@ struct ServeArgs {
     grants: GrantArgs,
     #[command(flatten)]
     cache: CacheArgs,
+    /// Proxy every request to this origin (http://HOST:PORT or https://...) instead of a
+    /// component; filters apply the same way.
+    #[arg(long, value_name = "URL", conflicts_with = "app", value_parser = parse_origin)]
+    upstream: Option<http::Uri>,
     /// The component to serve.
-    #[arg(value_name = "APP.wasm")]
-    app: PathBuf,
+    #[arg(value_name = "APP.wasm", required_unless_present = "upstream")]
+    app: Option<PathBuf>,
+}
+
+fn parse_origin(s: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = s.parse().map_err(|e| format!("{e}"))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http" | "https"), Some(_)) => Ok(uri),
+        _ => Err("expected http://HOST:PORT or https://HOST[:PORT]".to_string()),
+    }
 }
 
 #[derive(Args)]
@@ -354,24 +366,34 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(addr) => Some(pier_http::metrics::bind_admin(addr).await?),
         None => None,
     };
-    let wasm = WasmFile::read(&config.app)?;
     // One pool slot per request in a guest, plus slack for instances still being torn down.
     let instances = u32::try_from(config.limits.max_concurrency)
         .unwrap_or(u32::MAX)
         .saturating_add(16);
     let engine = pier_engine::new_engine(EngineKind::Serve { instances })?;
-    let settings = StoreSettings {
-        max_memory: config.limits.max_memory,
-        timeout: config.limits.timeout,
+    let handler = match (&config.app, &args.upstream) {
+        (Some(app), _) => {
+            let wasm = WasmFile::read(app)?;
+            let settings = StoreSettings {
+                max_memory: config.limits.max_memory,
+                timeout: config.limits.timeout,
+            };
+            let mut app = ProxyApp::load(
+                &engine,
+                &wasm,
+                &config.grants,
+                &CompileCache::new(&config.cache),
+                settings,
+            )?;
+            app.set_outbound(Arc::new(pier_http::OutboundClient::new(&config.outbound)?));
+            pier_http::Handler::Component(Arc::new(app))
+        }
+        (None, Some(origin)) => {
+            let upstream = pier_http::Upstream::new(origin.clone(), &config.outbound)?;
+            pier_http::Handler::Upstream(Arc::new(upstream))
+        }
+        (None, None) => anyhow::bail!("give a component to serve, or --upstream URL"),
     };
-    let mut app = ProxyApp::load(
-        &engine,
-        &wasm,
-        &config.grants,
-        &CompileCache::new(&config.cache),
-        settings,
-    )?;
-    app.set_outbound(Arc::new(pier_http::OutboundClient::new(&config.outbound)?));
     let _ticker = EpochTicker::start(&engine);
     if let Some(listener) = admin {
         let handle = pier_http::metrics::install_recorder()?;
@@ -379,7 +401,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tokio::spawn(pier_http::metrics::serve_admin(listener, handle));
     }
     let filters = args.filters.load(&engine)?;
-    let server = pier_http::Server::bind(config.addr, app, config.limits, tls, filters).await?;
+    let server = pier_http::Server::bind(config.addr, handler, config.limits, tls, filters).await?;
     eprintln!("pier: serving {}", server.url());
     server.serve(shutdown_signal()).await;
     Ok(())

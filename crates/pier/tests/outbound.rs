@@ -54,7 +54,20 @@ async fn route(req: Request<Incoming>, h2: Arc<AtomicUsize>) -> Response<UpBody>
                 .map(|v| v.to_str().unwrap())
                 .collect();
             let te = req.headers().contains_key("te");
-            let text = format!("host={host} x-rep={} te={te}", reps.join(","));
+            let via = req
+                .headers()
+                .get("via")
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default();
+            let xff = req
+                .headers()
+                .get("x-forwarded-for")
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default();
+            let text = format!(
+                "host={host} x-rep={} te={te} via={via} xff={xff}",
+                reps.join(",")
+            );
             Response::new(
                 Full::new(Bytes::from(text))
                     .map_err(|never| match never {})
@@ -197,7 +210,10 @@ async fn headers_are_forwarded_repeated_and_host_comes_from_the_url() {
         .unwrap();
     // The client's own Host (localhost) is not forwarded; the URL's authority is, with its
     // non-default port; `te` is a forbidden header for guests.
-    assert_eq!(answer.text(), format!("host={target} x-rep=a,b te=false"));
+    assert_eq!(
+        answer.text(),
+        format!("host={target} x-rep=a,b te=false via= xff=")
+    );
 }
 
 #[tokio::test]
@@ -520,4 +536,81 @@ async fn a_componentize_py_guest_fetches_through_the_pool() {
         "{}",
         answer.text()
     );
+}
+
+/// `pier serve --upstream URL`: the reverse-proxy handler.
+fn serve_upstream(flags: &[&str]) -> PierServer {
+    PierServer::start(pier(), flags).unwrap()
+}
+
+#[tokio::test]
+async fn the_upstream_handler_proxies_with_forwarding_headers() {
+    let upstream = Upstream::start(None).await;
+    let target = upstream.addr.to_string();
+    let origin = format!("http://{target}");
+    let filter = guest("filter-headers");
+    let pier = serve_upstream(&["--upstream", &origin, "--filter", filter.to_str().unwrap()]);
+    for proto in pier_testkit::PROTOS {
+        let answer = pier_testkit::get(&pier.addr, proto, "/hello")
+            .await
+            .unwrap();
+        assert_eq!(
+            (answer.status, answer.text().as_str()),
+            (StatusCode::OK, "upstream hello"),
+            "{proto:?}"
+        );
+        assert_eq!(answer.headers["via"], "1.1 pier");
+        assert_eq!(
+            answer.headers["x-filter-response"], "1",
+            "filters apply to the upstream handler too"
+        );
+
+        let req = Request::builder()
+            .uri("/headers")
+            .header("x-rep", "a")
+            .header("x-rep", "b")
+            .header("te", "trailers")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let answer = pier_testkit::send(&pier.addr, proto, req).await.unwrap();
+        assert_eq!(
+            answer.text(),
+            format!("host={target} x-rep=a,b te=false via=1.1 pier xff=127.0.0.1"),
+            "{proto:?}"
+        );
+
+        let body: Vec<u8> = (0..1024 * 1024).map(|i| (i % 241) as u8).collect();
+        let answer = pier_testkit::request(&pier.addr, proto, "POST", "/echo", &body)
+            .await
+            .unwrap();
+        assert!(answer.body == body, "{proto:?}: 1 MB streamed through");
+    }
+    let opened = upstream.connections.load(Ordering::Relaxed);
+    assert!(opened <= 3, "pooled: {opened} connections");
+}
+
+#[tokio::test]
+async fn the_upstream_handler_answers_502_and_504() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let pier = serve_upstream(&["--upstream", &dead]);
+    let answer = pier_testkit::get(&pier.addr, Proto::H1, "/").await.unwrap();
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(answer.headers["server"], "pier");
+
+    let upstream = Upstream::start(None).await;
+    let origin = format!("http://{}", upstream.addr);
+    let pier = serve_upstream(&[
+        "--upstream",
+        &origin,
+        "--outbound-first-byte-timeout",
+        "300ms",
+    ]);
+    let began = Instant::now();
+    let answer = pier_testkit::get(&pier.addr, Proto::H1, "/never")
+        .await
+        .unwrap();
+    assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(began.elapsed() < Duration::from_secs(2));
 }

@@ -19,9 +19,20 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+/// What the request being sent tells the connector, and learns from it.
+pub struct RequestConnect {
+    /// The connect timeout (the guest's, capped by the host's).
+    pub timeout: Duration,
+    /// When a new connection for this request finished connecting (unset: none was made, or
+    /// it is still connecting).
+    pub connected_at: std::sync::OnceLock<std::time::Instant>,
+    /// Set while a new connection is being made for this request.
+    pub connecting: std::sync::atomic::AtomicBool,
+}
+
 tokio::task_local! {
-    /// The connect timeout of the request being sent (the guest's, capped by the host's).
-    pub static CONNECT_TIMEOUT: Duration;
+    /// The request being sent, for the connector it may call.
+    pub static REQUEST: Arc<RequestConnect>;
 }
 
 /// Why a connection could not be opened.
@@ -80,9 +91,12 @@ impl tower_service::Service<Uri> for Connector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let this = self.clone();
-        let timeout = CONNECT_TIMEOUT
-            .try_with(|t| *t)
-            .unwrap_or(this.default_timeout);
+        let request = REQUEST.try_with(Arc::clone).ok();
+        let timeout = request.as_ref().map_or(this.default_timeout, |r| r.timeout);
+        if let Some(r) = &request {
+            r.connecting
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         Box::pin(async move {
             let host = uri
                 .host()
@@ -130,8 +144,14 @@ impl tower_service::Service<Uri> for Connector {
                 .map_err(|_| ConnectError::Timeout(host.clone()))??;
             metrics::counter!(crate::metrics::OUTBOUND_CONNECTIONS, "scheme" => scheme)
                 .increment(1);
+            let connected = |stream: Stream| {
+                if let Some(r) = &request {
+                    let _ = r.connected_at.set(std::time::Instant::now());
+                }
+                Ok(TokioIo::new(stream))
+            };
             if !tls {
-                return Ok(TokioIo::new(Stream::Plain(tcp)));
+                return connected(Stream::Plain(tcp));
             }
             let name = ServerName::try_from(host.clone()).map_err(|e| ConnectError::Tls {
                 host: host.clone(),
@@ -144,7 +164,7 @@ impl tower_service::Service<Uri> for Connector {
                     host: host.clone(),
                     source,
                 })?;
-            Ok(TokioIo::new(Stream::Tls(Box::new(stream))))
+            connected(Stream::Tls(Box::new(stream)))
         })
     }
 }

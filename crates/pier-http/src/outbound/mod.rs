@@ -22,7 +22,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody};
 
-use connector::{CONNECT_TIMEOUT, ConnectError, Connector};
+use connector::{ConnectError, Connector, REQUEST, RequestConnect};
 
 /// A CA file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -126,15 +126,18 @@ impl Outbound for OutboundClient {
             options.and_then(|o| o.between_bytes_timeout),
             self.config.between_bytes_timeout,
         );
-        let sent = CONNECT_TIMEOUT.scope(connect, self.client.request(request));
+        let timing = Arc::new(RequestConnect {
+            timeout: connect,
+            connected_at: std::sync::OnceLock::new(),
+            connecting: std::sync::atomic::AtomicBool::new(false),
+        });
+        let sent = REQUEST.scope(timing.clone(), self.client.request(request));
         Box::pin(async move {
             let started = Instant::now();
-            // The head must arrive within connect + first-byte time; the connector enforces the
-            // connect part on its own (connection-timeout).
-            let response = match tokio::time::timeout(connect + first_byte, sent).await {
-                Err(_) => Err(Error::ConnectionReadTimeout),
-                Ok(Err(e)) => Err(map_client_error(&e)),
-                Ok(Ok(response)) => Ok(response),
+            let response = match first_byte_deadline(sent, &timing, started, first_byte).await {
+                None => Err(Error::ConnectionReadTimeout),
+                Some(Err(e)) => Err(map_client_error(&e)),
+                Some(Ok(response)) => Ok(response),
             };
             let result = match &response {
                 Ok(r) => crate::metrics::status_class(r.status()),
@@ -148,6 +151,38 @@ impl Outbound for OutboundClient {
             Ok(response
                 .map(|body| BetweenBytes::new(body.map_err(Error::from), between).boxed_unsync()))
         })
+    }
+}
+
+/// Waits for the response head: `first_byte` from when the request could be sent, i.e. from the
+/// start on a pooled connection, or from the moment a new connection was established (the
+/// connector bounds connecting itself, with `connection-timeout`). `None` on timeout.
+async fn first_byte_deadline<F: Future>(
+    sent: F,
+    timing: &RequestConnect,
+    started: Instant,
+    first_byte: Duration,
+) -> Option<F::Output> {
+    tokio::pin!(sent);
+    loop {
+        let from = match timing.connected_at.get() {
+            Some(at) => *at,
+            None if timing.connecting.load(std::sync::atomic::Ordering::Relaxed) => Instant::now(),
+            None => started,
+        };
+        let deadline = tokio::time::Instant::from_std(from + first_byte);
+        tokio::select! {
+            output = &mut sent => return Some(output),
+            () = tokio::time::sleep_until(deadline) => {
+                // Still connecting: the connector's own timeout decides; look again.
+                let connecting = timing.connecting.load(std::sync::atomic::Ordering::Relaxed)
+                    && timing.connected_at.get().is_none();
+                let due = timing.connected_at.get().map_or(started, |at| *at) + first_byte;
+                if !connecting && Instant::now() >= due {
+                    return None;
+                }
+            }
+        }
     }
 }
 
