@@ -52,6 +52,36 @@ pub fn toolchain_guest(file: &str) -> Option<PathBuf> {
     None
 }
 
+/// Runs `pier ARGS` to completion (logging off, no stdin, a scratch compile cache) and asserts
+/// it failed the way a user should see a start-up error: exit code 1 and exactly one line on
+/// stderr, starting `pier: ` and containing every `needle`. Returns that line.
+pub fn assert_one_line_error(pier: &Path, args: &[&str], needles: &[&str]) -> String {
+    let out = Command::new(pier)
+        .args(args)
+        .env("PIER_LOG", "off")
+        .env(
+            "PIER_CACHE_DIR",
+            std::env::temp_dir().join("pier-testkit-cache"),
+        )
+        .stdin(Stdio::null())
+        .output()
+        .expect("pier runs");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{args:?}: one line, got:\n{stderr}");
+    assert!(lines[0].starts_with("pier: "), "{}", lines[0]);
+    for needle in needles {
+        assert!(
+            lines[0].contains(needle),
+            "{args:?}: {needle:?} missing from {:?}",
+            lines[0]
+        );
+    }
+    lines[0].to_string()
+}
+
 /// A running `pier serve` child process.
 pub struct PierServer {
     child: Option<Child>,

@@ -20,18 +20,11 @@ fn pier(args: &[&str]) -> (Option<i32>, String) {
 
 /// Asserts pier failed with exactly one line on stderr, containing every `needle`.
 fn assert_one_line_error(args: &[&str], needles: &[&str]) {
-    let (code, stderr) = pier(args);
-    assert_eq!(code, Some(1), "{args:?}: {stderr}");
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "{args:?}: one line, got:\n{stderr}");
-    assert!(lines[0].starts_with("pier: "), "{}", lines[0]);
-    for needle in needles {
-        assert!(
-            lines[0].contains(needle),
-            "{args:?}: {needle:?} missing from {:?}",
-            lines[0]
-        );
-    }
+    pier_testkit::assert_one_line_error(
+        std::path::Path::new(env!("CARGO_BIN_EXE_pier")),
+        args,
+        needles,
+    );
 }
 
 fn prebuilt(name: &str) -> String {

@@ -107,23 +107,15 @@ async fn a_trapping_filter_fails_open_when_asked() {
 #[test]
 fn a_file_that_is_not_a_filter_is_one_clear_error() {
     let not_a_filter = guest("hello");
-    let out = std::process::Command::new(pier())
-        .args([
+    let app = guest("echo");
+    pier_testkit::assert_one_line_error(
+        pier(),
+        &[
             "serve",
-            "--no-cache",
             "--filter",
             not_a_filter.to_str().unwrap(),
-        ])
-        .arg(guest("echo"))
-        .env("PIER_LOG", "off")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(
-        stderr.starts_with("pier: --filter ")
-            && stderr.contains("not a valid core WebAssembly module"),
-        "{stderr}"
+            app.to_str().unwrap(),
+        ],
+        &["pier: --filter ", "not a valid core WebAssembly module"],
     );
 }

@@ -92,25 +92,19 @@ fn bad_tls_files_are_one_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk.pem");
     std::fs::write(&junk, "not a certificate").unwrap();
-    let out = std::process::Command::new(pier())
-        .args([
+    let junk = junk.to_str().unwrap();
+    let app = guest("hello");
+    pier_testkit::assert_one_line_error(
+        pier(),
+        &[
             "serve",
-            "--no-cache",
             "--tls-cert",
-            junk.to_str().unwrap(),
+            junk,
             "--tls-key",
-            junk.to_str().unwrap(),
-        ])
-        .arg(guest("hello"))
-        .env("PIER_LOG", "off")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(
-        stderr.starts_with("pier: --tls-cert ") && stderr.contains("junk.pem"),
-        "{stderr}"
+            junk,
+            app.to_str().unwrap(),
+        ],
+        &["pier: --tls-cert ", "junk.pem"],
     );
 }
 
