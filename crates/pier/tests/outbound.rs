@@ -38,8 +38,21 @@ async fn route(req: Request<Incoming>, h2: Arc<AtomicUsize>) -> Response<UpBody>
             .boxed()
     };
     match req.uri().path() {
-        // Stream the request body back as it arrives.
-        "/echo" => Response::new(req.into_body().map_err(Into::into).boxed()),
+        // The whole request body, then the same bytes back. (Read first: the forwarding guest
+        // sends its whole body before it reads the response, so an upstream that answered while
+        // still reading could fill both directions' buffers and stall.)
+        "/echo" => match req.into_body().collect().await {
+            Ok(body) => Response::new(
+                Full::new(body.to_bytes())
+                    .map_err(|never| match never {})
+                    .boxed(),
+            ),
+            Err(e) => Response::new(
+                Full::new(Bytes::from(e.to_string()))
+                    .map_err(|never| match never {})
+                    .boxed(),
+            ),
+        },
         // What the upstream received: its Host header and the repeated x-rep values.
         "/headers" => {
             let host = req
