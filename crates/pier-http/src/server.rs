@@ -123,24 +123,23 @@ impl Server {
             let conn = Connection {
                 builder: builder.clone(),
                 pipeline: pipeline.clone(),
-                limits: limits.clone(),
+                idle_timeout: limits.idle_timeout,
                 draining: draining.clone(),
                 peer,
             };
             let tls = tls.clone();
+            let handshake_timeout = limits.header_timeout;
             tokio::spawn(async move {
                 match tls {
                     None => conn.run(stream).await,
-                    Some(acceptor) => match tokio::time::timeout(
-                        conn.limits.header_timeout,
-                        acceptor.accept(stream),
-                    )
-                    .await
-                    {
-                        Ok(Ok(stream)) => conn.run(stream).await,
-                        Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    },
+                    Some(acceptor) => {
+                        match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await
+                        {
+                            Ok(Ok(stream)) => conn.run(stream).await,
+                            Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        }
+                    }
                 }
                 drop(permit);
             });
@@ -184,7 +183,7 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 struct Connection {
     builder: Arc<auto::Builder<TokioExecutor>>,
     pipeline: Arc<Pipeline>,
-    limits: Limits,
+    idle_timeout: Duration,
     draining: watch::Receiver<bool>,
     peer: SocketAddr,
 }
@@ -204,7 +203,7 @@ impl Connection {
         });
         let conn = self.builder.serve_connection(io, service);
         tokio::pin!(conn);
-        let idle = self.limits.idle_timeout;
+        let idle = self.idle_timeout;
         let mut closing = *self.draining.borrow();
         if closing {
             conn.as_mut().graceful_shutdown();
