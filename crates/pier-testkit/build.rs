@@ -76,6 +76,16 @@ fn main() -> anyhow::Result<()> {
             std::fs::write(guests.join(format!("filter-{name}.wasm")), bytes)?;
         }
     }
+    // Filters built from C by guests/build.sh are committed prebuilt.
+    let prebuilt = root.join("guests/prebuilt");
+    println!("cargo:rerun-if-changed={}", prebuilt.display());
+    for entry in std::fs::read_dir(&prebuilt)? {
+        let path = entry?.path();
+        let file = path.file_name().unwrap().to_string_lossy().into_owned();
+        if file.starts_with("filter-") && file.ends_with(".wasm") {
+            std::fs::copy(&path, guests.join(&file))?;
+        }
+    }
     println!("cargo:rustc-env=PIER_TEST_GUESTS={}", guests.display());
     println!("cargo:rustc-env=PIER_WASI_WIT={}", wasi_wit.display());
     Ok(())

@@ -57,6 +57,10 @@ pub enum ResponseBody {
         inner: HyperOutgoingBody,
         outcome: Arc<GuestOutcome>,
     },
+    /// A body passing through a filter's body callbacks.
+    Filtered(Box<crate::filters::FilteredBody<ResponseBody>>),
+    /// A response that is aborted at once (a filter closed the stream).
+    Reset,
 }
 
 impl ResponseBody {
@@ -87,13 +91,16 @@ impl Body for ResponseBody {
                 ))),
                 other => other.map_err(|e| format!("{e:?}").into()),
             },
+            ResponseBody::Filtered(inner) => Pin::new(&mut **inner).poll_frame(cx),
+            ResponseBody::Reset => Poll::Ready(Some(Err("a filter closed the stream".into()))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             ResponseBody::Full(bytes) => bytes.is_none(),
-            ResponseBody::Guest { .. } => false,
+            ResponseBody::Guest { .. } | ResponseBody::Reset => false,
+            ResponseBody::Filtered(inner) => inner.is_end_stream(),
         }
     }
 
@@ -103,6 +110,8 @@ impl Body for ResponseBody {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
             ResponseBody::Guest { inner, .. } => inner.size_hint(),
+            ResponseBody::Filtered(inner) => inner.size_hint(),
+            ResponseBody::Reset => SizeHint::default(),
         }
     }
 }
@@ -126,6 +135,8 @@ pub struct AccessRecord {
     pub started: Instant,
     /// The guest's outcome, when a guest ran.
     pub guest: Option<Arc<GuestOutcome>>,
+    /// The filter streams of the request: they end (`proxy_on_log`) after this record.
+    pub streams: crate::filters::Streams,
     /// Keeps the connection busy (for its idle timeout) while the response is sent.
     _in_flight: Option<crate::conn::InFlight>,
     bytes: u64,
@@ -148,6 +159,7 @@ impl AccessRecord {
             status: StatusCode::OK,
             started,
             guest: None,
+            streams: Vec::new(),
             _in_flight: in_flight,
             bytes: 0,
             failed: false,

@@ -1,20 +1,31 @@
-//! The Proxy-Wasm filter chain around a handler: request headers in order, response headers in
-//! reverse order, like Envoy's filter chain (and Pingora's `request_filter`/`response_filter`).
+//! The Proxy-Wasm filter chain around a handler, like Envoy's: request phases in filter order,
+//! response phases in reverse. Header phases run (and may pause) here; bodies and trailers run
+//! through `FilteredBody` as they stream, only for filters that have body callbacks.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
-use pier_proxywasm::{Filter, LocalResponse, Outcome, Pairs, Stream};
+use http_body::{Body, Frame, SizeHint};
+use pier_proxywasm::{BodyStep, Direction, Filter, LocalResponse, Outcome, Pairs, Stream, StreamInfo};
 
-use crate::body::ResponseBody;
+use crate::body::{BodyError, ResponseBody};
 
 /// The filters of a server, in the order given.
 #[derive(Default, Clone)]
 pub struct FilterChain(pub Vec<Arc<Filter>>);
 
-/// Streams opened by the request phase, for the response phase.
-pub type Streams = Vec<(Arc<Filter>, Stream)>;
+/// The streams a request opened, in filter order. They end (`proxy_on_log`...) when the last
+/// holder lets go: the response body once sent, and any filtered request body.
+pub type Streams = Vec<Arc<Stream>>;
+
+/// A request body on its way to the handler.
+pub type RequestBody = http_body_util::combinators::UnsyncBoxBody<Bytes, wasmtime_wasi_http::Error>;
+
+static REQUEST_IDS: AtomicU64 = AtomicU64::new(0);
 
 impl FilterChain {
     /// Whether there are no filters.
@@ -22,36 +33,69 @@ impl FilterChain {
         self.0.is_empty()
     }
 
-    /// Runs every filter's request-headers phase on `parts`. `Err` is a response to send instead.
-    pub fn on_request(
+    /// Runs every filter's request-headers phase on `parts`. Returns the streams opened, and a
+    /// response to send instead of calling the handler when a filter answered (or failed
+    /// closed).
+    pub async fn on_request(
         &self,
         parts: &mut http::request::Parts,
         end_of_stream: bool,
-    ) -> Result<Streams, Box<Response<ResponseBody>>> {
+        peer: std::net::SocketAddr,
+        local: Option<std::net::SocketAddr>,
+    ) -> (Streams, Option<Response<ResponseBody>>) {
+        let info = Arc::new(StreamInfo {
+            peer: Some(peer),
+            local,
+            protocol: if parts.version == http::Version::HTTP_2 {
+                "HTTP/2"
+            } else {
+                "HTTP/1.1"
+            },
+            id: parts
+                .headers
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map_or_else(
+                    || format!("{:016x}", REQUEST_IDS.fetch_add(1, Ordering::Relaxed)),
+                    str::to_string,
+                ),
+            started: std::time::SystemTime::now(),
+        });
         let mut pairs = request_pairs(parts);
         let mut streams = Vec::with_capacity(self.0.len());
         for filter in &self.0 {
-            match filter.on_request_headers(&mut pairs, end_of_stream) {
-                (Outcome::Continue, Some(stream)) => streams.push((filter.clone(), stream)),
-                (Outcome::Continue, None) => {}
-                (Outcome::Respond(local), _) => {
-                    for (filter, stream) in streams {
-                        filter.on_stream_end(stream);
-                    }
-                    return Err(Box::new(local_response(local)));
-                }
+            let (outcome, stream) = filter
+                .on_request_headers(info.clone(), &mut pairs, end_of_stream)
+                .await;
+            streams.extend(stream);
+            match outcome {
+                Outcome::Continue => {}
+                Outcome::Respond(local) => return (streams, Some(local_response(local))),
+                Outcome::Close => return (streams, Some(reset_response())),
             }
         }
         apply_request(parts, pairs);
-        Ok(streams)
+        (streams, None)
     }
 
-    /// Runs the response-headers phase of the filters that saw the request, last first.
-    pub fn on_response(
-        streams: Streams,
+    /// Passes the request body through the filters that look at request bodies.
+    pub fn request_body(streams: &Streams, mut body: RequestBody) -> RequestBody {
+        use http_body_util::BodyExt;
+        for stream in streams.iter().filter(|s| s.filters_request_body()) {
+            body = FilteredBody::new(body, stream.clone(), Direction::Request)
+                .map_err(|e| wasmtime_wasi_http::Error::InternalError(Some(e.to_string())))
+                .boxed_unsync();
+        }
+        body
+    }
+
+    /// Runs the response-headers phase of the filters that saw the request, last first, and
+    /// passes the body through those that look at response bodies.
+    pub async fn on_response(
+        streams: &Streams,
         response: Response<ResponseBody>,
     ) -> Response<ResponseBody> {
-        let (mut parts, body) = response.into_parts();
+        let (mut parts, mut body) = response.into_parts();
         let mut pairs: Pairs = Vec::with_capacity(parts.headers.len() + 1);
         pairs.push((
             b":status".to_vec(),
@@ -63,12 +107,19 @@ impl FilterChain {
                 .iter()
                 .map(|(k, v)| (k.as_str().as_bytes().to_vec(), v.as_bytes().to_vec())),
         );
-        let end_of_stream = http_body::Body::is_end_stream(&body);
-        for (filter, stream) in streams.into_iter().rev() {
-            if let Outcome::Respond(local) =
-                filter.on_response_headers(stream, &mut pairs, end_of_stream)
-            {
-                return local_response(local);
+        let end_of_stream = body.is_end_stream();
+        for stream in streams.iter().rev() {
+            match stream.on_response_headers(&mut pairs, end_of_stream).await {
+                Outcome::Continue => {}
+                Outcome::Respond(local) => return local_response(local),
+                Outcome::Close => return reset_response(),
+            }
+            if stream.filters_response_body() {
+                body = ResponseBody::Filtered(Box::new(FilteredBody::new(
+                    body,
+                    stream.clone(),
+                    Direction::Response,
+                )));
             }
         }
         let mut status = parts.status;
@@ -85,6 +136,138 @@ impl FilterChain {
         parts.status = status;
         Response::from_parts(parts, body)
     }
+}
+
+/// A body passed through one filter's body and trailer callbacks as it streams. When the filter
+/// pauses a body callback, data is held back (up to the filter's buffer limit) and handed to it
+/// again with what follows, until it lets the data through or the body ends.
+pub struct FilteredBody<B> {
+    inner: B,
+    stream: Arc<Stream>,
+    direction: Direction,
+    /// Data the filter has seen but not yet let through.
+    held: Vec<u8>,
+    /// Trailers to send once the held data is out.
+    trailers: Option<HeaderMap>,
+    done: bool,
+}
+
+impl<B> FilteredBody<B> {
+    fn new(inner: B, stream: Arc<Stream>, direction: Direction) -> Self {
+        FilteredBody {
+            inner,
+            stream,
+            direction,
+            held: Vec::new(),
+            trailers: None,
+            done: false,
+        }
+    }
+
+    fn aborted(&self) -> BodyError {
+        format!("filter {} stopped the body", self.stream.filter_name()).into()
+    }
+
+    /// Hands the held data (plus `data`) to the filter; `Some` is a frame to pass on.
+    fn feed(&mut self, data: Option<Bytes>, end: bool) -> Result<Option<Bytes>, BodyError> {
+        if let Some(data) = data {
+            if self.held.is_empty() {
+                self.held = Vec::from(data);
+            } else {
+                self.held.extend_from_slice(&data);
+            }
+        }
+        if self.held.len() > self.stream.max_buffered() {
+            return Err(format!(
+                "filter {} buffered more than {} bytes of body",
+                self.stream.filter_name(),
+                self.stream.max_buffered()
+            )
+            .into());
+        }
+        match self.stream.on_body(self.direction, &mut self.held, end) {
+            BodyStep::Abort => Err(self.aborted()),
+            BodyStep::Buffer => Ok(None),
+            BodyStep::Continue if self.held.is_empty() => Ok(None),
+            BodyStep::Continue => Ok(Some(Bytes::from(std::mem::take(&mut self.held)))),
+        }
+    }
+}
+
+impl<B> Body for FilteredBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BodyError>,
+{
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        loop {
+            if this.done {
+                return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))));
+            }
+            let frame = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => frame,
+                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                None => {
+                    // The end: the filter sees end_of_stream with whatever it held back.
+                    this.done = true;
+                    match this.feed(None, true) {
+                        Ok(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                        Ok(None) => continue,
+                        Err(e) => return Poll::Ready(Some(Err(e))),
+                    }
+                }
+            };
+            let frame = match frame.into_data() {
+                Ok(data) => match this.feed(Some(data), false) {
+                    Ok(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(None) => continue,
+                    Err(e) => return Poll::Ready(Some(Err(e))),
+                },
+                Err(frame) => frame,
+            };
+            let Ok(trailers) = frame.into_trailers() else {
+                continue;
+            };
+            // Trailers end the body: the body callback sees its end, then the trailers
+            // callback may change them.
+            this.done = true;
+            let data = match this.feed(None, true) {
+                Ok(data) => data,
+                Err(e) => return Poll::Ready(Some(Err(e))),
+            };
+            let mut pairs = trailer_pairs(&trailers);
+            if this.stream.on_trailers(this.direction, &mut pairs) == BodyStep::Abort {
+                return Poll::Ready(Some(Err(this.aborted())));
+            }
+            this.trailers = Some(headers_from(&pairs, |_, _| {}));
+            if let Some(data) = data {
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        // The filter may change the body's length.
+        SizeHint::default()
+    }
+}
+
+fn trailer_pairs(trailers: &HeaderMap) -> Pairs {
+    trailers
+        .iter()
+        .map(|(k, v)| (k.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect()
 }
 
 fn request_pairs(parts: &http::request::Parts) -> Pairs {
@@ -165,5 +348,13 @@ fn local_response(local: LocalResponse) -> Response<ResponseBody> {
     *response.status_mut() =
         StatusCode::from_u16(local.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     *response.headers_mut() = headers_from(&local.headers, |_, _| {});
+    response
+}
+
+/// The answer to `proxy_close_stream`: the response is aborted (HTTP/1.1: the connection is
+/// closed; HTTP/2: the stream is reset).
+fn reset_response() -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::Reset);
+    *response.status_mut() = StatusCode::BAD_GATEWAY;
     response
 }

@@ -1,6 +1,7 @@
 //! pier's HTTP side: the server, the request path, and the handlers that answer requests.
 
 mod body;
+mod callouts;
 mod conn;
 mod filters;
 pub mod handler;
@@ -13,6 +14,7 @@ mod tls;
 mod upstream;
 
 pub use body::{BodyError, ResponseBody, error_response};
+pub use callouts::NamedUpstreams;
 pub use filters::FilterChain;
 pub use outbound::{CaError, OutboundClient};
 pub use server::{ServeError, Server};

@@ -65,7 +65,12 @@ impl Server {
         filters: crate::FilterChain,
     ) -> Result<Server, ServeError> {
         let listener = bind(addr, "--addr").await?;
-        let pipeline = Pipeline::new(handler, limits.clone(), filters);
+        let pipeline = Pipeline::new(
+            handler,
+            limits.clone(),
+            filters,
+            listener.local_addr().ok(),
+        );
         Ok(Server {
             listener,
             pipeline,

@@ -8,11 +8,12 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use pier_config::Limits;
 use pier_engine::ProxyApp;
-use tokio::sync::Semaphore;
+use http_body_util::BodyExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::body::{AccessRecord, Observed, error_response};
+use crate::body::{AccessRecord, GuestOutcome, Observed, ResponseBody, error_response};
 use crate::conn::Activity;
-use crate::filters::FilterChain;
+use crate::filters::{FilterChain, RequestBody};
 use crate::handler;
 use crate::limits::{BodyLimit, LimitedBody, content_length, header_problem};
 use crate::upstream::Upstream;
@@ -31,17 +32,25 @@ pub struct Pipeline {
     limits: Limits,
     concurrency: Arc<Semaphore>,
     filters: FilterChain,
+    local: Option<std::net::SocketAddr>,
 }
 
 impl Pipeline {
-    /// The pipeline for `app` under `limits`.
-    pub fn new(handler: Handler, limits: Limits, filters: FilterChain) -> Arc<Pipeline> {
+    /// The pipeline for `handler` behind `filters` under `limits`, on a server listening at
+    /// `local`.
+    pub fn new(
+        handler: Handler,
+        limits: Limits,
+        filters: FilterChain,
+        local: Option<std::net::SocketAddr>,
+    ) -> Arc<Pipeline> {
         let concurrency = Arc::new(Semaphore::new(limits.max_concurrency));
         Arc::new(Pipeline {
             handler,
             limits,
             concurrency,
             filters,
+            local,
         })
     }
 
@@ -94,23 +103,42 @@ impl Pipeline {
             return record.attach(response);
         };
 
-        // Request-side filters may answer themselves, or change the head the handler sees.
-        let mut streams = Vec::new();
-        let req = if self.filters.is_empty() {
-            req
-        } else {
-            let (mut parts, body) = req.into_parts();
-            let end_of_stream = http_body::Body::is_end_stream(&body);
-            match self.filters.on_request(&mut parts, end_of_stream) {
-                Ok(opened) => streams = opened,
-                Err(local) => return record.attach(*local),
-            }
-            Request::from_parts(parts, body)
-        };
-
         let limit = BodyLimit::new(limits.max_body);
-        let req = req.map(|body| LimitedBody::new(body, limit.clone()));
-        let (mut response, outcome) = match &self.handler {
+        let req = req.map(|body| LimitedBody::new(body, limit.clone()).boxed_unsync());
+        if self.filters.is_empty() {
+            let (response, outcome) = self.handle(req, activity, limit, permit).await;
+            record.guest = outcome;
+            return record.attach(response);
+        }
+
+        // Request-side filters may answer themselves, or change the head the handler sees.
+        let (mut parts, body) = req.into_parts();
+        let end_of_stream = http_body::Body::is_end_stream(&body);
+        let (streams, answered) = self
+            .filters
+            .on_request(&mut parts, end_of_stream, activity.peer(), self.local)
+            .await;
+        record.streams = streams;
+        if let Some(local) = answered {
+            return record.attach(local);
+        }
+        let body = FilterChain::request_body(&record.streams, body);
+        let req = Request::from_parts(parts, body);
+        let (response, outcome) = self.handle(req, activity, limit, permit).await;
+        record.guest = outcome;
+        let response = FilterChain::on_response(&record.streams, response).await;
+        record.attach(response)
+    }
+
+    /// Calls the handler.
+    async fn handle(
+        &self,
+        req: Request<RequestBody>,
+        activity: &Arc<Activity>,
+        limit: BodyLimit,
+        permit: OwnedSemaphorePermit,
+    ) -> (Response<ResponseBody>, Option<Arc<GuestOutcome>>) {
+        match &self.handler {
             Handler::Component(app) => {
                 handler::handle(app.clone(), req, Some(limit), Some(permit)).await
             }
@@ -119,12 +147,7 @@ impl Pipeline {
                 drop(permit);
                 (response, None)
             }
-        };
-        record.guest = outcome;
-        if !streams.is_empty() {
-            response = FilterChain::on_response(streams, response);
         }
-        record.attach(response)
     }
 }
 

@@ -1,34 +1,43 @@
-//! The host functions a filter imports: from `env` (the Proxy-Wasm ABI) and the WASI preview1
-//! subset filters use (`wasi_snapshot_preview1`, or `wasi_unstable` for old SDKs). Imports this
-//! host does not implement yet are linked as traps (see `Vm::new`).
+//! The Proxy-Wasm host functions of module `env` for logging, time, header maps, buffers,
+//! properties and the stream itself (local responses, continue, close, effective context).
+//! Shared data and queues, metrics, callouts and timers have their own files.
 
 use wasmtime::{Caller, Linker};
 
+use crate::context::Direction;
 use crate::memory::{give, read, write, write_u32};
 use crate::pairs;
 use crate::status::{Status, code};
-use crate::vm::{MapId, VmState};
+use crate::vm::{MapId, ROOT_CONTEXT, VmState};
 
-/// Adds every implemented hostcall to `linker`.
+/// Adds every hostcall of this file to `linker`.
 pub fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
+    link_log_and_time(linker)?;
+    link_maps(linker)?;
+    link_buffers(linker)?;
+    link_stream(linker)?;
+    link_properties(linker)?;
+    Ok(())
+}
+
+fn link_log_and_time(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_log",
         |mut c: Caller<'_, VmState>, level: i32, ptr: i32, len: i32| -> i32 {
             code((|| {
+                if !(0..=5).contains(&level) {
+                    return Err(Status::BadArgument);
+                }
                 let message = read(&mut c, ptr, len)?;
                 let message = String::from_utf8_lossy(&message);
-                let filter = c.data().name.clone();
+                let filter = &*c.data().plugin.name;
                 match level {
-                    0 | 1 => {
-                        tracing::debug!(target: "pier::filter", filter = &*filter, "{message}")
-                    }
-                    2 => tracing::info!(target: "pier::filter", filter = &*filter, "{message}"),
-                    3 => tracing::warn!(target: "pier::filter", filter = &*filter, "{message}"),
-                    4 | 5 => {
-                        tracing::error!(target: "pier::filter", filter = &*filter, "{message}")
-                    }
-                    _ => return Err(Status::BadArgument),
+                    0 => tracing::trace!(target: "pier::filter", filter, "{message}"),
+                    1 => tracing::debug!(target: "pier::filter", filter, "{message}"),
+                    2 => tracing::info!(target: "pier::filter", filter, "{message}"),
+                    3 => tracing::warn!(target: "pier::filter", filter, "{message}"),
+                    _ => tracing::error!(target: "pier::filter", filter, "{message}"),
                 }
                 Ok(())
             })())
@@ -38,8 +47,19 @@ pub fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_log_level",
         |mut c: Caller<'_, VmState>, ret: i32| -> i32 {
-            // Info: debug/trace messages are filtered by pier's own log filter anyway.
-            code(write_u32(&mut c, ret, 2))
+            // The most verbose level pier's log filter lets through for filters.
+            let level = if tracing::enabled!(target: "pier::filter", tracing::Level::TRACE) {
+                0
+            } else if tracing::enabled!(target: "pier::filter", tracing::Level::DEBUG) {
+                1
+            } else if tracing::enabled!(target: "pier::filter", tracing::Level::INFO) {
+                2
+            } else if tracing::enabled!(target: "pier::filter", tracing::Level::WARN) {
+                3
+            } else {
+                4
+            };
+            code(write_u32(&mut c, ret, level))
         },
     )?;
     linker.func_wrap(
@@ -49,15 +69,23 @@ pub fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             code(write(&mut c, ret, &now_nanos().to_le_bytes()))
         },
     )?;
+    Ok(())
+}
+
+fn serialized(c: &Caller<'_, VmState>, map: i32) -> Result<Vec<u8>, Status> {
+    let pairs = c.data().map(MapId::from_abi(map)?)?;
+    Ok(pairs::serialize(
+        pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
+    ))
+}
+
+fn link_maps(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_get_header_map_pairs",
         |mut c: Caller<'_, VmState>, map: i32, ret_ptr: i32, ret_len: i32| -> i32 {
             code((|| {
-                let bytes = {
-                    let pairs = c.data().map(map_id(map)?)?;
-                    pairs::serialize(pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
-                };
+                let bytes = serialized(&c, map)?;
                 give(&mut c, &bytes, ret_ptr, ret_len)
             })())
         },
@@ -67,34 +95,24 @@ pub fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "proxy_get_header_map_size",
         |mut c: Caller<'_, VmState>, map: i32, ret: i32| -> i32 {
             code((|| {
-                let size = {
-                    let pairs = c.data().map(map_id(map)?)?;
-                    pairs::serialize(pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))).len()
-                };
-                write_u32(&mut c, ret, size as u32)
+                let size = serialized(&c, map)?.len() as u32;
+                write_u32(&mut c, ret, size)
             })())
         },
     )?;
     linker.func_wrap(
         "env",
         "proxy_get_header_map_value",
-        |mut c: Caller<'_, VmState>,
-         map: i32,
-         kp: i32,
-         kl: i32,
-         ret_ptr: i32,
-         ret_len: i32|
-         -> i32 {
+        |mut c: Caller<'_, VmState>, map: i32, kp: i32, kl: i32, ret_ptr: i32, ret_len: i32| -> i32 {
             code((|| {
                 let key = lower(read(&mut c, kp, kl)?);
-                let value = {
-                    let pairs = c.data().map(map_id(map)?)?;
-                    pairs
-                        .iter()
-                        .find(|(k, _)| *k == key)
-                        .map(|(_, v)| v.clone())
-                        .ok_or(Status::NotFound)?
-                };
+                let value = c
+                    .data()
+                    .map(MapId::from_abi(map)?)?
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, v)| v.clone())
+                    .ok_or(Status::NotFound)?;
                 give(&mut c, &value, ret_ptr, ret_len)
             })())
         },
@@ -105,7 +123,11 @@ pub fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         |mut c: Caller<'_, VmState>, map: i32, kp: i32, kl: i32, vp: i32, vl: i32| -> i32 {
             code((|| {
                 let (key, value) = (lower(read(&mut c, kp, kl)?), read(&mut c, vp, vl)?);
-                c.data_mut().map_mut(map_id(map)?)?.push((key, value));
+                let pairs = c.data_mut().map_mut(MapId::from_abi(map)?)?;
+                if pairs.len() >= pairs::MAX_PAIRS {
+                    return Err(Status::BadArgument);
+                }
+                pairs.push((key, value));
                 Ok(())
             })())
         },
@@ -116,9 +138,19 @@ pub fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         |mut c: Caller<'_, VmState>, map: i32, kp: i32, kl: i32, vp: i32, vl: i32| -> i32 {
             code((|| {
                 let (key, value) = (lower(read(&mut c, kp, kl)?), read(&mut c, vp, vl)?);
-                let pairs = c.data_mut().map_mut(map_id(map)?)?;
-                pairs.retain(|(k, _)| *k != key);
-                pairs.push((key, value));
+                let pairs = c.data_mut().map_mut(MapId::from_abi(map)?)?;
+                // The first occurrence keeps its place (pseudo-headers stay first); others go.
+                match pairs.iter().position(|(k, _)| *k == key) {
+                    Some(at) => {
+                        pairs[at].1 = value;
+                        let mut i = 0;
+                        pairs.retain(|(k, _)| {
+                            i += 1;
+                            i - 1 == at || *k != key
+                        });
+                    }
+                    None => pairs.push((key, value)),
+                }
                 Ok(())
             })())
         },
@@ -130,7 +162,7 @@ pub fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             code((|| {
                 let key = lower(read(&mut c, kp, kl)?);
                 c.data_mut()
-                    .map_mut(map_id(map)?)?
+                    .map_mut(MapId::from_abi(map)?)?
                     .retain(|(k, _)| *k != key);
                 Ok(())
             })())
@@ -143,12 +175,93 @@ pub fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             code((|| {
                 let bytes = read(&mut c, ptr, len)?;
                 let parsed = pairs::deserialize(&bytes).ok_or(Status::ParseFailure)?;
-                *c.data_mut().map_mut(map_id(map)?)? =
+                *c.data_mut().map_mut(MapId::from_abi(map)?)? =
                     parsed.into_iter().map(|(k, v)| (lower(k), v)).collect();
                 Ok(())
             })())
         },
     )?;
+    Ok(())
+}
+
+fn link_buffers(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        "env",
+        "proxy_get_buffer_bytes",
+        |mut c: Caller<'_, VmState>, buffer: i32, start: i32, max: i32, ret_ptr: i32, ret_len: i32| -> i32 {
+            code((|| {
+                let slice = {
+                    let data = c.data().buffer(buffer)?;
+                    let start = (start as u32 as usize).min(data.len());
+                    let end = start.saturating_add(max as u32 as usize).min(data.len());
+                    data[start..end].to_vec()
+                };
+                give(&mut c, &slice, ret_ptr, ret_len)
+            })())
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_buffer_status",
+        |mut c: Caller<'_, VmState>, buffer: i32, ret_len: i32, ret_flags: i32| -> i32 {
+            code((|| {
+                let len = c.data().buffer(buffer)?.len() as u32;
+                write_u32(&mut c, ret_len, len)?;
+                write_u32(&mut c, ret_flags, 0)
+            })())
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_buffer_bytes",
+        |mut c: Caller<'_, VmState>, buffer: i32, start: i32, size: i32, ptr: i32, len: i32| -> i32 {
+            code((|| {
+                let value = read(&mut c, ptr, len)?;
+                let data = c.data_mut().buffer_mut(buffer)?;
+                // Replaces [start, start + size): (0, len) replaces everything, (len, 0)
+                // appends, (0, 0) prepends.
+                let start = start as u32 as usize;
+                if start > data.len() {
+                    return Err(Status::BadArgument);
+                }
+                let end = start.saturating_add(size as u32 as usize).min(data.len());
+                data.splice(start..end, value);
+                Ok(())
+            })())
+        },
+    )?;
+    // ABI 0.1.0 reads the plugin configuration this way.
+    linker.func_wrap(
+        "env",
+        "proxy_get_configuration",
+        |mut c: Caller<'_, VmState>, ret_ptr: i32, ret_len: i32| -> i32 {
+            let config = c.data().plugin.config.plugin_config.clone();
+            code(give(&mut c, &config, ret_ptr, ret_len))
+        },
+    )?;
+    Ok(())
+}
+
+/// Resumes the effective stream's paused `direction`.
+fn resume(c: &mut Caller<'_, VmState>, direction: Direction) -> Result<(), Status> {
+    let stream = c.data_mut().stream_mut()?;
+    if stream.paused == Some(direction) {
+        stream.paused = None;
+        stream.wake.notify_one();
+    }
+    Ok(())
+}
+
+fn direction(stream_type: i32) -> Result<Direction, Status> {
+    match stream_type {
+        0 => Ok(Direction::Request),
+        1 => Ok(Direction::Response),
+        // TCP streams (2, 3) do not exist in an HTTP server.
+        _ => Err(Status::BadArgument),
+    }
+}
+
+fn link_stream(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_send_local_response",
@@ -165,7 +278,7 @@ pub fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             code((|| {
                 let status = u16::try_from(status)
                     .ok()
-                    .filter(|s| (100..=999).contains(s))
+                    .filter(|s| (200..=599).contains(s))
                     .ok_or(Status::BadArgument)?;
                 let body = read(&mut c, body_ptr, body_len)?;
                 let headers = if headers_len == 0 {
@@ -173,8 +286,11 @@ pub fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
                 } else {
                     pairs::deserialize(&read(&mut c, headers_ptr, headers_len)?)
                         .ok_or(Status::ParseFailure)?
+                        .into_iter()
+                        .map(|(k, v)| (lower(k), v))
+                        .collect()
                 };
-                let stream = c.data_mut().stream.as_mut().ok_or(Status::BadArgument)?;
+                let stream = c.data_mut().stream_mut()?;
                 if stream.response_started {
                     return Err(Status::BadArgument);
                 }
@@ -183,19 +299,77 @@ pub fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
                     headers,
                     body,
                 });
+                stream.paused = None;
+                stream.wake.notify_one();
                 Ok(())
             })())
         },
     )?;
     linker.func_wrap(
         "env",
+        "proxy_continue_stream",
+        |mut c: Caller<'_, VmState>, stream_type: i32| -> i32 {
+            code((|| resume(&mut c, direction(stream_type)?))())
+        },
+    )?;
+    // ABI 0.1.0.
+    linker.func_wrap(
+        "env",
+        "proxy_continue_request",
+        |mut c: Caller<'_, VmState>| -> i32 { code(resume(&mut c, Direction::Request)) },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_continue_response",
+        |mut c: Caller<'_, VmState>| -> i32 { code(resume(&mut c, Direction::Response)) },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_close_stream",
+        |mut c: Caller<'_, VmState>, stream_type: i32| -> i32 {
+            code((|| {
+                direction(stream_type)?;
+                let stream = c.data_mut().stream_mut()?;
+                stream.closed = true;
+                stream.paused = None;
+                stream.wake.notify_one();
+                Ok(())
+            })())
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_effective_context",
+        |mut c: Caller<'_, VmState>, context: i32| -> i32 {
+            let state = c.data_mut();
+            if context == ROOT_CONTEXT || state.streams.contains_key(&context) {
+                state.effective = context;
+                Status::Ok.into()
+            } else {
+                Status::BadArgument.into()
+            }
+        },
+    )?;
+    // A root context finishing its shutdown after `proxy_on_done` returned false. pier tears
+    // VMs down only at exit or on replacement, so there is nothing to wait for.
+    linker.func_wrap("env", "proxy_done", |_: Caller<'_, VmState>| -> i32 {
+        Status::Ok.into()
+    })?;
+    linker.func_wrap(
+        "env",
+        "proxy_call_foreign_function",
+        |_: Caller<'_, VmState>, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32| -> i32 {
+            Status::Unimplemented.into()
+        },
+    )?;
+    Ok(())
+}
+
+fn link_properties(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        "env",
         "proxy_get_property",
-        |mut c: Caller<'_, VmState>,
-         path_ptr: i32,
-         path_len: i32,
-         ret_ptr: i32,
-         ret_len: i32|
-         -> i32 {
+        |mut c: Caller<'_, VmState>, path_ptr: i32, path_len: i32, ret_ptr: i32, ret_len: i32| -> i32 {
             code((|| {
                 let path = read(&mut c, path_ptr, path_len)?;
                 let value = c.data().property(&path).ok_or(Status::NotFound)?;
@@ -205,150 +379,27 @@ pub fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     )?;
     linker.func_wrap(
         "env",
-        "proxy_get_buffer_bytes",
-        |mut c: Caller<'_, VmState>,
-         buffer: i32,
-         start: i32,
-         max: i32,
-         ret_ptr: i32,
-         ret_len: i32|
-         -> i32 {
+        "proxy_set_property",
+        |mut c: Caller<'_, VmState>, path_ptr: i32, path_len: i32, vp: i32, vl: i32| -> i32 {
             code((|| {
-                let data = c.data().buffer(buffer)?;
-                let start = (start as u32 as usize).min(data.len());
-                let end = start.saturating_add(max as u32 as usize).min(data.len());
-                let slice = data[start..end].to_vec();
-                give(&mut c, &slice, ret_ptr, ret_len)
-            })())
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_get_buffer_status",
-        |mut c: Caller<'_, VmState>, buffer: i32, ret_len: i32, ret_flags: i32| -> i32 {
-            code((|| {
-                let len = c.data().buffer(buffer)?.len() as u32;
-                write_u32(&mut c, ret_len, len)?;
-                write_u32(&mut c, ret_flags, 0)
-            })())
-        },
-    )?;
-    // Streams are never paused by this host yet (see `Filter`), so continuing is always fine.
-    for name in [
-        "proxy_continue_stream",
-        "proxy_continue_request",
-        "proxy_continue_response",
-    ] {
-        linker.func_wrap("env", name, |_: Caller<'_, VmState>, _stream: i32| -> i32 {
-            Status::Ok.into()
-        })?;
-    }
-    linker.func_wrap(
-        "env",
-        "proxy_call_foreign_function",
-        |_: Caller<'_, VmState>, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32| -> i32 {
-            Status::Unimplemented.into()
-        },
-    )?;
-
-    for module in ["wasi_snapshot_preview1", "wasi_unstable"] {
-        link_wasi(linker, module)?;
-    }
-    Ok(())
-}
-
-/// The WASI preview1 calls filters make: stdout/stderr to the log, clocks, random, an empty
-/// environment and argument list, and `proc_exit` as a trap.
-fn link_wasi(linker: &mut Linker<VmState>, module: &str) -> wasmtime::Result<()> {
-    linker.func_wrap(module, "fd_write", |mut c: Caller<'_, VmState>, fd: i32, iovs: i32, count: i32, ret: i32| -> i32 {
-        let result = (|| {
-            let mut text = Vec::new();
-            for i in 0..count {
-                let iov = read(&mut c, iovs.wrapping_add(i.wrapping_mul(8)), 8)?;
-                let ptr = i32::from_le_bytes(iov[..4].try_into().unwrap());
-                let len = i32::from_le_bytes(iov[4..].try_into().unwrap());
-                text.extend(read(&mut c, ptr, len)?);
-            }
-            let filter = c.data().name.clone();
-            let line = String::from_utf8_lossy(&text);
-            let line = line.trim_end();
-            match fd {
-                1 => tracing::info!(target: "pier::filter", filter = &*filter, stream = "stdout", "{line}"),
-                2 => tracing::error!(target: "pier::filter", filter = &*filter, stream = "stderr", "{line}"),
-                _ => return Err(8), // EBADF
-            }
-            write_u32(&mut c, ret, text.len() as u32).map_err(|_| 21) // EFAULT
-        })();
-        match result {
-            Ok(()) => 0,
-            Err(errno) => errno,
-        }
-    })?;
-    linker.func_wrap(
-        module,
-        "clock_time_get",
-        |mut c: Caller<'_, VmState>, _id: i32, _precision: i64, ret: i32| -> i32 {
-            if write(&mut c, ret, &now_nanos().to_le_bytes()).is_ok() {
-                0
-            } else {
-                21
-            }
-        },
-    )?;
-    linker.func_wrap(
-        module,
-        "random_get",
-        |mut c: Caller<'_, VmState>, ptr: i32, len: i32| -> i32 {
-            if len as u32 > 1 << 20 {
-                return 28; // EINVAL: more than any filter needs at once
-            }
-            let mut bytes = vec![0u8; len as u32 as usize];
-            if getrandom::fill(&mut bytes).is_err() {
-                return 29; // EIO
-            }
-            if write(&mut c, ptr, &bytes).is_ok() {
-                0
-            } else {
-                21
-            }
-        },
-    )?;
-    for name in ["environ_sizes_get", "args_sizes_get"] {
-        linker.func_wrap(
-            module,
-            name,
-            |mut c: Caller<'_, VmState>, count: i32, size: i32| -> i32 {
-                if write_u32(&mut c, count, 0).is_ok() && write_u32(&mut c, size, 0).is_ok() {
-                    0
-                } else {
-                    21
+                let (path, value) = (read(&mut c, path_ptr, path_len)?, read(&mut c, vp, vl)?);
+                if path.is_empty() || value.len() > 1 << 16 {
+                    return Err(Status::BadArgument);
                 }
-            },
-        )?;
-    }
-    for name in ["environ_get", "args_get"] {
-        linker.func_wrap(
-            module,
-            name,
-            |_: Caller<'_, VmState>, _: i32, _: i32| -> i32 { 0 },
-        )?;
-    }
-    linker.func_wrap(
-        module,
-        "proc_exit",
-        |_: Caller<'_, VmState>, code: i32| -> wasmtime::Result<()> {
-            wasmtime::bail!("the filter called proc_exit({code})")
+                let state = c.data_mut();
+                let properties = match state.streams.get_mut(&state.effective) {
+                    Some(stream) => &mut stream.properties,
+                    None => &mut state.root_properties,
+                };
+                if properties.len() >= 1024 && !properties.contains_key(&path) {
+                    return Err(Status::BadArgument);
+                }
+                properties.insert(path, value);
+                Ok(())
+            })())
         },
     )?;
     Ok(())
-}
-
-fn map_id(map: i32) -> Result<MapId, Status> {
-    match map {
-        0 => Ok(MapId::RequestHeaders),
-        2 => Ok(MapId::ResponseHeaders),
-        _ => Err(Status::BadArgument),
-    }
 }
 
 fn lower(mut name: Vec<u8>) -> Vec<u8> {
@@ -356,7 +407,8 @@ fn lower(mut name: Vec<u8>) -> Vec<u8> {
     name
 }
 
-fn now_nanos() -> u64 {
+/// Wall-clock time in nanoseconds since the Unix epoch.
+pub fn now_nanos() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)

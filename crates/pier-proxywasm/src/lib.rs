@@ -3,34 +3,45 @@
 //!
 //! Laid out one concern per file, like proxy-wasm-cpp-host: ABI detection (`abi`), the header
 //! map wire format (`pairs`), status codes (`status`), bounds-checked guest memory (`memory`),
-//! host functions (`hostcalls`) and the VM with its root context (`vm`). This module is the
-//! filter as the server sees it: request and response header phases, a failure policy, and VM
-//! recycling with back-off.
-//!
-//! Implemented so far: ABI 0.1.0/0.2.0/0.2.1 detection and start-up (`_initialize`/`main`/
-//! `_start`, `on_vm_start`, `on_configure` with buffers 6 and 7), request and response header
-//! callbacks with every header-map hostcall, `proxy_send_local_response`, logging, time,
-//! properties, the WASI preview1 subset, and fail-closed/fail-open with recycling. Not yet:
-//! body and trailer callbacks, pausing, timers, shared data and queues, metrics, HTTP callouts
-//! (their imports are linked as traps, so a filter using them fails by its policy).
+//! the filter as its VMs share it (`plugin`), a VM with its root context (`vm`), the pool of VMs
+//! with recycling and back-off (`pool`), stream contexts (`context`), and the host functions by
+//! theme (`hostcalls`, `shared`, `metrics`, `callout`, `timer`, `wasi`). This file is the filter
+//! as the server sees it: a stream per request, its phases, pausing, and the failure policy.
 
 mod abi;
+mod callout;
+mod context;
 mod hostcalls;
 mod memory;
+mod metrics;
 mod pairs;
+mod plugin;
+mod pool;
+mod shared;
 mod status;
+mod timer;
 mod vm;
+mod wasi;
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
+use tokio::sync::Notify;
 use wasmtime::{Engine, Module};
 
 pub use abi::AbiVersion;
+pub use callout::{CalloutReply, CalloutRequest, Callouts};
+pub use context::{Direction, StreamInfo};
 pub use pairs::{deserialize as deserialize_pairs, serialize as serialize_pairs};
+pub use shared::Shared;
 pub use status::Status;
-use vm::{ROOT_CONTEXT, StreamState, Vm, VmState};
+
+use context::StreamState;
+use plugin::Plugin;
+use pool::{Entered, Slot};
+use vm::Vm;
 
 /// Header pairs in order, names lower-case, repeated names repeated.
 pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
@@ -60,11 +71,36 @@ pub enum FailurePolicy {
 #[derive(Debug, Clone)]
 pub struct FilterConfig {
     /// Buffer 6, read in `proxy_on_vm_start`.
-    pub vm_config: Vec<u8>,
+    pub vm_config: Arc<[u8]>,
     /// Buffer 7, read in `proxy_on_configure`.
-    pub plugin_config: Vec<u8>,
+    pub plugin_config: Arc<[u8]>,
     /// What failures do to requests.
     pub failure: FailurePolicy,
+    /// VMs running the filter side by side (requests are spread over them).
+    pub vms: usize,
+    /// Linear memory one VM may have; a VM that grew to it is replaced.
+    pub max_memory: usize,
+    /// How long one callback may run before it traps.
+    pub callback_timeout: Duration,
+    /// How long a paused stream may wait to be resumed.
+    pub pause_timeout: Duration,
+    /// The most body a filter may make the host buffer.
+    pub max_buffered: usize,
+}
+
+impl Default for FilterConfig {
+    fn default() -> Self {
+        FilterConfig {
+            vm_config: Arc::from(&b""[..]),
+            plugin_config: Arc::from(&b""[..]),
+            failure: FailurePolicy::FailClosed,
+            vms: 1,
+            max_memory: 64 << 20,
+            callback_timeout: Duration::from_secs(1),
+            pause_timeout: Duration::from_secs(30),
+            max_buffered: 64 << 20,
+        }
+    }
 }
 
 /// A filter that cannot be loaded, named by its file.
@@ -82,41 +118,38 @@ pub enum Outcome {
     Continue,
     /// Answer with this response instead.
     Respond(LocalResponse),
+    /// Reset the stream (`proxy_close_stream`).
+    Close,
 }
 
-/// A stream context carried from the request phase to the response phase.
-pub struct Stream {
-    context: i32,
-    state: StreamState,
-    /// The VM generation that created it: a recycled VM does not know the context.
-    generation: u64,
+/// What a body callback decided.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BodyStep {
+    /// Pass the (possibly changed) data on.
+    Continue,
+    /// Keep buffering: the filter wants more of the body before it lets any through.
+    Buffer,
+    /// The filter failed, closed the stream or answered itself: end this body with an error.
+    Abort,
 }
 
-struct Running {
-    vm: Option<Vm>,
-    generation: u64,
-    /// After a failure, no new VM is started before this instant (crash-loop back-off).
-    retry_at: Option<Instant>,
-    backoff: Duration,
-}
-
-/// A loaded filter: its compiled module and its running VM.
+/// A loaded filter: its compiled module and its VMs.
 pub struct Filter {
-    name: Arc<str>,
-    engine: Engine,
-    module: Module,
-    abi: AbiVersion,
-    config: FilterConfig,
-    running: Mutex<Running>,
+    plugin: Arc<Plugin>,
+    slots: Vec<Arc<Slot>>,
+    next: AtomicUsize,
 }
-
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 impl Filter {
-    /// Compiles the filter at `path` and starts its VM; a filter whose start-up fails is an
+    /// Compiles the filter at `path` and starts its VMs; a filter whose start-up fails is an
     /// error here, not a surprise at the first request.
-    pub fn load(engine: &Engine, path: &Path, config: FilterConfig) -> Result<Filter, FilterError> {
+    pub fn load(
+        engine: &Engine,
+        path: &Path,
+        config: FilterConfig,
+        shared: Arc<Shared>,
+        callouts: Option<Arc<dyn Callouts>>,
+    ) -> Result<Filter, FilterError> {
         let err = |message: String| FilterError {
             path: path.display().to_string(),
             message,
@@ -128,100 +161,130 @@ impl Filter {
         let name: Arc<str> = path
             .file_stem()
             .map_or("filter".into(), |s| s.to_string_lossy().into());
-        let filter = Filter {
+        let vms = config.vms.max(1);
+        let plugin = Arc::new(Plugin::new(
             name,
-            engine: engine.clone(),
-            module,
             abi,
+            engine.clone(),
+            module,
             config,
-            running: Mutex::new(Running {
-                vm: None,
-                generation: 0,
-                retry_at: None,
-                backoff: MIN_BACKOFF,
-            }),
-        };
-        let vm = filter.start_vm().map_err(|e| {
-            err(format!(
-                "start-up failed: {}",
-                pier_engine::describe_guest_error(&e).replace('\n', " ")
-            ))
-        })?;
-        filter.lock().vm = Some(vm);
-        Ok(filter)
+            shared,
+            callouts,
+        ));
+        let slots: Vec<Arc<Slot>> = (0..vms).map(|_| Slot::new(plugin.clone())).collect();
+        for slot in &slots {
+            slot.start().map_err(|e| {
+                err(format!(
+                    "start-up failed: {}",
+                    pier_engine::describe_guest_error(&e).replace('\n', " ")
+                ))
+            })?;
+        }
+        Ok(Filter {
+            plugin,
+            slots,
+            next: AtomicUsize::new(0),
+        })
     }
 
     /// The ABI the filter was built for.
     pub fn abi(&self) -> AbiVersion {
-        self.abi
+        self.plugin.abi
     }
 
     /// The filter's name in the log.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.plugin.name
     }
 
-    fn start_vm(&self) -> wasmtime::Result<Vm> {
-        let state = VmState {
-            name: self.name.clone(),
-            vm_config: self.config.vm_config.clone().into(),
-            plugin_config: self.config.plugin_config.clone().into(),
-            stream: None,
+    /// The request-headers phase of a new stream: `headers` (pseudo-headers first) may be
+    /// changed in place. A paused request waits here until the filter resumes it. Returns the
+    /// stream for the later phases when the filter took part.
+    pub async fn on_request_headers(
+        &self,
+        info: Arc<StreamInfo>,
+        headers: &mut Pairs,
+        end_of_stream: bool,
+    ) -> (Outcome, Option<Arc<Stream>>) {
+        let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
+        let wake = Arc::new(Notify::new());
+        let mut state = StreamState::new(info);
+        state.wake = wake.clone();
+        state.request_headers = headers.clone();
+        let with_eos = self.plugin.abi != AbiVersion::V0_1_0;
+        let entered = slot.enter(None, |vm, generation| {
+            let context = vm.open_stream(state)?;
+            let count = stream_of(vm, context).request_headers.len() as i32;
+            let paused = vm.action(
+                context,
+                "proxy_on_request_headers",
+                (context, count, end_of_stream as i32),
+                with_eos,
+            )?;
+            if paused == Some(true) {
+                stream_of(vm, context).paused = Some(Direction::Request);
+            }
+            Ok((context, generation, settle(vm, context, Direction::Request)))
+        });
+        let (context, generation, settled) = match entered {
+            Entered::Ran(ran) => ran,
+            Entered::Failed | Entered::Gone => return (self.plugin.failed(), None),
         };
-        Vm::start(&self.engine, &self.module, state)
+        let stream = Arc::new(Stream {
+            slot: slot.clone(),
+            generation,
+            context,
+            wake,
+        });
+        let outcome = stream.finish(settled, Direction::Request, headers).await;
+        (outcome, Some(stream))
     }
+}
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Running> {
-        self.running.lock().unwrap_or_else(|e| e.into_inner())
+/// The stream context `context` of `vm` (present for as long as its `Stream` lives).
+fn stream_of(vm: &mut Vm, context: i32) -> &mut StreamState {
+    vm.state()
+        .streams
+        .get_mut(&context)
+        .expect("a stream's context lives as long as its Stream")
+}
+
+/// Where a header phase stands after a callback.
+enum Settled {
+    /// Go on with these headers.
+    Continue(Pairs),
+    Respond(LocalResponse),
+    Close,
+    /// Paused: wait for the filter.
+    Waiting,
+}
+
+fn settle(vm: &mut Vm, context: i32, direction: Direction) -> Settled {
+    let stream = stream_of(vm, context);
+    if let Some(local) = stream.local_response.take() {
+        // What `on_log` (and `response.code`) will see.
+        stream.response_headers = vec![(b":status".to_vec(), local.status.to_string().into())];
+        stream.response_headers.extend(local.headers.iter().cloned());
+        stream.response_started = true;
+        return Settled::Respond(local);
     }
-
-    /// Runs `f` on the VM, starting one if needed; on failure the VM is discarded (the next
-    /// request gets a fresh one, after a back-off if starting keeps failing).
-    fn with_vm<T>(&self, f: impl FnOnce(&mut Vm, u64) -> wasmtime::Result<T>) -> Option<T> {
-        let mut running = self.lock();
-        if running.vm.is_none() {
-            if running.retry_at.is_some_and(|at| Instant::now() < at) {
-                return None;
-            }
-            match self.start_vm() {
-                Ok(vm) => {
-                    running.vm = Some(vm);
-                    running.generation += 1;
-                    running.retry_at = None;
-                    running.backoff = MIN_BACKOFF;
-                }
-                Err(e) => {
-                    let report = pier_engine::describe_guest_error(&e);
-                    tracing::error!(
-                        filter = &*self.name,
-                        "cannot restart the filter VM (next try in {:?}): {report}",
-                        running.backoff
-                    );
-                    running.retry_at = Some(Instant::now() + running.backoff);
-                    running.backoff = (running.backoff * 2).min(MAX_BACKOFF);
-                    return None;
-                }
-            }
+    if stream.closed {
+        return Settled::Close;
+    }
+    if stream.paused == Some(direction) {
+        return Settled::Waiting;
+    }
+    Settled::Continue(match direction {
+        Direction::Request => stream.request_headers.clone(),
+        Direction::Response => {
+            stream.response_started = true;
+            stream.response_headers.clone()
         }
-        let generation = running.generation;
-        let vm = running.vm.as_mut().expect("started above");
-        match f(vm, generation) {
-            Ok(value) => Some(value),
-            Err(e) => {
-                let report = pier_engine::describe_guest_error(&e);
-                tracing::error!(
-                    filter = &*self.name,
-                    "filter failed; its VM is discarded and replaced: {report}"
-                );
-                running.vm = None;
-                running.generation += 1;
-                running.retry_at = Some(Instant::now() + running.backoff);
-                running.backoff = (running.backoff * 2).min(MAX_BACKOFF);
-                None
-            }
-        }
-    }
+    })
+}
 
+impl Plugin {
+    /// The outcome of a failed filter under its policy.
     fn failed(&self) -> Outcome {
         match self.config.failure {
             FailurePolicy::FailOpen => Outcome::Continue,
@@ -238,136 +301,210 @@ impl Filter {
             }),
         }
     }
+}
 
-    /// The request-headers phase: `headers` (pseudo-headers first) may be changed in place.
-    /// Returns the stream to continue with in the response phase, when the filter ran.
-    pub fn on_request_headers(
-        &self,
-        headers: &mut Pairs,
-        end_of_stream: bool,
-    ) -> (Outcome, Option<Stream>) {
-        let abi = self.abi;
-        let ran = self.with_vm(|vm, generation| {
-            let context = vm.next_context();
-            // A copy: if the filter fails open, the request goes on with its headers untouched.
-            vm.state().stream = Some(StreamState {
-                request_headers: headers.clone(),
-                ..Default::default()
-            });
-            vm.call::<(i32, i32), ()>("proxy_on_context_create", (context, ROOT_CONTEXT))?;
-            if vm.has("proxy_on_request_headers") {
-                let count = vm
-                    .state()
-                    .stream
-                    .as_ref()
-                    .map_or(0, |s| s.request_headers.len()) as i32;
-                let action = match abi {
-                    AbiVersion::V0_1_0 => {
-                        vm.call::<(i32, i32), i32>("proxy_on_request_headers", (context, count))?
-                    }
-                    _ => vm.call::<(i32, i32, i32), i32>(
-                        "proxy_on_request_headers",
-                        (context, count, end_of_stream as i32),
-                    )?,
-                };
-                if action == 1 {
-                    tracing::debug!(
-                        filter = &*self.name,
-                        "pause on request headers is not supported yet; continuing"
-                    );
+/// One request's context in one filter: pinned to the VM that created it, ended (`on_done`,
+/// `on_log`, `on_delete`) when the last phase lets go of it, after the response.
+pub struct Stream {
+    slot: Arc<Slot>,
+    generation: u64,
+    context: i32,
+    wake: Arc<Notify>,
+}
+
+impl Stream {
+    fn plugin(&self) -> &Plugin {
+        &self.slot.plugin
+    }
+
+    /// Waits out a pause, then turns where the phase stands into its outcome; `headers` get
+    /// the filter's changes when it continues.
+    async fn finish(&self, mut settled: Settled, direction: Direction, headers: &mut Pairs) -> Outcome {
+        let deadline = tokio::time::Instant::now() + self.plugin().config.pause_timeout;
+        loop {
+            match settled {
+                Settled::Continue(changed) => {
+                    *headers = changed;
+                    return Outcome::Continue;
+                }
+                Settled::Respond(local) => return Outcome::Respond(local),
+                Settled::Close => return Outcome::Close,
+                Settled::Waiting => {}
+            }
+            if tokio::time::timeout_at(deadline, self.wake.notified())
+                .await
+                .is_err()
+            {
+                let plugin = self.plugin();
+                tracing::warn!(
+                    filter = &*plugin.name,
+                    "the filter paused the {} and did not resume it within {:?}",
+                    if direction == Direction::Request { "request" } else { "response" },
+                    plugin.config.pause_timeout
+                );
+                return Outcome::Respond(LocalResponse {
+                    status: 504,
+                    headers: vec![(b"server".to_vec(), b"pier".to_vec())],
+                    body: format!("filter {} did not resume the request in time\n", plugin.name)
+                        .into_bytes(),
+                });
+            }
+            settled = match self
+                .slot
+                .enter(Some(self.generation), |vm, _| Ok(settle(vm, self.context, direction)))
+            {
+                Entered::Ran(settled) => settled,
+                Entered::Failed | Entered::Gone => return self.plugin().failed(),
+            };
+        }
+    }
+
+    /// The response-headers phase (`:status` first). A local response set by an earlier
+    /// request-side callback (a body callback, say) answers instead.
+    pub async fn on_response_headers(&self, headers: &mut Pairs, end_of_stream: bool) -> Outcome {
+        let context = self.context;
+        let with_eos = self.plugin().abi != AbiVersion::V0_1_0;
+        let entered = self.slot.enter(Some(self.generation), |vm, _| {
+            let stream = stream_of(vm, context);
+            if stream.local_response.is_none() {
+                stream.response_headers = headers.clone();
+                let count = stream.response_headers.len() as i32;
+                let paused = vm.action(
+                    context,
+                    "proxy_on_response_headers",
+                    (context, count, end_of_stream as i32),
+                    with_eos,
+                )?;
+                if paused == Some(true) {
+                    stream_of(vm, context).paused = Some(Direction::Response);
                 }
             }
-            let state = vm.state().stream.take().unwrap_or_default();
-            Ok(Stream {
-                context,
-                state,
-                generation,
+            Ok(settle(vm, context, Direction::Response))
+        });
+        match entered {
+            Entered::Ran(settled) => self.finish(settled, Direction::Response, headers).await,
+            Entered::Failed | Entered::Gone => self.plugin().failed(),
+        }
+    }
+
+    /// A body callback on `data` (the data so far when the filter asked to buffer); the filter
+    /// may change it in place.
+    pub fn on_body(&self, direction: Direction, data: &mut Vec<u8>, end_of_stream: bool) -> BodyStep {
+        let context = self.context;
+        let entered = self.slot.enter(Some(self.generation), |vm, _| {
+            let stream = stream_of(vm, context);
+            let (buffer, callback) = match direction {
+                Direction::Request => (&mut stream.request_body, "proxy_on_request_body"),
+                Direction::Response => (&mut stream.response_body, "proxy_on_response_body"),
+            };
+            *buffer = std::mem::take(data);
+            let size = buffer.len() as i32;
+            let paused = vm.action(context, callback, (context, size, end_of_stream as i32), true);
+            let stream = stream_of(vm, context);
+            *data = std::mem::take(match direction {
+                Direction::Request => &mut stream.request_body,
+                Direction::Response => &mut stream.response_body,
+            });
+            let paused = paused?;
+            let answered = stream.local_response.is_some() || stream.closed;
+            Ok(if answered {
+                BodyStep::Abort
+            } else if paused == Some(true) && !end_of_stream {
+                BodyStep::Buffer
+            } else {
+                BodyStep::Continue
             })
         });
-        match ran {
-            None => (self.failed(), None),
-            Some(mut stream) => match stream.state.local_response.take() {
-                Some(local) => {
-                    self.on_stream_end(stream);
-                    (Outcome::Respond(local), None)
-                }
-                None => {
-                    headers.clone_from(&stream.state.request_headers);
-                    (Outcome::Continue, Some(stream))
-                }
-            },
+        match entered {
+            Entered::Ran(step) => step,
+            Entered::Failed | Entered::Gone => self.lost(),
         }
     }
 
-    /// The response-headers phase (`:status` first), then the stream's end (`on_done`,
-    /// `on_log`, `on_delete`).
-    pub fn on_response_headers(
-        &self,
-        mut stream: Stream,
-        headers: &mut Pairs,
-        end_of_stream: bool,
-    ) -> Outcome {
-        let abi = self.abi;
-        let ran = self.with_vm(|vm, generation| {
-            if generation != stream.generation {
-                return Ok(None);
+    /// A trailers callback; the filter may change `trailers` in place.
+    pub fn on_trailers(&self, direction: Direction, trailers: &mut Pairs) -> BodyStep {
+        let context = self.context;
+        let entered = self.slot.enter(Some(self.generation), |vm, _| {
+            let stream = stream_of(vm, context);
+            let (map, callback) = match direction {
+                Direction::Request => (&mut stream.request_trailers, "proxy_on_request_trailers"),
+                Direction::Response => {
+                    (&mut stream.response_trailers, "proxy_on_response_trailers")
+                }
+            };
+            *map = trailers.clone();
+            let count = map.len() as i32;
+            if vm.has(callback) {
+                vm.call::<(i32, i32), i32>(context, callback, (context, count))?;
             }
-            stream.state.response_headers = headers.clone();
-            vm.state().stream = Some(std::mem::take(&mut stream.state));
-            if vm.has("proxy_on_response_headers") {
-                let count = vm
-                    .state()
-                    .stream
-                    .as_ref()
-                    .map_or(0, |s| s.response_headers.len()) as i32;
-                match abi {
-                    AbiVersion::V0_1_0 => vm.call::<(i32, i32), i32>(
-                        "proxy_on_response_headers",
-                        (stream.context, count),
-                    )?,
-                    _ => vm.call::<(i32, i32, i32), i32>(
-                        "proxy_on_response_headers",
-                        (stream.context, count, end_of_stream as i32),
-                    )?,
-                };
-            }
-            let mut state = vm.state().stream.take().unwrap_or_default();
-            end_stream(vm, stream.context)?;
-            Ok(Some((state.local_response.take(), state.response_headers)))
-        });
-        match ran {
-            None => self.failed(),
-            // The VM was recycled since the request phase: it no longer knows the stream.
-            Some(None) => Outcome::Continue,
-            Some(Some((Some(local), _))) => Outcome::Respond(local),
-            Some(Some((None, changed))) => {
-                *headers = changed;
-                Outcome::Continue
-            }
-        }
-    }
-
-    /// Ends a stream that never reached the response phase.
-    pub fn on_stream_end(&self, stream: Stream) {
-        self.with_vm(|vm, generation| {
-            if generation == stream.generation {
-                end_stream(vm, stream.context)
+            let stream = stream_of(vm, context);
+            *trailers = match direction {
+                Direction::Request => stream.request_trailers.clone(),
+                Direction::Response => stream.response_trailers.clone(),
+            };
+            Ok(if stream.local_response.is_some() || stream.closed {
+                BodyStep::Abort
             } else {
-                Ok(())
-            }
+                BodyStep::Continue
+            })
+        });
+        match entered {
+            Entered::Ran(step) => step,
+            Entered::Failed | Entered::Gone => self.lost(),
+        }
+    }
+
+    /// A body phase of a stream whose filter failed: pass through when failing open.
+    fn lost(&self) -> BodyStep {
+        match self.plugin().config.failure {
+            FailurePolicy::FailOpen => BodyStep::Continue,
+            FailurePolicy::FailClosed => BodyStep::Abort,
+        }
+    }
+
+    /// Whether the filter looks at request bodies or trailers.
+    pub fn filters_request_body(&self) -> bool {
+        let e = self.plugin().exports;
+        e.request_body || e.request_trailers
+    }
+
+    /// Whether the filter looks at response bodies or trailers.
+    pub fn filters_response_body(&self) -> bool {
+        let e = self.plugin().exports;
+        e.response_body || e.response_trailers
+    }
+
+    /// The most body the filter may make the host buffer.
+    pub fn max_buffered(&self) -> usize {
+        self.plugin().config.max_buffered
+    }
+
+    /// The filter's name.
+    pub fn filter_name(&self) -> &str {
+        &self.plugin().name
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let context = self.context;
+        let _: Entered<()> = self.slot.enter(Some(self.generation), |vm, _| {
+            let result = end_stream(vm, context);
+            vm.state().streams.remove(&context);
+            result
         });
     }
 }
 
 fn end_stream(vm: &mut Vm, context: i32) -> wasmtime::Result<()> {
     if vm.has("proxy_on_done") {
-        vm.call::<i32, i32>("proxy_on_done", context)?;
+        vm.call::<i32, i32>(context, "proxy_on_done", context)?;
     }
     if vm.has("proxy_on_log") {
-        vm.call::<i32, ()>("proxy_on_log", context)?;
+        vm.call::<i32, ()>(context, "proxy_on_log", context)?;
     }
     if vm.has("proxy_on_delete") {
-        vm.call::<i32, ()>("proxy_on_delete", context)?;
+        vm.call::<i32, ()>(context, "proxy_on_delete", context)?;
     }
     Ok(())
 }

@@ -415,3 +415,40 @@ impl Body for ChannelBody {
             .map(|chunk| chunk.map(|c| Ok(hyper::body::Frame::data(c))))
     }
 }
+
+/// A plain HTTP/1.1 + h2c upstream on 127.0.0.1 for tests of handlers and callouts: every
+/// request header NAME comes back as `x-echo-NAME` (repeated stay repeated), the path as
+/// `x-upstream-path`, and the request body as the response body; `/callout` answers
+/// `callout body`. Returns its address; it runs until the test's runtime ends.
+pub async fn echo_upstream() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                    let (parts, body) = req.into_parts();
+                    let mut response = Response::builder()
+                        .header("x-upstream-path", parts.uri.path())
+                        .header("content-type", "text/plain");
+                    for (name, value) in &parts.headers {
+                        response = response.header(format!("x-echo-{name}"), value);
+                    }
+                    let body = if parts.uri.path() == "/callout" {
+                        Bytes::from_static(b"callout body")
+                    } else {
+                        body.collect().await.map(|b| b.to_bytes()).unwrap_or_default()
+                    };
+                    Ok::<_, std::convert::Infallible>(response.body(Full::new(body)).unwrap())
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}

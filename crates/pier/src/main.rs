@@ -186,26 +186,90 @@ struct FilterArgs {
     #[arg(long = "filter-vm-config", value_name = "TEXT|@FILE")]
     vm_configs: Vec<String>,
     /// What a failing filter does to requests: fail-closed answers 503, fail-open skips it.
-    #[arg(long, value_name = "POLICY", default_value = "fail-closed", value_parser = ["fail-closed", "fail-open"])]
-    filter_failure: String,
+    /// Given once, for every filter; repeated, for the filter in the same position.
+    #[arg(long = "filter-failure", value_name = "POLICY", value_parser = ["fail-closed", "fail-open"])]
+    failures: Vec<String>,
+    /// VMs per filter: requests are spread over them, so filters run on every core
+    /// (default: one per CPU).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    filter_vms: Option<u16>,
+    /// Linear memory one filter VM may use; a VM that grows to it is replaced.
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size_usize)]
+    filter_max_memory: usize,
+    /// How long one filter callback may run before it traps (the VM is then replaced).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    filter_callback_timeout: Duration,
+    /// An upstream filters may call with proxy_http_call, by NAME. Repeatable.
+    #[arg(long = "filter-upstream", value_name = "NAME=URL", value_parser = parse_named_upstream)]
+    upstreams: Vec<(String, http::Uri)>,
+}
+
+fn parse_named_upstream(s: &str) -> Result<(String, http::Uri), String> {
+    let (name, url) = s
+        .split_once('=')
+        .ok_or("expected NAME=URL, e.g. auth=http://127.0.0.1:9000")?;
+    let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    if name.is_empty() || !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+        return Err(format!("expected NAME=http(s)://HOST[:PORT], got {s}"));
+    }
+    Ok((name.to_string(), uri))
 }
 
 impl FilterArgs {
-    fn load(&self, engine: &pier_engine::Engine) -> anyhow::Result<pier_http::FilterChain> {
-        let failure = if self.filter_failure == "fail-open" {
-            pier_proxywasm::FailurePolicy::FailOpen
+    fn load(
+        &self,
+        engine: &pier_engine::Engine,
+        limits: &pier_config::Limits,
+        outbound: &pier_config::OutboundConfig,
+    ) -> anyhow::Result<pier_http::FilterChain> {
+        if self.failures.len() > 1 && self.failures.len() != self.filters.len() {
+            anyhow::bail!(
+                "--filter-failure: give one policy for all filters, or one per --filter ({} given for {} filters)",
+                self.failures.len(),
+                self.filters.len()
+            );
+        }
+        let shared = Arc::new(pier_proxywasm::Shared::default());
+        let callouts: Option<Arc<dyn pier_proxywasm::Callouts>> = if self.upstreams.is_empty() {
+            None
         } else {
-            pier_proxywasm::FailurePolicy::FailClosed
+            Some(Arc::new(pier_http::NamedUpstreams::new(
+                self.upstreams.clone(),
+                outbound,
+            )?))
         };
+        let vms = self.filter_vms.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            usize::from,
+        );
         let mut chain = Vec::new();
         for (i, path) in self.filters.iter().enumerate() {
+            let failure = match self.failures.get(i).or(self.failures.first()).map(String::as_str) {
+                Some("fail-open") => pier_proxywasm::FailurePolicy::FailOpen,
+                _ => pier_proxywasm::FailurePolicy::FailClosed,
+            };
             let config = pier_proxywasm::FilterConfig {
-                plugin_config: text_or_file(self.configs.get(i), "--filter-config")?,
-                vm_config: text_or_file(self.vm_configs.get(i), "--filter-vm-config")?,
+                plugin_config: text_or_file(self.configs.get(i), "--filter-config")?.into(),
+                vm_config: text_or_file(self.vm_configs.get(i), "--filter-vm-config")?.into(),
                 failure,
+                vms,
+                max_memory: self.filter_max_memory,
+                callback_timeout: self.filter_callback_timeout,
+                // A paused request waits at most as long as a guest may run (an hour when
+                // --timeout 0 turns that off).
+                pause_timeout: if limits.timeout.is_zero() {
+                    Duration::from_secs(3600)
+                } else {
+                    limits.timeout
+                },
+                max_buffered: usize::try_from(limits.max_body).unwrap_or(usize::MAX),
             };
             chain.push(Arc::new(pier_proxywasm::Filter::load(
-                engine, path, config,
+                engine,
+                path,
+                config,
+                shared.clone(),
+                callouts.clone(),
             )?));
         }
         Ok(pier_http::FilterChain(chain))
@@ -400,7 +464,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         eprintln!("pier: admin on http://{}", listener.local_addr()?);
         tokio::spawn(pier_http::metrics::serve_admin(listener, handle));
     }
-    let filters = args.filters.load(&engine)?;
+    let filters = args
+        .filters
+        .load(&engine, &config.limits, &config.outbound)?;
     let server = pier_http::Server::bind(config.addr, handler, config.limits, tls, filters).await?;
     eprintln!("pier: serving {}", server.url());
     server.serve(shutdown_signal()).await;

@@ -1,0 +1,276 @@
+//! Shared data (a key-value store with compare-and-swap) and shared queues: what VMs of a filter,
+//! and filters, use to talk to each other. Keys and queues are scoped by VM id (the filter's
+//! name), as in Envoy; `proxy_resolve_shared_queue` reaches another VM id's queue by name.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use wasmtime::{Caller, Linker};
+
+use crate::memory::{give, read, write_u32};
+use crate::metrics::Metrics;
+use crate::pool::Entered;
+use crate::status::{Status, code};
+use crate::vm::{Home, ROOT_CONTEXT, VmState};
+
+/// Largest value stored in shared data or a queue.
+const MAX_VALUE: usize = 1 << 20;
+/// Most values waiting in one queue; enqueueing more fails with INTERNAL_FAILURE.
+const MAX_QUEUED: usize = 10_000;
+/// Most keys in shared data, over all VM ids.
+const MAX_KEYS: usize = 100_000;
+
+/// What all filters of a server share.
+#[derive(Default)]
+pub struct Shared {
+    data: Mutex<HashMap<(Arc<str>, Vec<u8>), (Vec<u8>, u32)>>,
+    queues: Mutex<Queues>,
+    /// Metrics the filters define.
+    pub metrics: Metrics,
+}
+
+#[derive(Default)]
+struct Queues {
+    by_name: HashMap<(Arc<str>, Vec<u8>), u32>,
+    queues: Vec<Queue>,
+}
+
+struct Queue {
+    items: VecDeque<Vec<u8>>,
+    /// The VMs that registered the queue, told when an item arrives (the first still alive).
+    owners: Vec<Home>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    /// A value and its CAS token.
+    pub fn get(&self, vm: &Arc<str>, key: &[u8]) -> Option<(Vec<u8>, u32)> {
+        lock(&self.data).get(&(vm.clone(), key.to_vec())).cloned()
+    }
+
+    /// Stores a value; with a non-zero `cas`, only if the key's token still equals it.
+    pub fn set(&self, vm: &Arc<str>, key: Vec<u8>, value: Vec<u8>, cas: u32) -> Result<(), Status> {
+        if value.len() > MAX_VALUE {
+            return Err(Status::BadArgument);
+        }
+        let mut data = lock(&self.data);
+        let len = data.len();
+        match data.get_mut(&(vm.clone(), key.clone())) {
+            Some((_, token)) if cas != 0 && cas != *token => Err(Status::CasMismatch),
+            Some(entry) => {
+                let token = entry.1.wrapping_add(1).max(1);
+                *entry = (value, token);
+                Ok(())
+            }
+            None if len >= MAX_KEYS => Err(Status::InternalFailure),
+            None => {
+                data.insert((vm.clone(), key), (value, 1));
+                Ok(())
+            }
+        }
+    }
+
+    fn register(&self, vm: &Arc<str>, name: Vec<u8>, owner: Home) -> u32 {
+        let mut queues = lock(&self.queues);
+        let queues = &mut *queues;
+        let id = *queues
+            .by_name
+            .entry((vm.clone(), name))
+            .or_insert_with(|| {
+                queues.queues.push(Queue {
+                    items: VecDeque::new(),
+                    owners: Vec::new(),
+                });
+                queues.queues.len() as u32
+            });
+        let queue = &mut queues.queues[id as usize - 1];
+        queue.owners.retain(|h| h.slot.strong_count() > 0);
+        queue.owners.push(owner);
+        id
+    }
+
+    fn resolve(&self, vm: &Arc<str>, name: Vec<u8>) -> Option<u32> {
+        lock(&self.queues).by_name.get(&(vm.clone(), name)).copied()
+    }
+
+    fn enqueue(&self, id: u32, value: Vec<u8>) -> Result<(), Status> {
+        if value.len() > MAX_VALUE {
+            return Err(Status::BadArgument);
+        }
+        let owner = {
+            let mut queues = lock(&self.queues);
+            let queue = (id as usize)
+                .checked_sub(1)
+                .and_then(|i| queues.queues.get_mut(i))
+                .ok_or(Status::NotFound)?;
+            if queue.items.len() >= MAX_QUEUED {
+                return Err(Status::InternalFailure);
+            }
+            queue.items.push_back(value);
+            queue.owners.retain(|h| h.slot.strong_count() > 0);
+            queue.owners.first().cloned()
+        };
+        if let Some(owner) = owner {
+            notify(owner, id);
+        }
+        Ok(())
+    }
+
+    fn dequeue(&self, id: u32) -> Result<Vec<u8>, Status> {
+        let mut queues = lock(&self.queues);
+        let queue = (id as usize)
+            .checked_sub(1)
+            .and_then(|i| queues.queues.get_mut(i))
+            .ok_or(Status::NotFound)?;
+        queue.items.pop_front().ok_or(Status::Empty)
+    }
+}
+
+/// Tells the queue's owner an item arrived: `proxy_on_queue_ready` on its root context, from a
+/// task (the enqueuing callback may be running on that very VM).
+fn notify(owner: Home, id: u32) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let Some(slot) = owner.slot.upgrade() else {
+            return;
+        };
+        let _: Entered<()> = slot.enter(Some(owner.generation), |vm, _| {
+            if vm.has("proxy_on_queue_ready") {
+                vm.call::<(i32, i32), ()>(
+                    ROOT_CONTEXT,
+                    "proxy_on_queue_ready",
+                    (ROOT_CONTEXT, id as i32),
+                )?;
+            }
+            Ok(())
+        });
+    });
+}
+
+/// Adds the shared data and queue hostcalls.
+pub fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        "env",
+        "proxy_get_shared_data",
+        |mut c: Caller<'_, VmState>, kp: i32, kl: i32, ret_ptr: i32, ret_len: i32, ret_cas: i32| -> i32 {
+            code((|| {
+                let key = read(&mut c, kp, kl)?;
+                let plugin = c.data().plugin.clone();
+                let (value, cas) = plugin.shared.get(&plugin.name, &key).ok_or(Status::NotFound)?;
+                write_u32(&mut c, ret_cas, cas)?;
+                give(&mut c, &value, ret_ptr, ret_len)
+            })())
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_shared_data",
+        |mut c: Caller<'_, VmState>, kp: i32, kl: i32, vp: i32, vl: i32, cas: i32| -> i32 {
+            code((|| {
+                let (key, value) = (read(&mut c, kp, kl)?, read(&mut c, vp, vl)?);
+                let plugin = c.data().plugin.clone();
+                plugin.shared.set(&plugin.name, key, value, cas as u32)
+            })())
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_register_shared_queue",
+        |mut c: Caller<'_, VmState>, np: i32, nl: i32, ret: i32| -> i32 {
+            code((|| {
+                let name = read(&mut c, np, nl)?;
+                let (plugin, home) = (c.data().plugin.clone(), c.data().home.clone());
+                let id = plugin.shared.register(&plugin.name, name, home);
+                write_u32(&mut c, ret, id)
+            })())
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_resolve_shared_queue",
+        |mut c: Caller<'_, VmState>, vp: i32, vl: i32, np: i32, nl: i32, ret: i32| -> i32 {
+            code((|| {
+                let (vm_id, name) = (read(&mut c, vp, vl)?, read(&mut c, np, nl)?);
+                let plugin = c.data().plugin.clone();
+                // An empty VM id means the caller's own.
+                let vm: Arc<str> = if vm_id.is_empty() {
+                    plugin.name.clone()
+                } else {
+                    String::from_utf8_lossy(&vm_id).into()
+                };
+                let id = plugin.shared.resolve(&vm, name).ok_or(Status::NotFound)?;
+                write_u32(&mut c, ret, id)
+            })())
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_enqueue_shared_queue",
+        |mut c: Caller<'_, VmState>, id: i32, vp: i32, vl: i32| -> i32 {
+            code((|| {
+                let value = read(&mut c, vp, vl)?;
+                c.data().plugin.shared.enqueue(id as u32, value)
+            })())
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_dequeue_shared_queue",
+        |mut c: Caller<'_, VmState>, id: i32, ret_ptr: i32, ret_len: i32| -> i32 {
+            code((|| {
+                let value = c.data().plugin.shared.dequeue(id as u32)?;
+                give(&mut c, &value, ret_ptr, ret_len)
+            })())
+        },
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compare_and_swap() {
+        let shared = Shared::default();
+        let vm: Arc<str> = "f".into();
+        assert_eq!(shared.get(&vm, b"k"), None);
+        shared.set(&vm, b"k".to_vec(), b"1".to_vec(), 0).unwrap();
+        let (value, cas) = shared.get(&vm, b"k").unwrap();
+        assert_eq!(value, b"1");
+        shared.set(&vm, b"k".to_vec(), b"2".to_vec(), cas).unwrap();
+        assert_eq!(
+            shared.set(&vm, b"k".to_vec(), b"3".to_vec(), cas),
+            Err(Status::CasMismatch),
+            "the token moved on with the last write"
+        );
+        assert_eq!(shared.get(&vm, b"k").unwrap().0, b"2");
+        assert_eq!(shared.get(&"other".into(), b"k"), None, "scoped by VM id");
+    }
+
+    #[test]
+    fn queues_by_name_and_id() {
+        let shared = Shared::default();
+        let vm: Arc<str> = "f".into();
+        let home = Home {
+            slot: std::sync::Weak::new(),
+            generation: 1,
+        };
+        let id = shared.register(&vm, b"q".to_vec(), home.clone());
+        assert_eq!(shared.register(&vm, b"q".to_vec(), home), id, "same name, same id");
+        assert_eq!(shared.resolve(&vm, b"q".to_vec()), Some(id));
+        assert_eq!(shared.resolve(&vm, b"nope".to_vec()), None);
+        assert_eq!(shared.dequeue(id), Err(Status::Empty));
+        shared.enqueue(id, b"a".to_vec()).unwrap();
+        shared.enqueue(id, b"b".to_vec()).unwrap();
+        assert_eq!(shared.dequeue(id).unwrap(), b"a");
+        assert_eq!(shared.dequeue(id).unwrap(), b"b");
+        assert_eq!(shared.enqueue(999, b"x".to_vec()), Err(Status::NotFound));
+        assert_eq!(shared.dequeue(0), Err(Status::NotFound));
+    }
+}
