@@ -107,6 +107,10 @@ async fn route(req: Request<Incoming>, h2: Arc<AtomicUsize>) -> Response<UpBody>
 impl Upstream {
     async fn start(tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Upstream::serve(listener, tls)
+    }
+
+    fn serve(listener: tokio::net::TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
         let h2_requests = Arc::new(AtomicUsize::new(0));
@@ -227,6 +231,31 @@ async fn headers_are_forwarded_repeated_and_host_comes_from_the_url() {
         answer.text(),
         format!("host={target} x-rep=a,b te=false via= xff=")
     );
+}
+
+#[tokio::test]
+async fn host_leaves_out_the_default_port() {
+    // Port 80 needs root (which CI has: .ci/run installs packages). 127.0.0.2 keeps clear of
+    // anything on 127.0.0.1:80.
+    let listener = match tokio::net::TcpListener::bind("127.0.0.2:80").await {
+        Ok(listener) => listener,
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIPPED: cannot listen on 127.0.0.2:80 here ({e})");
+            return;
+        }
+        Err(e) => panic!("cannot listen on 127.0.0.2:80 in CI: {e}"),
+    };
+    let _upstream = Upstream::serve(listener, None);
+    let pier = serve_forward(&["--allow-outbound", "http://127.0.0.2:80"]);
+    // With the port spelled out or left implicit, Host is the bare name (wasmtime#8430).
+    for target in ["127.0.0.2:80", "127.0.0.2"] {
+        let answer = forward(&pier, target, false, "GET", "/headers", vec![]).await;
+        assert_eq!(
+            answer.text(),
+            "host=127.0.0.2 x-rep= te=false via= xff=",
+            "target {target}"
+        );
+    }
 }
 
 #[tokio::test]
