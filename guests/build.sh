@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Builds pier's guests. One script for all of them:
 #
-#   guests/build.sh            everything whose toolchain is available (installs the Python and
-#                              JavaScript toolchains into target/guest-tools and guests/js)
-#   guests/build.sh c          C programs -> guests/prebuilt/ (committed; needs Debian's clang,
-#                              lld and wasi-libc)
+#   guests/build.sh            everything whose toolchain is available (installs the Python,
+#                              JavaScript and AssemblyScript toolchains into target/guest-tools,
+#                              guests/js and guests/proxywasm-as/*)
+#   guests/build.sh c          C programs and C Proxy-Wasm filters -> guests/prebuilt/
+#                              (committed; needs Debian's clang, lld and wasi-libc)
 #   guests/build.sh examples   examples/hello/hello.wat -> hello.wasm (committed)
 #   guests/build.sh python     componentize-py hello and fetch -> guests/build/python-*.wasm
 #   guests/build.sh js         componentize-js hello -> guests/build/js-hello.wasm
+#   guests/build.sh filters    Proxy-Wasm filters on the AssemblyScript SDKs from npm ->
+#                              guests/build/filter-solo.wasm and filter-gcore.wasm
 #
 # WAT test guests (guests/wat/) need no step here: the pier-testkit build script compiles them
 # for every test build. Python and JavaScript components are ~13-18 MB, so they are built here
@@ -34,6 +37,14 @@ build_c() {
     clang --target=wasm32-wasi --sysroot=/usr -O2 -Wl,--strip-debug -o "guests/prebuilt/$name.wasm" "$src"
     pier_guest adapt "guests/prebuilt/$name.wasm" "guests/prebuilt/$name.component.wasm"
     echo "built guests/prebuilt/$name.wasm and $name.component.wasm"
+  done
+  # Proxy-Wasm filters are core modules (WASI reactors exporting proxy_on_* and malloc), never
+  # adapted into components.
+  for src in guests/proxywasm/*.c; do
+    name=$(basename "$src" .c)
+    clang --target=wasm32-wasi --sysroot=/usr -O2 -Wall -Wextra -mexec-model=reactor -Wl,--strip-debug \
+      -Wl,--export=malloc -Wl,--export=free -o "guests/prebuilt/filter-$name.wasm" "$src"
+    echo "built guests/prebuilt/filter-$name.wasm"
   done
 }
 
@@ -73,12 +84,27 @@ build_js() {
   echo "built $build/js-hello.wasm"
 }
 
+# One npm project per SDK, each pinning its own AssemblyScript (the solo SDK needs asc 0.14.9, the
+# gcore SDK asc 0.28 with the WASI shim); their asconfig.json holds the release options.
+build_filters() {
+  local sdk dir
+  for sdk in solo gcore; do
+    dir=guests/proxywasm-as/$sdk
+    if [[ ! -x $dir/node_modules/.bin/asc ]]; then
+      (cd "$dir" && npm ci --no-audit --no-fund --silent)
+    fi
+    (cd "$dir" && ./node_modules/.bin/asc assembly/index.ts --target release -o "$root/$build/filter-$sdk.wasm")
+    echo "built $build/filter-$sdk.wasm"
+  done
+}
+
 what=${1:-all}
 case $what in
   c) build_c ;;
   examples) build_examples ;;
   python) build_python ;;
   js) build_js ;;
-  all) build_c; build_examples; build_python; build_js ;;
-  *) echo "usage: guests/build.sh [all|c|examples|python|js]" >&2; exit 2 ;;
+  filters) build_filters ;;
+  all) build_c; build_examples; build_python; build_js; build_filters ;;
+  *) echo "usage: guests/build.sh [all|c|examples|python|js|filters]" >&2; exit 2 ;;
 esac

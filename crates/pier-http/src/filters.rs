@@ -304,22 +304,33 @@ fn request_pairs(parts: &http::request::Parts) -> Pairs {
     pairs
 }
 
+/// Writes the filters' request pairs back into the head: regular headers, and the
+/// pseudo-headers `:method`, `:path` and `:authority` (the URI's authority on HTTP/2, `Host`
+/// on HTTP/1.1).
 fn apply_request(parts: &mut http::request::Parts, pairs: Pairs) {
-    let mut path = None;
-    parts.headers = headers_from(&pairs, |name, value| {
-        if name == b":path" {
-            path = Some(value.to_vec());
-        }
+    let (mut path, mut authority, mut method) = (None, None, None);
+    parts.headers = headers_from(&pairs, |name, value| match name {
+        b":path" => path = http::uri::PathAndQuery::try_from(value).ok(),
+        b":authority" => authority = http::uri::Authority::try_from(value).ok(),
+        b":method" => method = http::Method::from_bytes(value).ok(),
+        _ => {}
     });
-    if let Some(path) = path.and_then(|p| http::uri::PathAndQuery::try_from(p).ok())
-        && parts.uri.path_and_query() != Some(&path)
-    {
-        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    if let Some(method) = method {
+        parts.method = method;
+    }
+    let original = parts.uri.clone();
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    if let Some(path) = path {
         uri.path_and_query = Some(path);
-        if let Ok(rebuilt) = http::Uri::from_parts(uri) {
-            parts.uri = rebuilt;
+    }
+    if let Some(authority) = authority {
+        if uri.authority.is_some() {
+            uri.authority = Some(authority);
+        } else if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+            parts.headers.insert(http::header::HOST, host);
         }
     }
+    parts.uri = http::Uri::from_parts(uri).unwrap_or(original);
 }
 
 /// Regular headers from pairs (repeated names kept); pseudo-headers go to `pseudo`. Pairs that
