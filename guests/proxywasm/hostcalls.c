@@ -47,6 +47,7 @@
  *   /t/body/request/size                 logs "request body size N"
  *   /t/body/response/prefix              prefixes the whole response body with "filtered:"
  *   /t/trailers                          logs trailer counts, adds trailer x-filter-trailer: 1
+ *   /t/memory/grow_page                  grows memory by one page: "pages=N" or "grow failed"
  *   /t/close, /t/pause/forever, /t/loop, /t/memory/grow, /t/done, /t/status, /t/foreign, /t/grpc
  *   /t/bad/...                           hostcalls with bad arguments: "status=N"
  *   /t/trap/WHERE                        traps in that callback
@@ -1107,6 +1108,13 @@ static uint32_t run_command(uint32_t ctx, str cmd) {
         big[0] = big[size - 1] = 1; /* used, so the compiler cannot drop the malloc */
         free((void *)big);
         return respond(200, S("grew"));
+    }
+    if (str_eq(cmd, "/t/memory/grow_page")) {
+        /* One more 64 KiB page, kept: the VM grows towards its memory cap. */
+        if (__builtin_wasm_memory_grow(0, 1) == (size_t)-1) return respond(200, S("grow failed"));
+        char pages[32];
+        int n = snprintf(pages, sizeof pages, "pages=%zu", __builtin_wasm_memory_size(0));
+        return respond(200, (str){pages, (size_t)n});
     }
     return CONTINUE; /* unknown /t/ path: untouched */
 }

@@ -462,3 +462,32 @@ async fn filter_stdout_and_stderr_go_to_the_log() {
     assert!(log.contains("stdout says hi"), "{log}");
     assert!(log.contains("stderr says hi"), "{log}");
 }
+
+#[tokio::test]
+async fn a_vm_grown_to_its_memory_cap_is_replaced() {
+    let server = serve(
+        Behind::Component,
+        &["--filter-max-memory", "1MiB", "--filter-vms", "1"],
+    )
+    .await;
+    let pages = |text: String| -> u32 {
+        text.strip_prefix("pages=")
+            .unwrap_or_else(|| panic!("{text}"))
+            .parse()
+            .unwrap()
+    };
+    let first = pages(path(&server, Proto::H1, "/t/memory/grow_page").await.text());
+    let mut last = first;
+    // Grow page by page: once the VM reaches 1 MiB (16 pages) it is replaced after the request.
+    for _ in 0..16 {
+        let now = pages(path(&server, Proto::H1, "/t/memory/grow_page").await.text());
+        if now < last {
+            assert_eq!(now, first, "a fresh VM starts from the module's own size");
+            assert!(server.log().contains("reached its memory cap"), "{}", server.log());
+            assert_eq!(last, 16, "replaced when it reached the cap, not before");
+            return;
+        }
+        last = now;
+    }
+    panic!("the VM was never replaced (last at {last} pages):\n{}", server.log());
+}
