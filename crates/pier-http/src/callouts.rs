@@ -40,7 +40,9 @@ impl NamedUpstreams {
                 } else {
                     host.to_string()
                 };
-                format!("{scheme}://{host}:{port}").parse::<OutboundPattern>().ok()
+                format!("{scheme}://{host}:{port}")
+                    .parse::<OutboundPattern>()
+                    .ok()
             })
             .collect();
         let config = OutboundConfig {

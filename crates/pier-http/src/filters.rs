@@ -10,7 +10,9 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use pier_proxywasm::{BodyStep, Direction, Filter, LocalResponse, Outcome, Pairs, Stream, StreamInfo};
+use pier_proxywasm::{
+    BodyStep, Direction, Filter, LocalResponse, Outcome, Pairs, Stream, StreamInfo,
+};
 
 use crate::body::{BodyError, ResponseBody};
 

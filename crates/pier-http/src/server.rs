@@ -65,12 +65,7 @@ impl Server {
         filters: crate::FilterChain,
     ) -> Result<Server, ServeError> {
         let listener = bind(addr, "--addr").await?;
-        let pipeline = Pipeline::new(
-            handler,
-            limits.clone(),
-            filters,
-            listener.local_addr().ok(),
-        );
+        let pipeline = Pipeline::new(handler, limits.clone(), filters, listener.local_addr().ok());
         Ok(Server {
             listener,
             pipeline,

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use pier_config::Limits;
 use pier_engine::ProxyApp;
-use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::body::{AccessRecord, GuestOutcome, Observed, ResponseBody, error_response};

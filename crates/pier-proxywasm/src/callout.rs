@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use wasmtime::{Caller, Linker};
 
+use crate::Pairs;
 use crate::memory::{give, read, write_u32};
 use crate::pairs;
 use crate::pool::Entered;
 use crate::status::{Status, code};
 use crate::vm::{Home, ROOT_CONTEXT, VmState};
-use crate::Pairs;
 
 /// The timeout of a call that asks for none (0), and the most any call may ask for.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -137,7 +137,10 @@ pub fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
                             CalloutReply::default()
                         }
                         Err(_) => {
-                            tracing::warn!(filter = &*name, "HTTP call {id} timed out after {timeout:?}");
+                            tracing::warn!(
+                                filter = &*name,
+                                "HTTP call {id} timed out after {timeout:?}"
+                            );
                             CalloutReply::default()
                         }
                     };
@@ -167,15 +170,34 @@ pub fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_grpc_call",
         |_: Caller<'_, VmState>,
-         _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32|
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32|
          -> i32 { Status::Unimplemented.into() },
     )?;
     linker.func_wrap(
         "env",
         "proxy_grpc_stream",
-        |_: Caller<'_, VmState>, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32| -> i32 {
-            Status::Unimplemented.into()
-        },
+        |_: Caller<'_, VmState>,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32|
+         -> i32 { Status::Unimplemented.into() },
     )?;
     linker.func_wrap(
         "env",

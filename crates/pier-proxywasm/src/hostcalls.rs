@@ -103,7 +103,13 @@ fn link_maps(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_get_header_map_value",
-        |mut c: Caller<'_, VmState>, map: i32, kp: i32, kl: i32, ret_ptr: i32, ret_len: i32| -> i32 {
+        |mut c: Caller<'_, VmState>,
+         map: i32,
+         kp: i32,
+         kl: i32,
+         ret_ptr: i32,
+         ret_len: i32|
+         -> i32 {
             code((|| {
                 let key = lower(read(&mut c, kp, kl)?);
                 let value = c
@@ -188,7 +194,13 @@ fn link_buffers(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_get_buffer_bytes",
-        |mut c: Caller<'_, VmState>, buffer: i32, start: i32, max: i32, ret_ptr: i32, ret_len: i32| -> i32 {
+        |mut c: Caller<'_, VmState>,
+         buffer: i32,
+         start: i32,
+         max: i32,
+         ret_ptr: i32,
+         ret_len: i32|
+         -> i32 {
             code((|| {
                 let slice = {
                     let data = c.data().buffer(buffer)?;
@@ -214,7 +226,13 @@ fn link_buffers(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_set_buffer_bytes",
-        |mut c: Caller<'_, VmState>, buffer: i32, start: i32, size: i32, ptr: i32, len: i32| -> i32 {
+        |mut c: Caller<'_, VmState>,
+         buffer: i32,
+         start: i32,
+         size: i32,
+         ptr: i32,
+         len: i32|
+         -> i32 {
             code((|| {
                 let value = read(&mut c, ptr, len)?;
                 let data = c.data_mut().buffer_mut(buffer)?;
@@ -369,7 +387,12 @@ fn link_properties(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_get_property",
-        |mut c: Caller<'_, VmState>, path_ptr: i32, path_len: i32, ret_ptr: i32, ret_len: i32| -> i32 {
+        |mut c: Caller<'_, VmState>,
+         path_ptr: i32,
+         path_len: i32,
+         ret_ptr: i32,
+         ret_len: i32|
+         -> i32 {
             code((|| {
                 let path = read(&mut c, path_ptr, path_len)?;
                 let value = c.data().property(&path).ok_or(Status::NotFound)?;

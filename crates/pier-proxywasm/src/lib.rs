@@ -211,16 +211,10 @@ impl Filter {
         let mut state = StreamState::new(info);
         state.wake = wake.clone();
         state.request_headers = headers.clone();
-        let with_eos = self.plugin.abi != AbiVersion::V0_1_0;
         let entered = slot.enter(None, |vm, generation| {
             let context = vm.open_stream(state)?;
             let count = stream_of(vm, context).request_headers.len() as i32;
-            let paused = vm.action(
-                context,
-                "proxy_on_request_headers",
-                (context, count, end_of_stream as i32),
-                with_eos,
-            )?;
+            let paused = vm.on_headers(Direction::Request, context, count, end_of_stream)?;
             if paused == Some(true) {
                 stream_of(vm, context).paused = Some(Direction::Request);
             }
@@ -264,7 +258,9 @@ fn settle(vm: &mut Vm, context: i32, direction: Direction) -> Settled {
     if let Some(local) = stream.local_response.take() {
         // What `on_log` (and `response.code`) will see.
         stream.response_headers = vec![(b":status".to_vec(), local.status.to_string().into())];
-        stream.response_headers.extend(local.headers.iter().cloned());
+        stream
+            .response_headers
+            .extend(local.headers.iter().cloned());
         stream.response_started = true;
         return Settled::Respond(local);
     }
@@ -319,7 +315,12 @@ impl Stream {
 
     /// Waits out a pause, then turns where the phase stands into its outcome; `headers` get
     /// the filter's changes when it continues.
-    async fn finish(&self, mut settled: Settled, direction: Direction, headers: &mut Pairs) -> Outcome {
+    async fn finish(
+        &self,
+        mut settled: Settled,
+        direction: Direction,
+        headers: &mut Pairs,
+    ) -> Outcome {
         let deadline = tokio::time::Instant::now() + self.plugin().config.pause_timeout;
         loop {
             match settled {
@@ -339,20 +340,26 @@ impl Stream {
                 tracing::warn!(
                     filter = &*plugin.name,
                     "the filter paused the {} and did not resume it within {:?}",
-                    if direction == Direction::Request { "request" } else { "response" },
+                    if direction == Direction::Request {
+                        "request"
+                    } else {
+                        "response"
+                    },
                     plugin.config.pause_timeout
                 );
                 return Outcome::Respond(LocalResponse {
                     status: 504,
                     headers: vec![(b"server".to_vec(), b"pier".to_vec())],
-                    body: format!("filter {} did not resume the request in time\n", plugin.name)
-                        .into_bytes(),
+                    body: format!(
+                        "filter {} did not resume the request in time\n",
+                        plugin.name
+                    )
+                    .into_bytes(),
                 });
             }
-            settled = match self
-                .slot
-                .enter(Some(self.generation), |vm, _| Ok(settle(vm, self.context, direction)))
-            {
+            settled = match self.slot.enter(Some(self.generation), |vm, _| {
+                Ok(settle(vm, self.context, direction))
+            }) {
                 Entered::Ran(settled) => settled,
                 Entered::Failed | Entered::Gone => return self.plugin().failed(),
             };
@@ -363,18 +370,12 @@ impl Stream {
     /// request-side callback (a body callback, say) answers instead.
     pub async fn on_response_headers(&self, headers: &mut Pairs, end_of_stream: bool) -> Outcome {
         let context = self.context;
-        let with_eos = self.plugin().abi != AbiVersion::V0_1_0;
         let entered = self.slot.enter(Some(self.generation), |vm, _| {
             let stream = stream_of(vm, context);
             if stream.local_response.is_none() {
                 stream.response_headers = headers.clone();
                 let count = stream.response_headers.len() as i32;
-                let paused = vm.action(
-                    context,
-                    "proxy_on_response_headers",
-                    (context, count, end_of_stream as i32),
-                    with_eos,
-                )?;
+                let paused = vm.on_headers(Direction::Response, context, count, end_of_stream)?;
                 if paused == Some(true) {
                     stream_of(vm, context).paused = Some(Direction::Response);
                 }
@@ -389,17 +390,22 @@ impl Stream {
 
     /// A body callback on `data` (the data so far when the filter asked to buffer); the filter
     /// may change it in place.
-    pub fn on_body(&self, direction: Direction, data: &mut Vec<u8>, end_of_stream: bool) -> BodyStep {
+    pub fn on_body(
+        &self,
+        direction: Direction,
+        data: &mut Vec<u8>,
+        end_of_stream: bool,
+    ) -> BodyStep {
         let context = self.context;
         let entered = self.slot.enter(Some(self.generation), |vm, _| {
             let stream = stream_of(vm, context);
-            let (buffer, callback) = match direction {
-                Direction::Request => (&mut stream.request_body, "proxy_on_request_body"),
-                Direction::Response => (&mut stream.response_body, "proxy_on_response_body"),
+            let buffer = match direction {
+                Direction::Request => &mut stream.request_body,
+                Direction::Response => &mut stream.response_body,
             };
             *buffer = std::mem::take(data);
             let size = buffer.len() as i32;
-            let paused = vm.action(context, callback, (context, size, end_of_stream as i32), true);
+            let paused = vm.on_body(direction, context, size, end_of_stream);
             let stream = stream_of(vm, context);
             *data = std::mem::take(match direction {
                 Direction::Request => &mut stream.request_body,
@@ -426,17 +432,13 @@ impl Stream {
         let context = self.context;
         let entered = self.slot.enter(Some(self.generation), |vm, _| {
             let stream = stream_of(vm, context);
-            let (map, callback) = match direction {
-                Direction::Request => (&mut stream.request_trailers, "proxy_on_request_trailers"),
-                Direction::Response => {
-                    (&mut stream.response_trailers, "proxy_on_response_trailers")
-                }
+            let map = match direction {
+                Direction::Request => &mut stream.request_trailers,
+                Direction::Response => &mut stream.response_trailers,
             };
             *map = trailers.clone();
             let count = map.len() as i32;
-            if vm.has(callback) {
-                vm.call::<(i32, i32), i32>(context, callback, (context, count))?;
-            }
+            vm.on_trailers(direction, context, count)?;
             let stream = stream_of(vm, context);
             *trailers = match direction {
                 Direction::Request => stream.request_trailers.clone(),
@@ -488,23 +490,8 @@ impl Stream {
 impl Drop for Stream {
     fn drop(&mut self) {
         let context = self.context;
-        let _: Entered<()> = self.slot.enter(Some(self.generation), |vm, _| {
-            let result = end_stream(vm, context);
-            vm.state().streams.remove(&context);
-            result
-        });
+        let _: Entered<()> = self
+            .slot
+            .enter(Some(self.generation), |vm, _| vm.end_stream(context));
     }
-}
-
-fn end_stream(vm: &mut Vm, context: i32) -> wasmtime::Result<()> {
-    if vm.has("proxy_on_done") {
-        vm.call::<i32, i32>(context, "proxy_on_done", context)?;
-    }
-    if vm.has("proxy_on_log") {
-        vm.call::<i32, ()>(context, "proxy_on_log", context)?;
-    }
-    if vm.has("proxy_on_delete") {
-        vm.call::<i32, ()>(context, "proxy_on_delete", context)?;
-    }
-    Ok(())
 }

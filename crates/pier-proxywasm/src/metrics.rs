@@ -95,7 +95,11 @@ impl Metrics {
         Ok(id)
     }
 
-    fn with<T>(&self, id: u32, f: impl FnOnce(&mut Metric) -> Result<T, Status>) -> Result<T, Status> {
+    fn with<T>(
+        &self,
+        id: u32,
+        f: impl FnOnce(&mut Metric) -> Result<T, Status>,
+    ) -> Result<T, Status> {
         let mut registry = self.lock();
         let metric = (id as usize)
             .checked_sub(1)
@@ -155,7 +159,8 @@ pub fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "proxy_define_metric",
         |mut c: Caller<'_, VmState>, kind: i32, np: i32, nl: i32, ret: i32| -> i32 {
             code((|| {
-                let name = String::from_utf8(read(&mut c, np, nl)?).map_err(|_| Status::BadArgument)?;
+                let name =
+                    String::from_utf8(read(&mut c, np, nl)?).map_err(|_| Status::BadArgument)?;
                 let plugin = c.data().plugin.clone();
                 let id = plugin.shared.metrics.define(&plugin.name, kind, name)?;
                 write(&mut c, ret, &id.to_le_bytes())
@@ -198,11 +203,19 @@ mod tests {
         let metrics = Metrics::default();
         let f: Arc<str> = "f".into();
         let c = metrics.define(&f, 0, "hits".into()).unwrap();
-        assert_eq!(metrics.define(&f, 0, "hits".into()).unwrap(), c, "define is idempotent");
+        assert_eq!(
+            metrics.define(&f, 0, "hits".into()).unwrap(),
+            c,
+            "define is idempotent"
+        );
         metrics.increment(c, 2).unwrap();
         metrics.increment(c, 3).unwrap();
         assert_eq!(metrics.get(c), Ok(5));
-        assert_eq!(metrics.increment(c, -1), Err(Status::BadArgument), "counters only go up");
+        assert_eq!(
+            metrics.increment(c, -1),
+            Err(Status::BadArgument),
+            "counters only go up"
+        );
         let g = metrics.define(&f, 1, "level".into()).unwrap();
         metrics.record(g, 7).unwrap();
         metrics.increment(g, -2).unwrap();

@@ -20,10 +20,13 @@ const MAX_QUEUED: usize = 10_000;
 /// Most keys in shared data, over all VM ids.
 const MAX_KEYS: usize = 100_000;
 
+/// Shared data: (VM id, key) to (value, CAS token).
+type Data = HashMap<(Arc<str>, Vec<u8>), (Vec<u8>, u32)>;
+
 /// What all filters of a server share.
 #[derive(Default)]
 pub struct Shared {
-    data: Mutex<HashMap<(Arc<str>, Vec<u8>), (Vec<u8>, u32)>>,
+    data: Mutex<Data>,
     queues: Mutex<Queues>,
     /// Metrics the filters define.
     pub metrics: Metrics,
@@ -76,16 +79,13 @@ impl Shared {
     fn register(&self, vm: &Arc<str>, name: Vec<u8>, owner: Home) -> u32 {
         let mut queues = lock(&self.queues);
         let queues = &mut *queues;
-        let id = *queues
-            .by_name
-            .entry((vm.clone(), name))
-            .or_insert_with(|| {
-                queues.queues.push(Queue {
-                    items: VecDeque::new(),
-                    owners: Vec::new(),
-                });
-                queues.queues.len() as u32
+        let id = *queues.by_name.entry((vm.clone(), name)).or_insert_with(|| {
+            queues.queues.push(Queue {
+                items: VecDeque::new(),
+                owners: Vec::new(),
             });
+            queues.queues.len() as u32
+        });
         let queue = &mut queues.queues[id as usize - 1];
         queue.owners.retain(|h| h.slot.strong_count() > 0);
         queue.owners.push(owner);
@@ -157,11 +157,20 @@ pub fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_get_shared_data",
-        |mut c: Caller<'_, VmState>, kp: i32, kl: i32, ret_ptr: i32, ret_len: i32, ret_cas: i32| -> i32 {
+        |mut c: Caller<'_, VmState>,
+         kp: i32,
+         kl: i32,
+         ret_ptr: i32,
+         ret_len: i32,
+         ret_cas: i32|
+         -> i32 {
             code((|| {
                 let key = read(&mut c, kp, kl)?;
                 let plugin = c.data().plugin.clone();
-                let (value, cas) = plugin.shared.get(&plugin.name, &key).ok_or(Status::NotFound)?;
+                let (value, cas) = plugin
+                    .shared
+                    .get(&plugin.name, &key)
+                    .ok_or(Status::NotFound)?;
                 write_u32(&mut c, ret_cas, cas)?;
                 give(&mut c, &value, ret_ptr, ret_len)
             })())
@@ -262,7 +271,11 @@ mod tests {
             generation: 1,
         };
         let id = shared.register(&vm, b"q".to_vec(), home.clone());
-        assert_eq!(shared.register(&vm, b"q".to_vec(), home), id, "same name, same id");
+        assert_eq!(
+            shared.register(&vm, b"q".to_vec(), home),
+            id,
+            "same name, same id"
+        );
         assert_eq!(shared.resolve(&vm, b"q".to_vec()), Some(id));
         assert_eq!(shared.resolve(&vm, b"nope".to_vec()), None);
         assert_eq!(shared.dequeue(id), Err(Status::Empty));

@@ -6,11 +6,12 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use wasmtime::{
-    Extern, Instance, Linker, Store, StoreLimits, StoreLimitsBuilder, WasmParams, WasmResults,
+    AsContextMut, Extern, Func, Instance, Linker, Store, StoreLimits, StoreLimitsBuilder,
+    TypedFunc, WasmParams, WasmResults,
 };
 
 use crate::callout::CalloutReply;
-use crate::context::StreamState;
+use crate::context::{Direction, StreamState};
 use crate::plugin::Plugin;
 use crate::pool::Slot;
 use crate::status::Status;
@@ -172,10 +173,99 @@ impl VmState {
     }
 }
 
+/// A body callback: (context, size, end_of_stream) -> action.
+type BodyFn = TypedFunc<(i32, i32, i32), i32>;
+
+/// A header callback: with `end_of_stream` (ABI 0.2.x) or without (0.1.0).
+#[derive(Clone)]
+enum HeadersFn {
+    WithEos(TypedFunc<(i32, i32, i32), i32>),
+    NoEos(TypedFunc<(i32, i32), i32>),
+}
+
+/// The stream callbacks, looked up (and type-checked) once when the VM starts: a request calls
+/// several of them, and a lookup by name costs more than a call of a no-op callback.
+#[derive(Clone)]
+struct Callbacks {
+    context_create: TypedFunc<(i32, i32), ()>,
+    headers: [Option<HeadersFn>; 2],
+    body: [Option<BodyFn>; 2],
+    trailers: [Option<TypedFunc<(i32, i32), i32>>; 2],
+    done: Option<TypedFunc<i32, i32>>,
+    log: Option<TypedFunc<i32, ()>>,
+    delete: Option<TypedFunc<i32, ()>>,
+}
+
+fn typed<P: WasmParams, R: WasmResults>(
+    store: &Store<VmState>,
+    func: Option<Func>,
+    name: &str,
+) -> wasmtime::Result<Option<TypedFunc<P, R>>> {
+    func.map(|f| {
+        f.typed::<P, R>(store)
+            .map_err(|e| e.context(format!("export {name} has the wrong signature")))
+    })
+    .transpose()
+}
+
+impl Callbacks {
+    fn new(store: &mut Store<VmState>, instance: &Instance) -> wasmtime::Result<Callbacks> {
+        let mut func = |name: &str| instance.get_func(&mut *store, name);
+        let found = [
+            func("proxy_on_context_create"),
+            func("proxy_on_request_headers"),
+            func("proxy_on_response_headers"),
+            func("proxy_on_request_body"),
+            func("proxy_on_response_body"),
+            func("proxy_on_request_trailers"),
+            func("proxy_on_response_trailers"),
+            func("proxy_on_done"),
+            func("proxy_on_log"),
+            func("proxy_on_delete"),
+        ];
+        let store = &*store;
+        let headers = |f: Option<Func>, name: &str| -> wasmtime::Result<Option<HeadersFn>> {
+            let Some(f) = f else { return Ok(None) };
+            if let Ok(t) = f.typed::<(i32, i32, i32), i32>(store) {
+                return Ok(Some(HeadersFn::WithEos(t)));
+            }
+            Ok(typed(store, Some(f), name)?.map(HeadersFn::NoEos))
+        };
+        Ok(Callbacks {
+            context_create: typed(store, found[0], "proxy_on_context_create")?.ok_or_else(
+                || wasmtime::format_err!("the filter exports no proxy_on_context_create"),
+            )?,
+            headers: [
+                headers(found[1], "proxy_on_request_headers")?,
+                headers(found[2], "proxy_on_response_headers")?,
+            ],
+            body: [
+                typed(store, found[3], "proxy_on_request_body")?,
+                typed(store, found[4], "proxy_on_response_body")?,
+            ],
+            trailers: [
+                typed(store, found[5], "proxy_on_request_trailers")?,
+                typed(store, found[6], "proxy_on_response_trailers")?,
+            ],
+            done: typed(store, found[7], "proxy_on_done")?,
+            log: typed(store, found[8], "proxy_on_log")?,
+            delete: typed(store, found[9], "proxy_on_delete")?,
+        })
+    }
+}
+
+fn index(direction: Direction) -> usize {
+    match direction {
+        Direction::Request => 0,
+        Direction::Response => 1,
+    }
+}
+
 /// A running filter VM.
 pub struct Vm {
     store: Store<VmState>,
     instance: Instance,
+    callbacks: Callbacks,
     next_context: i32,
     /// The epoch deadline of one callback, in ticks.
     deadline_ticks: u64,
@@ -224,9 +314,11 @@ impl Vm {
         store.epoch_deadline_trap();
         store.set_epoch_deadline(deadline_ticks);
         let instance = linker.instantiate(&mut store, &module)?;
+        let callbacks = Callbacks::new(&mut store, &instance)?;
         let mut vm = Vm {
             store,
             instance,
+            callbacks,
             next_context: ROOT_CONTEXT + 1,
             deadline_ticks,
             initial_memory: 0,
@@ -239,7 +331,8 @@ impl Vm {
         } else if vm.has("_start") {
             vm.call::<(), ()>(ROOT_CONTEXT, "_start", ())?;
         }
-        vm.call::<(i32, i32), ()>(ROOT_CONTEXT, "proxy_on_context_create", (ROOT_CONTEXT, 0))?;
+        let create = vm.callbacks.context_create.clone();
+        vm.enter(ROOT_CONTEXT, |store| create.call(store, (ROOT_CONTEXT, 0)))?;
         if vm.has("proxy_on_vm_start")
             && vm.call::<(i32, i32), i32>(
                 ROOT_CONTEXT,
@@ -270,7 +363,8 @@ impl Vm {
             None => ROOT_CONTEXT + 1,
         };
         self.state().streams.insert(id, stream);
-        self.call::<(i32, i32), ()>(id, "proxy_on_context_create", (id, ROOT_CONTEXT))?;
+        let create = self.callbacks.context_create.clone();
+        self.enter(id, |store| create.call(store, (id, ROOT_CONTEXT)))?;
         Ok(id)
     }
 
@@ -295,42 +389,106 @@ impl Vm {
         )
     }
 
-    /// Calls the exported function `name` with `args` for `context` (hostcalls act on that
-    /// context unless the filter switches with `proxy_set_effective_context`), under the
-    /// callback time limit.
+    /// Runs `f` (a call into the filter) for `context`: hostcalls act on that context unless
+    /// the filter switches with `proxy_set_effective_context`; the callback time limit applies.
+    fn enter<T>(
+        &mut self,
+        context: i32,
+        f: impl FnOnce(&mut Store<VmState>) -> wasmtime::Result<T>,
+    ) -> wasmtime::Result<T> {
+        self.store.data_mut().effective = context;
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        let result = f(&mut self.store);
+        self.store.data_mut().effective = ROOT_CONTEXT;
+        result
+    }
+
+    /// Calls the exported function `name` with `args` for `context` (the rarer callbacks:
+    /// start-up, timers, queues, HTTP call answers).
     pub fn call<P: WasmParams, R: WasmResults>(
         &mut self,
         context: i32,
         name: &str,
         args: P,
     ) -> wasmtime::Result<R> {
-        self.store.data_mut().effective = context;
-        self.store.set_epoch_deadline(self.deadline_ticks);
-        let result = self
-            .instance
-            .get_typed_func::<P, R>(&mut self.store, name)
-            .and_then(|f| f.call(&mut self.store, args));
-        self.store.data_mut().effective = ROOT_CONTEXT;
-        result
+        let instance = self.instance;
+        self.enter(context, |store| {
+            instance
+                .get_typed_func::<P, R>(store.as_context_mut(), name)?
+                .call(store, args)
+        })
     }
 
-    /// Calls a stream callback returning an action if the filter exports it: `Some(paused)`.
-    pub fn action(
+    /// A header callback, if exported: `Some(paused)`.
+    pub fn on_headers(
         &mut self,
+        direction: Direction,
         context: i32,
-        name: &str,
-        args: (i32, i32, i32),
-        with_eos: bool,
+        count: i32,
+        end_of_stream: bool,
     ) -> wasmtime::Result<Option<bool>> {
-        if !self.has(name) {
-            return Ok(None);
-        }
-        let action = if with_eos {
-            self.call::<(i32, i32, i32), i32>(context, name, args)?
-        } else {
-            self.call::<(i32, i32), i32>(context, name, (args.0, args.1))?
+        let action = match self.callbacks.headers[index(direction)].clone() {
+            None => return Ok(None),
+            Some(HeadersFn::WithEos(f)) => self.enter(context, |s| {
+                f.call(s, (context, count, end_of_stream as i32))
+            })?,
+            Some(HeadersFn::NoEos(f)) => self.enter(context, |s| f.call(s, (context, count)))?,
         };
         Ok(Some(action == 1))
+    }
+
+    /// A body callback, if exported: `Some(paused)`.
+    pub fn on_body(
+        &mut self,
+        direction: Direction,
+        context: i32,
+        size: i32,
+        end_of_stream: bool,
+    ) -> wasmtime::Result<Option<bool>> {
+        let Some(f) = self.callbacks.body[index(direction)].clone() else {
+            return Ok(None);
+        };
+        let action = self.enter(context, |s| {
+            f.call(s, (context, size, end_of_stream as i32))
+        })?;
+        Ok(Some(action == 1))
+    }
+
+    /// A trailers callback, if exported.
+    pub fn on_trailers(
+        &mut self,
+        direction: Direction,
+        context: i32,
+        count: i32,
+    ) -> wasmtime::Result<()> {
+        if let Some(f) = self.callbacks.trailers[index(direction)].clone() {
+            self.enter(context, |s| f.call(s, (context, count)))?;
+        }
+        Ok(())
+    }
+
+    /// Ends a stream context (`proxy_on_done`, `proxy_on_log`, `proxy_on_delete`) and forgets
+    /// it.
+    pub fn end_stream(&mut self, context: i32) -> wasmtime::Result<()> {
+        let (done, log, delete) = (
+            self.callbacks.done.clone(),
+            self.callbacks.log.clone(),
+            self.callbacks.delete.clone(),
+        );
+        let result = self.enter(context, |s| {
+            if let Some(f) = done {
+                f.call(&mut *s, context)?;
+            }
+            if let Some(f) = log {
+                f.call(&mut *s, context)?;
+            }
+            if let Some(f) = delete {
+                f.call(&mut *s, context)?;
+            }
+            Ok(())
+        });
+        self.state().streams.remove(&context);
+        result
     }
 
     /// Wakes every paused stream (the VM is going away: they must not wait for it).

@@ -105,12 +105,18 @@ fn link_module(linker: &mut Linker<VmState>, module: &str) -> wasmtime::Result<(
             }
             let mut stat = [0u8; 24];
             stat[0] = 2; // character device
-            if write(&mut c, ret, &stat).is_ok() { 0 } else { EFAULT }
+            if write(&mut c, ret, &stat).is_ok() {
+                0
+            } else {
+                EFAULT
+            }
         },
     )?;
-    linker.func_wrap(module, "fd_close", |_: Caller<'_, VmState>, _fd: i32| -> i32 {
-        EBADF
-    })?;
+    linker.func_wrap(
+        module,
+        "fd_close",
+        |_: Caller<'_, VmState>, _fd: i32| -> i32 { EBADF },
+    )?;
     linker.func_wrap(
         module,
         "fd_seek",
@@ -126,4 +132,3 @@ fn link_module(linker: &mut Linker<VmState>, module: &str) -> wasmtime::Result<(
     )?;
     Ok(())
 }
-

@@ -440,7 +440,10 @@ pub async fn echo_upstream() -> std::net::SocketAddr {
                     let body = if parts.uri.path() == "/callout" {
                         Bytes::from_static(b"callout body")
                     } else {
-                        body.collect().await.map(|b| b.to_bytes()).unwrap_or_default()
+                        body.collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default()
                     };
                     Ok::<_, std::convert::Infallible>(response.body(Full::new(body)).unwrap())
                 });

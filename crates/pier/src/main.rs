@@ -209,7 +209,10 @@ fn parse_named_upstream(s: &str) -> Result<(String, http::Uri), String> {
         .split_once('=')
         .ok_or("expected NAME=URL, e.g. auth=http://127.0.0.1:9000")?;
     let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
-    if name.is_empty() || !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+    if name.is_empty()
+        || !matches!(uri.scheme_str(), Some("http" | "https"))
+        || uri.host().is_none()
+    {
         return Err(format!("expected NAME=http(s)://HOST[:PORT], got {s}"));
     }
     Ok((name.to_string(), uri))
@@ -244,7 +247,12 @@ impl FilterArgs {
         );
         let mut chain = Vec::new();
         for (i, path) in self.filters.iter().enumerate() {
-            let failure = match self.failures.get(i).or(self.failures.first()).map(String::as_str) {
+            let failure = match self
+                .failures
+                .get(i)
+                .or(self.failures.first())
+                .map(String::as_str)
+            {
                 Some("fail-open") => pier_proxywasm::FailurePolicy::FailOpen,
                 _ => pier_proxywasm::FailurePolicy::FailClosed,
             };

@@ -192,7 +192,11 @@ async fn failure_policy_is_per_filter() {
     )
     .unwrap();
     let answer = get(&server.addr, Proto::H1, "/t/trap").await.unwrap();
-    assert_eq!(answer.status, StatusCode::OK, "the failing first filter is skipped");
+    assert_eq!(
+        answer.status,
+        StatusCode::OK,
+        "the failing first filter is skipped"
+    );
     assert!(!answer.headers.contains_key("x-echo-x-filtered"));
     assert_eq!(
         answer.headers["x-echo-x-abi"], "0.1.0",

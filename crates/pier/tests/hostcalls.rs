@@ -51,7 +51,12 @@ fn serve_with(behind: Behind, upstream: SocketAddr, flags: &[&str]) -> PierServe
     PierServer::start(pier(), &args).expect("pier starts")
 }
 
-async fn call(server: &PierServer, proto: Proto, req: http::request::Builder, body: &[u8]) -> Answer {
+async fn call(
+    server: &PierServer,
+    proto: Proto,
+    req: http::request::Builder,
+    body: &[u8],
+) -> Answer {
     let req = req.body(Full::new(Bytes::copy_from_slice(body))).unwrap();
     send(&server.addr, proto, req).await.unwrap()
 }
@@ -73,7 +78,11 @@ fn values<'a>(answer: &'a Answer, name: &str) -> Vec<&'a str> {
 const LOCAL: &[(&str, u16, &str)] = &[
     ("/t/echo/header/x-test", 200, "from-client"),
     ("/t/echo/header/x-missing", 404, "not found"),
-    ("/t/log/property/request.path", 200, "/t/log/property/request.path"),
+    (
+        "/t/log/property/request.path",
+        200,
+        "/t/log/property/request.path",
+    ),
     ("/t/log/property/request.method", 200, "GET"),
     ("/t/log/property/plugin_name", 200, "filter-hostcalls"),
     ("/t/log/property/no.such.property", 404, "not found"),
@@ -100,7 +109,11 @@ const LOCAL: &[(&str, u16, &str)] = &[
     ("/t/done", 200, "status=0"),
     ("/t/status", 200, "status=1"),
     ("/t/queue/dequeue/never-registered", 200, "status=1"),
-    ("/t/http_call/backend/callout", 200, "call status=200 body=callout body"),
+    (
+        "/t/http_call/backend/callout",
+        200,
+        "call status=200 body=callout body",
+    ),
     ("/t/http_call/dead/x", 502, "call failed"),
 ];
 
@@ -123,13 +136,20 @@ async fn every_hostcall_answers_exactly_in_front_of_both_handlers() {
             let local = path(&server, proto, "/t/send_local_response/418").await;
             assert_eq!(local.headers["x-local"], "1", "local response headers");
             let protocol = path(&server, proto, "/t/log/property/request.protocol").await;
-            let want = if proto == Proto::H2 { "HTTP/2" } else { "HTTP/1.1" };
+            let want = if proto == Proto::H2 {
+                "HTTP/2"
+            } else {
+                "HTTP/1.1"
+            };
             assert_eq!(protocol.text(), want);
             let source = path(&server, proto, "/t/log/property/source.address").await;
             assert!(source.text().starts_with("127.0.0.1:"), "{}", source.text());
         }
         assert!(
-            server.log().contains("property request.path: /t/log/property/request.path"),
+            server.wait_for_log(
+                "property request.path: /t/log/property/request.path",
+                Duration::from_secs(5)
+            ),
             "proxy_log at info reaches pier's log"
         );
     }
@@ -143,15 +163,30 @@ async fn header_maps_change_what_the_handler_and_the_client_see() {
             let all = call(
                 &server,
                 proto,
-                Request::get("/t/echo/headers").header("x-rep", "a").header("x-rep", "b"),
+                Request::get("/t/echo/headers")
+                    .header("x-rep", "a")
+                    .header("x-rep", "b"),
                 b"",
             )
             .await;
-            assert!(all.text().starts_with(":method: GET\n:path: /t/echo/headers\n"), "{}", all.text());
-            assert!(all.text().contains("x-rep: a\nx-rep: b\n"), "repeated pairs: {}", all.text());
+            assert!(
+                all.text()
+                    .starts_with(":method: GET\n:path: /t/echo/headers\n"),
+                "{}",
+                all.text()
+            );
+            assert!(
+                all.text().contains("x-rep: a\nx-rep: b\n"),
+                "repeated pairs: {}",
+                all.text()
+            );
 
             let set = path(&server, proto, "/t/set_request_header/x-set/val").await;
-            assert_eq!(values(&set, "x-echo-x-set"), ["val"], "{behind:?} {proto:?}");
+            assert_eq!(
+                values(&set, "x-echo-x-set"),
+                ["val"],
+                "{behind:?} {proto:?}"
+            );
             assert_eq!(set.headers["x-hostcalls"], "1", "the response phase ran");
 
             let added = call(
@@ -195,36 +230,66 @@ async fn shared_data_compare_and_swap_across_vms() {
     let server = serve(Behind::Component, &["--filter-vms", "2"]).await;
     let h1 = Proto::H1;
     // Requests alternate between the two VMs: the data is shared, not per VM.
-    assert_eq!(path(&server, h1, "/t/shared_data/get/k").await.text(), "status=1");
-    assert_eq!(path(&server, h1, "/t/shared_data/set/k/v1").await.text(), "status=0");
-    assert_eq!(path(&server, h1, "/t/shared_data/get/k").await.text(), "v1 cas=1");
-    assert_eq!(path(&server, h1, "/t/shared_data/set/k/v2/1").await.text(), "status=0");
+    assert_eq!(
+        path(&server, h1, "/t/shared_data/get/k").await.text(),
+        "status=1"
+    );
+    assert_eq!(
+        path(&server, h1, "/t/shared_data/set/k/v1").await.text(),
+        "status=0"
+    );
+    assert_eq!(
+        path(&server, h1, "/t/shared_data/get/k").await.text(),
+        "v1 cas=1"
+    );
+    assert_eq!(
+        path(&server, h1, "/t/shared_data/set/k/v2/1").await.text(),
+        "status=0"
+    );
     assert_eq!(
         path(&server, h1, "/t/shared_data/set/k/v3/1").await.text(),
         "status=8",
         "a stale CAS token is refused"
     );
-    assert_eq!(path(&server, h1, "/t/shared_data/get/k").await.text(), "v2 cas=2");
+    assert_eq!(
+        path(&server, h1, "/t/shared_data/get/k").await.text(),
+        "v2 cas=2"
+    );
 }
 
 #[tokio::test]
 async fn queues_notify_the_registering_vm() {
     let server = serve(Behind::Component, &["--filter-vms", "2"]).await;
     let h1 = Proto::H1;
-    assert_eq!(path(&server, h1, "/t/queue/register/q").await.text(), "id=1");
-    assert_eq!(path(&server, h1, "/t/queue/register/q").await.text(), "id=1");
-    assert_eq!(path(&server, h1, "/t/queue/enqueue/q/first").await.text(), "status=0");
-    assert_eq!(path(&server, h1, "/t/queue/enqueue/q/second").await.text(), "status=0");
+    assert_eq!(
+        path(&server, h1, "/t/queue/register/q").await.text(),
+        "id=1"
+    );
+    assert_eq!(
+        path(&server, h1, "/t/queue/register/q").await.text(),
+        "id=1"
+    );
+    assert_eq!(
+        path(&server, h1, "/t/queue/enqueue/q/first").await.text(),
+        "status=0"
+    );
+    assert_eq!(
+        path(&server, h1, "/t/queue/enqueue/q/second").await.text(),
+        "status=0"
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let seen = path(&server, h1, "/t/queue/seen").await.text();
         if seen == "first,second" {
             break;
         }
-        assert!(Instant::now() < deadline, "proxy_on_queue_ready drained: {seen:?}");
+        assert!(
+            Instant::now() < deadline,
+            "proxy_on_queue_ready drained: {seen:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(server.log().contains("queue ready: first"));
+    assert!(server.wait_for_log("queue ready: first", Duration::from_secs(5)));
     assert_eq!(
         path(&server, h1, "/t/queue/dequeue/q").await.text(),
         "status=7",
@@ -235,13 +300,34 @@ async fn queues_notify_the_registering_vm() {
 #[tokio::test]
 async fn metrics_are_counted_and_exported_to_prometheus() {
     let upstream = echo_upstream().await;
-    let server = serve_with(Behind::Component, upstream, &["--admin-addr", "127.0.0.1:0"]);
+    let server = serve_with(
+        Behind::Component,
+        upstream,
+        &["--admin-addr", "127.0.0.1:0"],
+    );
     let h2 = Proto::H2;
-    assert_eq!(path(&server, h2, "/t/metrics/counter/hits/2").await.text(), "value=2");
-    assert_eq!(path(&server, h2, "/t/metrics/counter/hits/3").await.text(), "value=5");
-    assert_eq!(path(&server, h2, "/t/metrics/counter/hits/-1").await.text(), "status=2");
-    assert_eq!(path(&server, h2, "/t/metrics/gauge/level/7").await.text(), "value=7");
-    assert_eq!(path(&server, h2, "/t/metrics/histogram/sizes/10").await.text(), "status=0");
+    assert_eq!(
+        path(&server, h2, "/t/metrics/counter/hits/2").await.text(),
+        "value=2"
+    );
+    assert_eq!(
+        path(&server, h2, "/t/metrics/counter/hits/3").await.text(),
+        "value=5"
+    );
+    assert_eq!(
+        path(&server, h2, "/t/metrics/counter/hits/-1").await.text(),
+        "status=2"
+    );
+    assert_eq!(
+        path(&server, h2, "/t/metrics/gauge/level/7").await.text(),
+        "value=7"
+    );
+    assert_eq!(
+        path(&server, h2, "/t/metrics/histogram/sizes/10")
+            .await
+            .text(),
+        "status=0"
+    );
     let admin = server.admin_addr.clone().expect("admin listener");
     let metrics = get(&admin, Proto::H1, "/metrics").await.unwrap().text();
     for line in [
@@ -256,7 +342,11 @@ async fn metrics_are_counted_and_exported_to_prometheus() {
 async fn tick_timers_run_on_every_vm() {
     let server = serve(Behind::Component, &["--filter-config", "tick=20"]).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let ticks: u32 = path(&server, Proto::H1, "/t/ticks").await.text().parse().unwrap();
+    let ticks: u32 = path(&server, Proto::H1, "/t/ticks")
+        .await
+        .text()
+        .parse()
+        .unwrap();
     assert!(ticks >= 5, "only {ticks} ticks in 400 ms at 20 ms");
 }
 
@@ -285,7 +375,11 @@ async fn a_paused_request_resumes_from_an_http_call() {
         for proto in PROTOS {
             let ok = path(&server, proto, "/t/http_call_continue/backend/callout").await;
             assert_eq!(ok.status, StatusCode::OK, "{behind:?} {proto:?}");
-            assert_eq!(values(&ok, "x-echo-x-call-status"), ["200"], "{behind:?} {proto:?}");
+            assert_eq!(
+                values(&ok, "x-echo-x-call-status"),
+                ["200"],
+                "{behind:?} {proto:?}"
+            );
             let failed = path(&server, proto, "/t/http_call_continue/dead/x").await;
             assert_eq!(values(&failed, "x-echo-x-call-status"), ["failed"]);
         }
@@ -299,7 +393,10 @@ async fn a_request_paused_for_good_times_out() {
     let answer = path(&server, Proto::H1, "/t/pause/forever").await;
     assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
     assert!(started.elapsed() < Duration::from_secs(2));
-    assert!(server.log().contains("paused the request and did not resume it"));
+    assert!(server.wait_for_log(
+        "paused the request and did not resume it",
+        Duration::from_secs(5)
+    ));
 }
 
 #[tokio::test]
@@ -310,14 +407,18 @@ async fn bodies_are_buffered_and_rewritten_both_ways() {
             // Streamed in chunks: the filter pauses until the end, then rewrites the whole body.
             let (tx, body) = pier_testkit::channel_body();
             let req = Request::post("/t/body/request/upper").body(body).unwrap();
-            let mut client = pier_testkit::Client::connect(&server.addr, proto).await.unwrap();
+            let mut client = pier_testkit::Client::connect(&server.addr, proto)
+                .await
+                .unwrap();
             let sending = tokio::spawn(async move {
                 for chunk in ["hello ", "streamed ", "body"] {
                     tx.send(Bytes::from(chunk)).await.unwrap();
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             });
-            let answer = pier_testkit::read(client.send(req).await.unwrap()).await.unwrap();
+            let answer = pier_testkit::read(client.send(req).await.unwrap())
+                .await
+                .unwrap();
             sending.await.unwrap();
             assert_eq!(answer.text(), "HELLO STREAMED BODY", "{behind:?} {proto:?}");
 
@@ -325,9 +426,18 @@ async fn bodies_are_buffered_and_rewritten_both_ways() {
             let answer = call(&server, proto, Request::post("/t/body/request/upper"), &big).await;
             assert!(answer.body.len() == big.len() && answer.body.iter().all(|&b| b == b'A'));
 
-            let answer = call(&server, proto, Request::post("/t/body/response/prefix"), b"abc").await;
+            let answer = call(
+                &server,
+                proto,
+                Request::post("/t/body/response/prefix"),
+                b"abc",
+            )
+            .await;
             assert_eq!(answer.text(), "filtered:abc", "{behind:?} {proto:?}");
-            assert!(!answer.headers.contains_key("content-length") || answer.headers["content-length"] == "12");
+            assert!(
+                !answer.headers.contains_key("content-length")
+                    || answer.headers["content-length"] == "12"
+            );
         }
     }
 }
@@ -337,14 +447,27 @@ async fn request_trailers_reach_the_filter() {
     let server = serve(Behind::Component, &[]).await;
     let mut trailers = http::HeaderMap::new();
     trailers.insert("x-checksum", "abc".parse().unwrap());
-    let body = Full::new(Bytes::from_static(b"data"))
-        .with_trailers(std::future::ready(Some(Ok::<_, std::convert::Infallible>(trailers))));
+    let body =
+        Full::new(Bytes::from_static(b"data")).with_trailers(std::future::ready(Some(Ok::<
+            _,
+            std::convert::Infallible,
+        >(
+            trailers
+        ))));
     let req = Request::post("/t/trailers").body(body).unwrap();
-    let mut client = pier_testkit::Client::connect(&server.addr, Proto::H2).await.unwrap();
-    let answer = pier_testkit::read(client.send(req).await.unwrap()).await.unwrap();
+    let mut client = pier_testkit::Client::connect(&server.addr, Proto::H2)
+        .await
+        .unwrap();
+    let answer = pier_testkit::read(client.send(req).await.unwrap())
+        .await
+        .unwrap();
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.text(), "data");
-    assert!(server.log().contains("request trailers n=1"), "{}", server.log());
+    assert!(
+        server.wait_for_log("request trailers n=1", Duration::from_secs(5)),
+        "{}",
+        server.log()
+    );
 }
 
 #[tokio::test]
@@ -396,12 +519,16 @@ async fn traps_in_each_callback_follow_the_policy() {
             // The trapped VM is replaced after its back-off; then the filter serves again.
             tokio::time::sleep(Duration::from_millis(450)).await;
             let ok = path(&server, Proto::H1, "/ok").await;
-            assert_eq!(ok.headers["x-hostcalls"], "1", "{policy} {p}: a fresh VM serves");
+            assert_eq!(
+                ok.headers["x-hostcalls"], "1",
+                "{policy} {p}: a fresh VM serves"
+            );
             tokio::time::sleep(Duration::from_millis(450)).await;
         }
         let log = server.log();
         assert_eq!(
-            log.matches("filter failed; its VM is discarded and replaced").count(),
+            log.matches("filter failed; its VM is discarded and replaced")
+                .count(),
             cases.len(),
             "each trap is logged once:\n{log}"
         );
@@ -413,10 +540,13 @@ async fn traps_in_each_callback_follow_the_policy() {
 async fn a_trap_in_on_log_does_not_spoil_the_response() {
     let server = serve(Behind::Component, &["--filter-vms", "1"]).await;
     let answer = path(&server, Proto::H1, "/t/trap/log").await;
-    assert_eq!(answer.status, StatusCode::OK, "on_log runs after the response");
+    assert_eq!(
+        answer.status,
+        StatusCode::OK,
+        "on_log runs after the response"
+    );
     assert_eq!(answer.headers["x-hostcalls"], "1");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(server.log().contains("filter failed; its VM is discarded"));
+    assert!(server.wait_for_log("filter failed; its VM is discarded", Duration::from_secs(5)));
 }
 
 #[tokio::test]
@@ -424,8 +554,11 @@ async fn on_log_sees_the_response_code() {
     let server = serve(Behind::Component, &[]).await;
     let answer = path(&server, Proto::H1, "/t/log/on_log").await;
     assert_eq!(answer.status, StatusCode::OK);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(server.log().contains("on_log response.code=200"), "{}", server.log());
+    assert!(
+        server.wait_for_log("on_log response.code=200", Duration::from_secs(5)),
+        "{}",
+        server.log()
+    );
 }
 
 #[tokio::test]
@@ -438,10 +571,17 @@ async fn a_runaway_callback_is_interrupted() {
     let started = Instant::now();
     let answer = path(&server, Proto::H1, "/t/loop").await;
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let ok = path(&server, Proto::H1, "/ok").await;
-    assert_eq!(ok.headers["x-hostcalls"], "1", "a fresh VM after the interrupted one");
+    assert_eq!(
+        ok.headers["x-hostcalls"], "1",
+        "a fresh VM after the interrupted one"
+    );
 }
 
 #[tokio::test]
@@ -457,10 +597,13 @@ async fn a_vm_cannot_grow_past_its_memory_cap() {
 async fn filter_stdout_and_stderr_go_to_the_log() {
     let server = serve(Behind::Component, &[]).await;
     path(&server, Proto::H1, "/t/stdout/hi").await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let log = server.log();
-    assert!(log.contains("stdout says hi"), "{log}");
-    assert!(log.contains("stderr says hi"), "{log}");
+    for line in ["stdout says hi", "stderr says hi"] {
+        assert!(
+            server.wait_for_log(line, Duration::from_secs(5)),
+            "{}",
+            server.log()
+        );
+    }
 }
 
 #[tokio::test]
@@ -483,11 +626,18 @@ async fn a_vm_grown_to_its_memory_cap_is_replaced() {
         let now = pages(path(&server, Proto::H1, "/t/memory/grow_page").await.text());
         if now < last {
             assert_eq!(now, first, "a fresh VM starts from the module's own size");
-            assert!(server.log().contains("reached its memory cap"), "{}", server.log());
+            assert!(
+                server.wait_for_log("reached its memory cap", Duration::from_secs(5)),
+                "{}",
+                server.log()
+            );
             assert_eq!(last, 16, "replaced when it reached the cap, not before");
             return;
         }
         last = now;
     }
-    panic!("the VM was never replaced (last at {last} pages):\n{}", server.log());
+    panic!(
+        "the VM was never replaced (last at {last} pages):\n{}",
+        server.log()
+    );
 }

@@ -110,7 +110,10 @@ impl Upstream {
         Upstream::serve(listener, tls)
     }
 
-    fn serve(listener: tokio::net::TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
+    fn serve(
+        listener: tokio::net::TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Upstream {
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
         let h2_requests = Arc::new(AtomicUsize::new(0));

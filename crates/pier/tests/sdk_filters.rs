@@ -35,7 +35,10 @@ async fn check(sdk: &str) {
         let plain = get(&server.addr, proto, "/plain").await.unwrap();
         assert_eq!(plain.status, StatusCode::OK, "{sdk} {proto:?}");
         assert_eq!(plain.headers["x-echo-x-sdk"], sdk, "request header rewrite");
-        assert_eq!(plain.headers["x-sdk-response"], sdk, "response header rewrite");
+        assert_eq!(
+            plain.headers["x-sdk-response"], sdk,
+            "response header rewrite"
+        );
 
         let local = get(&server.addr, proto, "/sdk/local").await.unwrap();
         assert_eq!(local.status, StatusCode::FORBIDDEN, "{sdk} {proto:?}");
@@ -45,7 +48,11 @@ async fn check(sdk: &str) {
         let body = request(&server.addr, proto, "POST", "/sdk/body", b"original")
             .await
             .unwrap();
-        assert_eq!(body.text(), format!("{sdk}:original"), "{sdk} {proto:?}: body rewrite");
+        assert_eq!(
+            body.text(),
+            format!("{sdk}:original"),
+            "{sdk} {proto:?}: body rewrite"
+        );
 
         let callout = get(&server.addr, proto, "/sdk/callout").await.unwrap();
         assert_eq!(callout.status, StatusCode::OK, "{sdk} {proto:?}");
