@@ -45,6 +45,8 @@
  *   /t/http_call_continue/UPSTREAM/REST  adds x-call-status: S to the request and continues
  *   /t/body/request/upper                uppercases the whole request body
  *   /t/body/request/size                 logs "request body size N"
+ *   /t/body/request/call                 holds the request body until an HTTP call to backend
+ *                                        answers, then prefixes it with "<answer>|"
  *   /t/body/response/prefix              prefixes the whole response body with "filtered:"
  *   /t/trailers                          logs trailer counts, adds trailer x-filter-trailer: 1
  *   /t/memory/grow_page                  grows memory by one page: "pages=N" or "grow failed"
@@ -126,6 +128,8 @@ int32_t proxy_get_current_time_nanoseconds(uint64_t *nanos);
 HOSTCALL(proxy_set_tick_period_milliseconds)
 int32_t proxy_set_tick_period_milliseconds(uint32_t millis);
 
+HOSTCALL(proxy_get_buffer_status)
+int32_t proxy_get_buffer_status(int32_t buffer, uint32_t *size, uint32_t *flags);
 HOSTCALL(proxy_get_buffer_bytes)
 int32_t proxy_get_buffer_bytes(int32_t buffer, size_t start, size_t max_size, char **data,
                                size_t *size);
@@ -600,6 +604,7 @@ enum call_kind {
     CALL_RESPOND,  /* /t/http_call: answer the stream with the call's status and body */
     CALL_CONTINUE, /* /t/http_call_continue: tag the request and let it go on */
     CALL_TRAP,     /* /t/trap/http_call_response */
+    CALL_BODY,     /* /t/body/request/call: prefix the paused request body, let it go on */
 };
 
 #define MAX_CALLS 64
@@ -1161,6 +1166,10 @@ uint32_t proxy_on_request_body(uint32_t ctx, uint32_t body_size, uint32_t end_of
     if (str_eq(cmd, "/t/body/request/upper")) {
         if (!end_of_stream) return PAUSE; /* let the host buffer until the whole body is in */
         rewrite_body(BUFFER_REQUEST_BODY, body_size, "", true);
+    } else if (str_eq(cmd, "/t/body/request/call")) {
+        /* The whole body, then an HTTP call; the body waits (paused at its end) for the answer. */
+        if (!end_of_stream) return PAUSE;
+        return start_call(ctx, S("backend"), S("callout"), CALL_BODY);
     } else if (str_eq(cmd, "/t/body/request/size") && end_of_stream) {
         say(LOG_INFO, "request body size %u", body_size);
     }
@@ -1198,7 +1207,9 @@ CALLBACK(proxy_on_response_body)
 uint32_t proxy_on_response_body(uint32_t ctx, uint32_t body_size, uint32_t end_of_stream) {
     str cmd = command(ctx);
     if (str_eq(cmd, "/t/trap/response_body")) __builtin_trap();
-    if (str_eq(cmd, "/t/body/response/prefix")) {
+    /* .../prefix_keep_length leaves content-length alone: pier must drop it. */
+    str rest;
+    if (starts_with(cmd, "/t/body/response/prefix", &rest)) {
         if (!end_of_stream) return PAUSE; /* buffer until the whole body is in */
         rewrite_body(BUFFER_RESPONSE_BODY, body_size, "filtered:", false);
     }
@@ -1262,6 +1273,20 @@ void proxy_on_http_call_response(uint32_t root, uint32_t call_id, uint32_t num_h
         respond(200, buf_view(&text));
         buf_free(&text);
         bytes_free(&body);
+    } else if (call.kind == CALL_BODY) {
+        /* The paused request body becomes "<call body>|<body>", then goes on. */
+        bytes answer = {0};
+        if (!failed && body_size) get_buffer(BUFFER_CALL_RESPONSE_BODY, body_size, &answer);
+        char prefix[256];
+        snprintf(prefix, sizeof prefix, "%.*s|", (int)view(answer).len,
+                 view(answer).ptr ? view(answer).ptr : "");
+        bytes_free(&answer);
+        uint32_t size = 0, flags = 0;
+        status = proxy_get_buffer_status(BUFFER_REQUEST_BODY, &size, &flags);
+        if (status != OK) say(LOG_ERROR, "get_buffer_status: status %d", status);
+        rewrite_body(BUFFER_REQUEST_BODY, size, prefix, false);
+        status = proxy_continue_stream(STREAM_REQUEST);
+        if (status != OK) say(LOG_ERROR, "continue_stream: status %d", status);
     } else { /* CALL_CONTINUE */
         buf value = {0};
         if (failed)

@@ -1,6 +1,7 @@
 ;; world: http
 ;; Streams the request body back as the response body, and copies every request header NAME into
-;; the response as x-echo-NAME (repeated headers stay repeated).
+;; the response as x-echo-NAME (repeated headers stay repeated). The body ends with the trailer
+;; x-echo-trailer: done.
 (module
   (import "wasi:http/types@0.2.12" "[constructor]fields" (func $fields.new (result i32)))
   (import "wasi:http/types@0.2.12" "[method]fields.append" (func $fields.append (param i32 i32 i32 i32 i32 i32)))
@@ -31,6 +32,8 @@
     (call $alloc (local.get 2) (local.get 3)))
 
   (data (i32.const 16) "x-echo-")
+  (data (i32.const 32) "x-echo-trailer") ;; 14
+  (data (i32.const 48) "done")           ;; 4
   (global $ret i32 (i32.const 1024))
 
   (func (export "wasi:http/incoming-handler@0.2.12#handle") (param $request i32) (param $outparam i32)
@@ -73,5 +76,8 @@
         (br $copy)))
     (call $input.drop (local.get $in))
     (call $output.drop (local.get $out))
-    (call $body.finish (local.get $body) (i32.const 0) (i32.const 0) (global.get $ret)))
+    (local.set $headers (call $fields.new))
+    (call $fields.append (local.get $headers) (i32.const 32) (i32.const 14) (i32.const 48) (i32.const 4)
+          (global.get $ret))
+    (call $body.finish (local.get $body) (i32.const 1) (local.get $headers) (global.get $ret)))
 )

@@ -2,6 +2,7 @@
 //! response phases in reverse. Header phases run (and may pause) here; bodies and trailers run
 //! through `FilteredBody` as they stream, only for filters that have body callbacks.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,10 +81,16 @@ impl FilterChain {
         (streams, None)
     }
 
-    /// Passes the request body through the filters that look at request bodies.
-    pub fn request_body(streams: &Streams, mut body: RequestBody) -> RequestBody {
+    /// Passes the request body through the filters that look at request bodies. Such a filter
+    /// may change the body's length, so `content-length` is dropped from `headers` then.
+    pub fn request_body(
+        streams: &Streams,
+        headers: &mut HeaderMap,
+        mut body: RequestBody,
+    ) -> RequestBody {
         use http_body_util::BodyExt;
         for stream in streams.iter().filter(|s| s.filters_request_body()) {
+            headers.remove(http::header::CONTENT_LENGTH);
             body = FilteredBody::new(body, stream.clone(), Direction::Request)
                 .map_err(|e| wasmtime_wasi_http::Error::InternalError(Some(e.to_string())))
                 .boxed_unsync();
@@ -117,6 +124,8 @@ impl FilterChain {
                 Outcome::Close => return reset_response(),
             }
             if stream.filters_response_body() {
+                // The filter may change the body's length.
+                pairs.retain(|(name, _)| name != b"content-length");
                 body = ResponseBody::Filtered(Box::new(FilteredBody::new(
                     body,
                     stream.clone(),
@@ -151,7 +160,20 @@ pub struct FilteredBody<B> {
     held: Vec<u8>,
     /// Trailers to send once the held data is out.
     trailers: Option<HeaderMap>,
+    /// The filter paused the end of the body: its resumption.
+    waiting: Option<Resumption>,
     done: bool,
+}
+
+/// A paused body's resumption: the body to pass on, or `None` to abort it.
+type Resumption = Pin<Box<dyn Future<Output = Option<Vec<u8>>> + Send>>;
+
+/// What feeding data to a body filter gives.
+enum Fed {
+    /// Data to pass on, if any.
+    Pass(Option<Bytes>),
+    /// The filter paused the end of the body: wait for it.
+    Wait,
 }
 
 impl<B> FilteredBody<B> {
@@ -162,6 +184,7 @@ impl<B> FilteredBody<B> {
             direction,
             held: Vec::new(),
             trailers: None,
+            waiting: None,
             done: false,
         }
     }
@@ -170,8 +193,8 @@ impl<B> FilteredBody<B> {
         format!("filter {} stopped the body", self.stream.filter_name()).into()
     }
 
-    /// Hands the held data (plus `data`) to the filter; `Some` is a frame to pass on.
-    fn feed(&mut self, data: Option<Bytes>, end: bool) -> Result<Option<Bytes>, BodyError> {
+    /// Hands the held data (plus `data`) to the filter.
+    fn feed(&mut self, data: Option<Bytes>, end: bool) -> Result<Fed, BodyError> {
         if let Some(data) = data {
             if self.held.is_empty() {
                 self.held = Vec::from(data);
@@ -189,9 +212,15 @@ impl<B> FilteredBody<B> {
         }
         match self.stream.on_body(self.direction, &mut self.held, end) {
             BodyStep::Abort => Err(self.aborted()),
-            BodyStep::Buffer => Ok(None),
-            BodyStep::Continue if self.held.is_empty() => Ok(None),
-            BodyStep::Continue => Ok(Some(Bytes::from(std::mem::take(&mut self.held)))),
+            BodyStep::Buffer => Ok(Fed::Pass(None)),
+            BodyStep::Wait => {
+                let held = std::mem::take(&mut self.held);
+                let stream = self.stream.clone();
+                self.waiting = Some(Box::pin(stream.resume_body(self.direction, held)));
+                Ok(Fed::Wait)
+            }
+            BodyStep::Continue if self.held.is_empty() => Ok(Fed::Pass(None)),
+            BodyStep::Continue => Ok(Fed::Pass(Some(Bytes::from(std::mem::take(&mut self.held))))),
         }
     }
 }
@@ -210,6 +239,17 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         loop {
+            if let Some(waiting) = this.waiting.as_mut() {
+                let resumed = ready!(waiting.as_mut().poll(cx));
+                this.waiting = None;
+                match resumed {
+                    Some(data) if !data.is_empty() => {
+                        return Poll::Ready(Some(Ok(Frame::data(Bytes::from(data)))));
+                    }
+                    Some(_) => continue,
+                    None => return Poll::Ready(Some(Err(this.aborted()))),
+                }
+            }
             if this.done {
                 return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))));
             }
@@ -220,16 +260,18 @@ where
                     // The end: the filter sees end_of_stream with whatever it held back.
                     this.done = true;
                     match this.feed(None, true) {
-                        Ok(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                        Ok(None) => continue,
+                        Ok(Fed::Pass(Some(data))) => {
+                            return Poll::Ready(Some(Ok(Frame::data(data))));
+                        }
+                        Ok(Fed::Pass(None) | Fed::Wait) => continue,
                         Err(e) => return Poll::Ready(Some(Err(e))),
                     }
                 }
             };
             let frame = match frame.into_data() {
                 Ok(data) => match this.feed(Some(data), false) {
-                    Ok(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                    Ok(None) => continue,
+                    Ok(Fed::Pass(Some(data))) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(Fed::Pass(None) | Fed::Wait) => continue,
                     Err(e) => return Poll::Ready(Some(Err(e))),
                 },
                 Err(frame) => frame,
@@ -241,7 +283,8 @@ where
             // callback may change them.
             this.done = true;
             let data = match this.feed(None, true) {
-                Ok(data) => data,
+                Ok(Fed::Pass(data)) => data,
+                Ok(Fed::Wait) => None,
                 Err(e) => return Poll::Ready(Some(Err(e))),
             };
             let mut pairs = trailer_pairs(&trailers);
@@ -256,7 +299,7 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done && self.trailers.is_none()
+        self.done && self.trailers.is_none() && self.waiting.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {

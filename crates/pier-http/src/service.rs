@@ -122,7 +122,7 @@ impl Pipeline {
         if let Some(local) = answered {
             return record.attach(local);
         }
-        let body = FilterChain::request_body(&record.streams, body);
+        let body = FilterChain::request_body(&record.streams, &mut parts.headers, body);
         let req = Request::from_parts(parts, body);
         let (response, outcome) = self.handle(req, activity, limit, permit).await;
         record.guest = outcome;

@@ -17,6 +17,8 @@ use crate::vm::{Home, ROOT_CONTEXT, VmState};
 
 /// The timeout of a call that asks for none (0), and the most any call may ask for.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most HTTP calls one VM may wait for at once.
+const MAX_IN_FLIGHT: u32 = 1024;
 /// The largest callout response body handed to a filter.
 pub const MAX_REPLY_BODY: usize = 16 << 20;
 
@@ -116,11 +118,18 @@ pub fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
                 let runtime =
                     tokio::runtime::Handle::try_current().map_err(|_| Status::InternalFailure)?;
                 let state = c.data_mut();
+                if state.calls_in_flight >= MAX_IN_FLIGHT {
+                    return Err(Status::InternalFailure);
+                }
+                state.calls_in_flight += 1;
                 state.next_call = state.next_call.wrapping_add(1).max(1);
                 let id = state.next_call;
                 let home = state.home.clone();
                 let name = state.plugin.name.clone();
-                write_u32(&mut c, ret, id)?;
+                if let Err(status) = write_u32(&mut c, ret, id) {
+                    c.data_mut().calls_in_flight -= 1;
+                    return Err(status);
+                }
                 let request = CalloutRequest {
                     upstream,
                     headers,
@@ -221,6 +230,7 @@ fn deliver(home: Home, id: u32, mut reply: CalloutReply) {
     };
     reply.body.truncate(MAX_REPLY_BODY);
     let _: Entered<()> = slot.enter(Some(home.generation), move |vm, _| {
+        vm.state().calls_in_flight = vm.state().calls_in_flight.saturating_sub(1);
         if !vm.has("proxy_on_http_call_response") {
             return Ok(());
         }

@@ -69,6 +69,9 @@ pub struct StreamState {
     pub response_started: bool,
     /// The direction a callback paused, until `proxy_continue_stream` resumes it.
     pub paused: Option<Direction>,
+    /// A `proxy_continue_stream` made during the callback that then returns PAUSE: the pause
+    /// is over before it starts.
+    pub continued: Option<Direction>,
     /// Set by `proxy_close_stream`: the stream is reset.
     pub closed: bool,
     /// Properties the filter set (`proxy_set_property`).
@@ -125,7 +128,11 @@ impl StreamState {
                     .iter()
                     .map(|(k, v)| (k.as_slice(), v.as_slice())),
             )),
-            b"response\0code" => self.header(&self.response_headers, b":status"),
+            // Numbers are 64-bit little-endian, as Envoy gives them.
+            b"response\0code" => self
+                .header(&self.response_headers, b":status")
+                .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u64>().ok())
+                .map(|code| code.to_le_bytes().to_vec()),
             b"response\0headers" => Some(crate::pairs::serialize(
                 self.response_headers
                     .iter()

@@ -130,9 +130,7 @@ fn link_maps(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             code((|| {
                 let (key, value) = (lower(read(&mut c, kp, kl)?), read(&mut c, vp, vl)?);
                 let pairs = c.data_mut().map_mut(MapId::from_abi(map)?)?;
-                if pairs.len() >= pairs::MAX_PAIRS {
-                    return Err(Status::BadArgument);
-                }
+                room(pairs, &key, &value)?;
                 pairs.push((key, value));
                 Ok(())
             })())
@@ -145,6 +143,7 @@ fn link_maps(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             code((|| {
                 let (key, value) = (lower(read(&mut c, kp, kl)?), read(&mut c, vp, vl)?);
                 let pairs = c.data_mut().map_mut(MapId::from_abi(map)?)?;
+                room(pairs, &key, &value)?;
                 // The first occurrence keeps its place (pseudo-headers stay first); others go.
                 match pairs.iter().position(|(k, _)| *k == key) {
                     Some(at) => {
@@ -235,14 +234,16 @@ fn link_buffers(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
          -> i32 {
             code((|| {
                 let value = read(&mut c, ptr, len)?;
+                let max = c.data().plugin.config.max_buffered;
                 let data = c.data_mut().buffer_mut(buffer)?;
-                // Replaces [start, start + size): (0, len) replaces everything, (len, 0)
-                // appends, (0, 0) prepends.
-                let start = start as u32 as usize;
-                if start > data.len() {
+                // Replaces [start, start + size): (0, len) replaces everything, (0, 0) prepends,
+                // and a start at or past the end appends (Envoy's reading, which the Go SDK
+                // relies on).
+                let start = (start as u32 as usize).min(data.len());
+                let end = start.saturating_add(size as u32 as usize).min(data.len());
+                if data.len() - (end - start) + value.len() > max {
                     return Err(Status::BadArgument);
                 }
-                let end = start.saturating_add(size as u32 as usize).min(data.len());
                 data.splice(start..end, value);
                 Ok(())
             })())
@@ -266,6 +267,8 @@ fn resume(c: &mut Caller<'_, VmState>, direction: Direction) -> Result<(), Statu
     if stream.paused == Some(direction) {
         stream.paused = None;
         stream.wake.notify_one();
+    } else {
+        stream.continued = Some(direction);
     }
     Ok(())
 }
@@ -308,10 +311,9 @@ fn link_stream(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
                         .map(|(k, v)| (lower(k), v))
                         .collect()
                 };
+                // Once the response head is out, this ends the response instead (SDKs treat a
+                // failed local response as fatal).
                 let stream = c.data_mut().stream_mut()?;
-                if stream.response_started {
-                    return Err(Status::BadArgument);
-                }
                 stream.local_response = Some(crate::LocalResponse {
                     status,
                     headers,
@@ -406,7 +408,7 @@ fn link_properties(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         |mut c: Caller<'_, VmState>, path_ptr: i32, path_len: i32, vp: i32, vl: i32| -> i32 {
             code((|| {
                 let (path, value) = (read(&mut c, path_ptr, path_len)?, read(&mut c, vp, vl)?);
-                if path.is_empty() || value.len() > 1 << 16 {
+                if path.is_empty() || path.len() > 1 << 16 || value.len() > 1 << 16 {
                     return Err(Status::BadArgument);
                 }
                 let state = c.data_mut();
@@ -422,6 +424,17 @@ fn link_properties(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             })())
         },
     )?;
+    Ok(())
+}
+
+/// Whether one more pair fits the map's caps (those the host enforces on maps it receives).
+fn room(pairs: &crate::Pairs, key: &[u8], value: &[u8]) -> Result<(), Status> {
+    let size: usize = pairs.iter().map(|(k, v)| k.len() + v.len() + 10).sum();
+    if pairs.len() >= pairs::MAX_PAIRS
+        || size + key.len() + value.len() + 10 > pairs::MAX_SERIALIZED
+    {
+        return Err(Status::BadArgument);
+    }
     Ok(())
 }
 

@@ -129,6 +129,9 @@ pub enum BodyStep {
     Continue,
     /// Keep buffering: the filter wants more of the body before it lets any through.
     Buffer,
+    /// The filter paused at the end of the body (waiting for an HTTP call, say): wait for it
+    /// with `Stream::resume_body`.
+    Wait,
     /// The filter failed, closed the stream or answered itself: end this body with an error.
     Abort,
 }
@@ -206,7 +209,14 @@ impl Filter {
         headers: &mut Pairs,
         end_of_stream: bool,
     ) -> (Outcome, Option<Arc<Stream>>) {
-        let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
+        // Round-robin over the VMs, passing over one that backs off after a failure or drains
+        // before being replaced (unless all of them do).
+        let n = self.slots.len();
+        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        let slot = (0..n)
+            .map(|i| &self.slots[(first + i) % n])
+            .find(|slot| slot.available())
+            .unwrap_or(&self.slots[first % n]);
         let wake = Arc::new(Notify::new());
         let mut state = StreamState::new(info);
         state.wake = wake.clone();
@@ -215,9 +225,7 @@ impl Filter {
             let context = vm.open_stream(state)?;
             let count = stream_of(vm, context).request_headers.len() as i32;
             let paused = vm.on_headers(Direction::Request, context, count, end_of_stream)?;
-            if paused == Some(true) {
-                stream_of(vm, context).paused = Some(Direction::Request);
-            }
+            pause(vm, context, Direction::Request, paused);
             Ok((context, generation, settle(vm, context, Direction::Request)))
         });
         let (context, generation, settled) = match entered {
@@ -241,6 +249,14 @@ fn stream_of(vm: &mut Vm, context: i32) -> &mut StreamState {
         .streams
         .get_mut(&context)
         .expect("a stream's context lives as long as its Stream")
+}
+
+/// Records a callback's PAUSE, unless the filter already continued during the callback.
+fn pause(vm: &mut Vm, context: i32, direction: Direction, paused: Option<bool>) {
+    let stream = stream_of(vm, context);
+    if paused == Some(true) && stream.continued.take() != Some(direction) {
+        stream.paused = Some(direction);
+    }
 }
 
 /// Where a header phase stands after a callback.
@@ -374,11 +390,10 @@ impl Stream {
             let stream = stream_of(vm, context);
             if stream.local_response.is_none() {
                 stream.response_headers = headers.clone();
+                stream.continued = None;
                 let count = stream.response_headers.len() as i32;
                 let paused = vm.on_headers(Direction::Response, context, count, end_of_stream)?;
-                if paused == Some(true) {
-                    stream_of(vm, context).paused = Some(Direction::Response);
-                }
+                pause(vm, context, Direction::Response, paused);
             }
             Ok(settle(vm, context, Direction::Response))
         });
@@ -407,15 +422,32 @@ impl Stream {
             let size = buffer.len() as i32;
             let paused = vm.on_body(direction, context, size, end_of_stream);
             let stream = stream_of(vm, context);
-            *data = std::mem::take(match direction {
+            let buffer = match direction {
                 Direction::Request => &mut stream.request_body,
                 Direction::Response => &mut stream.response_body,
-            });
-            let paused = paused?;
-            let answered = stream.local_response.is_some() || stream.closed;
-            Ok(if answered {
-                BodyStep::Abort
-            } else if paused == Some(true) && !end_of_stream {
+            };
+            let paused = match paused {
+                Ok(paused) => paused == Some(true),
+                Err(e) => {
+                    *data = std::mem::take(buffer);
+                    return Err(e);
+                }
+            };
+            if stream.local_response.is_some() || stream.closed {
+                return Ok(BodyStep::Abort);
+            }
+            if paused && end_of_stream {
+                // The whole body stays with the stream until the filter resumes it (it may
+                // still change it, from an HTTP call's answer say); `data` keeps a copy for
+                // failing open.
+                data.clone_from(buffer);
+                if stream.continued.take() != Some(direction) {
+                    stream.paused = Some(direction);
+                    return Ok(BodyStep::Wait);
+                }
+            }
+            *data = std::mem::take(buffer);
+            Ok(if paused && !end_of_stream {
                 BodyStep::Buffer
             } else {
                 BodyStep::Continue
@@ -424,6 +456,51 @@ impl Stream {
         match entered {
             Entered::Ran(step) => step,
             Entered::Failed | Entered::Gone => self.lost(),
+        }
+    }
+
+    /// Waits until the filter resumes a body it paused at its end (`BodyStep::Wait`), at most
+    /// the pause timeout. Gives the body to pass on (as the filter left it), or `None` when it
+    /// must be aborted. `held` is the body as it was paused, for failing open.
+    pub async fn resume_body(
+        self: Arc<Self>,
+        direction: Direction,
+        held: Vec<u8>,
+    ) -> Option<Vec<u8>> {
+        let deadline = tokio::time::Instant::now() + self.plugin().config.pause_timeout;
+        let context = self.context;
+        loop {
+            let now = self.slot.enter(Some(self.generation), |vm, _| {
+                let stream = stream_of(vm, context);
+                if stream.local_response.is_some() || stream.closed {
+                    return Ok(Some(None));
+                }
+                if stream.paused == Some(direction) {
+                    return Ok(None);
+                }
+                Ok(Some(Some(std::mem::take(match direction {
+                    Direction::Request => &mut stream.request_body,
+                    Direction::Response => &mut stream.response_body,
+                }))))
+            });
+            match now {
+                Entered::Ran(Some(body)) => return body,
+                Entered::Ran(None) => {}
+                Entered::Failed | Entered::Gone => {
+                    return (self.lost() == BodyStep::Continue).then_some(held);
+                }
+            }
+            if tokio::time::timeout_at(deadline, self.wake.notified())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    filter = &*self.plugin().name,
+                    "the filter paused a body and did not resume it within {:?}",
+                    self.plugin().config.pause_timeout
+                );
+                return None;
+            }
         }
     }
 

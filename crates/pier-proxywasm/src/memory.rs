@@ -65,9 +65,15 @@ pub fn give(
         0
     } else {
         let alloc = allocator(caller)?;
-        let addr = alloc
-            .call(&mut *caller, bytes.len() as i32)
-            .map_err(|_| Status::InternalFailure)?;
+        let addr = match alloc.call(&mut *caller, bytes.len() as i32) {
+            Ok(addr) => addr,
+            Err(trap) => {
+                // The guest trapped inside its allocator: its heap may be broken, so the
+                // callback ends as a trap (and the VM is replaced), not as a status.
+                caller.data_mut().trap = Some(trap);
+                return Err(Status::InternalFailure);
+            }
+        };
         if addr == 0 {
             return Err(Status::InternalFailure);
         }

@@ -2,7 +2,8 @@
 //! A slot whose VM traps discards it and starts a fresh one for the next request, after a
 //! back-off that doubles while start-up keeps failing (a crash loop cannot burn the CPU).
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::plugin::Plugin;
@@ -16,6 +17,16 @@ pub struct Slot {
     /// The filter.
     pub plugin: Arc<Plugin>,
     state: Mutex<SlotState>,
+    /// When the slot takes new streams again (ms on `clock()`): later while it backs off after
+    /// a failure.
+    available_at: AtomicU64,
+}
+
+/// Milliseconds since the first call: a clock slot availability can be read from without a
+/// lock.
+fn clock() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 /// A slot's VM and its history.
@@ -26,6 +37,9 @@ pub struct SlotState {
     pub generation: u64,
     retry_at: Option<Instant>,
     backoff: Duration,
+    /// A VM that outgrew its memory mark (with its generation): it finishes its streams while a
+    /// fresh VM takes new ones, and goes when its last stream ends.
+    retiring: Option<(u64, Vm)>,
 }
 
 /// The result of running something on a slot's VM.
@@ -48,8 +62,15 @@ impl Slot {
                 generation: 0,
                 retry_at: None,
                 backoff: MIN_BACKOFF,
+                retiring: None,
             }),
+            available_at: AtomicU64::new(0),
         })
+    }
+
+    /// Whether new streams should go to this slot.
+    pub fn available(&self) -> bool {
+        self.available_at.load(Ordering::Relaxed) <= clock()
     }
 
     /// Locks the slot (a panic elsewhere does not poison the filter).
@@ -75,7 +96,8 @@ impl Slot {
     }
 
     /// Runs `f` on the VM, starting one if the slot is empty (unless backing off). With
-    /// `pinned`, only on the VM of that generation: a stream's context lives in one VM.
+    /// `pinned`, only on the VM of that generation (the current one, or one retiring): a
+    /// stream's context lives in one VM.
     pub fn enter<T>(
         self: &Arc<Self>,
         pinned: Option<u64>,
@@ -83,10 +105,16 @@ impl Slot {
     ) -> Entered<T> {
         let mut state = self.lock();
         match pinned {
-            Some(generation) if generation != state.generation || state.vm.is_none() => {
-                return Entered::Gone;
+            Some(generation) if generation == state.generation && state.vm.is_some() => {}
+            Some(generation) => {
+                return match state.retiring.take() {
+                    Some((g, vm)) if g == generation => self.enter_retiring(&mut state, g, vm, f),
+                    other => {
+                        state.retiring = other;
+                        Entered::Gone
+                    }
+                };
             }
-            Some(_) => {}
             None if state.vm.is_none() => {
                 if state.retry_at.is_some_and(|at| Instant::now() < at) {
                     return Entered::Failed;
@@ -96,6 +124,7 @@ impl Slot {
                         state.vm = Some(vm);
                         state.generation += 1;
                         state.retry_at = None;
+                        self.available_at.store(0, Ordering::Relaxed);
                     }
                     Err(e) => {
                         state.generation += 1;
@@ -130,6 +159,33 @@ impl Slot {
         }
     }
 
+    /// Runs `f` on the retiring VM, which goes once its last stream has ended.
+    fn enter_retiring<T>(
+        &self,
+        state: &mut SlotState,
+        generation: u64,
+        mut vm: Vm,
+        f: impl FnOnce(&mut Vm, u64) -> wasmtime::Result<T>,
+    ) -> Entered<T> {
+        match f(&mut vm, generation) {
+            Ok(value) => {
+                if !vm.state().streams.is_empty() {
+                    state.retiring = Some((generation, vm));
+                }
+                Entered::Ran(value)
+            }
+            Err(e) => {
+                vm.wake_all();
+                let report = pier_engine::describe_guest_error(&e);
+                tracing::error!(
+                    filter = &*self.plugin.name,
+                    "filter failed in a retiring VM, which is discarded: {report}"
+                );
+                Entered::Failed
+            }
+        }
+    }
+
     fn failed(&self, state: &mut SlotState, what: &str, error: &wasmtime::Error) {
         let report = pier_engine::describe_guest_error(error);
         tracing::error!(
@@ -138,11 +194,16 @@ impl Slot {
             state.backoff
         );
         state.retry_at = Some(Instant::now() + state.backoff);
+        self.available_at.store(
+            clock() + state.backoff.as_millis() as u64,
+            Ordering::Relaxed,
+        );
         state.backoff = (state.backoff * 2).min(MAX_BACKOFF);
     }
 
-    /// Work after every successful entry: start the tick timer a callback asked for, and retire
-    /// a VM that reached its memory cap once no stream needs it.
+    /// Work after every successful entry: start the tick timer a callback asked for, and
+    /// retire a VM that grew past 80% of its memory cap, before a failed allocation could trap
+    /// it mid-stream: a fresh VM takes new streams while the old one finishes its own.
     fn after(self: &Arc<Self>, state: &mut SlotState) {
         let generation = state.generation;
         let Some(vm) = state.vm.as_mut() else { return };
@@ -151,13 +212,21 @@ impl Slot {
         }
         let cap = self.plugin.config.max_memory;
         let size = vm.memory_size();
-        if vm.state().streams.is_empty() && size > vm.initial_memory && size + (64 << 10) > cap {
-            tracing::info!(
-                filter = &*self.plugin.name,
-                "filter VM reached its memory cap ({cap} bytes); starting a fresh one"
-            );
-            state.vm = None;
-            state.generation += 1;
+        if size <= vm.initial_memory || size <= cap / 5 * 4 {
+            return;
+        }
+        let idle = vm.state().streams.is_empty();
+        if !idle && state.retiring.is_some() {
+            // Another VM is still retiring: this one waits for its turn.
+            return;
+        }
+        tracing::info!(
+            filter = &*self.plugin.name,
+            "filter VM grew to {size} bytes (cap {cap}); a fresh VM takes new requests"
+        );
+        let vm = state.vm.take().expect("checked above");
+        if !idle {
+            state.retiring = Some((generation, vm));
         }
     }
 }

@@ -3,7 +3,7 @@
 //! name), as in Envoy; `proxy_resolve_shared_queue` reaches another VM id's queue by name.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use wasmtime::{Caller, Linker};
 
@@ -19,6 +19,10 @@ const MAX_VALUE: usize = 1 << 20;
 const MAX_QUEUED: usize = 10_000;
 /// Most keys in shared data, over all VM ids.
 const MAX_KEYS: usize = 100_000;
+/// Largest key or queue name.
+const MAX_NAME: usize = 64 << 10;
+/// Most queues, over all VM ids.
+const MAX_QUEUES: usize = 10_000;
 
 /// Shared data: (VM id, key) to (value, CAS token).
 type Data = HashMap<(Arc<str>, Vec<u8>), (Vec<u8>, u32)>;
@@ -40,8 +44,11 @@ struct Queues {
 
 struct Queue {
     items: VecDeque<Vec<u8>>,
-    /// The VMs that registered the queue, told when an item arrives (the first still alive).
+    /// The VMs that registered the queue, one per pool slot: told when an item arrives (the
+    /// first whose VM is still the one that registered).
     owners: Vec<Home>,
+    /// A notification is on its way: more items do not need another.
+    notifying: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -56,7 +63,7 @@ impl Shared {
 
     /// Stores a value; with a non-zero `cas`, only if the key's token still equals it.
     pub fn set(&self, vm: &Arc<str>, key: Vec<u8>, value: Vec<u8>, cas: u32) -> Result<(), Status> {
-        if value.len() > MAX_VALUE {
+        if value.len() > MAX_VALUE || key.len() > MAX_NAME {
             return Err(Status::BadArgument);
         }
         let mut data = lock(&self.data);
@@ -76,46 +83,62 @@ impl Shared {
         }
     }
 
-    fn register(&self, vm: &Arc<str>, name: Vec<u8>, owner: Home) -> u32 {
+    fn register(&self, vm: &Arc<str>, name: Vec<u8>, owner: Home) -> Result<u32, Status> {
+        if name.len() > MAX_NAME {
+            return Err(Status::BadArgument);
+        }
         let mut queues = lock(&self.queues);
         let queues = &mut *queues;
-        let id = *queues.by_name.entry((vm.clone(), name)).or_insert_with(|| {
-            queues.queues.push(Queue {
-                items: VecDeque::new(),
-                owners: Vec::new(),
-            });
-            queues.queues.len() as u32
-        });
+        let key = (vm.clone(), name);
+        let id = match queues.by_name.get(&key) {
+            Some(&id) => id,
+            None if queues.queues.len() >= MAX_QUEUES => return Err(Status::InternalFailure),
+            None => {
+                queues.queues.push(Queue {
+                    items: VecDeque::new(),
+                    owners: Vec::new(),
+                    notifying: false,
+                });
+                let id = queues.queues.len() as u32;
+                queues.by_name.insert(key, id);
+                id
+            }
+        };
         let queue = &mut queues.queues[id as usize - 1];
-        queue.owners.retain(|h| h.slot.strong_count() > 0);
+        // A slot's new VM replaces its old one as an owner.
+        queue
+            .owners
+            .retain(|h| h.slot.strong_count() > 0 && !Weak::ptr_eq(&h.slot, &owner.slot));
         queue.owners.push(owner);
-        id
+        Ok(id)
     }
 
     fn resolve(&self, vm: &Arc<str>, name: Vec<u8>) -> Option<u32> {
         lock(&self.queues).by_name.get(&(vm.clone(), name)).copied()
     }
 
-    fn enqueue(&self, id: u32, value: Vec<u8>) -> Result<(), Status> {
+    fn enqueue(self: &Arc<Self>, id: u32, value: Vec<u8>) -> Result<(), Status> {
         if value.len() > MAX_VALUE {
             return Err(Status::BadArgument);
         }
-        let owner = {
+        {
             let mut queues = lock(&self.queues);
             let queue = (id as usize)
                 .checked_sub(1)
                 .and_then(|i| queues.queues.get_mut(i))
                 .ok_or(Status::NotFound)?;
             if queue.items.len() >= MAX_QUEUED {
-                return Err(Status::InternalFailure);
+                // A queue nobody drains keeps its newest items (SDKs treat a failed enqueue as
+                // fatal).
+                queue.items.pop_front();
             }
             queue.items.push_back(value);
-            queue.owners.retain(|h| h.slot.strong_count() > 0);
-            queue.owners.first().cloned()
-        };
-        if let Some(owner) = owner {
-            notify(owner, id);
+            if queue.notifying || queue.owners.is_empty() {
+                return Ok(());
+            }
+            queue.notifying = true;
         }
+        notify(self.clone(), id);
         Ok(())
     }
 
@@ -129,26 +152,38 @@ impl Shared {
     }
 }
 
-/// Tells the queue's owner an item arrived: `proxy_on_queue_ready` on its root context, from a
+/// Tells the queue's owner items arrived: `proxy_on_queue_ready` on its root context, from a
 /// task (the enqueuing callback may be running on that very VM).
-fn notify(owner: Home, id: u32) {
+fn notify(shared: Arc<Shared>, id: u32) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
     runtime.spawn(async move {
-        let Some(slot) = owner.slot.upgrade() else {
-            return;
+        let owners = {
+            let mut queues = lock(&shared.queues);
+            let queue = &mut queues.queues[id as usize - 1];
+            // Items enqueued from here on get a notification of their own.
+            queue.notifying = false;
+            queue.owners.clone()
         };
-        let _: Entered<()> = slot.enter(Some(owner.generation), |vm, _| {
-            if vm.has("proxy_on_queue_ready") {
-                vm.call::<(i32, i32), ()>(
-                    ROOT_CONTEXT,
-                    "proxy_on_queue_ready",
-                    (ROOT_CONTEXT, id as i32),
-                )?;
+        for owner in owners {
+            let Some(slot) = owner.slot.upgrade() else {
+                continue;
+            };
+            let told = slot.enter(Some(owner.generation), |vm, _| {
+                if vm.has("proxy_on_queue_ready") {
+                    vm.call::<(i32, i32), ()>(
+                        ROOT_CONTEXT,
+                        "proxy_on_queue_ready",
+                        (ROOT_CONTEXT, id as i32),
+                    )?;
+                }
+                Ok(())
+            });
+            if let Entered::Ran(()) = told {
+                return;
             }
-            Ok(())
-        });
+        }
     });
 }
 
@@ -194,7 +229,7 @@ pub fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             code((|| {
                 let name = read(&mut c, np, nl)?;
                 let (plugin, home) = (c.data().plugin.clone(), c.data().home.clone());
-                let id = plugin.shared.register(&plugin.name, name, home);
+                let id = plugin.shared.register(&plugin.name, name, home)?;
                 write_u32(&mut c, ret, id)
             })())
         },
@@ -264,18 +299,24 @@ mod tests {
 
     #[test]
     fn queues_by_name_and_id() {
-        let shared = Shared::default();
+        let shared = Arc::new(Shared::default());
         let vm: Arc<str> = "f".into();
         let home = Home {
             slot: std::sync::Weak::new(),
             generation: 1,
         };
-        let id = shared.register(&vm, b"q".to_vec(), home.clone());
+        let id = shared.register(&vm, b"q".to_vec(), home.clone()).unwrap();
         assert_eq!(
-            shared.register(&vm, b"q".to_vec(), home),
+            shared.register(&vm, b"q".to_vec(), home).unwrap(),
             id,
             "same name, same id"
         );
+        // A full queue keeps its newest items.
+        for i in 0..MAX_QUEUED + 1 {
+            shared.enqueue(id, i.to_string().into_bytes()).unwrap();
+        }
+        assert_eq!(shared.dequeue(id).unwrap(), b"1", "the oldest was dropped");
+        while shared.dequeue(id).is_ok() {}
         assert_eq!(shared.resolve(&vm, b"q".to_vec()), Some(id));
         assert_eq!(shared.resolve(&vm, b"nope".to_vec()), None);
         assert_eq!(shared.dequeue(id), Err(Status::Empty));

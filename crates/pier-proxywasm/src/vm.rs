@@ -84,6 +84,11 @@ pub struct VmState {
     pub limits: StoreLimits,
     /// Ids of the HTTP calls this VM made.
     pub next_call: u32,
+    /// HTTP calls this VM is waiting for.
+    pub calls_in_flight: u32,
+    /// A trap inside a hostcall (the guest's allocator, called back by the host): it ends the
+    /// callback as a trap once the hostcall returns.
+    pub trap: Option<wasmtime::Error>,
 }
 
 impl VmState {
@@ -306,6 +311,8 @@ impl Vm {
             root_properties: HashMap::new(),
             limits,
             next_call: 0,
+            calls_in_flight: 0,
+            trap: None,
         };
         let mut store = Store::new(&engine, state);
         store.limiter(|s| &mut s.limits);
@@ -357,11 +364,12 @@ impl Vm {
 
     /// Opens a stream context for a new request.
     pub fn open_stream(&mut self, stream: StreamState) -> wasmtime::Result<i32> {
-        let id = self.next_context;
-        self.next_context = match self.next_context.checked_add(1) {
-            Some(next) => next,
-            None => ROOT_CONTEXT + 1,
-        };
+        // Ids wrap after 2^31 streams; one still in use is passed over.
+        let mut id = self.next_context;
+        while self.store.data().streams.contains_key(&id) {
+            id = id.checked_add(1).unwrap_or(ROOT_CONTEXT + 1);
+        }
+        self.next_context = id.checked_add(1).unwrap_or(ROOT_CONTEXT + 1);
         self.state().streams.insert(id, stream);
         let create = self.callbacks.context_create.clone();
         self.enter(id, |store| create.call(store, (id, ROOT_CONTEXT)))?;
@@ -399,8 +407,12 @@ impl Vm {
         self.store.data_mut().effective = context;
         self.store.set_epoch_deadline(self.deadline_ticks);
         let result = f(&mut self.store);
-        self.store.data_mut().effective = ROOT_CONTEXT;
-        result
+        let state = self.store.data_mut();
+        state.effective = ROOT_CONTEXT;
+        match state.trap.take() {
+            Some(trap) => Err(trap),
+            None => result,
+        }
     }
 
     /// Calls the exported function `name` with `args` for `context` (the rarer callbacks:

@@ -24,12 +24,20 @@ pub fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
 fn link_module(linker: &mut Linker<VmState>, module: &str) -> wasmtime::Result<()> {
     linker.func_wrap(module, "fd_write", |mut c: Caller<'_, VmState>, fd: i32, iovs: i32, count: i32, ret: i32| -> i32 {
         let result = (|| {
+            // What one call may put in the log; the rest is cut (but reported written, so the
+            // filter does not retry it).
+            const MAX_LINE: usize = 64 << 10;
             let mut text = Vec::new();
+            let mut written: u32 = 0;
             for i in 0..count {
                 let iov = read(&mut c, iovs.wrapping_add(i.wrapping_mul(8)), 8)?;
                 let ptr = i32::from_le_bytes(iov[..4].try_into().unwrap());
                 let len = i32::from_le_bytes(iov[4..].try_into().unwrap());
-                text.extend(read(&mut c, ptr, len)?);
+                written = written.saturating_add(len as u32);
+                let room = MAX_LINE.saturating_sub(text.len()).min(len as u32 as usize);
+                if room > 0 {
+                    text.extend(read(&mut c, ptr, room as i32)?);
+                }
             }
             let filter = c.data().plugin.name.clone();
             let line = String::from_utf8_lossy(&text);
@@ -39,7 +47,7 @@ fn link_module(linker: &mut Linker<VmState>, module: &str) -> wasmtime::Result<(
                 2 => tracing::error!(target: "pier::filter", filter = &*filter, stream = "stderr", "{line}"),
                 _ => return Err(EBADF),
             }
-            write_u32(&mut c, ret, text.len() as u32).map_err(|_| EFAULT)
+            write_u32(&mut c, ret, written).map_err(|_| EFAULT)
         })();
         match result {
             Ok(()) => 0,

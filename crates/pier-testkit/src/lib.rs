@@ -308,6 +308,8 @@ pub struct Answer {
     pub headers: HeaderMap,
     /// Body.
     pub body: Bytes,
+    /// Trailers, when the response had any.
+    pub trailers: Option<HeaderMap>,
 }
 
 impl Answer {
@@ -385,11 +387,13 @@ where
 /// Reads a response whole.
 pub async fn read(response: Response<Incoming>) -> Result<Answer> {
     let (parts, body) = response.into_parts();
-    let body = body.collect().await?.to_bytes();
+    let collected = body.collect().await?;
+    let trailers = collected.trailers().cloned();
     Ok(Answer {
         status: parts.status,
         headers: parts.headers,
-        body,
+        body: collected.to_bytes(),
+        trailers,
     })
 }
 

@@ -205,7 +205,7 @@ async fn failure_policy_is_per_filter() {
 }
 
 #[tokio::test]
-async fn other_vms_keep_serving_while_a_trapped_one_backs_off() {
+async fn other_vms_serve_while_a_trapped_one_backs_off() {
     let server = serve(&["--filter-vms", "2"]);
     // Requests go round-robin over the VMs: the first traps VM 0, the second runs on VM 1.
     let trapped = get(&server.addr, Proto::H1, "/t/trap").await.unwrap();
@@ -213,11 +213,11 @@ async fn other_vms_keep_serving_while_a_trapped_one_backs_off() {
     let served = get(&server.addr, Proto::H1, "/ok").await.unwrap();
     assert_eq!(served.status, StatusCode::OK, "VM 1 was not affected");
     assert_eq!(served.headers["x-echo-x-filtered"], "yes");
-    // VM 0 is backing off: its request fails closed at once instead of restarting it.
-    let started = std::time::Instant::now();
-    let backing_off = get(&server.addr, Proto::H1, "/ok").await.unwrap();
-    assert_eq!(backing_off.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(started.elapsed() < Duration::from_millis(100));
+    // VM 0 is backing off: new requests pass it over for VM 1 meanwhile.
+    for _ in 0..4 {
+        let answer = get(&server.addr, Proto::H1, "/ok").await.unwrap();
+        assert_eq!(answer.status, StatusCode::OK);
+    }
 }
 
 #[tokio::test]

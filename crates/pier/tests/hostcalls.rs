@@ -426,6 +426,31 @@ async fn bodies_are_buffered_and_rewritten_both_ways() {
             let answer = call(&server, proto, Request::post("/t/body/request/upper"), &big).await;
             assert!(answer.body.len() == big.len() && answer.body.iter().all(|&b| b == b'A'));
 
+            // Paused at its end until an HTTP call answers, then changed from the answer.
+            let answer = call(
+                &server,
+                proto,
+                Request::post("/t/body/request/call"),
+                b"payload",
+            )
+            .await;
+            assert_eq!(
+                answer.text(),
+                "callout body|payload",
+                "{behind:?} {proto:?}"
+            );
+
+            // A filter that grows the body but leaves content-length: pier drops the header
+            // (the upstream's answer has one) instead of sending a truncated body.
+            let answer = call(
+                &server,
+                proto,
+                Request::post("/t/body/response/prefix_keep_length"),
+                b"abc",
+            )
+            .await;
+            assert_eq!(answer.text(), "filtered:abc", "{behind:?} {proto:?}");
+
             let answer = call(
                 &server,
                 proto,
@@ -443,7 +468,7 @@ async fn bodies_are_buffered_and_rewritten_both_ways() {
 }
 
 #[tokio::test]
-async fn request_trailers_reach_the_filter() {
+async fn trailers_reach_the_filter_both_ways() {
     let server = serve(Behind::Component, &[]).await;
     let mut trailers = http::HeaderMap::new();
     trailers.insert("x-checksum", "abc".parse().unwrap());
@@ -463,6 +488,15 @@ async fn request_trailers_reach_the_filter() {
         .unwrap();
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.text(), "data");
+    let trailers = answer.trailers.expect("response trailers over HTTP/2");
+    assert_eq!(
+        trailers["x-echo-trailer"], "done",
+        "the component's trailer"
+    );
+    assert_eq!(
+        trailers["x-filter-trailer"], "1",
+        "proxy_on_response_trailers added one"
+    );
     assert!(
         server.wait_for_log("request trailers n=1", Duration::from_secs(5)),
         "{}",
@@ -621,17 +655,21 @@ async fn a_vm_grown_to_its_memory_cap_is_replaced() {
     };
     let first = pages(path(&server, Proto::H1, "/t/memory/grow_page").await.text());
     let mut last = first;
-    // Grow page by page: once the VM reaches 1 MiB (16 pages) it is replaced after the request.
+    // Grow page by page: once the VM is past 80% of 1 MiB (16 pages) it drains and is replaced
+    // after the request.
     for _ in 0..16 {
         let now = pages(path(&server, Proto::H1, "/t/memory/grow_page").await.text());
         if now < last {
             assert_eq!(now, first, "a fresh VM starts from the module's own size");
             assert!(
-                server.wait_for_log("reached its memory cap", Duration::from_secs(5)),
+                server.wait_for_log("a fresh VM takes new requests", Duration::from_secs(5)),
                 "{}",
                 server.log()
             );
-            assert_eq!(last, 16, "replaced when it reached the cap, not before");
+            assert!(
+                (13..16).contains(&last),
+                "replaced past 80% of the cap, before a failed allocation: {last} pages"
+            );
             return;
         }
         last = now;
