@@ -66,18 +66,22 @@ impl FilterChain {
         });
         let mut pairs = request_pairs(parts);
         let mut streams = Vec::with_capacity(self.0.len());
+        let mut changed = false;
         for filter in &self.0 {
             let (outcome, stream) = filter
                 .on_request_headers(info.clone(), &mut pairs, end_of_stream)
                 .await;
             streams.extend(stream);
             match outcome {
-                Outcome::Continue => {}
+                Outcome::Continue { changed: c } => changed |= c,
                 Outcome::Respond(local) => return (streams, Some(local_response(local))),
                 Outcome::Close => return (streams, Some(reset_response())),
             }
         }
-        apply_request(parts, pairs);
+        // Filters that only looked leave the head as it came.
+        if changed {
+            apply_request(parts, pairs);
+        }
         (streams, None)
     }
 
@@ -117,21 +121,26 @@ impl FilterChain {
                 .map(|(k, v)| (k.as_str().as_bytes().to_vec(), v.as_bytes().to_vec())),
         );
         let end_of_stream = body.is_end_stream();
+        let mut changed = false;
         for stream in streams.iter().rev() {
             match stream.on_response_headers(&mut pairs, end_of_stream).await {
-                Outcome::Continue => {}
+                Outcome::Continue { changed: c } => changed |= c,
                 Outcome::Respond(local) => return local_response(local),
                 Outcome::Close => return reset_response(),
             }
             if stream.filters_response_body() {
                 // The filter may change the body's length.
                 pairs.retain(|(name, _)| name != b"content-length");
+                changed = true;
                 body = ResponseBody::Filtered(Box::new(FilteredBody::new(
                     body,
                     stream.clone(),
                     Direction::Response,
                 )));
             }
+        }
+        if !changed {
+            return Response::from_parts(parts, body);
         }
         let mut status = parts.status;
         parts.headers = headers_from(&pairs, |name, value| {

@@ -41,9 +41,9 @@ impl Default for StreamInfo {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
     /// The request, client to handler.
-    Request,
+    Request = 0,
     /// The response, handler to client.
-    Response,
+    Response = 1,
 }
 
 /// One HTTP stream's state inside a VM.
@@ -63,6 +63,9 @@ pub struct StreamState {
     pub request_body: Vec<u8>,
     /// Buffer 1: the response body seen by the current body callback.
     pub response_body: Vec<u8>,
+    /// Whether the filter may have changed the request (0) or response (1) headers: only then
+    /// are they written back.
+    pub changed: [bool; 2],
     /// Set by `proxy_send_local_response`.
     pub local_response: Option<LocalResponse>,
     /// Once the response head has gone to the client, a local response is no longer possible.

@@ -114,8 +114,12 @@ pub struct FilterError {
 /// What the request goes on to do after a filter phase.
 #[derive(Debug)]
 pub enum Outcome {
-    /// Continue to the next filter or the handler.
-    Continue,
+    /// Continue to the next filter or the handler; `changed` when the filter may have changed
+    /// the headers (they were written back).
+    Continue {
+        /// Whether the headers were written back.
+        changed: bool,
+    },
     /// Answer with this response instead.
     Respond(LocalResponse),
     /// Reset the stream (`proxy_close_stream`).
@@ -209,8 +213,8 @@ impl Filter {
         headers: &mut Pairs,
         end_of_stream: bool,
     ) -> (Outcome, Option<Arc<Stream>>) {
-        // Round-robin over the VMs, passing over one that backs off after a failure or drains
-        // before being replaced (unless all of them do).
+        // Round-robin over the VMs, passing over one that backs off after a failure (unless
+        // all of them do).
         let n = self.slots.len();
         let first = self.next.fetch_add(1, Ordering::Relaxed);
         let slot = (0..n)
@@ -261,8 +265,8 @@ fn pause(vm: &mut Vm, context: i32, direction: Direction, paused: Option<bool>) 
 
 /// Where a header phase stands after a callback.
 enum Settled {
-    /// Go on with these headers.
-    Continue(Pairs),
+    /// Go on, with the headers if the filter may have changed them.
+    Continue(Option<Pairs>),
     Respond(LocalResponse),
     Close,
     /// Paused: wait for the filter.
@@ -286,20 +290,21 @@ fn settle(vm: &mut Vm, context: i32, direction: Direction) -> Settled {
     if stream.paused == Some(direction) {
         return Settled::Waiting;
     }
-    Settled::Continue(match direction {
+    if direction == Direction::Response {
+        stream.response_started = true;
+    }
+    let changed = std::mem::take(&mut stream.changed[direction as usize]);
+    Settled::Continue(changed.then(|| match direction {
         Direction::Request => stream.request_headers.clone(),
-        Direction::Response => {
-            stream.response_started = true;
-            stream.response_headers.clone()
-        }
-    })
+        Direction::Response => stream.response_headers.clone(),
+    }))
 }
 
 impl Plugin {
     /// The outcome of a failed filter under its policy.
     fn failed(&self) -> Outcome {
         match self.config.failure {
-            FailurePolicy::FailOpen => Outcome::Continue,
+            FailurePolicy::FailOpen => Outcome::Continue { changed: false },
             FailurePolicy::FailClosed => Outcome::Respond(LocalResponse {
                 status: 503,
                 headers: vec![
@@ -341,8 +346,11 @@ impl Stream {
         loop {
             match settled {
                 Settled::Continue(changed) => {
-                    *headers = changed;
-                    return Outcome::Continue;
+                    let written = changed.is_some();
+                    if let Some(changed) = changed {
+                        *headers = changed;
+                    }
+                    return Outcome::Continue { changed: written };
                 }
                 Settled::Respond(local) => return Outcome::Respond(local),
                 Settled::Close => return Outcome::Close,

@@ -131,9 +131,15 @@ impl VmState {
     pub fn map_mut(&mut self, id: MapId) -> Result<&mut crate::Pairs, Status> {
         let stream = self.stream_mut()?;
         match id {
-            MapId::RequestHeaders => Ok(&mut stream.request_headers),
+            MapId::RequestHeaders => {
+                stream.changed[0] = true;
+                Ok(&mut stream.request_headers)
+            }
             MapId::RequestTrailers => Ok(&mut stream.request_trailers),
-            MapId::ResponseHeaders => Ok(&mut stream.response_headers),
+            MapId::ResponseHeaders => {
+                stream.changed[1] = true;
+                Ok(&mut stream.response_headers)
+            }
             MapId::ResponseTrailers => Ok(&mut stream.response_trailers),
             MapId::CalloutHeaders | MapId::CalloutTrailers => Err(Status::BadArgument),
         }

@@ -679,3 +679,30 @@ async fn a_vm_grown_to_its_memory_cap_is_replaced() {
         server.log()
     );
 }
+
+#[tokio::test]
+async fn queue_notifications_reach_a_replacement_vm() {
+    let server = serve(Behind::Component, &["--filter-vms", "1"]).await;
+    let h1 = Proto::H1;
+    assert_eq!(
+        path(&server, h1, "/t/queue/register/q").await.text(),
+        "id=1"
+    );
+    // The VM that registered the queue traps and is replaced; the new one registers again.
+    let trapped = path(&server, h1, "/t/trap/request_headers").await;
+    assert_eq!(trapped.status, StatusCode::SERVICE_UNAVAILABLE);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(
+        path(&server, h1, "/t/queue/register/q").await.text(),
+        "id=1"
+    );
+    assert_eq!(
+        path(&server, h1, "/t/queue/enqueue/q/after").await.text(),
+        "status=0"
+    );
+    assert!(
+        server.wait_for_log("queue ready: after", Duration::from_secs(5)),
+        "the new VM was told: {}",
+        server.log()
+    );
+}
