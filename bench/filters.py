@@ -23,7 +23,7 @@ import sys
 import time
 
 import run
-from run import ROOT, WORK, free_port, peak_rss_mb, sh, wait_http, wrk
+from run import ROOT, WORK, free_port, sh, wait_http
 
 NOOP = ROOT / "guests" / "proxywasm" / "noop.wat"
 HEADERS = ROOT / "guests" / "proxywasm" / "headers.wat"
@@ -53,19 +53,7 @@ def start(variant, port, upstream):
 
 def measure(variant, conc, duration, upstream):
     port = free_port()
-    proc = start(variant, port, upstream)
-    try:
-        wait_http(port, b"hello", "GET", 0)
-        wrk(port, conc, 1, "GET", 0, {})
-        result = wrk(port, conc, duration, "GET", 0, {})
-        result["peak_rss_mb"] = round(peak_rss_mb(proc.pid), 1)
-        return result
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    return run.measure(start(variant, port, upstream), port, conc, duration, "GET", 0, b"hello", {})
 
 
 def main():

@@ -199,11 +199,15 @@ def run_one(server, name, conc, args, guests, cli):
     _, method, body, expect = SCENARIOS[name]
     port = free_port()
     proc = start(server, guests, name, cli, port)
+    return measure(proc, port, conc, args.duration, method, body, expect, extra_headers(name))
+
+
+def measure(proc, port, conc, duration, method, body, expect, headers):
+    """Waits for the server `proc` on `port`, warms it up, measures it with wrk, stops it."""
     try:
-        headers = extra_headers(name)
         wait_http(port, expect, method, body, headers=headers)
         wrk(port, conc, 1, method, body, headers)  # warm-up
-        result = wrk(port, conc, args.duration, method, body, headers)
+        result = wrk(port, conc, duration, method, body, headers)
         result["peak_rss_mb"] = round(peak_rss_mb(proc.pid), 1)
         return result
     finally:

@@ -54,14 +54,7 @@ impl FilterChain {
             } else {
                 "HTTP/1.1"
             },
-            id: parts
-                .headers
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok())
-                .map_or_else(
-                    || format!("{:016x}", REQUEST_IDS.fetch_add(1, Ordering::Relaxed)),
-                    str::to_string,
-                ),
+            serial: REQUEST_IDS.fetch_add(1, Ordering::Relaxed),
             started: std::time::SystemTime::now(),
         });
         let mut pairs = request_pairs(parts);

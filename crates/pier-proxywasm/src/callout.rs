@@ -78,7 +78,7 @@ fn map(c: &mut Caller<'_, VmState>, ptr: i32, len: i32) -> Result<Pairs, Status>
     pairs::deserialize(&bytes).ok_or(Status::ParseFailure)
 }
 
-/// Adds `proxy_http_call`, `proxy_get_status` and the gRPC calls.
+/// Adds `proxy_http_call` and `proxy_get_status` (gRPC calls are in `hostcalls::unimplemented`).
 pub fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
@@ -175,51 +175,6 @@ pub fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             })())
         },
     )?;
-    linker.func_wrap(
-        "env",
-        "proxy_grpc_call",
-        |_: Caller<'_, VmState>,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32|
-         -> i32 { Status::Unimplemented.into() },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_grpc_stream",
-        |_: Caller<'_, VmState>,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32|
-         -> i32 { Status::Unimplemented.into() },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_grpc_send",
-        |_: Caller<'_, VmState>, _: i32, _: i32, _: i32, _: i32| -> i32 {
-            Status::Unimplemented.into()
-        },
-    )?;
-    for name in ["proxy_grpc_cancel", "proxy_grpc_close"] {
-        linker.func_wrap("env", name, |_: Caller<'_, VmState>, _: i32| -> i32 {
-            Status::Unimplemented.into()
-        })?;
-    }
     Ok(())
 }
 

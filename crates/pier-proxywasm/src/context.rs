@@ -19,8 +19,8 @@ pub struct StreamInfo {
     pub local: Option<SocketAddr>,
     /// `HTTP/1.1` or `HTTP/2`.
     pub protocol: &'static str,
-    /// A unique id for the request.
-    pub id: String,
+    /// Counts requests: `request.id` when the client sent no `x-request-id`.
+    pub serial: u64,
     /// When the request arrived.
     pub started: SystemTime,
 }
@@ -31,7 +31,7 @@ impl Default for StreamInfo {
             peer: None,
             local: None,
             protocol: "HTTP/1.1",
-            id: String::new(),
+            serial: 0,
             started: SystemTime::now(),
         }
     }
@@ -118,7 +118,9 @@ impl StreamState {
             b"request\0host" => self.header(&self.request_headers, b":authority"),
             b"request\0scheme" => self.header(&self.request_headers, b":scheme"),
             b"request\0protocol" => text(info.protocol.to_string()),
-            b"request\0id" => text(info.id.clone()),
+            b"request\0id" => self
+                .header(&self.request_headers, b"x-request-id")
+                .or_else(|| text(format!("{:016x}", info.serial))),
             b"request\0time" => {
                 let nanos = info
                     .started

@@ -2,7 +2,7 @@
 //! properties and the stream itself (local responses, continue, close, effective context).
 //! Shared data and queues, metrics, callouts and timers have their own files.
 
-use wasmtime::{Caller, Linker};
+use wasmtime::{Caller, FuncType, Linker, Val, ValType};
 
 use crate::context::Direction;
 use crate::memory::{give, read, write, write_u32};
@@ -17,6 +17,30 @@ pub fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     link_buffers(linker)?;
     link_stream(linker)?;
     link_properties(linker)?;
+    unimplemented(linker)?;
+    Ok(())
+}
+
+/// Hostcalls in the ABI that pier answers UNIMPLEMENTED (SDKs handle that status): gRPC, which
+/// no one has asked for yet, and foreign functions, of which pier offers none. By name and
+/// number of i32 parameters.
+const UNIMPLEMENTED: [(&str, usize); 6] = [
+    ("proxy_grpc_call", 12),
+    ("proxy_grpc_stream", 9),
+    ("proxy_grpc_send", 4),
+    ("proxy_grpc_cancel", 1),
+    ("proxy_grpc_close", 1),
+    ("proxy_call_foreign_function", 6),
+];
+
+fn unimplemented(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
+    for (name, params) in UNIMPLEMENTED {
+        let ty = FuncType::new(linker.engine(), vec![ValType::I32; params], [ValType::I32]);
+        linker.func_new("env", name, ty, |_, _, results| {
+            results[0] = Val::I32(Status::Unimplemented.into());
+            Ok(())
+        })?;
+    }
     Ok(())
 }
 
@@ -375,13 +399,6 @@ fn link_stream(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap("env", "proxy_done", |_: Caller<'_, VmState>| -> i32 {
         Status::Ok.into()
     })?;
-    linker.func_wrap(
-        "env",
-        "proxy_call_foreign_function",
-        |_: Caller<'_, VmState>, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32| -> i32 {
-            Status::Unimplemented.into()
-        },
-    )?;
     Ok(())
 }
 

@@ -70,7 +70,9 @@ impl Slot {
 
     /// Whether new streams should go to this slot.
     pub fn available(&self) -> bool {
-        self.available_at.load(Ordering::Relaxed) <= clock()
+        // 0, the usual case, needs no clock read.
+        let at = self.available_at.load(Ordering::Relaxed);
+        at == 0 || at <= clock()
     }
 
     /// Locks the slot (a panic elsewhere does not poison the filter).

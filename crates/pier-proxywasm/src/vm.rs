@@ -6,7 +6,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use wasmtime::{
-    AsContextMut, Extern, Func, Instance, Linker, Store, StoreLimits, StoreLimitsBuilder,
+    AsContextMut, Extern, Func, Instance, Linker, Memory, Store, StoreLimits, StoreLimitsBuilder,
     TypedFunc, WasmParams, WasmResults,
 };
 
@@ -277,6 +277,8 @@ pub struct Vm {
     store: Store<VmState>,
     instance: Instance,
     callbacks: Callbacks,
+    /// The exported memory, if any (read after every entry, for the memory cap).
+    memory: Option<Memory>,
     next_context: i32,
     /// The epoch deadline of one callback, in ticks.
     deadline_ticks: u64,
@@ -328,10 +330,12 @@ impl Vm {
         store.set_epoch_deadline(deadline_ticks);
         let instance = linker.instantiate(&mut store, &module)?;
         let callbacks = Callbacks::new(&mut store, &instance)?;
+        let memory = instance.get_memory(&mut store, "memory");
         let mut vm = Vm {
             store,
             instance,
             callbacks,
+            memory,
             next_context: ROOT_CONTEXT + 1,
             deadline_ticks,
             initial_memory: 0,
@@ -389,10 +393,7 @@ impl Vm {
 
     /// Bytes of linear memory the VM uses.
     pub fn memory_size(&mut self) -> usize {
-        match self.instance.get_export(&mut self.store, "memory") {
-            Some(Extern::Memory(m)) => m.data_size(&self.store),
-            _ => 0,
-        }
+        self.memory.map_or(0, |m| m.data_size(&self.store))
     }
 
     /// Whether the filter exports `name`.

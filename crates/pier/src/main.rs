@@ -225,6 +225,18 @@ impl FilterArgs {
         limits: &pier_config::Limits,
         outbound: &pier_config::OutboundConfig,
     ) -> anyhow::Result<pier_http::FilterChain> {
+        // Values go to the filter in the same position: a value without its filter is a mistake.
+        for (flag, given) in [
+            ("--filter-config", self.configs.len()),
+            ("--filter-vm-config", self.vm_configs.len()),
+        ] {
+            if given > self.filters.len() {
+                anyhow::bail!(
+                    "{flag} given {given} times for {} --filter: each applies to the filter in the same position",
+                    self.filters.len()
+                );
+            }
+        }
         if self.failures.len() > 1 && self.failures.len() != self.filters.len() {
             anyhow::bail!(
                 "--filter-failure: give one policy for all filters, or one per --filter ({} given for {} filters)",

@@ -238,3 +238,23 @@ async fn a_crash_loop_backs_off_exponentially() {
     let answer = get(&server.addr, Proto::H1, "/ok").await.unwrap();
     assert_eq!(answer.status, StatusCode::OK, "a fresh VM serves again");
 }
+
+#[test]
+fn a_filter_config_without_its_filter_is_one_clear_error() {
+    let filter = guest("filter-headers");
+    let app = guest("echo");
+    pier_testkit::assert_one_line_error(
+        pier(),
+        &[
+            "serve",
+            "--filter",
+            filter.to_str().unwrap(),
+            "--filter-config",
+            "one",
+            "--filter-config",
+            "two",
+            app.to_str().unwrap(),
+        ],
+        &["pier: --filter-config given 2 times for 1 --filter"],
+    );
+}

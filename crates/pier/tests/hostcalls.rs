@@ -142,6 +142,25 @@ async fn every_hostcall_answers_exactly_in_front_of_both_handlers() {
                 "HTTP/1.1"
             };
             assert_eq!(protocol.text(), want);
+            let id = call(
+                &server,
+                proto,
+                Request::get("/t/log/property/request.id").header("x-request-id", "req-7"),
+                b"",
+            )
+            .await;
+            assert_eq!(
+                id.text(),
+                "req-7",
+                "request.id is the client's x-request-id"
+            );
+            let serial = path(&server, proto, "/t/log/property/request.id")
+                .await
+                .text();
+            assert!(
+                serial.len() == 16 && u64::from_str_radix(&serial, 16).is_ok(),
+                "or pier's own: {serial}"
+            );
             let source = path(&server, proto, "/t/log/property/source.address").await;
             assert!(source.text().starts_with("127.0.0.1:"), "{}", source.text());
         }
@@ -339,7 +358,7 @@ async fn metrics_are_counted_and_exported_to_prometheus() {
 }
 
 #[tokio::test]
-async fn tick_timers_run_on_every_vm() {
+async fn tick_timers_fire_at_their_period() {
     let server = serve(Behind::Component, &["--filter-config", "tick=20"]).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     let ticks: u32 = path(&server, Proto::H1, "/t/ticks")
