@@ -76,6 +76,13 @@ fn pooling_config(instances: u32) -> PoolingAllocationConfig {
 /// limits and of cooperative yields from long-running guests.
 pub const EPOCH_TICK: std::time::Duration = std::time::Duration::from_millis(10);
 
+/// Epoch ticks a guest may compute before it yields its worker thread to other tasks (and its
+/// deadline is checked): ~50 ms. Often enough to keep other requests moving behind a busy guest;
+/// rarely enough that a typical request runs to completion in one go. Yielding every tick sent
+/// most requests that were mid-computation to the back of the run queue, so under load dozens of
+/// half-run instances (each with its dirtied memory) were alive at once: 3-4x the peak memory.
+pub const YIELD_TICKS: u64 = 5;
+
 /// Advances an engine's epoch every [`EPOCH_TICK`] on one background thread, for every store of
 /// that engine (one ticker per server, not one timer per request). Stops when dropped.
 pub struct EpochTicker {

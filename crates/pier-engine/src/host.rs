@@ -22,6 +22,9 @@ pub struct HostState {
     table: ResourceTable,
     hooks: OutboundHooks,
     pub(crate) limits: StoreLimits,
+    /// When the guest must stop: set when a request is given to the store (`None` while the
+    /// instance waits, made ahead of its request).
+    pub(crate) deadline: Option<std::time::Instant>,
 }
 
 impl HostState {
@@ -33,6 +36,7 @@ impl HostState {
             table: ResourceTable::new(),
             hooks: OutboundHooks(Arc::new(DenyAll)),
             limits: StoreLimits::default(),
+            deadline: None,
         }
     }
 

@@ -14,7 +14,7 @@ pub use cache::{CacheOutcome, CompileCache};
 pub use engine::{EPOCH_TICK, EngineKind, EpochTicker, new_engine};
 pub use host::{DenyAll, GuestLog, HostState, Outbound};
 pub use load::{LoadError, WasmFile, WasmKind, kind_of};
-pub use proxy::{AppError, ProxyApp, StoreSettings};
+pub use proxy::{AppError, ProxyApp, Ready, StoreSettings};
 pub use report::{FailureKind, describe_guest_error};
 pub use run::{RunOutcome, TRAP_EXIT_CODE, run};
 pub use wasmtime::Engine;

@@ -1,16 +1,25 @@
 //! A `wasi:http/proxy` component, compiled, linked and pre-instantiated once, ready to give
 //! every request a fresh store.
+//!
+//! Instances can be made ahead of their requests ([`StoreSettings::prewarm`]): a background task
+//! keeps a few fresh, never-used instances ready, so a request does not wait for instantiation
+//! (hundreds of microseconds for an interpreter-based guest). A made-ahead instance is exactly what
+//! the request would have made itself, with its clock starting when the request takes it; each
+//! is used by one request only.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use pier_config::{DirGrant, Grants};
+use tokio::sync::Notify;
 use wasmtime::component::{Component, Linker, types::ComponentItem};
 use wasmtime::{Engine, Store, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx};
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 
 use crate::cache::{CacheOutcome, CompileCache};
+use crate::engine::{EPOCH_TICK, YIELD_TICKS};
 use crate::host::{DenyAll, GuestLog, HostState, Outbound};
 use crate::load::{WasmFile, WasmKind};
 
@@ -106,6 +115,8 @@ pub struct StoreSettings {
     pub max_memory: u64,
     /// Wall-clock time the guest may spend running; zero means no limit.
     pub timeout: Duration,
+    /// Instances kept made ahead of their requests; zero makes every instance on its request.
+    pub prewarm: usize,
 }
 
 impl Default for StoreSettings {
@@ -114,8 +125,24 @@ impl Default for StoreSettings {
         StoreSettings {
             max_memory: limits.max_memory,
             timeout: limits.timeout,
+            prewarm: 0,
         }
     }
+}
+
+/// A fresh store and its instance, ready for one request.
+pub struct Ready {
+    pub store: Store<HostState>,
+    pub proxy: Proxy,
+}
+
+/// The instances made ahead of their requests, and the task that makes them.
+#[derive(Default)]
+struct Warm {
+    ready: Mutex<Vec<Ready>>,
+    /// Wakes the task: an instance was taken, or the app is gone.
+    wake: Notify,
+    started: AtomicBool,
 }
 
 /// A `wasi:http/proxy` component ready to serve.
@@ -127,6 +154,7 @@ pub struct ProxyApp {
     cache: CacheOutcome,
     settings: StoreSettings,
     outbound: Arc<dyn Outbound>,
+    warm: Arc<Warm>,
 }
 
 impl ProxyApp {
@@ -185,6 +213,7 @@ impl ProxyApp {
             cache: outcome,
             settings,
             outbound: Arc::new(DenyAll),
+            warm: Arc::default(),
         })
     }
 
@@ -213,11 +242,73 @@ impl ProxyApp {
         self.settings
     }
 
+    /// An instance made ahead of time, with its deadline now started, if one is ready; taking
+    /// it has the next one made off the request path. `None`: the caller makes its own with
+    /// [`new_store`](Self::new_store) and [`pre`](Self::pre).
+    pub fn take_ready(self: &Arc<Self>) -> Option<Ready> {
+        if self.settings.prewarm == 0 {
+            return None;
+        }
+        if !self.warm.started.swap(true, Ordering::Relaxed) {
+            self.start_warming();
+        }
+        let ready = self.warm.ready.lock().unwrap().pop();
+        self.warm.wake.notify_one();
+        let mut ready = ready?;
+        self.start_deadline(&mut ready.store);
+        Some(ready)
+    }
+
+    /// Keeps `settings.prewarm` instances ready, making one whenever one is taken, until the
+    /// app is dropped. A failure to instantiate is left for the request path to report.
+    fn start_warming(self: &Arc<Self>) {
+        let app: Weak<ProxyApp> = Arc::downgrade(self);
+        let warm = self.warm.clone();
+        tokio::spawn(async move {
+            loop {
+                {
+                    let Some(app) = app.upgrade() else { return };
+                    while warm.ready.lock().unwrap().len() < app.settings.prewarm {
+                        match app.instantiate_ahead().await {
+                            Ok(ready) => warm.ready.lock().unwrap().push(ready),
+                            Err(e) => {
+                                tracing::debug!(
+                                    component = app.name(),
+                                    "cannot make an instance ahead: {e:#}"
+                                );
+                                break;
+                            }
+                        }
+                    }
+                }
+                warm.wake.notified().await;
+            }
+        });
+    }
+
+    /// A store and instance for a request to come. Instantiation (which may run the guest's
+    /// start functions) gets its own deadline; the request's starts when it is taken.
+    async fn instantiate_ahead(&self) -> wasmtime::Result<Ready> {
+        let mut store = self.new_store()?;
+        let proxy = self.pre.instantiate_async(&mut store).await?;
+        store.data_mut().deadline = None;
+        Ok(Ready { store, proxy })
+    }
+
+    /// Starts the guest's clock: `settings.timeout` from now.
+    fn start_deadline(&self, store: &mut Store<HostState>) {
+        let now = Instant::now();
+        let deadline = (!self.settings.timeout.is_zero()).then(|| now + self.settings.timeout);
+        store.data_mut().deadline = deadline;
+        store.set_epoch_deadline(ticks_to_next_check(deadline, now));
+    }
+
     /// A fresh store for one request: only the granted env and dirs, stdio to the log, memory
     /// capped, and a deadline `settings.timeout` from now.
     ///
-    /// The guest yields to the async runtime every epoch tick, so one busy guest never holds a
-    /// worker thread; past the deadline the next tick traps it with [`wasmtime::Trap::Interrupt`].
+    /// A guest that computes yields to the async runtime every [`YIELD_TICKS`], so one busy
+    /// guest never holds a worker thread for long; past the deadline the next tick traps it with
+    /// [`wasmtime::Trap::Interrupt`].
     pub fn new_store(&self) -> wasmtime::Result<Store<HostState>> {
         let mut wasi = WasiCtx::builder();
         wasi.envs(&self.env)
@@ -233,14 +324,35 @@ impl ProxyApp {
             .build();
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|state| &mut state.limits);
-        let deadline =
-            (!self.settings.timeout.is_zero()).then(|| Instant::now() + self.settings.timeout);
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| match deadline {
-            Some(deadline) if Instant::now() >= deadline => Ok(UpdateDeadline::Interrupt),
-            _ => Ok(UpdateDeadline::Yield(1)),
+        store.epoch_deadline_callback(|store| {
+            let deadline = store.data().deadline;
+            let now = Instant::now();
+            Ok(match deadline {
+                Some(deadline) if now >= deadline => UpdateDeadline::Interrupt,
+                _ => UpdateDeadline::Yield(ticks_to_next_check(deadline, now)),
+            })
         });
+        self.start_deadline(&mut store);
         Ok(store)
+    }
+}
+
+/// Ticks until a computing guest is next stopped: [`YIELD_TICKS`], or fewer when the deadline
+/// comes first, so a deadline is kept to within one tick.
+fn ticks_to_next_check(deadline: Option<Instant>, now: Instant) -> u64 {
+    let Some(left) = deadline.map(|d| d.saturating_duration_since(now)) else {
+        return YIELD_TICKS;
+    };
+    let ticks = left.as_nanos().div_ceil(EPOCH_TICK.as_nanos());
+    u64::try_from(ticks)
+        .unwrap_or(u64::MAX)
+        .clamp(1, YIELD_TICKS)
+}
+
+impl Drop for ProxyApp {
+    /// Ends the task that makes instances ahead (it holds no reference to the app).
+    fn drop(&mut self) {
+        self.warm.wake.notify_one();
     }
 }
 
@@ -263,5 +375,31 @@ pub(crate) fn check_dir(dir: &DirGrant) -> Result<(), AppError> {
             host,
             message: e.to_string(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_computing_guest_is_stopped_every_few_ticks_and_at_its_deadline() {
+        let now = Instant::now();
+        assert_eq!(ticks_to_next_check(None, now), YIELD_TICKS);
+        assert_eq!(
+            ticks_to_next_check(Some(now + Duration::from_secs(30)), now),
+            YIELD_TICKS
+        );
+        // A deadline closer than the yield interval is checked at the tick that passes it.
+        assert_eq!(ticks_to_next_check(Some(now + EPOCH_TICK * 2), now), 2);
+        assert_eq!(
+            ticks_to_next_check(Some(now + EPOCH_TICK * 2 + Duration::from_micros(1)), now),
+            3
+        );
+        assert_eq!(ticks_to_next_check(Some(now), now), 1);
+        assert_eq!(
+            ticks_to_next_check(Some(now), now + Duration::from_secs(1)),
+            1
+        );
     }
 }

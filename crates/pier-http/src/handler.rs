@@ -38,15 +38,20 @@ where
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
     let started = Instant::now();
-    let mut store = match app.new_store() {
-        Ok(store) => store,
-        Err(e) => {
-            tracing::error!(component = app.name(), "cannot prepare an instance: {e:#}");
-            return (
-                error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
-                None,
-            );
-        }
+    // An instance made ahead of time if one is ready, else one made for this request below.
+    let ready = app.take_ready();
+    let (mut store, proxy) = match ready.map(|r| (r.store, r.proxy)) {
+        Some((store, proxy)) => (store, Some(proxy)),
+        None => match app.new_store() {
+            Ok(store) => (store, None),
+            Err(e) => {
+                tracing::error!(component = app.name(), "cannot prepare an instance: {e:#}");
+                return (
+                    error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+                    None,
+                );
+            }
+        },
     };
     let method = req.method().clone();
     let uri = req.uri().clone();
@@ -82,10 +87,21 @@ where
         let outcome = outcome.clone();
         tokio::spawn(async move {
             let call = async {
-                let proxy = app.pre().instantiate_async(&mut store).await?;
-                metrics::counter!(crate::metrics::INSTANCES).increment(1);
-                metrics::histogram!(crate::metrics::INSTANTIATE_SECONDS)
-                    .record(started.elapsed().as_secs_f64());
+                let proxy = match proxy {
+                    Some(proxy) => {
+                        metrics::counter!(crate::metrics::INSTANCES, "made" => "ahead")
+                            .increment(1);
+                        proxy
+                    }
+                    None => {
+                        let proxy = app.pre().instantiate_async(&mut store).await?;
+                        metrics::counter!(crate::metrics::INSTANCES, "made" => "on_request")
+                            .increment(1);
+                        metrics::histogram!(crate::metrics::INSTANTIATE_SECONDS)
+                            .record(started.elapsed().as_secs_f64());
+                        proxy
+                    }
+                };
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, request, outparam)

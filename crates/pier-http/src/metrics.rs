@@ -21,11 +21,11 @@ pub const REQUESTS: &str = "pier_requests_total";
 pub const REQUEST_SECONDS: &str = "pier_request_duration_seconds";
 /// Time a guest spent handling one request (instantiation included).
 pub const GUEST_SECONDS: &str = "pier_guest_execution_seconds";
-/// Time to instantiate a fresh instance.
+/// Time to instantiate a fresh instance on its request (not counting those made ahead).
 pub const INSTANTIATE_SECONDS: &str = "pier_instantiation_seconds";
 /// Requests currently being answered.
 pub const IN_FLIGHT: &str = "pier_requests_in_flight";
-/// Instances created.
+/// Instances that served a request, by when they were made (`ahead`, `on_request`).
 pub const INSTANCES: &str = "pier_instances_created_total";
 /// Guest failures by kind (`trap`, `timeout`, `out_of_memory`).
 pub const GUEST_FAILURES: &str = "pier_guest_failures_total";

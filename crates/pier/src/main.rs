@@ -62,6 +62,11 @@ struct ServeArgs {
     /// Serve Prometheus metrics (/metrics) and /healthz on this address.
     #[arg(long, value_name = "HOST:PORT")]
     admin_addr: Option<SocketAddr>,
+    /// Fresh instances kept made ahead of their requests, so a request does not wait for
+    /// instantiation; each serves one request only. Off by default: on two cores it does not pay
+    /// (see bench/RESULTS.md).
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16))]
+    prewarm: u32,
     #[command(flatten)]
     limits: LimitArgs,
     #[command(flatten)]
@@ -450,9 +455,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(addr) => Some(pier_http::metrics::bind_admin(addr).await?),
         None => None,
     };
-    // One pool slot per request in a guest, plus slack for instances still being torn down.
+    // One pool slot per request in a guest, plus the instances made ahead, plus slack for
+    // instances still being torn down.
     let instances = u32::try_from(config.limits.max_concurrency)
         .unwrap_or(u32::MAX)
+        .saturating_add(args.prewarm)
         .saturating_add(16);
     let engine = pier_engine::new_engine(EngineKind::Serve { instances })?;
     let handler = match (&config.app, &args.upstream) {
@@ -461,6 +468,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let settings = StoreSettings {
                 max_memory: config.limits.max_memory,
                 timeout: config.limits.timeout,
+                prewarm: args.prewarm as usize,
             };
             let mut app = ProxyApp::load(
                 &engine,

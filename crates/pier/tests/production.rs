@@ -158,6 +158,32 @@ async fn an_infinite_loop_is_a_504_within_the_timeout() {
 }
 
 #[tokio::test]
+async fn an_instance_made_ahead_starts_its_clock_with_its_request() {
+    // The instance waiting for the next request was made long before it: the request still gets
+    // its whole --timeout, and no less or more.
+    let server = serve("faults", &["--prewarm", "1", "--timeout", "300ms"]);
+    assert_eq!(
+        get(&server.addr, Proto::H1, "/ok").await.unwrap().status,
+        StatusCode::OK
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        get(&server.addr, Proto::H1, "/ok").await.unwrap().status,
+        StatusCode::OK,
+        "an instance made 600 ms ago is not past a 300 ms timeout"
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let began = Instant::now();
+    let answer = get(&server.addr, Proto::H1, "/loop").await.unwrap();
+    let took = began.elapsed();
+    assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(400),
+        "took {took:?}"
+    );
+}
+
+#[tokio::test]
 async fn too_many_or_too_large_headers_are_431() {
     let server = serve(
         "hello",
@@ -389,7 +415,7 @@ async fn metrics_and_health_on_the_admin_listener() {
         "pier_requests_total{status=\"5xx\"} 2",
         "pier_guest_failures_total{kind=\"trap\"} 1",
         "pier_guest_failures_total{kind=\"timeout\"} 1",
-        "pier_instances_created_total 4",
+        "pier_instances_created_total{made=\"on_request\"} 4",
         "pier_requests_in_flight 0",
     ] {
         assert!(

@@ -261,8 +261,32 @@ async fn a_trap_after_the_headers_aborts_the_response() {
 #[tokio::test]
 async fn every_request_gets_a_fresh_instance() {
     // Globals, memory, tables and resource handle numbers must all be pristine for every request,
-    // sequential or concurrent, whatever the pool does to make instances cheap.
-    let server = serve("counter");
+    // sequential or concurrent, whatever the pool does to make instances cheap: instances made
+    // on their request, or made ahead of it (and then counted as such).
+    let counter = guest("counter");
+    let counter = counter.to_str().unwrap();
+    let on_request = PierServer::start(pier(), &[counter]).expect("pier starts");
+    assert_fresh_instances(&on_request).await;
+    let ahead = PierServer::start(
+        pier(),
+        &["--prewarm", "2", "--admin-addr", "127.0.0.1:0", counter],
+    )
+    .expect("pier starts");
+    assert_fresh_instances(&ahead).await;
+    let admin = ahead.admin_addr.clone().expect("admin address printed");
+    let metrics = get(&admin, Proto::H1, "/metrics").await.unwrap().text();
+    let made_ahead = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("pier_instances_created_total{made=\"ahead\"} "))
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(
+        made_ahead >= 20,
+        "sequential requests were served by instances made ahead:\n{metrics}"
+    );
+}
+
+async fn assert_fresh_instances(server: &PierServer) {
     let first = get(&server.addr, Proto::H1, "/").await.unwrap().text();
     assert!(
         first.starts_with("global=1 memory=1 table=1 handle="),
