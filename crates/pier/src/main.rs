@@ -496,6 +496,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .filters
         .load(&engine, &config.limits, &config.outbound)?;
     let server = pier_http::Server::bind(config.addr, handler, config.limits, tls, filters).await?;
+    // Loading read whole files (the component, its compiled code) into memory and freed them;
+    // hand those pages back now rather than carry them, resident, for the server's lifetime.
+    // SAFETY: mi_collect only frees memory mimalloc itself holds unused.
+    unsafe { libmimalloc_sys::mi_collect(true) };
     eprintln!("pier: serving {}", server.url());
     server.serve(shutdown_signal()).await;
     Ok(())
