@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 pub const REQUESTS: &str = "pier_requests_total";
 /// Time from request head to the end of the response body.
 pub const REQUEST_SECONDS: &str = "pier_request_duration_seconds";
-/// Time a guest spent handling one request (instantiation included).
+/// Time a guest spent handling one request (instantiation included, unless made ahead).
 pub const GUEST_SECONDS: &str = "pier_guest_execution_seconds";
 /// Time to instantiate a fresh instance on its request (not counting those made ahead).
 pub const INSTANTIATE_SECONDS: &str = "pier_instantiation_seconds";
