@@ -28,22 +28,17 @@ pub struct HostState {
 }
 
 impl HostState {
-    /// A state around a built WASI context, with no limits of its own.
-    pub fn new(wasi: WasiCtx) -> Self {
+    /// A state around a built WASI context, with no limits of its own, sending its outgoing
+    /// HTTP requests through `outbound`.
+    pub fn new(wasi: WasiCtx, outbound: Arc<dyn Outbound>) -> Self {
         HostState {
             wasi,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            hooks: OutboundHooks(Arc::new(DenyAll)),
+            hooks: OutboundHooks(outbound),
             limits: StoreLimits::default(),
             deadline: None,
         }
-    }
-
-    /// Sends this store's outgoing HTTP requests through `outbound`.
-    pub fn with_outbound(mut self, outbound: Arc<dyn Outbound>) -> Self {
-        self.hooks = OutboundHooks(outbound);
-        self
     }
 }
 

@@ -317,7 +317,7 @@ impl ProxyApp {
         for dir in &self.dirs {
             wasi.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadWrite)?;
         }
-        let mut state = HostState::new(wasi.build()).with_outbound(self.outbound.clone());
+        let mut state = HostState::new(wasi.build(), self.outbound.clone());
         state.limits = StoreLimitsBuilder::new()
             .memory_size(usize::try_from(self.settings.max_memory).unwrap_or(usize::MAX))
             .trap_on_grow_failure(true)

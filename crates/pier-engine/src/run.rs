@@ -1,6 +1,8 @@
 //! `pier run`: a `wasi:cli/command` component or a preview1 core module, with the terminal's
 //! stdio and exactly the granted env and dirs. The guest's exit code becomes pier's.
 
+use std::sync::Arc;
+
 use pier_config::RunConfig;
 use wasmtime::component::{Linker, types::ComponentItem};
 use wasmtime::{Engine, Store};
@@ -10,7 +12,7 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
 use crate::cache::CompileCache;
 use crate::engine::{EngineKind, new_engine};
-use crate::host::HostState;
+use crate::host::{DenyAll, HostState};
 use crate::load::{WasmFile, WasmKind};
 use crate::proxy::{AppError, check_dir, export_names, exports_list, link_wasi};
 
@@ -103,7 +105,7 @@ async fn run_component(
     let pre = linker
         .instantiate_pre(&component)
         .map_err(|e| AppError::link(wasm, e))?;
-    let mut store = Store::new(engine, HostState::new(wasi.build()));
+    let mut store = Store::new(engine, HostState::new(wasi.build(), Arc::new(DenyAll)));
     store.set_epoch_deadline(NO_DEADLINE);
     let command = match CommandPre::new(pre) {
         Ok(pre) => pre,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body::Body;
-use pier_engine::{FailureKind, ProxyApp};
+use pier_engine::{FailureKind, ProxyApp, Ready};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
@@ -59,9 +59,8 @@ where
 {
     let started = Instant::now();
     // An instance made ahead of time if one is ready, else one made for this request below.
-    let ready = app.take_ready();
-    let (mut store, proxy) = match ready.map(|r| (r.store, r.proxy)) {
-        Some((store, proxy)) => (store, Some(proxy)),
+    let (mut store, proxy) = match app.take_ready() {
+        Some(Ready { store, proxy }) => (store, Some(proxy)),
         None => match app.new_store() {
             Ok(store) => (store, None),
             Err(e) => {
@@ -75,7 +74,7 @@ where
     };
     let method = req.method().clone();
     let uri = req.uri().clone();
-    let (sender, receiver) = oneshot::channel();
+    let (sender, mut receiver) = oneshot::channel();
     let mut http = store.data_mut().http();
     let request = match http.new_incoming_request(Scheme::Http, req) {
         Ok(request) => request,
@@ -159,7 +158,6 @@ where
     };
 
     // Run the guest until it ends or hands over the head, whichever comes first.
-    let mut receiver = receiver;
     let first = std::future::poll_fn(|cx| {
         if let Poll::Ready(end) = guest.as_mut().poll(cx) {
             return Poll::Ready(First::Ended(end));
