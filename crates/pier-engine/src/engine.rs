@@ -29,9 +29,9 @@ pub fn new_engine(kind: EngineKind) -> wasmtime::Result<Engine> {
         .wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Enable)
         .parallel_compilation(true)
         .memory_init_cow(true)
-        // Guest time limits: one shared ticker advances the epoch (see `EpochTicker`) and each
-        // store decides what a tick means for it. Enabled for both kinds so compiled code (and
-        // so the compile cache entry) is the same for `serve`, `run` and `compile`.
+        // Guest time limits: one shared ticker advances the epoch (see `start_epoch_ticker`)
+        // and each store decides what a tick means for it. Enabled for both kinds so compiled
+        // code (and so the compile cache entry) is the same for `serve`, `run` and `compile`.
         .epoch_interruption(true);
     if let EngineKind::Serve { instances } = kind {
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(
@@ -83,36 +83,26 @@ pub const EPOCH_TICK: std::time::Duration = std::time::Duration::from_millis(10)
 /// half-run instances (each with its dirtied memory) were alive at once: 3-4x the peak memory.
 pub const YIELD_TICKS: u64 = 5;
 
-/// Advances an engine's epoch every [`EPOCH_TICK`] on one background thread, for every store of
-/// that engine (one ticker per server, not one timer per request). Stops when dropped.
-pub struct EpochTicker {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl EpochTicker {
-    /// Starts ticking `engine`'s epoch.
-    pub fn start(engine: &Engine) -> EpochTicker {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let weak = engine.weak();
-        let stopped = stop.clone();
-        std::thread::Builder::new()
-            .name("pier-epoch".into())
-            .spawn(move || {
-                while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    match weak.upgrade() {
-                        Some(engine) => engine.increment_epoch(),
-                        None => return,
-                    }
+/// Advances `engine`'s epoch every [`EPOCH_TICK`] on one background thread, for every store of
+/// that engine (one ticker per server, not one timer per request), for as long as the engine
+/// exists.
+///
+/// It outlives the server on purpose. A guest still computing when the server shuts down (past
+/// its drain timeout) must go on reaching its yield points, where the runtime drops it; were the
+/// ticker stopped first, that guest would never yield again and the process would never exit.
+/// Its store holds the engine, so the ticker stops only once the last guest is gone.
+pub fn start_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("pier-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(EPOCH_TICK);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => return,
                 }
-            })
-            .expect("cannot start the epoch ticker thread");
-        EpochTicker { stop }
-    }
-}
-
-impl Drop for EpochTicker {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
+            }
+        })
+        .expect("cannot start the epoch ticker thread");
 }

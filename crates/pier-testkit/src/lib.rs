@@ -185,11 +185,23 @@ impl PierServer {
         self.child.as_ref().unwrap().id()
     }
 
-    /// Sends SIGTERM and waits for the exit status.
+    /// Sends SIGTERM and waits (at most 30 s) for the exit status.
     pub fn terminate(mut self) -> Result<ExitStatus> {
         let mut child = self.child.take().unwrap();
         let sent = signal(child.id(), "TERM");
-        let status = child.wait()?;
+        // A pier that hangs on shutdown fails the test instead of hanging the suite.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("pier did not exit within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         sent.map(|()| status)
     }
 

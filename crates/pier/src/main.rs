@@ -12,8 +12,7 @@ use pier_config::{
     OutboundPolicy, RunConfig, ServeConfig, parse_duration, parse_size,
 };
 use pier_engine::{
-    CacheOutcome, CompileCache, EngineKind, EpochTicker, ProxyApp, RunOutcome, StoreSettings,
-    WasmFile, WasmKind,
+    CacheOutcome, CompileCache, EngineKind, ProxyApp, RunOutcome, StoreSettings, WasmFile, WasmKind,
 };
 
 /// Per-request allocations (stores, resource tables, HTTP buffers) are many and short-lived;
@@ -486,7 +485,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         (None, None) => anyhow::bail!("give a component to serve, or --upstream URL"),
     };
-    let _ticker = EpochTicker::start(&engine);
+    pier_engine::start_epoch_ticker(&engine);
     if let Some(listener) = admin {
         let handle = pier_http::metrics::install_recorder()?;
         eprintln!("pier: admin on http://{}", listener.local_addr()?);
