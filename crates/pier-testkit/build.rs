@@ -13,6 +13,10 @@ use anyhow::Context;
 /// wasmtime-wasi-http release whose WIT the guests are built against (matches the workspace pin).
 const WASI_HTTP_CRATE: &str = "48.0.8";
 
+/// Extra builds of a guest with a larger initial memory (4 pages), named `NAME-large-memory`:
+/// pier resets small and large memories differently, and the isolation probe must cover both.
+const LARGE_MEMORY: &[&str] = &["counter"];
+
 /// Extra builds of a guest against an older WASI 0.2.x, to prove version compatibility.
 const RETARGETED: &[(&str, &str)] = &[("hello", "0.2.0"), ("hello", "0.2.3")];
 
@@ -63,6 +67,17 @@ fn main() -> anyhow::Result<()> {
         let bytes = compose::component_from_wat(&wat, &wit_for(version)?, compose::world_of(&wat))
             .map_err(|e| anyhow::anyhow!("guest {name} at {version}: {e:?}"))?;
         std::fs::write(guests.join(format!("{name}-{version}.wasm")), bytes)?;
+    }
+    for name in LARGE_MEMORY {
+        let source = wat_dir.join(format!("{name}.wat"));
+        let text =
+            std::fs::read_to_string(&source).with_context(|| source.display().to_string())?;
+        let memory = "(memory (export \"memory\") 1)";
+        anyhow::ensure!(text.contains(memory), "{}: no `{memory}`", source.display());
+        let wat = text.replacen(memory, "(memory (export \"memory\") 4)", 1);
+        let bytes = compose::component_from_wat(&wat, &wit, compose::world_of(&wat))
+            .map_err(|e| anyhow::anyhow!("guest {name} with a large memory: {e:?}"))?;
+        std::fs::write(guests.join(format!("{name}-large-memory.wasm")), bytes)?;
     }
     // Proxy-Wasm filters are core modules, not components.
     let filters = root.join("guests/proxywasm");

@@ -1,10 +1,12 @@
 ;; world: http
 ;; Isolation probe. Each request increments a mutable global and a counter in linear memory,
+;; grows the memory by 4 pages and increments counters in the first and the last grown page,
 ;; marks a funcref table slot (counting how many requests found it marked), and reports the
-;; handle number it was given for the request:
-;;   "global=G memory=M table=T handle=H"
-;; A fresh instance per request answers "global=1 memory=1 table=1 handle=H" with the same H
-;; every time; any state carried over from an earlier request changes a number.
+;; memory's size in pages when the request began and the handle number it was given:
+;;   "global=G memory=M pages=P grown=A/B table=T handle=H"
+;; A fresh instance per request answers "global=1 memory=1 pages=1 grown=1/1 table=1 handle=H"
+;; with the same H every time; any state carried over from an earlier request changes a number.
+;; (The tests also build it with a larger initial memory, so it covers both memory resets.)
 (module
   (import "wasi:http/types@0.2.12" "[constructor]fields" (func $fields.new (result i32)))
   (import "wasi:http/types@0.2.12" "[constructor]outgoing-response" (func $response.new (param i32) (result i32)))
@@ -31,6 +33,9 @@
   (data (i32.const 32) " memory=")
   (data (i32.const 48) " table=")
   (data (i32.const 64) " handle=")
+  (data (i32.const 80) " pages=")
+  (data (i32.const 96) " grown=")
+  (data (i32.const 112) "/")
   (table $marks 1 funcref)
   (global $table_seen (mut i32) (i32.const 1))
   (func $mark)
@@ -55,8 +60,16 @@
 
   (func (export "wasi:http/incoming-handler@0.2.12#handle") (param $request i32) (param $outparam i32)
     (local $response i32) (local $body i32) (local $stream i32) (local $p i32)
+    (local $pages i32) (local $first i32) (local $last i32)
     (global.set $count (i32.add (global.get $count) (i32.const 1)))
     (i32.store (global.get $memory_counter) (i32.add (i32.load (global.get $memory_counter)) (i32.const 1)))
+    ;; counters in the first and the last of 4 grown pages
+    (local.set $pages (memory.size))
+    (if (i32.lt_s (memory.grow (i32.const 4)) (i32.const 0)) (then unreachable))
+    (local.set $first (i32.add (i32.mul (local.get $pages) (i32.const 65536)) (i32.const 16)))
+    (local.set $last (i32.sub (i32.mul (memory.size) (i32.const 65536)) (i32.const 16)))
+    (i32.store (local.get $first) (i32.add (i32.load (local.get $first)) (i32.const 1)))
+    (i32.store (local.get $last) (i32.add (i32.load (local.get $last)) (i32.const 1)))
     ;; table=1 when the slot is still null (fresh), 2 when an earlier request marked it.
     (if (i32.eqz (ref.is_null (table.get $marks (i32.const 0))))
       (then (global.set $table_seen (i32.const 2))))
@@ -69,6 +82,15 @@
     (memory.copy (local.get $p) (i32.const 32) (i32.const 8))
     (local.set $p (i32.add (local.get $p) (i32.const 8)))
     (local.set $p (i32.add (local.get $p) (call $itoa (i32.load (global.get $memory_counter)) (local.get $p))))
+    (memory.copy (local.get $p) (i32.const 80) (i32.const 7))
+    (local.set $p (i32.add (local.get $p) (i32.const 7)))
+    (local.set $p (i32.add (local.get $p) (call $itoa (local.get $pages) (local.get $p))))
+    (memory.copy (local.get $p) (i32.const 96) (i32.const 7))
+    (local.set $p (i32.add (local.get $p) (i32.const 7)))
+    (local.set $p (i32.add (local.get $p) (call $itoa (i32.load (local.get $first)) (local.get $p))))
+    (memory.copy (local.get $p) (i32.const 112) (i32.const 1))
+    (local.set $p (i32.add (local.get $p) (i32.const 1)))
+    (local.set $p (i32.add (local.get $p) (call $itoa (i32.load (local.get $last)) (local.get $p))))
     (memory.copy (local.get $p) (i32.const 48) (i32.const 7))
     (local.set $p (i32.add (local.get $p) (i32.const 7)))
     (local.set $p (i32.add (local.get $p) (call $itoa (global.get $table_seen) (local.get $p))))

@@ -19,7 +19,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx};
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 
 use crate::cache::{CacheOutcome, CompileCache};
-use crate::engine::{EPOCH_TICK, YIELD_TICKS};
+use crate::engine::{EPOCH_TICK, EngineKind, MemoryReset, YIELD_TICKS, new_engine};
 use crate::host::{DenyAll, GuestLog, HostState, Outbound};
 use crate::load::{WasmFile, WasmKind};
 
@@ -217,9 +217,47 @@ impl ProxyApp {
         })
     }
 
+    /// Loads `wasm` for serving, on a serving engine (a pool of `instances`) fitted to it:
+    /// memories are reset after each request the cheaper way for their size
+    /// ([`MemoryReset::for_component`]). What a component needs is known once it is compiled,
+    /// so one that fits the cheaper reset is loaded a second time, from the compile cache, on an
+    /// engine made for it.
+    pub fn load_for_serving(
+        wasm: &WasmFile,
+        grants: &Grants,
+        cache: &CompileCache,
+        settings: StoreSettings,
+        instances: u32,
+    ) -> anyhow::Result<(Engine, ProxyApp)> {
+        let load = |reset| -> anyhow::Result<(Engine, ProxyApp)> {
+            let engine = new_engine(EngineKind::Serve { instances, reset })?;
+            let app = ProxyApp::load(&engine, wasm, grants, cache, settings)?;
+            Ok((engine, app))
+        };
+        let (engine, app) = load(MemoryReset::DirtyPages)?;
+        let reset = MemoryReset::for_component(app.component());
+        let (engine, app) = if reset == MemoryReset::DirtyPages {
+            (engine, app)
+        } else {
+            drop((app, engine));
+            load(reset)?
+        };
+        tracing::info!(
+            component = app.name(),
+            "memories are reset after each request: {}",
+            reset.describe()
+        );
+        Ok((engine, app))
+    }
+
     /// The pre-instantiated component.
     pub fn pre(&self) -> &ProxyPre<HostState> {
         &self.pre
+    }
+
+    /// The compiled component.
+    pub fn component(&self) -> &Component {
+        self.pre.instance_pre().component()
     }
 
     /// The component's short name, as it appears in the log.

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http_body_util::{BodyExt, Empty};
 use pier_config::{CacheConfig, Grants};
-use pier_engine::{CompileCache, EngineKind, ProxyApp, StoreSettings, WasmFile, new_engine};
+use pier_engine::{CompileCache, ProxyApp, StoreSettings, WasmFile};
 
 fn guests() -> Vec<(&'static str, std::path::PathBuf)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -34,22 +34,21 @@ fn fresh_instance(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let engine = new_engine(EngineKind::Serve { instances: 1000 }).unwrap();
     let cache_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench/pier-cache");
     let cache = CompileCache::new(&CacheConfig::Dir(cache_dir));
     let mut group = c.benchmark_group("fresh-instance-request");
     for (name, path) in guests() {
         let wasm = WasmFile::read(&path).unwrap();
-        let app = Arc::new(
-            ProxyApp::load(
-                &engine,
-                &wasm,
-                &Grants::default(),
-                &cache,
-                StoreSettings::default(),
-            )
-            .unwrap(),
-        );
+        // The engine each guest gets from `pier serve`: its pool fitted to the component.
+        let (_engine, app) = ProxyApp::load_for_serving(
+            &wasm,
+            &Grants::default(),
+            &cache,
+            StoreSettings::default(),
+            1000,
+        )
+        .unwrap();
+        let app = Arc::new(app);
         group.bench_function(name, |b| {
             b.to_async(&rt).iter(|| {
                 let app = app.clone();

@@ -10,7 +10,11 @@ use pier_proxywasm::{Filter, FilterConfig, Pairs, StreamInfo};
 
 fn stream(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let engine = pier_engine::new_engine(pier_engine::EngineKind::Serve { instances: 16 }).unwrap();
+    let engine = pier_engine::new_engine(pier_engine::EngineKind::Serve {
+        instances: 16,
+        reset: pier_engine::MemoryReset::DirtyPages,
+    })
+    .unwrap();
     let path =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guests/proxywasm/noop.wat");
     let filter = Filter::load(

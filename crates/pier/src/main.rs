@@ -12,7 +12,8 @@ use pier_config::{
     OutboundPolicy, RunConfig, ServeConfig, parse_duration, parse_size,
 };
 use pier_engine::{
-    CacheOutcome, CompileCache, EngineKind, ProxyApp, RunOutcome, StoreSettings, WasmFile, WasmKind,
+    CacheOutcome, CompileCache, EngineKind, MemoryReset, ProxyApp, RunOutcome, StoreSettings,
+    WasmFile, WasmKind,
 };
 
 /// Per-request allocations (stores, resource tables, HTTP buffers) are many and short-lived;
@@ -460,8 +461,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .unwrap_or(u32::MAX)
         .saturating_add(args.prewarm)
         .saturating_add(16);
-    let engine = pier_engine::new_engine(EngineKind::Serve { instances })?;
-    let handler = match (&config.app, &args.upstream) {
+    let (engine, handler) = match (&config.app, &args.upstream) {
         (Some(app), _) => {
             let wasm = WasmFile::read(app)?;
             let settings = StoreSettings {
@@ -469,19 +469,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 timeout: config.limits.timeout,
                 prewarm: args.prewarm as usize,
             };
-            let mut app = ProxyApp::load(
-                &engine,
-                &wasm,
-                &config.grants,
-                &CompileCache::new(&config.cache),
-                settings,
-            )?;
+            let cache = CompileCache::new(&config.cache);
+            let (engine, mut app) =
+                ProxyApp::load_for_serving(&wasm, &config.grants, &cache, settings, instances)?;
             app.set_outbound(Arc::new(pier_http::OutboundClient::new(&config.outbound)?));
-            pier_http::Handler::Component(Arc::new(app))
+            (engine, pier_http::Handler::Component(Arc::new(app)))
         }
         (None, Some(origin)) => {
+            let reset = MemoryReset::DirtyPages;
+            let engine = pier_engine::new_engine(EngineKind::Serve { instances, reset })?;
             let upstream = pier_http::Upstream::new(origin.clone(), &config.outbound)?;
-            pier_http::Handler::Upstream(Arc::new(upstream))
+            (engine, pier_http::Handler::Upstream(Arc::new(upstream)))
         }
         (None, None) => anyhow::bail!("give a component to serve, or --upstream URL"),
     };

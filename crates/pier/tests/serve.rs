@@ -260,19 +260,35 @@ async fn a_trap_after_the_headers_aborts_the_response() {
 
 #[tokio::test]
 async fn every_request_gets_a_fresh_instance() {
-    // Globals, memory, tables and resource handle numbers must all be pristine for every request,
-    // sequential or concurrent, whatever the pool does to make instances cheap: instances made
-    // on their request, or made ahead of it (and then counted as such).
+    // Globals, memory (grown or not), tables and resource handle numbers must all be pristine for
+    // every request, sequential or concurrent, whatever the pool does to make instances cheap:
+    // small memories copied back whole or large ones reset page by page, instances made on their
+    // request or made ahead of it (and then counted as such).
     let counter = guest("counter");
     let counter = counter.to_str().unwrap();
     let on_request = PierServer::start(pier(), &[counter]).expect("pier starts");
-    assert_fresh_instances(&on_request).await;
+    assert!(
+        on_request
+            .log()
+            .contains("memories are reset after each request: whole")
+    );
+    assert_fresh_instances(&on_request, 1).await;
+
+    let large = guest("counter-large-memory");
+    let large = PierServer::start(pier(), &[large.to_str().unwrap()]).expect("pier starts");
+    assert!(
+        large
+            .log()
+            .contains("memories are reset after each request: only the pages each request wrote")
+    );
+    assert_fresh_instances(&large, 4).await;
+
     let ahead = PierServer::start(
         pier(),
         &["--prewarm", "2", "--admin-addr", "127.0.0.1:0", counter],
     )
     .expect("pier starts");
-    assert_fresh_instances(&ahead).await;
+    assert_fresh_instances(&ahead, 1).await;
     let admin = ahead.admin_addr.clone().expect("admin address printed");
     let metrics = get(&admin, Proto::H1, "/metrics").await.unwrap().text();
     let made_ahead = metrics
@@ -286,12 +302,12 @@ async fn every_request_gets_a_fresh_instance() {
     );
 }
 
-async fn assert_fresh_instances(server: &PierServer) {
+/// Checks that the isolation probe, whose memory starts at `pages` pages, answers as a fresh
+/// instance to every request.
+async fn assert_fresh_instances(server: &PierServer, pages: u32) {
     let first = get(&server.addr, Proto::H1, "/").await.unwrap().text();
-    assert!(
-        first.starts_with("global=1 memory=1 table=1 handle="),
-        "{first}"
-    );
+    let fresh = format!("global=1 memory=1 pages={pages} grown=1/1 table=1 handle=");
+    assert!(first.starts_with(&fresh), "{first}");
     for proto in PROTOS {
         for _ in 0..20 {
             let answer = get(&server.addr, proto, "/").await.unwrap();
