@@ -141,6 +141,8 @@ def start(server, guests, name, cli, port):
         env = dict(os.environ)
     else:
         cmd = [ROOT / "target" / "release" / "native-hello", addr]
+        if name == "forward":
+            cmd += ["--forward", f"127.0.0.1:{upstream_port()}"]
         env = dict(os.environ)
     return subprocess.Popen([str(c) for c in cmd], env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -245,7 +247,7 @@ def main():
     cli, guests = prepare(scenarios)
     rows = []
     for name in scenarios:
-        servers = ["pier", "wasmtime"] + (["native"] if name == "hello" else [])
+        servers = ["pier", "wasmtime"] + (["native"] if name in ("hello", "forward") else [])
         for conc in concurrency:
             samples = {s: [] for s in servers}
             for _ in range(args.rounds):
