@@ -17,7 +17,7 @@ pub use body::{BodyError, ResponseBody, error_response};
 pub use callouts::NamedUpstreams;
 pub use filters::FilterChain;
 pub use outbound::{CaError, OutboundClient};
-pub use server::{ServeError, Server};
+pub use server::{Listen, ServeError, Server, SharedPort};
 pub use service::Handler;
 pub use tls::{TlsError, acceptor as tls_acceptor};
 pub use upstream::Upstream;

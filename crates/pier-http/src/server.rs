@@ -49,22 +49,84 @@ pub enum ServeError {
 pub(crate) async fn bind(addr: SocketAddr, flag: &'static str) -> Result<TcpListener, ServeError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| match source.kind() {
-            std::io::ErrorKind::AddrInUse => ServeError::AddrInUse { addr, flag },
-            _ => ServeError::Bind { addr, flag, source },
+        .map_err(|source| bind_error(addr, flag, source))
+}
+
+/// A port that several worker processes listen on together (`SO_REUSEPORT`): the kernel spreads
+/// new connections over their listeners. The holder binds the port without listening, so it keeps
+/// the port (the one chosen for `:0`, too) while workers come and go, and takes no connection
+/// itself.
+#[derive(Debug)]
+pub struct SharedPort {
+    /// Bound, never listening: held only to keep the port.
+    _socket: tokio::net::TcpSocket,
+    addr: SocketAddr,
+}
+
+impl SharedPort {
+    /// Reserves `addr` for workers to listen on.
+    pub fn reserve(addr: SocketAddr, flag: &'static str) -> Result<SharedPort, ServeError> {
+        let socket = reuseport_socket(addr).and_then(|s| s.bind(addr).map(|()| s));
+        let socket = socket.map_err(|source| bind_error(addr, flag, source))?;
+        let addr = socket
+            .local_addr()
+            .map_err(|source| bind_error(addr, flag, source))?;
+        Ok(SharedPort {
+            _socket: socket,
+            addr,
         })
+    }
+
+    /// The address reserved (the real port when `:0` was asked for).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+fn reuseport_socket(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    Ok(socket)
+}
+
+fn bind_error(addr: SocketAddr, flag: &'static str, source: std::io::Error) -> ServeError {
+    match source.kind() {
+        std::io::ErrorKind::AddrInUse => ServeError::AddrInUse { addr, flag },
+        _ => ServeError::Bind { addr, flag, source },
+    }
+}
+
+/// Where the server listens.
+#[derive(Debug, Clone, Copy)]
+pub enum Listen {
+    /// A port of its own.
+    Addr(SocketAddr),
+    /// Its own listener on a port reserved by a [`SharedPort`] (a worker process).
+    Shared(SocketAddr),
 }
 
 impl Server {
-    /// Binds `addr` for `handler` behind `filters`, with TLS when an acceptor is given.
+    /// Listens as `listen` says for `handler` behind `filters`, with TLS when an acceptor is
+    /// given.
     pub async fn bind(
-        addr: SocketAddr,
+        listen: Listen,
         handler: crate::Handler,
         limits: Limits,
         tls: Option<TlsAcceptor>,
         filters: crate::FilterChain,
     ) -> Result<Server, ServeError> {
-        let listener = bind(addr, "--addr").await?;
+        let listener = match listen {
+            Listen::Addr(addr) => bind(addr, "--addr").await?,
+            Listen::Shared(addr) => reuseport_socket(addr)
+                .and_then(|s| s.bind(addr).map(|()| s))
+                .and_then(|s| s.listen(1024))
+                .map_err(|source| bind_error(addr, "--addr", source))?,
+        };
         let pipeline = Pipeline::new(handler, limits.clone(), filters, listener.local_addr().ok());
         Ok(Server {
             listener,

@@ -15,6 +15,9 @@ use pier_engine::{
     CacheOutcome, CompileCache, EngineKind, MemoryReset, ProxyApp, RunOutcome, StoreSettings,
     WasmFile, WasmKind,
 };
+use pier_http::Listen;
+
+mod workers;
 
 /// Per-request allocations (stores, resource tables, HTTP buffers) are many and short-lived;
 /// mimalloc serves them with less contention and fragmentation than the system allocator.
@@ -67,6 +70,17 @@ struct ServeArgs {
     /// (see bench/RESULTS.md).
     #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16))]
     prewarm: u32,
+    /// Worker processes serving together on one port (SO_REUSEPORT), each running its guests on
+    /// one thread. Guests that touch many pages (Python, JavaScript) cost about half the CPU per
+    /// request this way: in one multi-threaded process every copy-on-write fault interrupts the
+    /// other cores. One per core serves most. Limits (--max-concurrency, ...) apply per worker;
+    /// not yet with --admin-addr or --filter, whose state would be split between workers.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    workers: u32,
+    /// Run as one of the workers of `--workers`, listening on this address reserved by the
+    /// supervisor.
+    #[arg(long, value_name = "HOST:PORT", hide = true)]
+    worker_addr: Option<SocketAddr>,
     #[command(flatten)]
     limits: LimitArgs,
     #[command(flatten)]
@@ -404,7 +418,19 @@ fn main() -> ExitCode {
         _ => "info",
     };
     init_logging(default_log, cli.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = match &cli.command {
+        // A worker runs its guests on one thread (see `--workers`).
+        Command::Serve(args) if args.worker_addr.is_some() => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(1);
+            builder
+        }
+        // The supervisor only starts and watches its workers, on the main thread: a worker is
+        // told to stop when the thread that started it ends (`PR_SET_PDEATHSIG`).
+        Command::Serve(args) if args.workers > 1 => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = runtime
         .enable_all()
         .build()
         .expect("cannot start the async runtime");
@@ -417,6 +443,7 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(code) => code,
+        Err(e) if e.is::<workers::Reported>() => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("pier: {e:#}");
             ExitCode::FAILURE
@@ -439,6 +466,12 @@ fn init_logging(default: &str, format: LogFormat) {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if args.workers > 1 && args.worker_addr.is_none() {
+        return workers::supervise(&args).await;
+    }
+    if args.worker_addr.is_some() {
+        workers::stop_with_supervisor()?;
+    }
     let config = ServeConfig {
         addr: args.addr,
         app: args.app,
@@ -492,12 +525,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let filters = args
         .filters
         .load(&engine, &config.limits, &config.outbound)?;
-    let server = pier_http::Server::bind(config.addr, handler, config.limits, tls, filters).await?;
+    let listen = match args.worker_addr {
+        Some(addr) => Listen::Shared(addr),
+        None => Listen::Addr(config.addr),
+    };
+    let server = pier_http::Server::bind(listen, handler, config.limits, tls, filters).await?;
     // Loading read whole files (the component, its compiled code) into memory and freed them;
     // hand those pages back now rather than carry them, resident, for the server's lifetime.
     // SAFETY: mi_collect only frees memory mimalloc itself holds unused.
     unsafe { libmimalloc_sys::mi_collect(true) };
-    eprintln!("pier: serving {}", server.url());
+    if args.worker_addr.is_some() {
+        workers::ready()?;
+    } else {
+        eprintln!("pier: serving {}", server.url());
+    }
     server.serve(shutdown_signal()).await;
     Ok(())
 }

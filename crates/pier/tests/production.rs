@@ -514,3 +514,121 @@ async fn an_idle_connection_is_closed() {
         "the idle HTTP/2 connection should have been closed"
     );
 }
+
+/// The worker processes of a `pier serve --workers` supervisor.
+fn workers_of(supervisor: u32) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{supervisor}/task")).unwrap() {
+        let children = std::fs::read_to_string(task.unwrap().path().join("children")).unwrap();
+        pids.extend(
+            children
+                .split_whitespace()
+                .map(|p| p.parse::<u32>().unwrap()),
+        );
+    }
+    pids
+}
+
+/// Whether a process is gone (or a zombie waiting to be reaped).
+fn gone(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_or(true, |stat| stat.split_whitespace().nth(2) == Some("Z"))
+}
+
+/// Which workers answer 40 requests, each on a new connection (the env guest prints the
+/// `PIER_WORKER` it was granted).
+async fn answering_workers(addr: &str) -> std::collections::BTreeSet<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..40 {
+        let answer = get(addr, PROTOS[i % 2], "/").await.unwrap();
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+        let text = answer.text();
+        let worker = text
+            .lines()
+            .find_map(|l| l.strip_prefix("PIER_WORKER="))
+            .unwrap_or_else(|| panic!("no PIER_WORKER in {text:?}"));
+        seen.insert(worker.to_string());
+    }
+    seen
+}
+
+// Multi-threaded: the client's connections must answer the drain (HTTP/2 GOAWAY and PING)
+// while the test thread blocks waiting for pier to exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_share_one_port_and_a_dead_worker_is_replaced() {
+    let server = serve("env", &["--workers", "2", "--env", "PIER_WORKER"]);
+    let workers = workers_of(server.pid());
+    assert_eq!(workers.len(), 2, "{}", server.log());
+    // The kernel spreads connections over both workers' listeners.
+    assert_eq!(
+        answering_workers(&server.addr).await,
+        ["0", "1"].map(String::from).into()
+    );
+
+    pier_testkit::signal(workers[0], "KILL").unwrap();
+    assert!(
+        server.wait_for_log("worker exited unexpectedly", Duration::from_secs(5)),
+        "{}",
+        server.log()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while workers_of(server.pid()).len() < 2 || workers_of(server.pid()).contains(&workers[0]) {
+        assert!(
+            Instant::now() < deadline,
+            "no new worker:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Every request succeeds, and the new worker takes its share.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while answering_workers(&server.addr).await.len() < 2 {
+        assert!(Instant::now() < deadline, "the new worker never answered");
+    }
+
+    // SIGTERM to the supervisor stops every worker, gracefully.
+    let workers = workers_of(server.pid());
+    let status = server.terminate().unwrap();
+    assert!(status.success(), "{status:?}");
+    for pid in workers {
+        assert!(gone(pid), "worker {pid} outlived its supervisor");
+    }
+}
+
+#[tokio::test]
+async fn workers_stop_when_their_supervisor_is_killed() {
+    let server = serve("hello", &["--workers", "2"]);
+    let workers = workers_of(server.pid());
+    assert_eq!(workers.len(), 2);
+    pier_testkit::signal(server.pid(), "KILL").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !workers.iter().all(|&pid| gone(pid)) {
+        assert!(
+            Instant::now() < deadline,
+            "workers outlived a killed supervisor"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn workers_refuse_what_they_cannot_share_and_report_start_up_errors_once() {
+    let hello = guest("hello");
+    let hello = hello.to_str().unwrap();
+    let admin = [
+        "serve",
+        "--workers",
+        "2",
+        "--admin-addr",
+        "127.0.0.1:0",
+        hello,
+    ];
+    pier_testkit::assert_one_line_error(pier(), &admin, &["--workers 2", "--admin-addr"]);
+    let filter = ["serve", "--workers", "2", "--filter", hello, hello];
+    pier_testkit::assert_one_line_error(pier(), &filter, &["--workers 2", "--filter"]);
+    // A worker that cannot start says why; the supervisor adds nothing and exits 1.
+    let module = pier_testkit::repo_root().join("guests/prebuilt/cli.wasm");
+    let module = module.to_str().unwrap();
+    let args = ["serve", "--addr", "127.0.0.1:0", "--workers", "2", module];
+    pier_testkit::assert_one_line_error(pier(), &args, &["not a component"]);
+}

@@ -283,6 +283,10 @@ async fn every_request_gets_a_fresh_instance() {
     );
     assert_fresh_instances(&large, 4).await;
 
+    // Worker processes, each running its guests on one thread.
+    let workers = PierServer::start(pier(), &["--workers", "2", counter]).expect("pier starts");
+    assert_fresh_instances(&workers, 1).await;
+
     let ahead = PierServer::start(
         pier(),
         &["--prewarm", "2", "--admin-addr", "127.0.0.1:0", counter],

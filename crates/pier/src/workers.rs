@@ -1,0 +1,233 @@
+//! `pier serve --workers N`: a supervisor and N worker processes serving together on one port.
+//!
+//! In one multi-threaded process every page a guest touches costs every core: a copy-on-write
+//! fault, or the `madvise` that resets an instance's memory, interrupts the other threads to
+//! flush their TLBs, and a Python or JavaScript guest touches hundreds of pages per request.
+//! Workers run their guests on one thread each, so those flushes stay on one core.
+//!
+//! The supervisor reserves the port (`SO_REUSEPORT`: each worker listens on it, and the kernel
+//! spreads new connections over them), compiles the component into the cache once, starts the
+//! workers and waits until each listens, starts another when one dies, and on SIGTERM or Ctrl-C
+//! passes the stop on and waits for every worker to drain.
+
+use std::net::SocketAddr;
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStdout, Command};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::ServeArgs;
+
+/// What a worker prints on its stdout once it listens.
+const READY: &str = "pier: worker ready";
+
+/// The environment variable that tells a worker its supervisor's pid.
+const SUPERVISOR_PID: &str = "PIER_SUPERVISOR_PID";
+
+/// The environment variable that tells a worker its number (0..N), for logs and for guests that
+/// are granted it (`--env PIER_WORKER`).
+const WORKER_INDEX: &str = "PIER_WORKER";
+
+/// Runs `pier serve --workers N` until SIGTERM or Ctrl-C.
+pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
+    let n = args.workers;
+    if args.admin_addr.is_some() {
+        bail!(
+            "--workers {n} with --admin-addr is not supported yet: each worker would count only its own requests; give one of them"
+        );
+    }
+    if !args.filters.filters.is_empty() {
+        bail!(
+            "--workers {n} with --filter is not supported yet: filter VMs share data and queues within one process only; give one of them"
+        );
+    }
+    let port = pier_http::SharedPort::reserve(args.addr, "--addr")?;
+    // Compile once, rather than in every worker at the same time; in a process of its own, so
+    // the supervisor never holds a component's memory. Its errors are worker 0's to report.
+    if let Some(app) = args.app.as_ref().filter(|_| !args.cache.no_cache) {
+        let _ = Command::new(std::env::current_exe()?)
+            .arg("compile")
+            .arg(app)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await;
+    }
+
+    let (stop, stopping) = watch::channel(false);
+    let mut running = JoinSet::new();
+    for index in 0..n {
+        let (child, stdout) = start(index, port.addr()).await?;
+        running.spawn(watch(index, child, stdout, stopping.clone()));
+    }
+    let scheme = if args.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(workers = n, "every worker listens");
+    eprintln!("pier: serving {scheme}://{}", port.addr());
+
+    let shutdown = crate::shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(ended) = running.join_next() => {
+                let Ended { index, status, lived } = ended?;
+                tracing::error!(worker = index, "worker exited unexpectedly ({}); starting another", describe(&status));
+                // One that dies at once is not restarted in a tight loop.
+                if lived < Duration::from_secs(1) {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                let (child, stdout) = start(index, port.addr()).await?;
+                running.spawn(watch(index, child, stdout, stopping.clone()));
+            }
+        }
+    }
+
+    tracing::info!("stopping the workers");
+    let _ = stop.send(true);
+    let mut failed = 0;
+    while let Some(ended) = running.join_next().await {
+        let Ended { index, status, .. } = ended?;
+        if !matches!(status, Ok(s) if s.success()) {
+            tracing::error!(
+                worker = index,
+                "worker did not stop cleanly ({})",
+                describe(&status)
+            );
+            failed += 1;
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {n} workers did not stop cleanly");
+    }
+    Ok(())
+}
+
+/// Starts worker `index` on `addr` and waits until it listens.
+async fn start(index: u32, addr: SocketAddr) -> anyhow::Result<(Child, ChildStdout)> {
+    let exe = std::env::current_exe().context("cannot find pier's own executable")?;
+    let mut child = Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .arg("--worker-addr")
+        .arg(addr.to_string())
+        .env(SUPERVISOR_PID, std::process::id().to_string())
+        .env(WORKER_INDEX, index.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start a worker")?;
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if stdout.read_line(&mut line).await? == 0 {
+            let status = child.wait().await;
+            if matches!(&status, Ok(s) if s.code() == Some(1)) {
+                // A start-up error (bad flags, a component that cannot be served), which the
+                // worker has said in its one line.
+                return Err(Reported.into());
+            }
+            bail!(
+                "worker {index} exited before it listened ({}); its log is above",
+                describe(&status)
+            );
+        }
+        if line.trim_end() == READY {
+            break;
+        }
+        print!("{line}");
+    }
+    // Nothing else is buffered: the worker wrote the ready line last.
+    Ok((child, stdout.into_inner()))
+}
+
+/// A worker failed to start and said why itself: pier exits 1 without a line of its own.
+#[derive(Debug, thiserror::Error)]
+#[error("a worker failed to start")]
+pub struct Reported;
+
+/// How a worker ended, and how long it had run.
+struct Ended {
+    index: u32,
+    status: std::io::Result<ExitStatus>,
+    lived: Duration,
+}
+
+/// Waits for worker `index` to exit, passing its stdout on; on `stop`, sends it SIGTERM first.
+async fn watch(
+    index: u32,
+    mut child: Child,
+    mut stdout: ChildStdout,
+    mut stop: watch::Receiver<bool>,
+) -> Ended {
+    let started = Instant::now();
+    tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut stdout, &mut tokio::io::stdout()).await;
+    });
+    let status = tokio::select! {
+        status = child.wait() => status,
+        () = async { let _ = stop.wait_for(|stop| *stop).await; } => {
+            // `id` is None once the child has been reaped, so this never signals a reused pid.
+            if let Some(pid) = child.id() {
+                // SAFETY: kill(2) on our own child's pid.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+            }
+            child.wait().await
+        }
+    };
+    Ended {
+        index,
+        status,
+        lived: started.elapsed(),
+    }
+}
+
+fn describe(status: &std::io::Result<ExitStatus>) -> String {
+    match status {
+        Ok(status) => status.to_string(),
+        Err(e) => format!("cannot wait for it: {e}"),
+    }
+}
+
+/// In a worker: stop (gracefully, as on SIGTERM) when the supervisor goes away, even if it was
+/// killed.
+pub fn stop_with_supervisor() -> anyhow::Result<()> {
+    let supervisor: Option<libc::pid_t> = std::env::var(SUPERVISOR_PID)
+        .ok()
+        .and_then(|p| p.parse().ok());
+    let Some(supervisor) = supervisor else {
+        bail!("--worker-addr is for the workers pier serve --workers starts itself");
+    };
+    // SAFETY: sets this process's parent-death signal; no memory is involved.
+    let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
+    if rc != 0 {
+        bail!(
+            "cannot ask to be stopped with the supervisor: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    // The supervisor may have gone before the call above, and then no signal would come.
+    // SAFETY: getppid has no preconditions.
+    if unsafe { libc::getppid() } != supervisor {
+        bail!("the supervisor is gone");
+    }
+    Ok(())
+}
+
+/// In a worker: tells the supervisor it listens.
+pub fn ready() -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{READY}")?;
+    stdout.flush()?;
+    Ok(())
+}
