@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """pier's load benchmark: pier against `wasmtime serve` and a native hyper server, in one run.
 
-    bench/run.py                       # everything (builds, fetches anchors, ~10 minutes)
+    bench/run.py                       # everything (builds, fetches anchors, ~14 minutes)
     bench/run.py --quick               # short runs, one round: a smoke test of the harness
     bench/run.py --scenarios hello,echo --duration 5 --rounds 2
 
 Each scenario runs at concurrency 1 and 50 against every server, alternating A B A B so drift on
-a shared machine cancels out, with wrk generating load on the same two cores. Results: one table
+a shared machine cancels out, with wrk generating load on the same two cores. pier runs as one
+process ("pier") and as `--workers 2` ("pier-w2"; see --workers); its peak RSS sums its processes. Results: one table
 on stdout and JSON in bench/results/. Every server gives each request a fresh instance.
 """
 
@@ -131,8 +132,10 @@ def wait_http(port, expect, method, body, timeout=60, headers=None):
 def start(server, guests, name, cli, port):
     src, cwasm = guests.get(name, (None, None))
     addr = f"127.0.0.1:{port}"
-    if server == "pier":
-        cmd = [ROOT / "target" / "release" / "pier", "serve", "--addr", addr, *PIER_ARGS, src]
+    if server.startswith("pier"):
+        # "pier" is one process; "pier-wN" is `pier serve --workers N`.
+        workers = ["--workers", server.removeprefix("pier-w")] if server != "pier" else []
+        cmd = [ROOT / "target" / "release" / "pier", "serve", "--addr", addr, *workers, *PIER_ARGS, src]
         if name == "forward":
             cmd[4:4] = ["--allow-outbound", f"http://127.0.0.1:{upstream_port()}"]
         env = pier_env()
@@ -190,11 +193,17 @@ def parse_wrk(out):
 
 
 def peak_rss_mb(pid):
+    """Peak resident memory of `pid` plus that of its child processes (`pier serve --workers`).
+    Summing peaks over-counts the pages the processes share (the binary, compiled code)."""
+    total = 0.0
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+                total += int(line.split()[1]) / 1024
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            total += sum(peak_rss_mb(int(child)) for child in f.read().split())
+    return total
 
 
 def run_one(server, name, conc, args, guests, cli):
@@ -228,6 +237,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=2, help="A B A B rounds")
     parser.add_argument("--quick", action="store_true", help="--duration 2 --rounds 1")
     parser.add_argument("--pier-args", default="", help="extra flags for pier serve, e.g. '--timeout 0'")
+    parser.add_argument("--workers", default="1,2",
+                        help="pier --workers values to measure, each as a server of its own in the same run")
     parser.add_argument("--pier-log", default="warn", help="PIER_LOG for pier (info turns the access log on)")
     parser.add_argument("--out", default="latest.json", help="file name under bench/results/")
     args = parser.parse_args()
@@ -247,7 +258,8 @@ def main():
     cli, guests = prepare(scenarios)
     rows = []
     for name in scenarios:
-        servers = ["pier", "wasmtime"] + (["native"] if name in ("hello", "forward") else [])
+        piers = ["pier" if w == "1" else f"pier-w{w}" for w in args.workers.split(",") if w]
+        servers = piers + ["wasmtime"] + (["native"] if name in ("hello", "forward") else [])
         for conc in concurrency:
             samples = {s: [] for s in servers}
             for _ in range(args.rounds):
@@ -301,12 +313,12 @@ def ratios(rows):
     by = {(r["scenario"], r["concurrency"], r["server"]): r for r in rows}
     out = []
     for (name, conc, server), r in by.items():
-        if server != "pier":
+        if not server.startswith("pier"):
             continue
         wt = by.get((name, conc, "wasmtime"))
         nat = by.get((name, conc, "native"))
         out.append({
-            "scenario": name, "concurrency": conc,
+            "scenario": name, "concurrency": conc, "server": server,
             "rps_vs_wasmtime": round(r["rps"] / wt["rps"], 2) if wt else None,
             "rps_vs_native": round(r["rps"] / nat["rps"], 2) if nat else None,
             "p99_vs_wasmtime": round(r["p99_ms"] / wt["p99_ms"], 2) if wt else None,
@@ -322,11 +334,11 @@ def print_table(rows):
         print(f"| {r['scenario']} | {r['concurrency']} | {r['server']} | {r['rps']:,} | {r['p50_ms']} | "
               f"{r['p99_ms']} | {r['peak_rss_mb']} |")
     print()
-    print("| scenario | c | pier/wasmtime req/s | pier/native req/s | p99 pier/wasmtime | RSS pier/wasmtime |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| scenario | c | server | /wasmtime req/s | /native req/s | p99 /wasmtime | RSS /wasmtime |")
+    print("|---|---:|---|---:|---:|---:|---:|")
     for x in ratios(rows):
         fmt = lambda v: "-" if v is None else f"{v:.2f}x"
-        print(f"| {x['scenario']} | {x['concurrency']} | {fmt(x['rps_vs_wasmtime'])} | {fmt(x['rps_vs_native'])} | "
+        print(f"| {x['scenario']} | {x['concurrency']} | {x['server']} | {fmt(x['rps_vs_wasmtime'])} | {fmt(x['rps_vs_native'])} | "
               f"{fmt(x['p99_vs_wasmtime'])} | {fmt(x['rss_vs_wasmtime'])} |")
 
 
