@@ -115,9 +115,7 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
 async fn start(index: u32, addr: SocketAddr) -> anyhow::Result<(Child, ChildStdout)> {
     let exe = std::env::current_exe().context("cannot find pier's own executable")?;
     let mut child = Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .arg("--worker-addr")
-        .arg(addr.to_string())
+        .args(worker_args(std::env::args_os().skip(1), addr))
         .env(SUPERVISOR_PID, std::process::id().to_string())
         .env(WORKER_INDEX, index.to_string())
         .stdin(Stdio::null())
@@ -148,6 +146,26 @@ async fn start(index: u32, addr: SocketAddr) -> anyhow::Result<(Child, ChildStdo
     }
     // Nothing else is buffered: the worker wrote the ready line last.
     Ok((child, stdout.into_inner()))
+}
+
+/// A worker's command line: the supervisor's, with `--worker-addr ADDR` right after `serve` (not
+/// at the end, where a `--` would make it the component's path).
+fn worker_args(
+    args: impl Iterator<Item = std::ffi::OsString>,
+    addr: SocketAddr,
+) -> Vec<std::ffi::OsString> {
+    let mut out = Vec::new();
+    let mut placed = false;
+    for arg in args {
+        let serve = !placed && arg == "serve";
+        out.push(arg);
+        if serve {
+            out.push("--worker-addr".into());
+            out.push(addr.to_string().into());
+            placed = true;
+        }
+    }
+    out
 }
 
 /// A worker failed to start and said why itself: pier exits 1 without a line of its own.
@@ -230,4 +248,23 @@ pub fn ready() -> anyhow::Result<()> {
     writeln!(stdout, "{READY}")?;
     stdout.flush()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_worker_address_goes_right_after_serve() {
+        let addr: SocketAddr = "[::1]:8080".parse().unwrap();
+        fn args(line: &str) -> Vec<std::ffi::OsString> {
+            line.split(' ').map(Into::into).collect()
+        }
+        let given = worker_args(
+            args("--log-format json serve --workers 2 -- app.wasm").into_iter(),
+            addr,
+        );
+        let want = args("--log-format json serve --worker-addr [::1]:8080 --workers 2 -- app.wasm");
+        assert_eq!(given, want);
+    }
 }
