@@ -75,6 +75,8 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
 
     let shutdown = crate::shutdown_signal();
     tokio::pin!(shutdown);
+    // A replacement that cannot start stops the others gracefully, then pier fails.
+    let mut replacement_failed = None;
     loop {
         tokio::select! {
             () = &mut shutdown => break,
@@ -85,8 +87,15 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
                 if lived < Duration::from_secs(1) {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
-                let (child, stdout) = start(index, port.addr()).await?;
-                running.spawn(watch(index, child, stdout, stopping.clone()));
+                match start(index, port.addr()).await {
+                    Ok((child, stdout)) => {
+                        running.spawn(watch(index, child, stdout, stopping.clone()));
+                    }
+                    Err(e) => {
+                        replacement_failed = Some(e);
+                        break;
+                    }
+                }
             }
         }
     }
@@ -105,8 +114,11 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
             failed += 1;
         }
     }
+    if let Some(e) = replacement_failed {
+        return Err(e);
+    }
     if failed > 0 {
-        bail!("{failed} of {n} workers did not stop cleanly");
+        bail!("{failed} workers did not stop cleanly");
     }
     Ok(())
 }

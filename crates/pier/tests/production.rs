@@ -596,6 +596,29 @@ async fn workers_share_one_port_and_a_dead_worker_is_replaced() {
 }
 
 #[tokio::test]
+async fn a_worker_that_cannot_be_replaced_stops_the_others_and_pier_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("app.wasm");
+    std::fs::copy(guest("hello"), &app).unwrap();
+    let server = PierServer::start(pier(), &["--workers", "2", app.to_str().unwrap()]).unwrap();
+    let workers = workers_of(server.pid());
+    assert_eq!(workers.len(), 2);
+    // The running workers loaded the component; a replacement will find this instead.
+    std::fs::write(&app, b"not wasm").unwrap();
+    pier_testkit::signal(workers[0], "KILL").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !gone(server.pid()) {
+        assert!(Instant::now() < deadline, "pier kept running:\n{}", server.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone(workers[1]), "the healthy worker was left running");
+    let log = server.log();
+    let status = server.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("drained"), "the healthy worker drained:\n{log}");
+}
+
+#[tokio::test]
 async fn workers_stop_when_their_supervisor_is_killed() {
     let server = serve("hello", &["--workers", "2"]);
     let workers = workers_of(server.pid());
