@@ -534,12 +534,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // hand those pages back now rather than carry them, resident, for the server's lifetime.
     // SAFETY: mi_collect only frees memory mimalloc itself holds unused.
     unsafe { libmimalloc_sys::mi_collect(true) };
+    // Handlers first, so a stop that follows the ready line at once is a graceful one.
+    let shutdown = shutdown_signal();
     if args.worker_addr.is_some() {
         workers::ready()?;
     } else {
         eprintln!("pier: serving {}", server.url());
     }
-    server.serve(shutdown_signal()).await;
+    server.serve(shutdown).await;
     Ok(())
 }
 
@@ -584,13 +586,18 @@ fn compile(args: CompileArgs) -> anyhow::Result<()> {
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("cannot install the SIGTERM handler");
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
+///
+/// The handlers are installed when this is called, not when the future is first polled: a signal
+/// that comes in between is not lost (nor does it kill the process).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt()).expect("cannot install the SIGINT handler");
+    let mut term = signal(SignalKind::terminate()).expect("cannot install the SIGTERM handler");
+    async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
     }
 }
 

@@ -22,6 +22,10 @@ use tokio::task::JoinSet;
 
 use crate::ServeArgs;
 
+/// pier's own executable, as it was started: still there after a package upgrade replaced (and
+/// so unlinked) the file, when `current_exe` would name a deleted path.
+const SELF_EXE: &str = "/proc/self/exe";
+
 /// What a worker prints on its stdout once it listens.
 const READY: &str = "pier: worker ready";
 
@@ -45,56 +49,93 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
             "--workers {n} with --filter is not supported yet: filter VMs share data and queues within one process only; give one of them"
         );
     }
-    let port = pier_http::SharedPort::reserve(args.addr, "--addr")?;
-    // Compile once, rather than in every worker at the same time; in a process of its own, so
-    // the supervisor never holds a component's memory. Its errors are worker 0's to report.
-    if let Some(app) = args.app.as_ref().filter(|_| !args.cache.no_cache) {
-        let _ = Command::new(std::env::current_exe()?)
-            .arg("compile")
-            .arg(app)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .await;
-    }
-
-    let (stop, stopping) = watch::channel(false);
-    let mut running = JoinSet::new();
-    for index in 0..n {
-        let (child, stdout) = start(index, port.addr()).await?;
-        running.spawn(watch(index, child, stdout, stopping.clone()));
-    }
-    let scheme = if args.tls_cert.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    tracing::info!(workers = n, "every worker listens");
-    eprintln!("pier: serving {scheme}://{}", port.addr());
-
+    // From here on a stop is graceful, even while the workers are still starting.
     let shutdown = crate::shutdown_signal();
     tokio::pin!(shutdown);
+    let port = pier_http::SharedPort::reserve(args.addr, "--addr")?;
+    let (stop, stopping) = watch::channel(false);
+    let mut running = JoinSet::new();
+    let startup = async {
+        // Compile once, rather than in every worker at the same time; in a process of its own,
+        // so the supervisor never holds a component's memory. Its errors are worker 0's to
+        // report.
+        if let Some(app) = args.app.as_ref().filter(|_| !args.cache.no_cache) {
+            let _ = Command::new(SELF_EXE)
+                .arg0(std::env::args_os().next().unwrap_or_else(|| "pier".into()))
+                .arg("compile")
+                .arg(app)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .status()
+                .await;
+        }
+        for index in 0..n {
+            let (child, stdout) = start(index, port.addr()).await?;
+            running.spawn(watch(index, child, stdout, stopping.clone()));
+        }
+        anyhow::Ok(())
+    };
+    let stopped_while_starting = tokio::select! {
+        biased;
+        () = &mut shutdown => true,
+        started = startup => {
+            started?;
+            false
+        }
+    };
+
     // A replacement that cannot start stops the others gracefully, then pier fails.
     let mut replacement_failed = None;
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            Some(ended) = running.join_next() => {
-                let Ended { index, status, lived } = ended?;
-                tracing::error!(worker = index, "worker exited unexpectedly ({}); starting another", describe(&status));
-                // One that dies at once is not restarted in a tight loop.
-                if lived < Duration::from_secs(1) {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+    if !stopped_while_starting {
+        let scheme = if args.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        tracing::info!(workers = n, "every worker listens");
+        eprintln!("pier: serving {scheme}://{}", port.addr());
+        loop {
+            let ended = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                Some(ended) = running.join_next() => ended?,
+            };
+            let Ended {
+                index,
+                status,
+                lived,
+            } = ended;
+            let clean = matches!(&status, Ok(s) if s.success());
+            tracing::error!(
+                worker = index,
+                "worker exited unexpectedly ({}); starting another",
+                describe(&status)
+            );
+            // One that dies at once is not restarted in a tight loop; one that stopped cleanly was
+            // told to by someone, perhaps stopping pier too (Ctrl-C reaches every process).
+            let pause = if clean || lived < Duration::from_secs(1) {
+                Duration::from_secs(1)
+            } else {
+                Duration::ZERO
+            };
+            let restart = async {
+                tokio::time::sleep(pause).await;
+                start(index, port.addr()).await
+            };
+            let started = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                started = restart => started,
+            };
+            match started {
+                Ok((child, stdout)) => {
+                    running.spawn(watch(index, child, stdout, stopping.clone()));
                 }
-                match start(index, port.addr()).await {
-                    Ok((child, stdout)) => {
-                        running.spawn(watch(index, child, stdout, stopping.clone()));
-                    }
-                    Err(e) => {
-                        replacement_failed = Some(e);
-                        break;
-                    }
+                Err(e) => {
+                    replacement_failed = Some(e);
+                    break;
                 }
             }
         }
@@ -125,8 +166,8 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
 
 /// Starts worker `index` on `addr` and waits until it listens.
 async fn start(index: u32, addr: SocketAddr) -> anyhow::Result<(Child, ChildStdout)> {
-    let exe = std::env::current_exe().context("cannot find pier's own executable")?;
-    let mut child = Command::new(exe)
+    let mut child = Command::new(SELF_EXE)
+        .arg0(std::env::args_os().next().unwrap_or_else(|| "pier".into()))
         .args(worker_args(std::env::args_os().skip(1), addr))
         .env(SUPERVISOR_PID, std::process::id().to_string())
         .env(WORKER_INDEX, index.to_string())

@@ -608,14 +608,51 @@ async fn a_worker_that_cannot_be_replaced_stops_the_others_and_pier_exits_1() {
     pier_testkit::signal(workers[0], "KILL").unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !gone(server.pid()) {
-        assert!(Instant::now() < deadline, "pier kept running:\n{}", server.log());
+        assert!(
+            Instant::now() < deadline,
+            "pier kept running:\n{}",
+            server.log()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(gone(workers[1]), "the healthy worker was left running");
     let log = server.log();
     let status = server.wait().unwrap();
     assert_eq!(status.code(), Some(1), "{log}");
-    assert!(log.contains("drained"), "the healthy worker drained:\n{log}");
+    assert!(
+        log.contains("drained"),
+        "the healthy worker drained:\n{log}"
+    );
+}
+
+#[test]
+fn a_stop_while_workers_start_is_graceful() {
+    let mut pier = std::process::Command::new(pier())
+        .args([
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--no-cache",
+            "--workers",
+            "2",
+        ])
+        .arg(guest("hello"))
+        .env("PIER_LOG", "off")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    pier_testkit::signal(pier.id(), "TERM").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = pier.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "pier did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
 }
 
 #[tokio::test]
