@@ -66,8 +66,7 @@ pub struct SharedPort {
 impl SharedPort {
     /// Reserves `addr` for workers to listen on.
     pub fn reserve(addr: SocketAddr, flag: &'static str) -> Result<SharedPort, ServeError> {
-        let socket = reuseport_socket(addr).and_then(|s| s.bind(addr).map(|()| s));
-        let socket = socket.map_err(|source| bind_error(addr, flag, source))?;
+        let socket = bind_reuseport(addr).map_err(|source| bind_error(addr, flag, source))?;
         let addr = socket
             .local_addr()
             .map_err(|source| bind_error(addr, flag, source))?;
@@ -83,7 +82,8 @@ impl SharedPort {
     }
 }
 
-fn reuseport_socket(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+/// A socket bound to `addr` with `SO_REUSEPORT`, not yet listening.
+fn bind_reuseport(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -91,6 +91,7 @@ fn reuseport_socket(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> 
     };
     socket.set_reuseaddr(true)?;
     socket.set_reuseport(true)?;
+    socket.bind(addr)?;
     Ok(socket)
 }
 
@@ -122,8 +123,7 @@ impl Server {
     ) -> Result<Server, ServeError> {
         let listener = match listen {
             Listen::Addr(addr) => bind(addr, "--addr").await?,
-            Listen::Shared(addr) => reuseport_socket(addr)
-                .and_then(|s| s.bind(addr).map(|()| s))
+            Listen::Shared(addr) => bind_reuseport(addr)
                 .and_then(|s| s.listen(1024))
                 .map_err(|source| bind_error(addr, "--addr", source))?,
         };

@@ -60,8 +60,7 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
         // so the supervisor never holds a component's memory. Its errors are worker 0's to
         // report.
         if let Some(app) = args.app.as_ref().filter(|_| !args.cache.no_cache) {
-            let _ = Command::new(SELF_EXE)
-                .arg0(std::env::args_os().next().unwrap_or_else(|| "pier".into()))
+            let _ = pier_command()
                 .arg("compile")
                 .arg(app)
                 .stdin(Stdio::null())
@@ -166,8 +165,7 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
 
 /// Starts worker `index` on `addr` and waits until it listens.
 async fn start(index: u32, addr: SocketAddr) -> anyhow::Result<(Child, ChildStdout)> {
-    let mut child = Command::new(SELF_EXE)
-        .arg0(std::env::args_os().next().unwrap_or_else(|| "pier".into()))
+    let mut child = pier_command()
         .args(worker_args(std::env::args_os().skip(1), addr))
         .env(SUPERVISOR_PID, std::process::id().to_string())
         .env(WORKER_INDEX, index.to_string())
@@ -199,6 +197,13 @@ async fn start(index: u32, addr: SocketAddr) -> anyhow::Result<(Child, ChildStdo
     }
     // Nothing else is buffered: the worker wrote the ready line last.
     Ok((child, stdout.into_inner()))
+}
+
+/// A command running this pier executable, under the name it was started with.
+fn pier_command() -> Command {
+    let mut command = Command::new(SELF_EXE);
+    command.arg0(std::env::args_os().next().unwrap_or_else(|| "pier".into()));
+    command
 }
 
 /// A worker's command line: the supervisor's, with `--worker-addr ADDR` right after `serve` (not

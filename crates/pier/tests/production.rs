@@ -626,6 +626,24 @@ async fn a_worker_that_cannot_be_replaced_stops_the_others_and_pier_exits_1() {
 }
 
 #[test]
+fn the_supervisor_compiles_once_for_all_workers() {
+    let cache = tempfile::tempdir().unwrap();
+    let hello = guest("hello");
+    let server = PierServer::start_with_env(
+        pier(),
+        &["--workers", "2", hello.to_str().unwrap()],
+        &[("PIER_CACHE_DIR", cache.path().to_str().unwrap())],
+    )
+    .unwrap();
+    // Both workers found the code in the cache: neither compiled it.
+    let log = server.log();
+    assert!(log.contains("every worker listens workers=2"), "{log}");
+    assert!(!log.contains("compiled in"), "a worker compiled:\n{log}");
+    let entries = std::fs::read_dir(cache.path()).unwrap().count();
+    assert!(entries > 0, "nothing in the compile cache");
+}
+
+#[test]
 fn a_stop_while_workers_start_is_graceful() {
     let mut pier = std::process::Command::new(pier())
         .args([

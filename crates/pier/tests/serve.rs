@@ -285,6 +285,11 @@ async fn every_request_gets_a_fresh_instance() {
 
     // Worker processes, each running its guests on one thread.
     let workers = PierServer::start(pier(), &["--workers", "2", counter]).expect("pier starts");
+    assert!(
+        workers.log().contains("every worker listens workers=2"),
+        "{}",
+        workers.log()
+    );
     assert_fresh_instances(&workers, 1).await;
 
     let ahead = PierServer::start(
