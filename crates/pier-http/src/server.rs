@@ -43,6 +43,9 @@ pub enum ServeError {
         flag: &'static str,
         source: std::io::Error,
     },
+    /// The listening socket given cannot be served on.
+    #[error("cannot serve on the listening socket given: {source}")]
+    Inherited { source: std::io::Error },
 }
 
 /// Binds `addr`, naming `flag` in the error.
@@ -52,46 +55,62 @@ pub(crate) async fn bind(addr: SocketAddr, flag: &'static str) -> Result<TcpList
         .map_err(|source| bind_error(addr, flag, source))
 }
 
-/// A port that several worker processes listen on together (`SO_REUSEPORT`): the kernel spreads
-/// new connections over their listeners. The holder binds the port without listening, so it keeps
-/// the port (the one chosen for `:0`, too) while workers come and go, and takes no connection
-/// itself.
+/// A port that several worker processes serve together: one listening socket per worker, all
+/// bound with `SO_REUSEPORT`, and the kernel spreads new connections over them. The holder (the
+/// supervisor) keeps every socket for as long as it runs, and hands each worker its own. A
+/// connection the kernel gave to a worker that then died is not lost: it waits in that socket's
+/// queue for the worker's replacement.
 #[derive(Debug)]
 pub struct SharedPort {
-    /// Bound, never listening: held only to keep the port.
-    _socket: tokio::net::TcpSocket,
+    listeners: Vec<std::net::TcpListener>,
     addr: SocketAddr,
 }
 
 impl SharedPort {
-    /// Reserves `addr` for workers to listen on.
-    pub fn reserve(addr: SocketAddr, flag: &'static str) -> Result<SharedPort, ServeError> {
-        let socket = bind_reuseport(addr).map_err(|source| bind_error(addr, flag, source))?;
-        let addr = socket
-            .local_addr()
-            .map_err(|source| bind_error(addr, flag, source))?;
-        Ok(SharedPort {
-            _socket: socket,
-            addr,
-        })
+    /// Listens on `addr` with `n` sockets, naming `flag` in the error.
+    pub fn bind(addr: SocketAddr, n: usize, flag: &'static str) -> Result<SharedPort, ServeError> {
+        let error = |source| bind_error(addr, flag, source);
+        // First without SO_REUSEPORT: that fails if anything holds the port, even another
+        // server's SO_REUSEPORT group, which would otherwise be joined and share its
+        // connections. It also picks the port for `:0`.
+        let probe = new_socket(addr).map_err(error)?;
+        probe.bind(addr).map_err(error)?;
+        let addr = probe.local_addr().map_err(error)?;
+        drop(probe);
+        let error = |source| bind_error(addr, flag, source);
+        let listeners = (0..n)
+            .map(|_| {
+                let socket = new_socket(addr)?;
+                socket.set_reuseport(true)?;
+                socket.bind(addr)?;
+                let listener = socket.listen(1024)?;
+                listener.into_std()
+            })
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(error)?;
+        Ok(SharedPort { listeners, addr })
     }
 
-    /// The address reserved (the real port when `:0` was asked for).
+    /// The address listened on (the real port when `:0` was asked for).
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
+
+    /// The listening socket of worker `index`.
+    pub fn listener(&self, index: usize) -> &std::net::TcpListener {
+        &self.listeners[index]
+    }
 }
 
-/// A socket bound to `addr` with `SO_REUSEPORT`, not yet listening.
-fn bind_reuseport(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+/// A TCP socket for `addr`'s family with `SO_REUSEADDR` (a restarted server binds at once,
+/// whatever connections of the last one linger in TIME_WAIT).
+fn new_socket(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
-    socket.bind(addr)?;
     Ok(socket)
 }
 
@@ -103,12 +122,13 @@ fn bind_error(addr: SocketAddr, flag: &'static str, source: std::io::Error) -> S
 }
 
 /// Where the server listens.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub enum Listen {
     /// A port of its own.
     Addr(SocketAddr),
-    /// Its own listener on a port reserved by a [`SharedPort`] (a worker process).
-    Shared(SocketAddr),
+    /// A socket already listening, given by whoever started the process (a worker's, from
+    /// [`SharedPort`]).
+    Listener(std::net::TcpListener),
 }
 
 impl Server {
@@ -123,9 +143,10 @@ impl Server {
     ) -> Result<Server, ServeError> {
         let listener = match listen {
             Listen::Addr(addr) => bind(addr, "--addr").await?,
-            Listen::Shared(addr) => bind_reuseport(addr)
-                .and_then(|s| s.listen(1024))
-                .map_err(|source| bind_error(addr, "--addr", source))?,
+            Listen::Listener(listener) => listener
+                .set_nonblocking(true)
+                .and_then(|()| TcpListener::from_std(listener))
+                .map_err(|source| ServeError::Inherited { source })?,
         };
         let pipeline = Pipeline::new(handler, limits.clone(), filters, listener.local_addr().ok());
         Ok(Server {

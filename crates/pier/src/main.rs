@@ -70,17 +70,17 @@ struct ServeArgs {
     /// (see bench/RESULTS.md).
     #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16))]
     prewarm: u32,
-    /// Worker processes serving together on one port (SO_REUSEPORT), each running its guests on
+    /// Worker processes serving together on one port (a listening socket each, SO_REUSEPORT), each running its guests on
     /// one thread. Guests that touch many pages (Python, JavaScript) cost about half the CPU per
     /// request this way: in one multi-threaded process every copy-on-write fault interrupts the
     /// other cores. One per core serves most. Limits (--max-concurrency, ...) apply per worker;
     /// not yet with --admin-addr or --filter, whose state would be split between workers.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     workers: u32,
-    /// Run as one of the workers of `--workers`, listening on this address reserved by the
-    /// supervisor.
-    #[arg(long, value_name = "HOST:PORT", hide = true)]
-    worker_addr: Option<SocketAddr>,
+    /// Run as one of the workers of `--workers`, serving on the listening socket the supervisor
+    /// gave at this file descriptor.
+    #[arg(long, value_name = "FD", hide = true)]
+    worker_fd: Option<i32>,
     #[command(flatten)]
     limits: LimitArgs,
     #[command(flatten)]
@@ -420,7 +420,7 @@ fn main() -> ExitCode {
     init_logging(default_log, cli.log_format);
     let mut runtime = match &cli.command {
         // A worker runs its guests on one thread (see `--workers`).
-        Command::Serve(args) if args.worker_addr.is_some() => {
+        Command::Serve(args) if args.worker_fd.is_some() => {
             let mut builder = tokio::runtime::Builder::new_multi_thread();
             builder.worker_threads(1);
             builder
@@ -466,12 +466,16 @@ fn init_logging(default: &str, format: LogFormat) {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    if args.workers > 1 && args.worker_addr.is_none() {
+    if args.workers > 1 && args.worker_fd.is_none() {
         return workers::supervise(&args).await;
     }
-    if args.worker_addr.is_some() {
-        workers::stop_with_supervisor()?;
-    }
+    let inherited = match args.worker_fd {
+        Some(fd) => {
+            workers::stop_with_supervisor()?;
+            Some(workers::inherited_listener(fd)?)
+        }
+        None => None,
+    };
     let config = ServeConfig {
         addr: args.addr,
         app: args.app,
@@ -525,8 +529,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let filters = args
         .filters
         .load(&engine, &config.limits, &config.outbound)?;
-    let listen = match args.worker_addr {
-        Some(addr) => Listen::Shared(addr),
+    let listen = match inherited {
+        Some(listener) => Listen::Listener(listener),
         None => Listen::Addr(config.addr),
     };
     let server = pier_http::Server::bind(listen, handler, config.limits, tls, filters).await?;
@@ -536,7 +540,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     unsafe { libmimalloc_sys::mi_collect(true) };
     // Handlers first, so a stop that follows the ready line at once is a graceful one.
     let shutdown = shutdown_signal();
-    if args.worker_addr.is_some() {
+    if args.worker_fd.is_some() {
         workers::ready()?;
     } else {
         eprintln!("pier: serving {}", server.url());

@@ -5,12 +5,14 @@
 //! flush their TLBs, and a Python or JavaScript guest touches hundreds of pages per request.
 //! Workers run their guests on one thread each, so those flushes stay on one core.
 //!
-//! The supervisor reserves the port (`SO_REUSEPORT`: each worker listens on it, and the kernel
+//! The supervisor listens on the port with one socket per worker (`SO_REUSEPORT`: the kernel
 //! spreads new connections over them), compiles the component into the cache once, starts the
-//! workers and waits until each listens, starts another when one dies, and on SIGTERM or Ctrl-C
-//! passes the stop on and waits for every worker to drain.
+//! workers, each inheriting its socket (`--worker-fd`), and waits until each is ready, starts
+//! another on the same socket when one dies, and on SIGTERM or Ctrl-C passes the stop on and
+//! waits for every worker to drain. Because the supervisor holds the sockets, connections the
+//! kernel queued for a worker that died wait for its replacement instead of being reset.
 
-use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -52,7 +54,7 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
     // From here on a stop is graceful, even while the workers are still starting.
     let shutdown = crate::shutdown_signal();
     tokio::pin!(shutdown);
-    let port = pier_http::SharedPort::reserve(args.addr, "--addr")?;
+    let port = pier_http::SharedPort::bind(args.addr, n as usize, "--addr")?;
     let (stop, stopping) = watch::channel(false);
     let mut running = JoinSet::new();
     let startup = async {
@@ -71,7 +73,7 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
                 .await;
         }
         for index in 0..n {
-            let (child, stdout) = start(index, port.addr()).await?;
+            let (child, stdout) = start(index, &port).await?;
             running.spawn(watch(index, child, stdout, stopping.clone()));
         }
         anyhow::Ok(())
@@ -121,7 +123,7 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
             };
             let restart = async {
                 tokio::time::sleep(pause).await;
-                start(index, port.addr()).await
+                start(index, &port).await
             };
             let started = tokio::select! {
                 biased;
@@ -141,6 +143,9 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
     }
 
     tracing::info!("stopping the workers");
+    // Closing the supervisor's copies first: once the workers have closed theirs, new
+    // connections are refused rather than queued where no one will accept them.
+    drop(port);
     let _ = stop.send(true);
     let mut failed = 0;
     while let Some(ended) = running.join_next().await {
@@ -163,17 +168,31 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts worker `index` on `addr` and waits until it listens.
-async fn start(index: u32, addr: SocketAddr) -> anyhow::Result<(Child, ChildStdout)> {
-    let mut child = pier_command()
-        .args(worker_args(std::env::args_os().skip(1), addr))
+/// Starts worker `index` on its socket of `port` and waits until it is ready.
+async fn start(index: u32, port: &pier_http::SharedPort) -> anyhow::Result<(Child, ChildStdout)> {
+    let socket = port.listener(index as usize).as_raw_fd();
+    let mut command = pier_command();
+    command
+        .args(worker_args(std::env::args_os().skip(1), socket))
         .env(SUPERVISOR_PID, std::process::id().to_string())
         .env(WORKER_INDEX, index.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .context("cannot start a worker")?;
+        .kill_on_drop(true);
+    // The worker inherits its socket at the same number; every other descriptor stays
+    // close-on-exec.
+    // SAFETY: runs in the child between fork and exec, and calls only fcntl, which is
+    // async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            let flags = libc::fcntl(socket, libc::F_GETFD);
+            if flags < 0 || libc::fcntl(socket, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().context("cannot start a worker")?;
     let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
     let mut line = String::new();
     loop {
@@ -206,11 +225,11 @@ fn pier_command() -> Command {
     command
 }
 
-/// A worker's command line: the supervisor's, with `--worker-addr ADDR` right after `serve` (not
-/// at the end, where a `--` would make it the component's path).
+/// A worker's command line: the supervisor's, with `--worker-fd FD` right after `serve` (not at
+/// the end, where a `--` would make it the component's path).
 fn worker_args(
     args: impl Iterator<Item = std::ffi::OsString>,
-    addr: SocketAddr,
+    fd: RawFd,
 ) -> Vec<std::ffi::OsString> {
     let mut out = Vec::new();
     let mut placed = false;
@@ -218,8 +237,8 @@ fn worker_args(
         let serve = !placed && arg == "serve";
         out.push(arg);
         if serve {
-            out.push("--worker-addr".into());
-            out.push(addr.to_string().into());
+            out.push("--worker-fd".into());
+            out.push(fd.to_string().into());
             placed = true;
         }
     }
@@ -281,7 +300,7 @@ pub fn stop_with_supervisor() -> anyhow::Result<()> {
         .ok()
         .and_then(|p| p.parse().ok());
     let Some(supervisor) = supervisor else {
-        bail!("--worker-addr is for the workers pier serve --workers starts itself");
+        bail!("--worker-fd is for the workers pier serve --workers starts itself");
     };
     // SAFETY: sets this process's parent-death signal; no memory is involved.
     let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
@@ -299,6 +318,37 @@ pub fn stop_with_supervisor() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// In a worker: the listening socket the supervisor gave at `fd`.
+pub fn inherited_listener(fd: RawFd) -> anyhow::Result<std::net::TcpListener> {
+    let mut listening: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `listening`; a bad fd only fails.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            (&raw mut listening).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 || listening == 0 {
+        bail!(
+            "--worker-fd {fd} is not a listening socket (--worker-fd is for the workers pier serve --workers starts itself)"
+        );
+    }
+    // SAFETY: the fd is open and a listening socket (checked above), and nothing else in this
+    // process owns it.
+    let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+    listener
+        .local_addr()
+        .with_context(|| format!("--worker-fd {fd} is not a TCP socket"))?;
+    // Not passed on to anything this worker starts.
+    // SAFETY: fcntl on an fd this function now owns.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    Ok(listener)
+}
+
 /// In a worker: tells the supervisor it listens.
 pub fn ready() -> anyhow::Result<()> {
     use std::io::Write;
@@ -313,16 +363,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_worker_address_goes_right_after_serve() {
-        let addr: SocketAddr = "[::1]:8080".parse().unwrap();
+    fn the_worker_socket_goes_right_after_serve() {
         fn args(line: &str) -> Vec<std::ffi::OsString> {
             line.split(' ').map(Into::into).collect()
         }
         let given = worker_args(
             args("--log-format json serve --workers 2 -- app.wasm").into_iter(),
-            addr,
+            7,
         );
-        let want = args("--log-format json serve --worker-addr [::1]:8080 --workers 2 -- app.wasm");
+        let want = args("--log-format json serve --worker-fd 7 --workers 2 -- app.wasm");
         assert_eq!(given, want);
     }
 }

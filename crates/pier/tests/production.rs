@@ -595,6 +595,66 @@ async fn workers_share_one_port_and_a_dead_worker_is_replaced() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_queued_for_a_dead_worker_wait_for_its_replacement() {
+    let server = serve("env", &["--workers", "2", "--env", "PIER_WORKER"]);
+    let workers = workers_of(server.pid());
+    assert_eq!(workers.len(), 2, "{}", server.log());
+    // A stopped worker accepts nothing: the connections the kernel gives its socket queue there.
+    pier_testkit::signal(workers[0], "STOP").unwrap();
+    let requests: Vec<_> = (0..16)
+        .map(|_| {
+            let addr = server.addr.clone();
+            tokio::spawn(async move {
+                let answer =
+                    tokio::time::timeout(Duration::from_secs(20), get(&addr, Proto::H1, "/"))
+                        .await
+                        .expect("answered in time")
+                        .expect("answered");
+                assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+                answer.text()
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let waiting = requests.iter().filter(|r| !r.is_finished()).count();
+    assert!(
+        (1..16).contains(&waiting),
+        "{waiting} of 16 requests wait: the kernel should have spread them over both workers"
+    );
+
+    // Its replacement takes the same socket, and with it the connections waiting there.
+    pier_testkit::signal(workers[0], "KILL").unwrap();
+    let mut answered_by = std::collections::BTreeSet::new();
+    for request in requests {
+        let text = request.await.expect("no request was lost");
+        answered_by.insert(
+            text.lines()
+                .find(|l| l.starts_with("PIER_WORKER="))
+                .map(String::from),
+        );
+    }
+    assert_eq!(
+        answered_by,
+        ["PIER_WORKER=0", "PIER_WORKER=1"]
+            .map(|w| Some(w.to_string()))
+            .into()
+    );
+    let status = server.terminate().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn a_second_pier_cannot_take_the_port_of_one_with_workers() {
+    let server = serve("hello", &["--workers", "2"]);
+    let hello = guest("hello");
+    let hello = hello.to_str().unwrap();
+    for workers in ["2", "1"] {
+        let args = ["serve", "--addr", &server.addr, "--workers", workers, hello];
+        pier_testkit::assert_one_line_error(pier(), &args, &["already in use", "--addr"]);
+    }
+}
+
 #[tokio::test]
 async fn a_worker_that_cannot_be_replaced_stops_the_others_and_pier_exits_1() {
     let dir = tempfile::tempdir().unwrap();
