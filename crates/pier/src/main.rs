@@ -70,10 +70,10 @@ struct ServeArgs {
     /// (see bench/RESULTS.md).
     #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16))]
     prewarm: u32,
-    /// Worker processes serving together on one port (a listening socket each, SO_REUSEPORT), each running its guests on
-    /// one thread. Guests that touch many pages (Python, JavaScript) cost about half the CPU per
-    /// request this way: in one multi-threaded process every copy-on-write fault interrupts the
-    /// other cores. One per core serves most. Limits (--max-concurrency, ...) apply per worker;
+    /// Worker processes serving together on one port (a listening socket each, SO_REUSEPORT),
+    /// each running its guests on one thread. Guests that touch many pages (Python, JavaScript)
+    /// cost about half the CPU per request this way: in one multi-threaded process every
+    /// copy-on-write fault interrupts the other cores. One per core serves most. Limits (--max-concurrency, ...) apply per worker;
     /// not yet with --admin-addr or --filter, whose state would be split between workers.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     workers: u32,
@@ -469,12 +469,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.workers > 1 && args.worker_fd.is_none() {
         return workers::supervise(&args).await;
     }
-    let inherited = match args.worker_fd {
+    let listen = match args.worker_fd {
         Some(fd) => {
             workers::stop_with_supervisor()?;
-            Some(workers::inherited_listener(fd)?)
+            Listen::Listener(workers::inherited_listener(fd)?)
         }
-        None => None,
+        None => Listen::Addr(args.addr),
     };
     let config = ServeConfig {
         addr: args.addr,
@@ -529,10 +529,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let filters = args
         .filters
         .load(&engine, &config.limits, &config.outbound)?;
-    let listen = match inherited {
-        Some(listener) => Listen::Listener(listener),
-        None => Listen::Addr(config.addr),
-    };
     let server = pier_http::Server::bind(listen, handler, config.limits, tls, filters).await?;
     // Loading read whole files (the component, its compiled code) into memory and freed them;
     // hand those pages back now rather than carry them, resident, for the server's lifetime.
