@@ -74,7 +74,7 @@ build_python() {
 
 build_js() {
   if [[ ! -x guests/js/node_modules/.bin/componentize-js ]]; then
-    (cd guests/js && npm install --no-audit --no-fund --silent)
+    (cd guests/js && npm ci --no-audit --no-fund --silent)
   fi
   local wit=$tools/wit-js
   rm -rf "$wit"
