@@ -1,5 +1,6 @@
 //! pier's HTTP side: the server, the request path, and the handlers that answer requests.
 
+pub mod admin;
 mod body;
 mod callouts;
 mod conn;

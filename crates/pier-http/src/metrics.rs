@@ -1,19 +1,12 @@
-//! Prometheus metrics and the admin listener (`/metrics`, `/healthz`).
+//! Prometheus metrics: their names, and the recorder that the admin listener renders.
 //!
 //! Metrics are recorded through the `metrics` facade everywhere; without `--admin-addr` no
 //! recorder is installed and recording costs next to nothing.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use http::StatusCode;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tokio::net::TcpListener;
 
 /// Requests answered, by status class (`2xx`, `4xx`, ...).
 pub const REQUESTS: &str = "pier_requests_total";
@@ -118,55 +111,4 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
         }
     });
     Ok(handle)
-}
-
-/// Serves `/metrics` and `/healthz` on `listener` until the process ends.
-pub async fn serve_admin(listener: TcpListener, handle: PrometheusHandle) {
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!("admin accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let handle = handle.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let handle = handle.clone();
-                async move { Ok::<_, Infallible>(admin_response(req.uri().path(), &handle)) }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
-}
-
-fn admin_response(path: &str, handle: &PrometheusHandle) -> Response<Full<Bytes>> {
-    let (status, content_type, body) = match path {
-        "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", handle.render()),
-        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
-        _ => (
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found: try /metrics or /healthz\n".to_string(),
-        ),
-    };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        content_type.parse().expect("static"),
-    );
-    response
-        .headers_mut()
-        .insert(http::header::SERVER, http::HeaderValue::from_static("pier"));
-    response
-}
-
-/// Binds the admin listener.
-pub async fn bind_admin(addr: SocketAddr) -> Result<TcpListener, crate::ServeError> {
-    crate::server::bind(addr, "--admin-addr").await
 }

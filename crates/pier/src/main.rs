@@ -73,14 +73,20 @@ struct ServeArgs {
     /// Worker processes serving together on one port (a listening socket each, SO_REUSEPORT),
     /// each running its guests on one thread. Guests that touch many pages (Python, JavaScript)
     /// cost about half the CPU per request this way: in one multi-threaded process every
-    /// copy-on-write fault interrupts the other cores. One per core serves most. Limits (--max-concurrency, ...) apply per worker;
-    /// not yet with --admin-addr or --filter, whose state would be split between workers.
+    /// copy-on-write fault interrupts the other cores. One per core serves most. Limits
+    /// (--max-concurrency, ...) apply per worker, and --admin-addr shows each worker's metrics
+    /// labelled `worker`; not yet with --filter, whose shared data would be split between
+    /// workers.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     workers: u32,
     /// Run as one of the workers of `--workers`, serving on the listening socket the supervisor
     /// gave at this file descriptor.
     #[arg(long, value_name = "FD", hide = true)]
     worker_fd: Option<i32>,
+    /// As a worker, serve metrics for the supervisor on the listening socket at this file
+    /// descriptor (instead of --admin-addr).
+    #[arg(long, value_name = "FD", hide = true, requires = "worker_fd")]
+    worker_admin_fd: Option<i32>,
     #[command(flatten)]
     limits: LimitArgs,
     #[command(flatten)]
@@ -472,7 +478,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listen = match args.worker_fd {
         Some(fd) => {
             workers::stop_with_supervisor()?;
-            Listen::Listener(workers::inherited_listener(fd)?)
+            Listen::Listener(workers::inherited_listener(fd, "--worker-fd")?)
         }
         None => Listen::Addr(args.addr),
     };
@@ -488,9 +494,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         (Some(cert), Some(key)) => Some(pier_http::tls_acceptor(cert, key)?),
         _ => None,
     };
-    let admin = match args.admin_addr {
-        Some(addr) => Some(pier_http::metrics::bind_admin(addr).await?),
-        None => None,
+    let admin = match (args.worker_admin_fd, args.admin_addr) {
+        (Some(fd), _) => {
+            let listener = workers::inherited_listener(fd, "--worker-admin-fd")?;
+            listener.set_nonblocking(true)?;
+            Some(tokio::net::TcpListener::from_std(listener)?)
+        }
+        (None, Some(addr)) => Some(pier_http::admin::bind(addr).await?),
+        (None, None) => None,
     };
     // One pool slot per request in a guest, plus the instances made ahead, plus slack for
     // instances still being torn down.
@@ -523,8 +534,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     pier_engine::start_epoch_ticker(&engine);
     if let Some(listener) = admin {
         let handle = pier_http::metrics::install_recorder()?;
-        eprintln!("pier: admin on http://{}", listener.local_addr()?);
-        tokio::spawn(pier_http::metrics::serve_admin(listener, handle));
+        if args.worker_admin_fd.is_none() {
+            eprintln!("pier: admin on http://{}", listener.local_addr()?);
+        }
+        let admin = pier_http::admin::Admin::Process(handle);
+        tokio::spawn(pier_http::admin::serve(listener, admin));
     }
     let filters = args
         .filters

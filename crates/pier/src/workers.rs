@@ -11,9 +11,14 @@
 //! another on the same socket when one dies, and on SIGTERM or Ctrl-C passes the stop on and
 //! waits for every worker to drain. Because the supervisor holds the sockets, connections the
 //! kernel queued for a worker that died wait for its replacement instead of being reset.
+//!
+//! With `--admin-addr`, the supervisor also holds a loopback socket per worker, on which the
+//! worker serves its own metrics (`--worker-admin-fd`), and its admin listener gathers them all
+//! (`pier_http::admin::Workers`).
 
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -41,11 +46,6 @@ const WORKER_INDEX: &str = "PIER_WORKER";
 /// Runs `pier serve --workers N` until SIGTERM or Ctrl-C.
 pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
     let n = args.workers;
-    if args.admin_addr.is_some() {
-        bail!(
-            "--workers {n} with --admin-addr is not supported yet: each worker would count only its own requests; give one of them"
-        );
-    }
     if !args.filters.filters.is_empty() {
         bail!(
             "--workers {n} with --filter is not supported yet: filter VMs share data and queues within one process only; give one of them"
@@ -55,6 +55,26 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
     let shutdown = crate::shutdown_signal();
     tokio::pin!(shutdown);
     let port = pier_http::SharedPort::bind(args.addr, n as usize, "--addr")?;
+    // The supervisor's admin listener shows every worker's metrics; each worker serves its own
+    // on a loopback socket made here, which its replacements inherit too.
+    let admin = match args.admin_addr {
+        Some(addr) => {
+            let listener = pier_http::admin::bind(addr).await?;
+            let workers = Arc::new(
+                pier_http::admin::Workers::bind(n as usize)
+                    .context("cannot listen on loopback for the workers' metrics")?,
+            );
+            eprintln!("pier: admin on http://{}", listener.local_addr()?);
+            let admin = pier_http::admin::Admin::Workers(workers.clone());
+            tokio::spawn(pier_http::admin::serve(listener, admin));
+            Some(workers)
+        }
+        None => None,
+    };
+    let sockets = Sockets {
+        port: &port,
+        admin: admin.as_deref(),
+    };
     let (stop, stopping) = watch::channel(false);
     let mut running = JoinSet::new();
     let startup = async {
@@ -73,8 +93,9 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
                 .await;
         }
         for index in 0..n {
-            let (child, stdout) = start(index, &port).await?;
+            let (child, stdout) = start(index, &sockets).await?;
             running.spawn(watch(index, child, stdout, stopping.clone()));
+            sockets.set_running(index, true);
         }
         anyhow::Ok(())
     };
@@ -108,6 +129,7 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
                 status,
                 lived,
             } = ended;
+            sockets.set_running(index, false);
             let clean = matches!(&status, Ok(s) if s.success());
             tracing::error!(
                 worker = index,
@@ -123,7 +145,7 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
             };
             let restart = async {
                 tokio::time::sleep(pause).await;
-                start(index, &port).await
+                start(index, &sockets).await
             };
             let started = tokio::select! {
                 biased;
@@ -133,6 +155,7 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
             match started {
                 Ok((child, stdout)) => {
                     running.spawn(watch(index, child, stdout, stopping.clone()));
+                    sockets.set_running(index, true);
                 }
                 Err(e) => {
                     replacement_failed = Some(e);
@@ -150,6 +173,9 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
     let mut failed = 0;
     while let Some(ended) = running.join_next().await {
         let Ended { index, status, .. } = ended?;
+        if let Some(admin) = &admin {
+            admin.set_running(index as usize, false);
+        }
         if !matches!(status, Ok(s) if s.success()) {
             tracing::error!(
                 worker = index,
@@ -168,26 +194,52 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts worker `index` on its socket of `port` and waits until it is ready.
-async fn start(index: u32, port: &pier_http::SharedPort) -> anyhow::Result<(Child, ChildStdout)> {
-    let socket = port.listener(index as usize).as_raw_fd();
+/// The sockets the supervisor holds for its workers.
+struct Sockets<'a> {
+    /// The serving port: a listening socket per worker.
+    port: &'a pier_http::SharedPort,
+    /// With `--admin-addr`: a loopback socket per worker for its metrics.
+    admin: Option<&'a pier_http::admin::Workers>,
+}
+
+impl Sockets<'_> {
+    /// Worker `index`'s sockets: serving, and admin if any.
+    fn of(&self, index: u32) -> (RawFd, Option<RawFd>) {
+        let index = index as usize;
+        let serving = self.port.listener(index).as_raw_fd();
+        let admin = self.admin.map(|a| a.listener(index).as_raw_fd());
+        (serving, admin)
+    }
+
+    fn set_running(&self, index: u32, running: bool) {
+        if let Some(admin) = self.admin {
+            admin.set_running(index as usize, running);
+        }
+    }
+}
+
+/// Starts worker `index` on its sockets and waits until it is ready.
+async fn start(index: u32, sockets: &Sockets<'_>) -> anyhow::Result<(Child, ChildStdout)> {
+    let (socket, admin) = sockets.of(index);
     let mut command = pier_command();
     command
-        .args(worker_args(std::env::args_os().skip(1), socket))
+        .args(worker_args(std::env::args_os().skip(1), socket, admin))
         .env(SUPERVISOR_PID, std::process::id().to_string())
         .env(WORKER_INDEX, index.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .kill_on_drop(true);
-    // The worker inherits its socket at the same number; every other descriptor stays
+    // The worker inherits its sockets at the same numbers; every other descriptor stays
     // close-on-exec.
     // SAFETY: runs in the child between fork and exec, and calls only fcntl, which is
     // async-signal-safe.
     unsafe {
         command.pre_exec(move || {
-            let flags = libc::fcntl(socket, libc::F_GETFD);
-            if flags < 0 || libc::fcntl(socket, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                return Err(std::io::Error::last_os_error());
+            for fd in std::iter::once(socket).chain(admin) {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
@@ -225,11 +277,12 @@ fn pier_command() -> Command {
     command
 }
 
-/// A worker's command line: the supervisor's, with `--worker-fd FD` right after `serve` (not at
-/// the end, where a `--` would make it the component's path).
+/// A worker's command line: the supervisor's, with `--worker-fd FD` (and `--worker-admin-fd FD`)
+/// right after `serve` (not at the end, where a `--` would make them the component's path).
 fn worker_args(
     args: impl Iterator<Item = std::ffi::OsString>,
     fd: RawFd,
+    admin: Option<RawFd>,
 ) -> Vec<std::ffi::OsString> {
     let mut out = Vec::new();
     let mut placed = false;
@@ -239,6 +292,10 @@ fn worker_args(
         if serve {
             out.push("--worker-fd".into());
             out.push(fd.to_string().into());
+            if let Some(admin) = admin {
+                out.push("--worker-admin-fd".into());
+                out.push(admin.to_string().into());
+            }
             placed = true;
         }
     }
@@ -318,8 +375,8 @@ pub fn stop_with_supervisor() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// In a worker: the listening socket the supervisor gave at `fd`.
-pub fn inherited_listener(fd: RawFd) -> anyhow::Result<std::net::TcpListener> {
+/// In a worker: the listening socket the supervisor gave at `fd` (with `flag`).
+pub fn inherited_listener(fd: RawFd, flag: &str) -> anyhow::Result<std::net::TcpListener> {
     let mut listening: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `listening`; a bad fd only fails.
@@ -334,7 +391,7 @@ pub fn inherited_listener(fd: RawFd) -> anyhow::Result<std::net::TcpListener> {
     };
     if rc != 0 || listening == 0 {
         bail!(
-            "--worker-fd {fd} is not a listening socket (--worker-fd is for the workers pier serve --workers starts itself)"
+            "{flag} {fd} is not a listening socket ({flag} is for the workers pier serve --workers starts itself)"
         );
     }
     // SAFETY: the fd is open and a listening socket (checked above), and nothing else in this
@@ -342,7 +399,7 @@ pub fn inherited_listener(fd: RawFd) -> anyhow::Result<std::net::TcpListener> {
     let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
     listener
         .local_addr()
-        .with_context(|| format!("--worker-fd {fd} is not a TCP socket"))?;
+        .with_context(|| format!("{flag} {fd} is not a TCP socket"))?;
     // Not passed on to anything this worker starts.
     // SAFETY: fcntl on an fd this function now owns.
     unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
@@ -367,11 +424,14 @@ mod tests {
         fn args(line: &str) -> Vec<std::ffi::OsString> {
             line.split(' ').map(Into::into).collect()
         }
-        let given = worker_args(
-            args("--log-format json serve --workers 2 -- app.wasm").into_iter(),
-            7,
-        );
+        let line = args("--log-format json serve --workers 2 -- app.wasm");
+        let given = worker_args(line.clone().into_iter(), 7, None);
         let want = args("--log-format json serve --worker-fd 7 --workers 2 -- app.wasm");
+        assert_eq!(given, want);
+        let given = worker_args(line.into_iter(), 7, Some(9));
+        let want = args(
+            "--log-format json serve --worker-fd 7 --worker-admin-fd 9 --workers 2 -- app.wasm",
+        );
         assert_eq!(given, want);
     }
 }

@@ -596,6 +596,88 @@ async fn workers_share_one_port_and_a_dead_worker_is_replaced() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_of_workers_shows_every_workers_metrics() {
+    let server = serve(
+        "env",
+        &[
+            "--workers",
+            "2",
+            "--env",
+            "PIER_WORKER",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ],
+    );
+    let admin = server.admin_addr.clone().expect("admin address printed");
+    let health = get(&admin, Proto::H1, "/healthz").await.unwrap();
+    assert_eq!(
+        (health.status, health.text().as_str()),
+        (StatusCode::OK, "ok: 2 of 2 workers running\n")
+    );
+    // Requests on new connections, counted by the worker that answered each.
+    let mut answered = std::collections::BTreeMap::<String, u32>::new();
+    for i in 0..40 {
+        let text = get(&server.addr, PROTOS[i % 2], "/").await.unwrap().text();
+        let worker = text
+            .lines()
+            .find_map(|l| l.strip_prefix("PIER_WORKER="))
+            .unwrap_or_else(|| panic!("no PIER_WORKER in {text:?}"));
+        *answered.entry(worker.to_string()).or_default() += 1;
+    }
+    assert_eq!(answered.len(), 2, "{answered:?}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let metrics = get(&admin, Proto::H1, "/metrics").await.unwrap().text();
+    for (worker, count) in &answered {
+        let line = format!("pier_requests_total{{worker=\"{worker}\",status=\"2xx\"}} {count}");
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line:?} missing from:\n{metrics}"
+        );
+        let up = format!("pier_worker_up{{worker=\"{worker}\"}} 1");
+        assert!(metrics.lines().any(|l| l == up), "{up:?} missing");
+    }
+    assert_eq!(
+        metrics
+            .matches("# TYPE pier_requests_total counter")
+            .count(),
+        1,
+        "one family, every worker's samples:\n{metrics}"
+    );
+
+    // A worker that does not answer is left out of the scrape and said to be down; the others
+    // are still there.
+    let workers = workers_of(server.pid());
+    assert_eq!(workers.len(), 2);
+    let stopped = workers
+        .iter()
+        .position(|&pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/environ"))
+                .unwrap()
+                .split('\0')
+                .any(|v| v == "PIER_WORKER=0")
+        })
+        .expect("worker 0");
+    pier_testkit::signal(workers[stopped], "STOP").unwrap();
+    let metrics = get(&admin, Proto::H1, "/metrics").await.unwrap().text();
+    pier_testkit::signal(workers[stopped], "CONT").unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "pier_worker_up{worker=\"0\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("pier_requests_total{worker=\"0\""),
+        "{metrics}"
+    );
+    let line = format!(
+        "pier_requests_total{{worker=\"1\",status=\"2xx\"}} {}",
+        answered["1"]
+    );
+    assert!(metrics.lines().any(|l| l == line), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_queued_for_a_dead_worker_wait_for_its_replacement() {
     let server = serve("env", &["--workers", "2", "--env", "PIER_WORKER"]);
     let workers = workers_of(server.pid());
@@ -753,15 +835,6 @@ async fn workers_stop_when_their_supervisor_is_killed() {
 fn workers_refuse_what_they_cannot_share_and_report_start_up_errors_once() {
     let hello = guest("hello");
     let hello = hello.to_str().unwrap();
-    let admin = [
-        "serve",
-        "--workers",
-        "2",
-        "--admin-addr",
-        "127.0.0.1:0",
-        hello,
-    ];
-    pier_testkit::assert_one_line_error(pier(), &admin, &["--workers 2", "--admin-addr"]);
     let filter = ["serve", "--workers", "2", "--filter", hello, hello];
     pier_testkit::assert_one_line_error(pier(), &filter, &["--workers 2", "--filter"]);
     // A worker that cannot start says why; the supervisor adds nothing and exits 1.
