@@ -90,12 +90,15 @@ impl Workers {
 
     fn health(&self) -> (StatusCode, String) {
         let (running, all) = (self.running(), self.running.len());
-        let status = if running > 0 {
-            StatusCode::OK
+        let (status, word) = if running > 0 {
+            (StatusCode::OK, "ok")
         } else {
-            StatusCode::SERVICE_UNAVAILABLE
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
         };
-        (status, format!("ok: {running} of {all} workers running\n"))
+        (
+            status,
+            format!("{word}: {running} of {all} workers running\n"),
+        )
     }
 
     /// Every running worker's metrics, merged into one exposition.
@@ -141,9 +144,9 @@ async fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
     Ok(String::from_utf8(body.to_vec())?)
 }
 
-/// One exposition from the workers' (`None`: the worker did not answer): one `HELP` and `TYPE`
-/// per family, in the order first seen, each sample labelled `worker="N"`, and the
-/// `pier_worker_up` gauge. Counters are per worker, so a worker that is replaced shows as a
+/// One exposition made of the workers' (`texts[N]` is worker N's, `None` if it did not answer):
+/// one `HELP` and `TYPE` per family, in the order first seen, each sample labelled `worker="N"`,
+/// then the `pier_worker_up` gauge. Counters are per worker, so a worker that is replaced shows as a
 /// counter reset of its own series, which `rate()` handles; `sum without (worker)` adds them up.
 pub fn merge_workers(texts: &[Option<String>]) -> String {
     let mut families: Vec<Family> = Vec::new();
@@ -335,6 +338,23 @@ pier_worker_up{worker=\"1\"} 0
 pier_worker_up{worker=\"2\"} 1
 ";
         assert_eq!(merged, want);
+    }
+
+    #[test]
+    fn health_counts_the_running_workers() {
+        let workers = Workers::bind(2).unwrap();
+        let said = |w: &Workers| {
+            let (status, body) = w.health();
+            (status.as_u16(), body)
+        };
+        assert_eq!(
+            said(&workers),
+            (503, "unavailable: 0 of 2 workers running\n".into())
+        );
+        workers.set_running(1, true);
+        assert_eq!(said(&workers), (200, "ok: 1 of 2 workers running\n".into()));
+        workers.set_running(0, true);
+        assert_eq!(said(&workers), (200, "ok: 2 of 2 workers running\n".into()));
     }
 
     #[test]
