@@ -8,8 +8,8 @@
 //! The supervisor listens on the port with one socket per worker (`SO_REUSEPORT`: the kernel
 //! spreads new connections over them), compiles the component into the cache once, starts the
 //! workers, each inheriting its socket (`--worker-fd`), and waits until each is ready, starts
-//! another on the same socket when one dies, and on SIGTERM or Ctrl-C passes the stop on and
-//! waits for every worker to drain. Because the supervisor holds the sockets, connections the
+//! another on the same socket when one dies (trying a few times before giving up), and on
+//! SIGTERM or Ctrl-C passes the stop on and waits for every worker to drain. Because the supervisor holds the sockets, connections the
 //! kernel queued for a worker that died wait for its replacement instead of being reset.
 //!
 //! With `--admin-addr`, the supervisor also holds a loopback socket per worker, on which the
@@ -108,7 +108,8 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
         }
     };
 
-    // A replacement that cannot start stops the others gracefully, then pier fails.
+    // A replacement that cannot start (after `REPLACEMENT_ATTEMPTS`) stops the others
+    // gracefully, then pier fails.
     let mut replacement_failed = None;
     if !stopped_while_starting {
         let scheme = if args.tls_cert.is_some() {
@@ -145,7 +146,7 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
             };
             let restart = async {
                 tokio::time::sleep(pause).await;
-                start(index, &sockets).await
+                replace(index, &sockets).await
             };
             let started = tokio::select! {
                 biased;
@@ -192,6 +193,33 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
         bail!("{failed} workers did not stop cleanly");
     }
     Ok(())
+}
+
+/// Tries at starting a replacement for a worker that died, the waits between them doubling from
+/// one second (7 s in all): a passing shortage (memory, processes) is ridden out, while a lasting
+/// failure (say, the component file replaced by a broken one) stops pier within seconds rather
+/// than leave the connections queued on the dead worker's socket waiting for good.
+const REPLACEMENT_ATTEMPTS: u32 = 4;
+
+/// Starts a replacement for worker `index`, trying again on failure.
+async fn replace(index: u32, sockets: &Sockets<'_>) -> anyhow::Result<(Child, ChildStdout)> {
+    let mut wait = Duration::from_secs(1);
+    let mut attempt = 1;
+    loop {
+        match start(index, sockets).await {
+            Err(e) if attempt < REPLACEMENT_ATTEMPTS => {
+                tracing::error!(
+                    worker = index,
+                    "replacement {attempt} of {REPLACEMENT_ATTEMPTS} failed ({e}); trying again in {}s",
+                    wait.as_secs()
+                );
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+                attempt += 1;
+            }
+            started => return started,
+        }
+    }
 }
 
 /// The sockets the supervisor holds for its workers.

@@ -531,8 +531,29 @@ fn workers_of(supervisor: u32) -> Vec<u32> {
 
 /// Whether a process is gone (or a zombie waiting to be reaped).
 fn gone(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map_or(true, |stat| stat.split_whitespace().nth(2) == Some("Z"))
+    matches!(state(pid), None | Some('Z'))
+}
+
+/// Whether every thread of a process is stopped (SIGSTOP).
+fn stopped_whole(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.into_iter().all(|task| {
+        let tid = task.unwrap().file_name();
+        let stat =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{}/stat", tid.to_string_lossy()));
+        stat.ok()
+            .and_then(|s| Some(s.rsplit_once(") ")?.1.starts_with('T')))
+            .unwrap_or(false)
+    })
+}
+
+/// A process's state letter (`R`, `S`, `T` for stopped, `Z`, ...), if it exists.
+fn state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name in parentheses, which may itself hold spaces.
+    stat.rsplit_once(") ")?.1.chars().next()
 }
 
 /// Which workers answer 40 requests, each on a new connection (the env guest prints the
@@ -658,6 +679,12 @@ async fn the_admin_listener_of_workers_shows_every_workers_metrics() {
         })
         .expect("worker 0");
     pier_testkit::signal(workers[stopped], "STOP").unwrap();
+    // kill(2) returns before the signal has stopped every thread.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !stopped_whole(workers[stopped]) {
+        assert!(Instant::now() < deadline, "the worker did not stop");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let metrics = get(&admin, Proto::H1, "/metrics").await.unwrap().text();
     pier_testkit::signal(workers[stopped], "CONT").unwrap();
     assert!(
@@ -764,6 +791,44 @@ async fn a_worker_that_cannot_be_replaced_stops_the_others_and_pier_exits_1() {
     assert!(
         log.contains("drained"),
         "the healthy worker drained:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacement_that_fails_is_tried_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("app.wasm");
+    std::fs::copy(guest("hello"), &app).unwrap();
+    let server = PierServer::start(pier(), &["--workers", "2", app.to_str().unwrap()]).unwrap();
+    let workers = workers_of(server.pid());
+    assert_eq!(workers.len(), 2);
+    // The first replacement finds a broken file; by the next try it is whole again.
+    std::fs::write(&app, b"not wasm").unwrap();
+    pier_testkit::signal(workers[0], "KILL").unwrap();
+    assert!(
+        server.wait_for_log("replacement 1 of 4 failed", Duration::from_secs(10)),
+        "{}",
+        server.log()
+    );
+    std::fs::copy(guest("hello"), &app).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while workers_of(server.pid()).len() < 2 {
+        assert!(!gone(server.pid()), "pier gave up:\n{}", server.log());
+        assert!(
+            Instant::now() < deadline,
+            "no replacement:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..20 {
+        let answer = get(&server.addr, Proto::H1, "/").await.unwrap();
+        assert_eq!(answer.status, StatusCode::OK);
+    }
+    assert!(
+        !server.log().contains("replacement 2 of 4"),
+        "{}",
+        server.log()
     );
 }
 
