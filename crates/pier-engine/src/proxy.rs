@@ -367,7 +367,14 @@ impl ProxyApp {
             let now = Instant::now();
             Ok(match deadline {
                 Some(deadline) if now >= deadline => UpdateDeadline::Interrupt,
-                _ => UpdateDeadline::Yield(ticks_to_next_check(deadline, now)),
+                // tokio's own yield: the guest runs again only after the runtime has looked for
+                // I/O. A plain wake-up would queue it straight back, and with busy guests always
+                // queued the runtime would look for I/O only every few dozen of their slices:
+                // other requests would wait, unread, for seconds.
+                _ => UpdateDeadline::YieldCustom(
+                    ticks_to_next_check(deadline, now),
+                    Box::pin(tokio::task::yield_now()),
+                ),
             })
         });
         self.start_deadline(&mut store);

@@ -157,6 +157,39 @@ async fn an_infinite_loop_is_a_504_within_the_timeout() {
     assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
 }
 
+// Multi-threaded: the looping requests wait on their own while the test measures the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guests_that_compute_do_not_hold_up_other_requests() {
+    for flags in [
+        &["--timeout", "3s"][..],
+        &["--timeout", "3s", "--workers", "2"],
+    ] {
+        let server = serve("faults", flags);
+        // Two computing guests per thread, each on a connection of its own.
+        let busy: Vec<_> = (0..4)
+            .map(|_| {
+                let addr = server.addr.clone();
+                tokio::spawn(async move { get(&addr, Proto::H1, "/loop").await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for _ in 0..4 {
+            let began = Instant::now();
+            let answer = get(&server.addr, Proto::H1, "/ok").await.unwrap();
+            let took = began.elapsed();
+            assert_eq!(answer.status, StatusCode::OK);
+            assert!(
+                took < Duration::from_millis(1000),
+                "{flags:?}: a request took {took:?} behind computing guests"
+            );
+        }
+        for stuck in busy {
+            let answer = stuck.await.unwrap().unwrap();
+            assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
+        }
+    }
+}
+
 #[tokio::test]
 async fn an_instance_made_ahead_starts_its_clock_with_its_request() {
     // The instance waiting for the next request was made long before it: the request still gets
