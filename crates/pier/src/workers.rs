@@ -9,8 +9,9 @@
 //! spreads new connections over them), compiles the component into the cache once, starts the
 //! workers, each inheriting its socket (`--worker-fd`), and waits until each is ready, starts
 //! another on the same socket when one dies (trying a few times before giving up), and on
-//! SIGTERM or Ctrl-C passes the stop on and waits for every worker to drain. Because the supervisor holds the sockets, connections the
-//! kernel queued for a worker that died wait for its replacement instead of being reset.
+//! SIGTERM or Ctrl-C passes the stop on and waits for every worker to drain. Because the
+//! supervisor holds the sockets, connections the kernel queued for a worker that died wait for
+//! its replacement instead of being reset.
 //!
 //! With `--admin-addr`, the supervisor also holds a loopback socket per worker, on which the
 //! worker serves its own metrics (`--worker-admin-fd`), and its admin listener gathers them all
@@ -94,8 +95,7 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
         }
         for index in 0..n {
             let (child, stdout) = start(index, &sockets).await?;
-            running.spawn(watch(index, child, stdout, stopping.clone()));
-            sockets.set_running(index, true);
+            running.spawn(watch(index, child, stdout, stopping.clone(), admin.clone()));
         }
         anyhow::Ok(())
     };
@@ -130,7 +130,6 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
                 status,
                 lived,
             } = ended;
-            sockets.set_running(index, false);
             let clean = matches!(&status, Ok(s) if s.success());
             tracing::error!(
                 worker = index,
@@ -155,8 +154,7 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
             };
             match started {
                 Ok((child, stdout)) => {
-                    running.spawn(watch(index, child, stdout, stopping.clone()));
-                    sockets.set_running(index, true);
+                    running.spawn(watch(index, child, stdout, stopping.clone(), admin.clone()));
                 }
                 Err(e) => {
                     replacement_failed = Some(e);
@@ -174,9 +172,6 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
     let mut failed = 0;
     while let Some(ended) = running.join_next().await {
         let Ended { index, status, .. } = ended?;
-        if let Some(admin) = &admin {
-            admin.set_running(index as usize, false);
-        }
         if !matches!(status, Ok(s) if s.success()) {
             tracing::error!(
                 worker = index,
@@ -195,8 +190,8 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Tries at starting a replacement for a worker that died, the waits between them doubling from
-/// one second (7 s in all): a passing shortage (memory, processes) is ridden out, while a lasting
+/// How many times a replacement for a worker that died is tried, the waits between tries
+/// doubling from one second (7 s in all): a passing shortage (memory, processes) is ridden out, while a lasting
 /// failure (say, the component file replaced by a broken one) stops pier within seconds rather
 /// than leave the connections queued on the dead worker's socket waiting for good.
 const REPLACEMENT_ATTEMPTS: u32 = 4;
@@ -237,12 +232,6 @@ impl Sockets<'_> {
         let serving = self.port.listener(index).as_raw_fd();
         let admin = self.admin.map(|a| a.listener(index).as_raw_fd());
         (serving, admin)
-    }
-
-    fn set_running(&self, index: u32, running: bool) {
-        if let Some(admin) = self.admin {
-            admin.set_running(index as usize, running);
-        }
     }
 }
 
@@ -343,13 +332,21 @@ struct Ended {
 }
 
 /// Waits for worker `index` to exit, passing its stdout on; on `stop`, sends it SIGTERM first.
+/// Meanwhile `admin` (with `--admin-addr`) counts it as running.
 async fn watch(
     index: u32,
     mut child: Child,
     mut stdout: ChildStdout,
     mut stop: watch::Receiver<bool>,
+    admin: Option<Arc<pier_http::admin::Workers>>,
 ) -> Ended {
     let started = Instant::now();
+    let set_running = |running| {
+        if let Some(admin) = &admin {
+            admin.set_running(index as usize, running);
+        }
+    };
+    set_running(true);
     tokio::spawn(async move {
         let _ = tokio::io::copy(&mut stdout, &mut tokio::io::stdout()).await;
     });
@@ -364,6 +361,7 @@ async fn watch(
             child.wait().await
         }
     };
+    set_running(false);
     Ended {
         index,
         status,

@@ -1,6 +1,7 @@
 //! Production serving: TLS, limits and timeouts, overload, drain, metrics and logs. Every test is
 //! bounded in time and count and talks to loopback only.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -797,8 +798,10 @@ fn a_second_pier_cannot_take_the_port_of_one_with_workers() {
     }
 }
 
-#[tokio::test]
-async fn a_worker_that_cannot_be_replaced_stops_the_others_and_pier_exits_1() {
+/// `pier serve --workers 2` on a copy of the hello guest, whose file is then broken and worker 0
+/// killed: its replacement finds a file that is not wasm. The copy's directory, its path, the
+/// server and the two first workers' pids.
+fn workers_whose_component_breaks() -> (tempfile::TempDir, PathBuf, PierServer, Vec<u32>) {
     let dir = tempfile::tempdir().unwrap();
     let app = dir.path().join("app.wasm");
     std::fs::copy(guest("hello"), &app).unwrap();
@@ -808,6 +811,12 @@ async fn a_worker_that_cannot_be_replaced_stops_the_others_and_pier_exits_1() {
     // The running workers loaded the component; a replacement will find this instead.
     std::fs::write(&app, b"not wasm").unwrap();
     pier_testkit::signal(workers[0], "KILL").unwrap();
+    (dir, app, server, workers)
+}
+
+#[tokio::test]
+async fn a_worker_that_cannot_be_replaced_stops_the_others_and_pier_exits_1() {
+    let (_dir, _app, server, workers) = workers_whose_component_breaks();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !gone(server.pid()) {
         assert!(
@@ -829,15 +838,8 @@ async fn a_worker_that_cannot_be_replaced_stops_the_others_and_pier_exits_1() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replacement_that_fails_is_tried_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = dir.path().join("app.wasm");
-    std::fs::copy(guest("hello"), &app).unwrap();
-    let server = PierServer::start(pier(), &["--workers", "2", app.to_str().unwrap()]).unwrap();
-    let workers = workers_of(server.pid());
-    assert_eq!(workers.len(), 2);
     // The first replacement finds a broken file; by the next try it is whole again.
-    std::fs::write(&app, b"not wasm").unwrap();
-    pier_testkit::signal(workers[0], "KILL").unwrap();
+    let (_dir, app, server, _) = workers_whose_component_breaks();
     assert!(
         server.wait_for_log("replacement 1 of 4 failed", Duration::from_secs(10)),
         "{}",
