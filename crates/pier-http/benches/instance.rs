@@ -39,13 +39,15 @@ fn fresh_instance(c: &mut Criterion) {
     let mut group = c.benchmark_group("fresh-instance-request");
     for (name, path) in guests() {
         let wasm = WasmFile::read(&path).unwrap();
-        // The engine each guest gets from `pier serve`: its pool fitted to the component.
+        // The engine each guest gets from `pier serve`: its pool fitted to the component, for
+        // one request at a time on one thread (as in a `--workers` worker).
         let (_engine, app) = ProxyApp::load_for_serving(
             &wasm,
             &Grants::default(),
             &cache,
             StoreSettings::default(),
             1000,
+            1,
         )
         .unwrap();
         let app = Arc::new(app);
