@@ -7,8 +7,11 @@
 
 Each scenario runs at concurrency 1 and 50 against every server, alternating A B A B so drift on
 a shared machine cancels out, with wrk generating load on the same two cores. pier runs as one
-process ("pier") and as `--workers 2` ("pier-w2"; see --workers); its peak RSS sums its processes. Results: one table
-on stdout and JSON in bench/results/. Every server gives each request a fresh instance.
+process ("pier") and as `--workers 2` ("pier-w2"; see --workers). Memory is reported two ways:
+peak RSS (the kernel's high-water mark, summed over a server's processes, which counts pages they
+share once per process) and peak PSS (sampled during the load, each shared page divided among the
+processes mapping it: the memory a group of processes really holds). Results: one table on stdout
+and JSON in bench/results/. Every server gives each request a fresh instance.
 """
 
 import argparse
@@ -22,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -196,14 +200,60 @@ def peak_rss_mb(pid):
     """Peak resident memory of `pid` plus that of its child processes (`pier serve --workers`).
     Summing peaks over-counts the pages the processes share (the binary, compiled code)."""
     total = 0.0
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                total += int(line.split()[1]) / 1024
+    for p in process_tree(pid):
+        with open(f"/proc/{p}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) / 1024
+    return total
+
+
+def process_tree(pid):
+    """`pid` and its descendants."""
+    pids = [pid]
     for task in os.listdir(f"/proc/{pid}/task"):
         with open(f"/proc/{pid}/task/{task}/children") as f:
-            total += sum(peak_rss_mb(int(child)) for child in f.read().split())
+            for child in f.read().split():
+                pids += process_tree(int(child))
+    return pids
+
+
+def pss_mb(pid):
+    """Proportional set size of `pid` and its descendants, now."""
+    total = 0.0
+    for p in process_tree(pid):
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) / 1024
+        except (FileNotFoundError, ProcessLookupError):
+            pass
     return total
+
+
+class PssSampler:
+    """Samples the PSS of a process tree every 200 ms while running; keeps the peak."""
+
+    def __init__(self, pid):
+        self.pid, self.peak = pid, 0.0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        while not self.stop.wait(0.2):
+            try:
+                self.peak = max(self.peak, pss_mb(self.pid))
+            except (FileNotFoundError, ProcessLookupError):
+                return
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
 
 
 def run_one(server, name, conc, args, guests, cli):
@@ -218,8 +268,10 @@ def measure(proc, port, conc, duration, method, body, expect, headers):
     try:
         wait_http(port, expect, method, body, headers=headers)
         wrk(port, conc, 1, method, body, headers)  # warm-up
-        result = wrk(port, conc, duration, method, body, headers)
+        with PssSampler(proc.pid) as pss:
+            result = wrk(port, conc, duration, method, body, headers)
         result["peak_rss_mb"] = round(peak_rss_mb(proc.pid), 1)
+        result["peak_pss_mb"] = round(pss.peak, 1)
         return result
     finally:
         proc.terminate()
@@ -266,7 +318,8 @@ def main():
                 for server in servers:
                     r = run_one(server, name, conc, args, guests, cli)
                     print(f"  {name:7} c={conc:<3} {server:9} {r['rps']:>10.0f} req/s  p50 {r['p50_ms']:.3f} ms"
-                          f"  p99 {r['p99_ms']:.3f} ms  rss {r['peak_rss_mb']} MB", file=sys.stderr)
+                          f"  p99 {r['p99_ms']:.3f} ms  rss {r['peak_rss_mb']} MB  pss {r['peak_pss_mb']} MB",
+                          file=sys.stderr)
                     samples[server].append(r)
             for server, rs in samples.items():
                 rows.append({
@@ -275,6 +328,7 @@ def main():
                     "p50_ms": round(statistics.median(r["p50_ms"] for r in rs), 3),
                     "p99_ms": round(statistics.median(r["p99_ms"] for r in rs), 3),
                     "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
+                    "peak_pss_mb": max(r["peak_pss_mb"] for r in rs),
                     "non_2xx": sum(r["non_2xx"] for r in rs),
                     "samples": [r["rps"] for r in rs],
                 })
@@ -323,23 +377,25 @@ def ratios(rows):
             "rps_vs_native": round(r["rps"] / nat["rps"], 2) if nat else None,
             "p99_vs_wasmtime": round(r["p99_ms"] / wt["p99_ms"], 2) if wt else None,
             "rss_vs_wasmtime": round(r["peak_rss_mb"] / wt["peak_rss_mb"], 2) if wt else None,
+            "pss_vs_wasmtime": round(r["peak_pss_mb"] / wt["peak_pss_mb"], 2) if wt else None,
         })
     return out
 
 
 def print_table(rows):
-    print("| scenario | c | server | req/s | p50 ms | p99 ms | peak RSS MB |")
-    print("|---|---:|---|---:|---:|---:|---:|")
+    print("| scenario | c | server | req/s | p50 ms | p99 ms | peak RSS MB | peak PSS MB |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['scenario']} | {r['concurrency']} | {r['server']} | {r['rps']:,} | {r['p50_ms']} | "
-              f"{r['p99_ms']} | {r['peak_rss_mb']} |")
+              f"{r['p99_ms']} | {r['peak_rss_mb']} | {r['peak_pss_mb']} |")
     print()
-    print("| scenario | c | server | /wasmtime req/s | /native req/s | p99 /wasmtime | RSS /wasmtime |")
-    print("|---|---:|---|---:|---:|---:|---:|")
+    print("| scenario | c | server | /wasmtime req/s | /native req/s | p99 /wasmtime | RSS /wasmtime "
+          "| PSS /wasmtime |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|")
     for x in ratios(rows):
         fmt = lambda v: "-" if v is None else f"{v:.2f}x"
         print(f"| {x['scenario']} | {x['concurrency']} | {x['server']} | {fmt(x['rps_vs_wasmtime'])} | {fmt(x['rps_vs_native'])} | "
-              f"{fmt(x['p99_vs_wasmtime'])} | {fmt(x['rss_vs_wasmtime'])} |")
+              f"{fmt(x['p99_vs_wasmtime'])} | {fmt(x['rss_vs_wasmtime'])} | {fmt(x['pss_vs_wasmtime'])} |")
 
 
 if __name__ == "__main__":
