@@ -219,9 +219,9 @@ impl ProxyApp {
 
     /// Loads `wasm` for serving, on a serving engine (a pool of `instances`) fitted to it:
     /// memories are reset after each request the cheaper way for their size and for the
-    /// `threads` that run guests in this process ([`MemoryReset::for_component`]). What a component needs is known once it is compiled,
-    /// so one that fits the cheaper reset is loaded a second time, from the compile cache, on an
-    /// engine made for it.
+    /// `threads` that run guests in this process ([`MemoryReset::for_component`]). What a
+    /// component needs is known once it is compiled, so one that fits another reset is loaded
+    /// a second time, from the compile cache, on an engine made for it.
     pub fn load_for_serving(
         wasm: &WasmFile,
         grants: &Grants,
