@@ -28,8 +28,8 @@ const KEEP_RESIDENT: usize = 16 << 20;
 /// Memories that start at this size or less are cheaper to copy back whole than to scan.
 const SMALL_MEMORY: u64 = 128 << 10;
 
-/// Bytes of each small memory (see [`SMALL_MEMORY`]) kept resident: a small memory that grew is
-/// copied back up to here, and the rest handed back to the kernel.
+/// Bytes of each linear memory kept resident with [`MemoryReset::Whole`]: a small memory that
+/// grew is copied back up to here, and the rest handed back to the kernel.
 const SMALL_KEEP_RESIDENT: usize = 256 << 10;
 
 /// How the pool puts a released instance's linear memories back to their initial contents, so
@@ -39,69 +39,43 @@ pub enum MemoryReset {
     /// Ask the kernel which pages the request wrote (`PAGEMAP_SCAN`, Linux 6.7+) and restore
     /// only those: one system call per memory (3-5 us here), whatever the memory's size.
     ///
-    /// The scan reports at most 32 runs of written pages (a limit of wasmtime's); memory past
-    /// the 32nd run is handed back to the kernel, and the next request that touches it takes
-    /// copy-on-write page faults again (a JavaScript hello: ~58 per request, Python ~210).
+    /// The scan reports at most 32 runs of written pages (a limit of wasmtime's); memory past the
+    /// 32nd run is handed back to the kernel, and the next request faults it in again (a
+    /// JavaScript hello ~58 faults per request, Python ~210), which in one process running on
+    /// several cores interrupts the other cores. Copying large memories back whole instead
+    /// removes those faults and halved the CPU of such a process for CPU-bound guests, but each
+    /// pool slot then keeps its whole memory resident: after a burst of 200 concurrent Python
+    /// requests waiting on an upstream, 3.9 GB stayed resident against 0.5 GB (see
+    /// bench/RESULTS.md). `--workers`, one thread each, makes the faults cheap instead.
     DirtyPages,
-    /// Copy each memory back whole, up to `resident` bytes, with no system call; pages beyond
-    /// are handed back to the kernel. No page faults on the next request, at the price of
-    /// copying the whole memory, written or not.
-    Whole {
-        /// Bytes of each memory copied back and kept resident.
-        resident: usize,
-    },
+    /// Copy each memory back whole, with no system call: cheaper while memories are a few
+    /// pages (measured: a 64 KiB memory resets ~3 us faster; at 256 KiB the two are even).
+    Whole,
 }
 
 impl MemoryReset {
-    /// The cheaper reset for `component` in a process that runs guests on `threads` threads:
-    ///
-    /// - memories and tables that all start at [`SMALL_MEMORY`] or less are copied back whole
-    ///   (tables are reset the same way): a 64 KiB memory resets ~3 us faster than by a scan,
-    ///   at 256 KiB the two are even;
-    /// - larger memories, up to [`KEEP_RESIDENT`], are also copied back whole when guests run
-    ///   on several threads of one process: there a copy-on-write fault must interrupt the other
-    ///   cores to flush their TLBs, so faulting is dearer than copying (measured on 2 cores:
-    ///   a componentize-py hello 4.8-5.1 ms of CPU per request with scans, 2.6-2.9 ms copying
-    ///   16 MiB; JavaScript 1.3-1.9 ms -> 0.9-1.4 ms);
-    /// - otherwise (one thread, as a `--workers` worker, or a larger memory) only the pages a
-    ///   request wrote are restored ([`DirtyPages`](Self::DirtyPages)): with no other core to
-    ///   interrupt, faults are cheap and the copy is not (JavaScript with 2 workers:
-    ///   0.62 ms -> 1.15 ms per request when copying).
-    pub fn for_component(component: &Component, threads: usize) -> MemoryReset {
-        let Some(needs) = component.resources_required() else {
-            return MemoryReset::DirtyPages;
-        };
-        let memory = needs
-            .max_initial_memory_size
-            .unwrap_or(0)
-            .saturating_mul(WASM_PAGE);
-        let table = needs
-            .max_initial_table_size
-            .unwrap_or(0)
-            .saturating_mul(TABLE_ELEMENT);
-        if memory <= SMALL_MEMORY && table <= SMALL_MEMORY {
-            MemoryReset::Whole {
-                resident: SMALL_KEEP_RESIDENT,
-            }
-        } else if threads > 1 && memory <= KEEP_RESIDENT as u64 {
-            MemoryReset::Whole {
-                resident: KEEP_RESIDENT,
-            }
+    /// The cheaper reset for `component`: [`Whole`](Self::Whole) when every memory and table it
+    /// defines starts at [`SMALL_MEMORY`] or less (tables are reset the same way), else
+    /// [`DirtyPages`](Self::DirtyPages).
+    pub fn for_component(component: &Component) -> MemoryReset {
+        let small = component.resources_required().is_some_and(|needs| {
+            let memory = needs.max_initial_memory_size.unwrap_or(0);
+            let table = needs.max_initial_table_size.unwrap_or(0);
+            memory.saturating_mul(WASM_PAGE) <= SMALL_MEMORY
+                && table.saturating_mul(TABLE_ELEMENT) <= SMALL_MEMORY
+        });
+        if small {
+            MemoryReset::Whole
         } else {
             MemoryReset::DirtyPages
         }
     }
 
     /// How the log says it.
-    pub fn describe(self) -> String {
+    pub fn describe(self) -> &'static str {
         match self {
-            MemoryReset::DirtyPages => "only the pages each request wrote".into(),
-            MemoryReset::Whole { resident } if resident % (1 << 20) == 0 => {
-                format!("copied back whole, up to {} MiB", resident >> 20)
-            }
-            MemoryReset::Whole { resident } => {
-                format!("copied back whole, up to {} KiB", resident >> 10)
-            }
+            MemoryReset::DirtyPages => "only the pages each request wrote",
+            MemoryReset::Whole => "whole (every memory and table starts at 128 KiB or less)",
         }
     }
 }
@@ -160,8 +134,8 @@ fn pooling_config(instances: u32, reset: MemoryReset) -> PoolingAllocationConfig
         MemoryReset::DirtyPages => pool
             .linear_memory_keep_resident(KEEP_RESIDENT)
             .pagemap_scan(Enabled::Auto),
-        MemoryReset::Whole { resident } => pool
-            .linear_memory_keep_resident(resident)
+        MemoryReset::Whole => pool
+            .linear_memory_keep_resident(SMALL_KEEP_RESIDENT)
             .pagemap_scan(Enabled::No),
     };
     pool
@@ -217,55 +191,30 @@ mod tests {
     }
 
     #[test]
-    fn memories_are_copied_back_whole_unless_large_or_on_one_thread() {
-        use MemoryReset::DirtyPages;
-        const SMALL: MemoryReset = MemoryReset::Whole {
-            resident: SMALL_KEEP_RESIDENT,
-        };
-        const LARGE: MemoryReset = MemoryReset::Whole {
-            resident: KEEP_RESIDENT,
-        };
-        // What, its modules, the reset with guests on one thread, and on two.
-        let cases: &[(&str, &[&str], MemoryReset, MemoryReset)] = &[
-            ("nothing", &[], SMALL, SMALL),
-            ("a module without memory", &["(func)"], SMALL, SMALL),
-            ("2 pages", &["(memory 2)"], SMALL, SMALL),
-            ("3 pages", &["(memory 3)"], DirtyPages, LARGE),
+    fn small_memories_and_tables_are_copied_back_whole_and_larger_ones_by_dirty_page() {
+        use MemoryReset::{DirtyPages, Whole};
+        let cases: &[(&str, &[&str], MemoryReset)] = &[
+            ("nothing", &[], Whole),
+            ("a module without memory", &["(func)"], Whole),
+            ("2 pages", &["(memory 2)"], Whole),
+            ("3 pages", &["(memory 3)"], DirtyPages),
             (
                 "3 pages in the second module",
                 &["(memory 1)", "(memory 3)"],
                 DirtyPages,
-                LARGE,
             ),
-            ("16 MiB", &["(memory 256)"], DirtyPages, LARGE),
-            ("over 16 MiB", &["(memory 257)"], DirtyPages, DirtyPages),
-            ("a 128 KiB table", &["(table 16384 funcref)"], SMALL, SMALL),
-            (
-                "a larger table",
-                &["(table 16385 funcref)"],
-                DirtyPages,
-                LARGE,
-            ),
-            (
-                "a small memory that may grow",
-                &["(memory 1 65536)"],
-                SMALL,
-                SMALL,
-            ),
+            ("a 128 KiB table", &["(table 16384 funcref)"], Whole),
+            ("a larger table", &["(table 16385 funcref)"], DirtyPages),
+            ("a small memory that may grow", &["(memory 1 65536)"], Whole),
         ];
         let engine = new_engine(EngineKind::Run).unwrap();
-        for (what, modules, one_thread, two_threads) in cases {
+        for (what, modules, expected) in cases {
             let wat = component(modules);
             let component = Component::new(&engine, &wat).unwrap();
             assert_eq!(
-                MemoryReset::for_component(&component, 1),
-                *one_thread,
-                "{what}, one thread:\n{wat}"
-            );
-            assert_eq!(
-                MemoryReset::for_component(&component, 2),
-                *two_threads,
-                "{what}, two threads:\n{wat}"
+                MemoryReset::for_component(&component),
+                *expected,
+                "{what}:\n{wat}"
             );
         }
     }

@@ -218,17 +218,16 @@ impl ProxyApp {
     }
 
     /// Loads `wasm` for serving, on a serving engine (a pool of `instances`) fitted to it:
-    /// memories are reset after each request the cheaper way for their size and for the
-    /// `threads` that run guests in this process ([`MemoryReset::for_component`]). What a
-    /// component needs is known once it is compiled, so one that fits another reset is loaded
-    /// a second time, from the compile cache, on an engine made for it.
+    /// memories are reset after each request the cheaper way for their size
+    /// ([`MemoryReset::for_component`]). What a component needs is known once it is compiled,
+    /// so one that fits the cheaper reset is loaded a second time, from the compile cache, on an
+    /// engine made for it.
     pub fn load_for_serving(
         wasm: &WasmFile,
         grants: &Grants,
         cache: &CompileCache,
         settings: StoreSettings,
         instances: u32,
-        threads: usize,
     ) -> anyhow::Result<(Engine, ProxyApp)> {
         let load = |reset| -> anyhow::Result<(Engine, ProxyApp)> {
             let engine = new_engine(EngineKind::Serve { instances, reset })?;
@@ -236,7 +235,7 @@ impl ProxyApp {
             Ok((engine, app))
         };
         let (engine, app) = load(MemoryReset::DirtyPages)?;
-        let reset = MemoryReset::for_component(app.component(), threads);
+        let reset = MemoryReset::for_component(app.component());
         let (engine, app) = if reset == MemoryReset::DirtyPages {
             (engine, app)
         } else {

@@ -39,15 +39,13 @@ fn fresh_instance(c: &mut Criterion) {
     let mut group = c.benchmark_group("fresh-instance-request");
     for (name, path) in guests() {
         let wasm = WasmFile::read(&path).unwrap();
-        // The engine each guest gets from `pier serve`: its pool fitted to the component, for
-        // one request at a time on one thread (as in a `--workers` worker).
+        // The engine each guest gets from `pier serve`: its pool fitted to the component.
         let (_engine, app) = ProxyApp::load_for_serving(
             &wasm,
             &Grants::default(),
             &cache,
             StoreSettings::default(),
             1000,
-            1,
         )
         .unwrap();
         let app = Arc::new(app);

@@ -71,9 +71,9 @@ struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16))]
     prewarm: u32,
     /// Worker processes serving together on one port (a listening socket each, SO_REUSEPORT),
-    /// each running its guests on one thread, where only the pages a request wrote need
-    /// restoring (in one multi-threaded process a copy-on-write fault interrupts the other
-    /// cores, so memories are copied back whole instead). One per core serves most. Limits
+    /// each running its guests on one thread. Guests that touch many pages (Python, JavaScript)
+    /// cost about half the CPU per request this way: in one multi-threaded process every
+    /// copy-on-write fault interrupts the other cores. One per core serves most. Limits
     /// (--max-concurrency, ...) apply per worker, and --admin-addr shows each worker's metrics
     /// labelled `worker`; not yet with --filter, whose shared data would be split between
     /// workers.
@@ -518,16 +518,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 prewarm: args.prewarm as usize,
             };
             let cache = CompileCache::new(&config.cache);
-            // The threads that run guests: a worker's one, or the runtime's one per core.
-            let threads = tokio::runtime::Handle::current().metrics().num_workers();
-            let (engine, mut app) = ProxyApp::load_for_serving(
-                &wasm,
-                &config.grants,
-                &cache,
-                settings,
-                instances,
-                threads,
-            )?;
+            let (engine, mut app) =
+                ProxyApp::load_for_serving(&wasm, &config.grants, &cache, settings, instances)?;
             app.set_outbound(Arc::new(pier_http::OutboundClient::new(&config.outbound)?));
             (engine, pier_http::Handler::Component(Arc::new(app)))
         }
