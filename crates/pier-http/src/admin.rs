@@ -18,8 +18,8 @@ use tokio::net::TcpListener;
 /// What an admin listener reports on.
 #[derive(Clone)]
 pub enum Admin {
-    /// This process's own metrics.
-    Process(PrometheusHandle),
+    /// This process's own metrics, with the state of `engine`'s instance pool as of the scrape.
+    Process(PrometheusHandle, wasmtime::Engine),
     /// The metrics of a supervisor's workers.
     Workers(Arc<Workers>),
 }
@@ -29,11 +29,14 @@ impl Admin {
     async fn respond(&self, path: &str) -> (StatusCode, &'static str, String) {
         const EXPOSITION: &str = "text/plain; version=0.0.4";
         match (path, self) {
-            ("/metrics", Admin::Process(handle)) => (StatusCode::OK, EXPOSITION, handle.render()),
+            ("/metrics", Admin::Process(handle, engine)) => {
+                crate::metrics::record_pool(engine);
+                (StatusCode::OK, EXPOSITION, handle.render())
+            }
             ("/metrics", Admin::Workers(workers)) => {
                 (StatusCode::OK, EXPOSITION, workers.render().await)
             }
-            ("/healthz", Admin::Process(_)) => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+            ("/healthz", Admin::Process(..)) => (StatusCode::OK, "text/plain", "ok\n".to_string()),
             ("/healthz", Admin::Workers(workers)) => {
                 let (status, body) = workers.health();
                 (status, "text/plain", body)

@@ -38,6 +38,14 @@ pub const OUTBOUND_SECONDS: &str = "pier_outbound_request_duration_seconds";
 /// Response body bytes received by outgoing requests.
 pub const OUTBOUND_BYTES_IN: &str = "pier_outbound_response_body_bytes_total";
 
+/// Pool slots (`kind`: `memory`, `table`) that served an instance before and are free now: warm,
+/// so the next instance of the same component starts there without page faults.
+pub const POOL_WARM_SLOTS: &str = "pier_pool_unused_warm_slots";
+/// Bytes of reset pages those free warm slots keep resident (`kind`: `memory`, `table`). The pool
+/// does not give them back to the kernel: after a burst of N concurrent instances, up to N slots'
+/// worth stays resident until reused.
+pub const POOL_RESIDENT_BYTES: &str = "pier_pool_unused_resident_bytes";
+
 /// The Prometheus status class of a status code.
 pub fn status_class(status: StatusCode) -> &'static str {
     match status.as_u16() {
@@ -102,6 +110,15 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
         metrics::Unit::Bytes,
         "Outgoing response body bytes received"
     );
+    metrics::describe_gauge!(
+        POOL_WARM_SLOTS,
+        "Free pool slots that served an instance before"
+    );
+    metrics::describe_gauge!(
+        POOL_RESIDENT_BYTES,
+        metrics::Unit::Bytes,
+        "Bytes free warm pool slots keep resident"
+    );
     // Upkeep (histogram summaries) on a timer, not on every scrape.
     let upkeep = handle.clone();
     tokio::spawn(async move {
@@ -111,4 +128,27 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
         }
     });
     Ok(handle)
+}
+
+/// Sets the pool gauges from `engine`'s pooling allocator, as of now (called on each scrape).
+pub fn record_pool(engine: &wasmtime::Engine) {
+    let Some(pool) = engine.pooling_allocator_metrics() else {
+        return;
+    };
+    let slots = [
+        (
+            "memory",
+            pool.unused_warm_memories(),
+            pool.unused_memory_bytes_resident(),
+        ),
+        (
+            "table",
+            pool.unused_warm_tables(),
+            pool.unused_table_bytes_resident(),
+        ),
+    ];
+    for (kind, warm, resident) in slots {
+        metrics::gauge!(POOL_WARM_SLOTS, "kind" => kind).set(f64::from(warm));
+        metrics::gauge!(POOL_RESIDENT_BYTES, "kind" => kind).set(resident as f64);
+    }
 }

@@ -537,7 +537,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         if args.worker_admin_fd.is_none() {
             eprintln!("pier: admin on http://{}", listener.local_addr()?);
         }
-        let admin = pier_http::admin::Admin::Process(handle);
+        let admin = pier_http::admin::Admin::Process(handle, engine.clone());
         tokio::spawn(pier_http::admin::serve(listener, admin));
     }
     let filters = args

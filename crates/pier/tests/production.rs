@@ -465,6 +465,17 @@ async fn metrics_and_health_on_the_admin_listener() {
         assert!(metrics.contains(histogram), "{histogram} missing");
     }
     assert!(metrics.contains("pier_response_body_bytes_total"));
+    // The requests ran one after another, so their instances' slots are free now and warm,
+    // keeping their reset memory resident for the next request.
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{name} missing from:\n{metrics}"))
+    };
+    assert!(value("pier_pool_unused_warm_slots{kind=\"memory\"}") >= 1.0);
+    assert!(value("pier_pool_unused_resident_bytes{kind=\"memory\"}") > 0.0);
+    value("pier_pool_unused_warm_slots{kind=\"table\"}");
 }
 
 #[tokio::test]
