@@ -15,6 +15,7 @@ const WASI_HTTP_CRATE: &str = "48.0.8";
 
 /// Extra builds of a guest with a larger initial memory (4 pages), named `NAME-large-memory`:
 /// pier resets small and large memories differently, and the isolation probe must cover both.
+/// Also `NAME-paused-large-memory`, which pauses 500 ms (`$pause_ns`) before it answers.
 const LARGE_MEMORY: &[&str] = &["counter"];
 
 /// Extra builds of a guest against an older WASI 0.2.x, to prove version compatibility.
@@ -74,10 +75,15 @@ fn main() -> anyhow::Result<()> {
             std::fs::read_to_string(&source).with_context(|| source.display().to_string())?;
         let memory = "(memory (export \"memory\") 1)";
         anyhow::ensure!(text.contains(memory), "{}: no `{memory}`", source.display());
-        let wat = text.replacen(memory, "(memory (export \"memory\") 4)", 1);
-        let bytes = compose::component_from_wat(&wat, &wit, compose::world_of(&wat))
-            .map_err(|e| anyhow::anyhow!("guest {name} with a large memory: {e:?}"))?;
-        std::fs::write(guests.join(format!("{name}-large-memory.wasm")), bytes)?;
+        let large = text.replacen(memory, "(memory (export \"memory\") 4)", 1);
+        let pause = "(global $pause_ns i64 (i64.const 0))";
+        anyhow::ensure!(text.contains(pause), "{}: no `{pause}`", source.display());
+        let paused = large.replacen(pause, "(global $pause_ns i64 (i64.const 500_000_000))", 1);
+        for (variant, wat) in [("large-memory", large), ("paused-large-memory", paused)] {
+            let bytes = compose::component_from_wat(&wat, &wit, compose::world_of(&wat))
+                .map_err(|e| anyhow::anyhow!("guest {name}-{variant}: {e:?}"))?;
+            std::fs::write(guests.join(format!("{name}-{variant}.wasm")), bytes)?;
+        }
     }
     // Proxy-Wasm filters are core modules, not components.
     let filters = root.join("guests/proxywasm");

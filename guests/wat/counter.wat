@@ -6,7 +6,9 @@
 ;;   "global=G memory=M pages=P grown=A/B table=T handle=H"
 ;; A fresh instance per request answers "global=1 memory=1 pages=1 grown=1/1 table=1 handle=H"
 ;; with the same H every time; any state carried over from an earlier request changes a number.
-;; (The tests also build it with a larger initial memory, so it covers both memory resets.)
+;; (The tests also build it with a larger initial memory, so it covers both memory resets, and
+;; with a pause of `$pause_ns` after it has written its counters and before it answers, so a test
+;; can act on the memory of an instance that is still alive.)
 (module
   (import "wasi:http/types@0.2.12" "[constructor]fields" (func $fields.new (result i32)))
   (import "wasi:http/types@0.2.12" "[constructor]outgoing-response" (func $response.new (param i32) (result i32)))
@@ -16,6 +18,8 @@
   (import "wasi:http/types@0.2.12" "[static]outgoing-body.finish" (func $body.finish (param i32 i32 i32 i32)))
   (import "wasi:io/streams@0.2.12" "[method]output-stream.blocking-write-and-flush" (func $stream.write (param i32 i32 i32 i32)))
   (import "wasi:io/streams@0.2.12" "[resource-drop]output-stream" (func $stream.drop (param i32)))
+  (import "wasi:clocks/monotonic-clock@0.2.12" "subscribe-duration" (func $sleep_for (param i64) (result i32)))
+  (import "wasi:io/poll@0.2.12" "[method]pollable.block" (func $pollable.block (param i32)))
 
   (memory (export "memory") 1)
   (global $heap (mut i32) (i32.const 8192))
@@ -26,6 +30,7 @@
     (global.set $heap (i32.add (local.get $p) (local.get 3)))
     (local.get $p))
 
+  (global $pause_ns i64 (i64.const 0))
   (global $count (mut i32) (i32.const 0))
   (global $ret i32 (i32.const 1024))
   (global $memory_counter i32 (i32.const 4000))
@@ -99,6 +104,9 @@
     (local.set $p (i32.add (local.get $p) (call $itoa (local.get $request) (local.get $p))))
     (i32.store8 (local.get $p) (i32.const 10))
     (local.set $p (i32.add (local.get $p) (i32.const 1)))
+
+    (if (i64.ne (global.get $pause_ns) (i64.const 0))
+      (then (call $pollable.block (call $sleep_for (global.get $pause_ns)))))
 
     (local.set $response (call $response.new (call $fields.new)))
     (call $response.body (local.get $response) (global.get $ret))

@@ -51,13 +51,20 @@ pub enum MemoryReset {
     /// Copy each memory back whole, with no system call: cheaper while memories are a few
     /// pages (measured: a 64 KiB memory resets ~3 us faster; at 256 KiB the two are even).
     Whole,
+    /// Copy back the first 256 KiB of each memory and hand the rest back to the kernel: the
+    /// next request faults in again what it touches. For larger memories when swap is on: the
+    /// scan of [`DirtyPages`](Self::DirtyPages) looks for pages that are present, so a page a
+    /// request wrote that was swapped out before its instance ended would be neither restored
+    /// nor handed back, and the next request in that pool slot would read it (seen with
+    /// wasmtime 48: a page paged out during a request came back to a later one, unreset).
+    Decommit,
 }
 
 impl MemoryReset {
-    /// The cheaper reset for `component`: [`Whole`](Self::Whole) when every memory and table it
-    /// defines starts at [`SMALL_MEMORY`] or less (tables are reset the same way), else
-    /// [`DirtyPages`](Self::DirtyPages).
-    pub fn for_component(component: &Component) -> MemoryReset {
+    /// The cheaper safe reset for `component`: [`Whole`](Self::Whole) when every memory and
+    /// table it defines starts at [`SMALL_MEMORY`] or less (tables are reset the same way),
+    /// else [`MemoryReset::large`].
+    pub fn for_component(component: &Component, swap: bool) -> MemoryReset {
         let small = component.resources_required().is_some_and(|needs| {
             let memory = needs.max_initial_memory_size.unwrap_or(0);
             let table = needs.max_initial_table_size.unwrap_or(0);
@@ -66,6 +73,16 @@ impl MemoryReset {
         });
         if small {
             MemoryReset::Whole
+        } else {
+            MemoryReset::large(swap)
+        }
+    }
+
+    /// The reset for memories too large to copy back whole: [`DirtyPages`](Self::DirtyPages),
+    /// or [`Decommit`](Self::Decommit) when `swap` is on.
+    pub fn large(swap: bool) -> MemoryReset {
+        if swap {
+            MemoryReset::Decommit
         } else {
             MemoryReset::DirtyPages
         }
@@ -76,8 +93,19 @@ impl MemoryReset {
         match self {
             MemoryReset::DirtyPages => "only the pages each request wrote",
             MemoryReset::Whole => "whole (every memory and table starts at 128 KiB or less)",
+            MemoryReset::Decommit => {
+                "the first 256 KiB copied back, the rest handed back to the kernel (swap is on, \
+                 and the dirty-page scan cannot see pages swapped out)"
+            }
         }
     }
+}
+
+/// Whether the system swaps: any active swap area in `/proc/swaps` (devices, files, zram). Read
+/// once, when an engine is made; swap turned on later is not seen.
+pub fn swap_is_on() -> bool {
+    std::fs::read_to_string("/proc/swaps")
+        .is_ok_and(|swaps| swaps.lines().skip(1).any(|l| !l.trim().is_empty()))
 }
 
 /// A WebAssembly page.
@@ -134,7 +162,7 @@ fn pooling_config(instances: u32, reset: MemoryReset) -> PoolingAllocationConfig
         MemoryReset::DirtyPages => pool
             .linear_memory_keep_resident(KEEP_RESIDENT)
             .pagemap_scan(Enabled::Auto),
-        MemoryReset::Whole => pool
+        MemoryReset::Whole | MemoryReset::Decommit => pool
             .linear_memory_keep_resident(SMALL_KEEP_RESIDENT)
             .pagemap_scan(Enabled::No),
     };
@@ -212,9 +240,20 @@ mod tests {
             let wat = component(modules);
             let component = Component::new(&engine, &wat).unwrap();
             assert_eq!(
-                MemoryReset::for_component(&component),
+                MemoryReset::for_component(&component, false),
                 *expected,
                 "{what}:\n{wat}"
+            );
+            // With swap on, the scan gives way; small memories are copied whole either way.
+            let with_swap = if *expected == DirtyPages {
+                MemoryReset::Decommit
+            } else {
+                *expected
+            };
+            assert_eq!(
+                MemoryReset::for_component(&component, true),
+                with_swap,
+                "{what}, swap on:\n{wat}"
             );
         }
     }

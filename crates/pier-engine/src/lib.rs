@@ -11,7 +11,7 @@ mod report;
 mod run;
 
 pub use cache::{CacheOutcome, CompileCache};
-pub use engine::{EPOCH_TICK, EngineKind, MemoryReset, new_engine, start_epoch_ticker};
+pub use engine::{EPOCH_TICK, EngineKind, MemoryReset, new_engine, start_epoch_ticker, swap_is_on};
 pub use host::{DenyAll, GuestLog, HostState, Outbound};
 pub use load::{LoadError, WasmFile, WasmKind, kind_of};
 pub use proxy::{AppError, ProxyApp, Ready, StoreSettings};

@@ -19,7 +19,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx};
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 
 use crate::cache::{CacheOutcome, CompileCache};
-use crate::engine::{EPOCH_TICK, EngineKind, MemoryReset, YIELD_TICKS, new_engine};
+use crate::engine::{EPOCH_TICK, EngineKind, MemoryReset, YIELD_TICKS, new_engine, swap_is_on};
 use crate::host::{DenyAll, GuestLog, HostState, Outbound};
 use crate::load::{WasmFile, WasmKind};
 
@@ -235,7 +235,7 @@ impl ProxyApp {
             Ok((engine, app))
         };
         let (engine, app) = load(MemoryReset::DirtyPages)?;
-        let reset = MemoryReset::for_component(app.component());
+        let reset = MemoryReset::for_component(app.component(), swap_is_on());
         let (engine, app) = if reset == MemoryReset::DirtyPages {
             (engine, app)
         } else {

@@ -524,7 +524,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             (engine, pier_http::Handler::Component(Arc::new(app)))
         }
         (None, Some(origin)) => {
-            let reset = MemoryReset::DirtyPages;
+            let reset = MemoryReset::large(pier_engine::swap_is_on());
             let engine = pier_engine::new_engine(EngineKind::Serve { instances, reset })?;
             let upstream = pier_http::Upstream::new(origin.clone(), &config.outbound)?;
             (engine, pier_http::Handler::Upstream(Arc::new(upstream)))

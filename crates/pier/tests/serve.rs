@@ -276,10 +276,17 @@ async fn every_request_gets_a_fresh_instance() {
 
     let large = guest("counter-large-memory");
     let large = PierServer::start(pier(), &[large.to_str().unwrap()]).expect("pier starts");
+    let reset = if swap_is_on() {
+        "the first 256 KiB copied back, the rest handed back to the kernel (swap is on"
+    } else {
+        "only the pages each request wrote"
+    };
     assert!(
         large
             .log()
-            .contains("memories are reset after each request: only the pages each request wrote")
+            .contains(&format!("memories are reset after each request: {reset}")),
+        "{}",
+        large.log()
     );
     assert_fresh_instances(&large, 4).await;
 
@@ -309,6 +316,113 @@ async fn every_request_gets_a_fresh_instance() {
         made_ahead >= 20,
         "sequential requests were served by instances made ahead:\n{metrics}"
     );
+}
+
+#[tokio::test]
+async fn memory_swapped_out_during_a_request_is_still_reset() {
+    // A page a request wrote, paged out to swap while its instance was alive, must not reach a
+    // later request in the same pool slot. The probe writes its counters, then pauses 500 ms,
+    // during which the test pages out the whole process (MADV_PAGEOUT); the requests after it
+    // must all be fresh. Without swap nothing is paged out and pier keeps the dirty-page scan.
+    let probe = guest("counter-paused-large-memory");
+    let server = PierServer::start(pier(), &[probe.to_str().unwrap()]).expect("pier starts");
+    if !swap_is_on() {
+        assert!(
+            server.log().contains(
+                "memories are reset after each request: only the pages each request wrote"
+            ),
+            "{}",
+            server.log()
+        );
+        eprintln!(
+            "no swap on this machine: nothing can be paged out, so only the reset chosen is checked"
+        );
+        return;
+    }
+    assert!(
+        server.log().contains("swap is on"),
+        "with swap, large memories are not reset by the scan:\n{}",
+        server.log()
+    );
+    let fresh = "global=1 memory=1 pages=4 grown=1/1 table=1 handle=";
+    for _ in 0..3 {
+        let paused = get(&server.addr, Proto::H1, "/");
+        let pid = server.pid();
+        let page_out = async move {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            tokio::task::spawn_blocking(move || page_out(pid))
+                .await
+                .unwrap()
+        };
+        let (answer, paged) = tokio::join!(paused, page_out);
+        assert!(answer.unwrap().text().starts_with(fresh));
+        assert!(paged > 0, "nothing was paged out");
+        // The paused request's slot comes back into use within a few requests.
+        for _ in 0..6 {
+            let answer = get(&server.addr, Proto::H1, "/").await.unwrap().text();
+            assert!(
+                answer.starts_with(fresh),
+                "state leaked through swap: {answer}"
+            );
+        }
+    }
+}
+
+/// Whether the machine swaps (pier reads the same file).
+fn swap_is_on() -> bool {
+    std::fs::read_to_string("/proc/swaps")
+        .is_ok_and(|swaps| swaps.lines().skip(1).any(|l| !l.trim().is_empty()))
+}
+
+/// Asks the kernel to page out every writable private mapping of process `pid` (to swap, for
+/// anonymous pages); returns the bytes of mappings it was asked about.
+fn page_out(pid: u32) -> usize {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    // SAFETY: plain system calls on descriptors and memory this function owns; the ranges are
+    // another process's, which process_madvise only advises.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as libc::c_int;
+        assert!(
+            pidfd >= 0,
+            "pidfd_open: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut advised = 0;
+        for line in maps.lines() {
+            let mut fields = line.split_whitespace();
+            let (range, perms) = (fields.next().unwrap(), fields.next().unwrap());
+            if !perms.contains('w') || !perms.contains('p') {
+                continue;
+            }
+            let (lo, hi) = range.split_once('-').unwrap();
+            let (lo, hi) = (
+                usize::from_str_radix(lo, 16).unwrap(),
+                usize::from_str_radix(hi, 16).unwrap(),
+            );
+            let mut start = lo;
+            while start < hi {
+                let len = (hi - start).min(1 << 30);
+                let iov = libc::iovec {
+                    iov_base: start as *mut libc::c_void,
+                    iov_len: len,
+                };
+                let n = libc::syscall(
+                    libc::SYS_process_madvise,
+                    pidfd,
+                    &iov,
+                    1,
+                    libc::MADV_PAGEOUT,
+                    0,
+                );
+                if n > 0 {
+                    advised += n as usize;
+                }
+                start += len;
+            }
+        }
+        libc::close(pidfd);
+        advised
+    }
 }
 
 /// Checks that the isolation probe, whose memory starts at `pages` pages, answers as a fresh
