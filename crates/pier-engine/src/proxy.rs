@@ -234,9 +234,11 @@ impl ProxyApp {
             let app = ProxyApp::load(&engine, wasm, grants, cache, settings)?;
             Ok((engine, app))
         };
-        let (engine, app) = load(MemoryReset::DirtyPages)?;
-        let reset = MemoryReset::for_component(app.component(), swap_is_on());
-        let (engine, app) = if reset == MemoryReset::DirtyPages {
+        let swap = swap_is_on();
+        let large = MemoryReset::large(swap);
+        let (engine, app) = load(large)?;
+        let reset = MemoryReset::for_component(app.component(), swap);
+        let (engine, app) = if reset == large {
             (engine, app)
         } else {
             drop((app, engine));

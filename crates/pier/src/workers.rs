@@ -191,9 +191,9 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
 }
 
 /// How many times a replacement for a worker that died is tried, the waits between tries
-/// doubling from one second (7 s in all): a passing shortage (memory, processes) is ridden out, while a lasting
-/// failure (say, the component file replaced by a broken one) stops pier within seconds rather
-/// than leave the connections queued on the dead worker's socket waiting for good.
+/// doubling from one second (7 s in all): a passing shortage (memory, processes) is ridden out,
+/// while a lasting failure (say, the component file replaced by a broken one) stops pier within
+/// seconds rather than leave the connections queued on the dead worker's socket waiting for good.
 const REPLACEMENT_ATTEMPTS: u32 = 4;
 
 /// Starts a replacement for worker `index`, trying again on failure.

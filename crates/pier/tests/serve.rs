@@ -276,7 +276,7 @@ async fn every_request_gets_a_fresh_instance() {
 
     let large = guest("counter-large-memory");
     let large = PierServer::start(pier(), &[large.to_str().unwrap()]).expect("pier starts");
-    let reset = if swap_is_on() {
+    let reset = if pier_engine::swap_is_on() {
         "the first 256 KiB copied back, the rest handed back to the kernel (swap is on"
     } else {
         "only the pages each request wrote"
@@ -326,7 +326,7 @@ async fn memory_swapped_out_during_a_request_is_still_reset() {
     // must all be fresh. Without swap nothing is paged out and pier keeps the dirty-page scan.
     let probe = guest("counter-paused-large-memory");
     let server = PierServer::start(pier(), &[probe.to_str().unwrap()]).expect("pier starts");
-    if !swap_is_on() {
+    if !pier_engine::swap_is_on() {
         assert!(
             server.log().contains(
                 "memories are reset after each request: only the pages each request wrote"
@@ -357,6 +357,13 @@ async fn memory_swapped_out_during_a_request_is_still_reset() {
         let (answer, paged) = tokio::join!(paused, page_out);
         assert!(answer.unwrap().text().starts_with(fresh));
         assert!(paged > 0, "nothing was paged out");
+        // The page-out really reached swap (else this round would check nothing).
+        let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+        let swapped_kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmSwap:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+        assert!(swapped_kib > Some(0), "nothing in swap:\n{status}");
         // The paused request's slot comes back into use within a few requests.
         for _ in 0..6 {
             let answer = get(&server.addr, Proto::H1, "/").await.unwrap().text();
@@ -366,12 +373,6 @@ async fn memory_swapped_out_during_a_request_is_still_reset() {
             );
         }
     }
-}
-
-/// Whether the machine swaps (pier reads the same file).
-fn swap_is_on() -> bool {
-    std::fs::read_to_string("/proc/swaps")
-        .is_ok_and(|swaps| swaps.lines().skip(1).any(|l| !l.trim().is_empty()))
 }
 
 /// Asks the kernel to page out every writable private mapping of process `pid` (to swap, for
