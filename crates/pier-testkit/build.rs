@@ -60,6 +60,30 @@ fn main() -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("guest {}: {e:?}", path.display()))?;
         std::fs::write(guests.join(format!("{name}.wasm")), bytes)?;
     }
+    // A directory of WAT shared libraries is linked into one component named after it.
+    for entry in std::fs::read_dir(&wat_dir)? {
+        let dir = entry?.path();
+        if !dir.is_dir() {
+            continue;
+        }
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()?;
+        files.retain(|f| f.extension().is_some_and(|e| e == "wat"));
+        files.sort();
+        let mut libraries = Vec::new();
+        for file in &files {
+            let wat = std::fs::read_to_string(file).with_context(|| file.display().to_string())?;
+            let stem = file.file_stem().unwrap().to_string_lossy();
+            let name = stem.split_once('-').map_or(&*stem, |(_, n)| n);
+            libraries.push((format!("lib{name}.so"), wat));
+        }
+        let world = compose::world_of(&libraries[0].1).to_string();
+        let bytes = compose::linked_component(&libraries, &wit, &world)
+            .map_err(|e| anyhow::anyhow!("guest {}: {e:?}", dir.display()))?;
+        let name = dir.file_name().unwrap().to_string_lossy();
+        std::fs::write(guests.join(format!("{name}.wasm")), bytes)?;
+    }
     for (name, version) in RETARGETED {
         let source = example_dir.join(format!("{name}.wat"));
         let text =

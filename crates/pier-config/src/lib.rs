@@ -56,6 +56,8 @@ pub struct ServeConfig {
     pub grants: Grants,
     /// Compiled-code cache.
     pub cache: CacheConfig,
+    /// Merge dynamically linked core modules when compiling a component (`--no-optimize`: no).
+    pub optimize: bool,
     /// Protections: memory, time, sizes, concurrency, connections.
     pub limits: Limits,
     /// What guests may reach through `wasi:http/outgoing-handler`, and how.
@@ -108,6 +110,8 @@ pub struct RunConfig {
     pub grants: Grants,
     /// Compiled-code cache.
     pub cache: CacheConfig,
+    /// Merge dynamically linked core modules when compiling a component (`--no-optimize`: no).
+    pub optimize: bool,
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use crate::load::{WasmFile, WasmKind};
 #[derive(Debug, Clone)]
 pub struct CompileCache {
     dir: Option<PathBuf>,
+    optimize: bool,
 }
 
 /// Whether an artifact came from the cache.
@@ -41,7 +42,17 @@ impl CompileCache {
             CacheConfig::Disabled => None,
             CacheConfig::Dir(dir) => Some(dir.clone()),
         };
-        CompileCache { dir }
+        CompileCache {
+            dir,
+            optimize: true,
+        }
+    }
+
+    /// Whether components are rewritten by [`crate::optimize`] before they are compiled (on by
+    /// default). The choice is part of the cache key.
+    pub fn optimize(mut self, on: bool) -> Self {
+        self.optimize = on;
+        self
     }
 
     /// The compiled component for `wasm`.
@@ -53,7 +64,10 @@ impl CompileCache {
         self.get(
             engine,
             wasm,
-            |bytes| engine.precompile_component(bytes),
+            |bytes| match self.optimize.then(|| optimized(wasm, bytes)).flatten() {
+                Some(bytes) => engine.precompile_component(&bytes),
+                None => engine.precompile_component(bytes),
+            },
             // SAFETY: the file was written by `precompile_component` for a compatible engine (the
             // key includes the engine's compatibility hash), is only ever replaced by rename and
             // never modified in place, so the mapping stays valid.
@@ -88,7 +102,7 @@ impl CompileCache {
             let artifact = deserialize_bytes(&compiled, &deserialize)?;
             return Ok((artifact, CacheOutcome::Disabled));
         };
-        let path = dir.join(format!("{}.cwasm", cache_key(engine, wasm)));
+        let path = dir.join(format!("{}.cwasm", cache_key(engine, wasm, self.optimize)));
         if path.exists() {
             match deserialize(&path) {
                 Ok(artifact) => {
@@ -129,13 +143,44 @@ fn store(dir: &Path, path: &Path, compiled: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// `<sha256 of the wasm>-<hash of engine settings, pier version and kind>`.
-fn cache_key(engine: &Engine, wasm: &WasmFile) -> String {
+/// `wasm` rewritten by the load-time optimiser, or `None` to compile it as it is (nothing to
+/// merge, or a structure the optimiser leaves alone: it says why in the log).
+fn optimized(wasm: &WasmFile, bytes: &[u8]) -> Option<Vec<u8>> {
+    let start = Instant::now();
+    match crate::optimize::optimize_component(bytes) {
+        Ok(Some(done)) => {
+            tracing::info!(
+                file = %wasm.display(),
+                "merged {} dynamically linked core modules into one in {:.2?}: {} function-table \
+                 entries are now initialised when first used instead of at every instantiation",
+                done.merged_modules,
+                start.elapsed(),
+                done.lazy_elements
+            );
+            Some(done.bytes)
+        }
+        Ok(None) => None,
+        Err(e @ crate::optimize::OptimizeError::Invalid(_)) => {
+            tracing::warn!(file = %wasm.display(), "compiling the component as it is: {e}");
+            None
+        }
+        Err(e) => {
+            tracing::debug!(file = %wasm.display(), "compiling the component as it is: {e}");
+            None
+        }
+    }
+}
+
+/// `<sha256 of the wasm>-<hash of engine settings, pier version, kind and optimiser>`.
+fn cache_key(engine: &Engine, wasm: &WasmFile, optimize: bool) -> String {
     let content = hex::encode(Sha256::digest(&wasm.bytes));
     let mut settings = std::hash::DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut settings);
     env!("CARGO_PKG_VERSION").hash(&mut settings);
     matches!(wasm.kind, WasmKind::Component).hash(&mut settings);
+    optimize
+        .then_some(crate::optimize::VERSION)
+        .hash(&mut settings);
     format!("{content}-{:016x}", settings.finish())
 }
 

@@ -6,6 +6,7 @@ mod cache;
 mod engine;
 mod host;
 mod load;
+pub mod optimize;
 mod proxy;
 mod report;
 mod run;

@@ -35,7 +35,7 @@ pub enum RunOutcome {
 pub async fn run(config: &RunConfig) -> anyhow::Result<RunOutcome> {
     let wasm = WasmFile::read(&config.app)?;
     let engine = new_engine(EngineKind::Run)?;
-    let cache = CompileCache::new(&config.cache);
+    let cache = CompileCache::new(&config.cache).optimize(config.optimize);
     for dir in &config.grants.dirs {
         check_dir(dir)?;
     }

@@ -14,16 +14,19 @@ use http_body_util::{BodyExt, Empty};
 use pier_config::{CacheConfig, Grants};
 use pier_engine::{CompileCache, ProxyApp, StoreSettings, WasmFile};
 
-fn guests() -> Vec<(&'static str, std::path::PathBuf)> {
+/// Each guest, and whether the load-time optimiser runs on it (`python-hello-unmerged`: the
+/// component as componentize-py linked it).
+fn guests() -> Vec<(&'static str, std::path::PathBuf, bool)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let mut out = vec![("wat-hello", root.join("examples/hello/hello.wasm"))];
-    for (name, file) in [
-        ("python-hello", "python-hello.wasm"),
-        ("js-hello", "js-hello.wasm"),
+    let mut out = vec![("wat-hello", root.join("examples/hello/hello.wasm"), true)];
+    for (name, file, optimize) in [
+        ("python-hello", "python-hello.wasm", true),
+        ("python-hello-unmerged", "python-hello.wasm", false),
+        ("js-hello", "js-hello.wasm", true),
     ] {
         let path = root.join("guests/build").join(file);
         if path.exists() {
-            out.push((name, path));
+            out.push((name, path, optimize));
         }
     }
     out
@@ -37,8 +40,9 @@ fn fresh_instance(c: &mut Criterion) {
     let cache_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench/pier-cache");
     let cache = CompileCache::new(&CacheConfig::Dir(cache_dir));
     let mut group = c.benchmark_group("fresh-instance-request");
-    for (name, path) in guests() {
+    for (name, path, optimize) in guests() {
         let wasm = WasmFile::read(&path).unwrap();
+        let cache = cache.clone().optimize(optimize);
         // The engine each guest gets from `pier serve`: its pool fitted to the component.
         let (_engine, app) = ProxyApp::load_for_serving(
             &wasm,

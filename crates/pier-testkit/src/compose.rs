@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use wit_component::{ComponentEncoder, StringEncoding, embed_component_metadata};
+use wit_component::{ComponentEncoder, Linker, StringEncoding, embed_component_metadata};
 use wit_parser::Resolve;
 
 /// The WASI version of the WIT shipped with wasmtime-wasi-http.
@@ -85,6 +85,30 @@ pub fn component_from_wat(wat: &str, wit: &Path, world: &str) -> Result<Vec<u8>>
         .module(&module)?
         .validate(true)
         .encode()
+}
+
+/// Links WAT shared libraries (`@dylink.0` modules, in the order given) into one component of
+/// `world` with wit-component's linker, as componentize-py links libpython: the first library
+/// carries the world's metadata.
+pub fn linked_component(
+    libraries: &[(String, String)],
+    wit: &Path,
+    world: &str,
+) -> Result<Vec<u8>> {
+    let mut resolve = Resolve::default();
+    let (pkg, _) = resolve
+        .push_dir(wit)
+        .with_context(|| format!("reading WIT in {}", wit.display()))?;
+    let world = resolve.select_world(&[pkg], Some(world))?;
+    let mut linker = Linker::default().validate(true);
+    for (i, (name, wat)) in libraries.iter().enumerate() {
+        let mut module = wat::parse_str(wat).with_context(|| format!("parsing {name}"))?;
+        if i == 0 {
+            embed_component_metadata(&mut module, &resolve, world, StringEncoding::UTF8)?;
+        }
+        linker = linker.library(name, &module, false)?;
+    }
+    linker.encode()
 }
 
 /// Wraps a preview1 command module into a `wasi:cli/command` component with the adapter.

@@ -396,6 +396,10 @@ struct CacheArgs {
     /// Do not read or write the compile cache ($PIER_CACHE_DIR, default: the user cache dir).
     #[arg(long)]
     no_cache: bool,
+    /// Compile components as they are: do not merge the core modules of a dynamically linked
+    /// component (componentize-py) into one.
+    #[arg(long)]
+    no_optimize: bool,
 }
 
 impl GrantArgs {
@@ -486,6 +490,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         addr: args.addr,
         app: args.app,
         cache: args.cache.config(),
+        optimize: !args.cache.no_optimize,
         grants: args.grants.into_grants(),
         limits: args.limits.limits(),
         outbound: args.outbound.config(),
@@ -517,7 +522,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 timeout: config.limits.timeout,
                 prewarm: args.prewarm as usize,
             };
-            let cache = CompileCache::new(&config.cache);
+            let cache = CompileCache::new(&config.cache).optimize(config.optimize);
             let (engine, mut app) =
                 ProxyApp::load_for_serving(&wasm, &config.grants, &cache, settings, instances)?;
             app.set_outbound(Arc::new(pier_http::OutboundClient::new(&config.outbound)?));
@@ -565,6 +570,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         app: command.next().expect("clap requires the program").into(),
         args: command.collect(),
         cache: args.cache.config(),
+        optimize: !args.cache.no_optimize,
         grants: args.grants.into_grants(),
     };
     match pier_engine::run(&config).await? {
@@ -582,7 +588,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 fn compile(args: CompileArgs) -> anyhow::Result<()> {
     let wasm = WasmFile::read(&args.app)?;
-    let cache = CompileCache::new(&args.cache.config());
+    let cache = CompileCache::new(&args.cache.config()).optimize(!args.cache.no_optimize);
     // Code compiled for `run` is the same as for `serve` (only instance allocation differs).
     let engine = pier_engine::new_engine(EngineKind::Run)?;
     let outcome = match wasm.kind {

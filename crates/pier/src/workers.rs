@@ -83,8 +83,12 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
         // so the supervisor never holds a component's memory. Its errors are worker 0's to
         // report.
         if let Some(app) = args.app.as_ref().filter(|_| !args.cache.no_cache) {
-            let _ = pier_command()
-                .arg("compile")
+            let mut compile = pier_command();
+            compile.arg("compile");
+            if args.cache.no_optimize {
+                compile.arg("--no-optimize");
+            }
+            let _ = compile
                 .arg(app)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())

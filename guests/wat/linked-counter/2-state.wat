@@ -1,0 +1,31 @@
+;; The state library of the linked isolation probe (see 1-probe.wat): a mutable global, a
+;; counter in its data, and two table entries placed at `__table_base`.
+(module
+  (@dylink.0 (mem-info (memory 16 2) (table 2 0)))
+  (import "env" "memory" (memory 0))
+  (import "env" "__indirect_function_table" (table $table 0 funcref))
+  (import "env" "__memory_base" (global $mb i32))
+  (import "env" "__table_base" (global $tb i32))
+  (type $thunk (func (result i32)))
+  (global $count (mut i32) (i32.const 0))
+  (data (global.get $mb) "\00\00\00\00")
+  (func $seven (result i32) (i32.const 7))
+  (func $eight (result i32) (i32.const 8))
+  (elem (global.get $tb) func $seven $eight)
+  (elem declare func $seven)
+
+  (func (export "bump_global") (result i32)
+    (global.set $count (i32.add (global.get $count) (i32.const 1)))
+    (global.get $count))
+  (func (export "bump_memory") (result i32)
+    (i32.store (global.get $mb) (i32.add (i32.load (global.get $mb)) (i32.const 1)))
+    (i32.load (global.get $mb)))
+  ;; What the second entry answers (8 when pristine), then it is made to answer 7.
+  (func (export "swap_table") (result i32)
+    (local $was i32)
+    (local.set $was (call_indirect (type $thunk) (i32.add (global.get $tb) (i32.const 1))))
+    (table.set $table (i32.add (global.get $tb) (i32.const 1)) (ref.func $seven))
+    (local.get $was))
+  (func (export "call_first") (result i32)
+    (call_indirect (type $thunk) (global.get $tb)))
+)
