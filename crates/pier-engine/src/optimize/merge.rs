@@ -163,7 +163,6 @@ impl<'a> Summary<'a> {
                 Payload::StartSection { .. } => s.has_start = true,
                 Payload::ElementSection(reader) => s.elements += reader.count(),
                 Payload::DataSection(reader) => s.datas += reader.count(),
-                Payload::CodeSectionEntry(_) | Payload::CodeSectionStart { .. } => {}
                 _ => {}
             }
         }
