@@ -127,13 +127,13 @@ mod tests {
         }
         let empty = wasm_encoder::Module::new().finish();
         assert!(modules.iter().filter(|m| **m == empty.as_slice()).count() >= 2);
-        let owns_and_fills = |m: &&[u8]| {
-            let summary = merge::Summary::read(m).unwrap();
-            summary.defined[1] > 0 && summary.elements > 0
-        };
-        let owner_bytes = *modules
+        let owner_bytes = modules
             .iter()
-            .find(owns_and_fills)
+            .copied()
+            .find(|m| {
+                let summary = merge::Summary::read(m).unwrap();
+                summary.defined[1] > 0 && summary.elements > 0
+            })
             .expect("a module defining a table and filling it");
         let owner = merge::Summary::read(owner_bytes).unwrap();
         assert_eq!(owner.imported[1], 0, "the table is the merged module's own");
