@@ -165,7 +165,8 @@ fn optimized(wasm: &WasmFile, bytes: &[u8]) -> Option<Vec<u8>> {
             None
         }
         Err(e) => {
-            tracing::debug!(file = %wasm.display(), "compiling the component as it is: {e}");
+            // A linked component the optimiser does not know how to merge.
+            tracing::info!(file = %wasm.display(), "compiling the component as it is: {e}");
             None
         }
     }

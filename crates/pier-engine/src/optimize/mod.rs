@@ -69,7 +69,8 @@ pub struct Optimized {
 }
 
 /// Rewrites a dynamically linked component so that its function table is initialised lazily.
-/// `Ok(None)`: there is nothing to merge (no module imports another's table).
+/// `Ok(None)`: there is nothing to merge (no module imports another's table); an error: there
+/// is, but not in a way the optimiser can rewrite (or the bytes do not parse).
 pub fn optimize_component(bytes: &[u8]) -> Result<Option<Optimized>, OptimizeError> {
     let Some(mut parsed) = Parsed::read(bytes)? else {
         return Ok(None);

@@ -67,6 +67,15 @@ impl<'a> Parsed<'a> {
         let mut candidates: Vec<u32> = list.iter().copied().filter(|i| *i > owner).collect();
         candidates.sort_unstable();
         candidates.dedup();
+        // One importer is wit-component's own indirection (a fixup module filling the table of
+        // its shim with lowered functions), in every component it makes, and nothing to merge: a
+        // linker's output has every library and its init module importing the table.
+        if candidates.len() < 2 {
+            return Ok(None);
+        }
+        // Fewer and fewer importers, the last one first, until a set can be merged; if none
+        // can, the reason the largest set could not.
+        let mut first_error = None;
         while !candidates.is_empty() {
             match self.try_plan(owner, &candidates) {
                 Ok(plan) => return Ok(Some(plan)),
@@ -75,11 +84,15 @@ impl<'a> Parsed<'a> {
                         "cannot merge up to core instance {:?}: {e}",
                         candidates.last()
                     );
+                    first_error.get_or_insert(e);
                     candidates.pop();
                 }
             }
         }
-        Ok(None)
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(None),
+        }
     }
 
     fn try_plan(&mut self, owner: u32, importers: &[u32]) -> Result<Plan<'a>, OptimizeError> {
