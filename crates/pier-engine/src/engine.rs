@@ -132,6 +132,11 @@ pub fn new_engine(kind: EngineKind) -> wasmtime::Result<Engine> {
     Engine::new(&config)
 }
 
+/// Tables one core module may define in the pool (the optimiser keeps merged modules within it).
+pub(crate) const MAX_TABLES_PER_MODULE: u32 = 4;
+/// Linear memories one core module may define in the pool.
+pub(crate) const MAX_MEMORIES_PER_MODULE: u32 = 1;
+
 /// Pool sizes for serving.
 ///
 /// Real toolchains produce components with many core instances (componentize-py: ~75, a few
@@ -148,8 +153,8 @@ fn pooling_config(instances: u32, reset: MemoryReset) -> PoolingAllocationConfig
         .max_core_instances_per_component(200)
         .max_memories_per_component(32)
         .max_tables_per_component(64)
-        .max_tables_per_module(4)
-        .max_memories_per_module(1)
+        .max_tables_per_module(MAX_TABLES_PER_MODULE)
+        .max_memories_per_module(MAX_MEMORIES_PER_MODULE)
         .table_elements(100_000)
         .max_component_instance_size(4 << 20)
         .max_core_instance_size(4 << 20)

@@ -244,6 +244,16 @@ pub(crate) fn merge(
         slots.push(own);
     }
 
+    // The merged module must fit a slot of the instance pool, as each member did.
+    let defined = |sp: usize| summaries.iter().map(|s| s.defined[sp]).sum::<u32>();
+    if defined(1) > crate::engine::MAX_TABLES_PER_MODULE
+        || defined(2) > crate::engine::MAX_MEMORIES_PER_MODULE
+    {
+        return Err(OptimizeError::Unsupported(
+            "more tables or memories than one module may have in pier's instance pool",
+        ));
+    }
+
     // Final indices: the merged module's imports first, then each member's definitions.
     let mut bases = vec![[0u32; SPACES]; members.len()];
     let mut next = import_counts;
