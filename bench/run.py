@@ -39,10 +39,15 @@ SCENARIOS = {
     "hello": ("hello.wasm", "GET", 0, b"hello from pier"),
     "echo": ("echo.wasm", "POST", 1024, b"x"),
     "python": ("python-hello.wasm", "GET", 0, b"hello from python"),
+    # The same component with pier's load-time optimiser off (as componentize-py linked it).
+    "python-unmerged": ("python-hello.wasm", "GET", 0, b"hello from python"),
     "js": ("js-hello.wasm", "GET", 0, b"hello from javascript"),
     # The WAT forwarding guest, sending each request on to a native hello upstream.
     "forward": ("forward.wasm", "GET", 0, b"hello from pier"),
 }
+
+# Extra pier flags of a scenario.
+SCENARIO_PIER_ARGS = {"python-unmerged": ["--no-optimize"]}
 
 # The upstream of the forward scenario (a native hello server), started on first use.
 UPSTREAM = {"port": None, "proc": None}
@@ -91,10 +96,11 @@ def prepare(scenarios):
         else:
             src = ROOT / "guests" / "build" / file
             if not src.exists():
-                sh(ROOT / "guests" / "build.sh", name, cwd=ROOT)
+                sh(ROOT / "guests" / "build.sh", name.removesuffix("-unmerged"), cwd=ROOT)
         cwasm = WORK / (file + ".wasmtime.cwasm")
         sh(cli, "compile", src, "-o", cwasm)
-        sh(ROOT / "target" / "release" / "pier", "compile", src, env=pier_env())
+        sh(ROOT / "target" / "release" / "pier", "compile", *SCENARIO_PIER_ARGS.get(name, []), src,
+           env=pier_env())
         guests[name] = (src, cwasm)
     return cli, guests
 
@@ -139,7 +145,8 @@ def start(server, guests, name, cli, port):
     if server.startswith("pier"):
         # "pier" is one process; "pier-wN" is `pier serve --workers N`.
         workers = ["--workers", server.removeprefix("pier-w")] if server != "pier" else []
-        cmd = [ROOT / "target" / "release" / "pier", "serve", "--addr", addr, *workers, *PIER_ARGS, src]
+        cmd = [ROOT / "target" / "release" / "pier", "serve", "--addr", addr, *workers, *PIER_ARGS,
+               *SCENARIO_PIER_ARGS.get(name, []), src]
         if name == "forward":
             cmd[4:4] = ["--allow-outbound", f"http://127.0.0.1:{upstream_port()}"]
         env = pier_env()
