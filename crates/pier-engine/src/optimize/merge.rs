@@ -183,8 +183,8 @@ enum Slot {
 /// [`export_name`]`(m, name)`.
 pub(crate) struct Merged {
     pub bytes: Vec<u8>,
-    /// Element entries written by active segments with a constant offset into a table the
-    /// merged module defines (initialised lazily by wasmtime).
+    /// Entries of the active segments that wasmtime places in the merged module's own table
+    /// statically, to initialise on first use.
     pub lazy_elements: u64,
 }
 
@@ -326,7 +326,14 @@ pub(crate) fn merge(
     let mut names = wasm_encoder::NameMap::new();
     let mut any_data_count = false;
     let mut consts: HashMap<u32, i32> = HashMap::new();
+    // wasmtime places entries statically segment by segment and stops at the first segment it
+    // cannot place (a computed offset, another module's table, expressions, out of bounds).
     let mut lazy_elements = 0u64;
+    let mut lazy_open = true;
+    let defined_tables: Vec<wasmparser::TableType> = summaries
+        .iter()
+        .flat_map(|s| s.tables[s.imported[1] as usize..].iter().copied())
+        .collect();
     for (m, member) in members.iter().enumerate() {
         let mapper = &mut mappers[m];
         mapper.consts = std::mem::take(&mut consts);
@@ -363,11 +370,20 @@ pub(crate) fn merge(
                         } = &element.kind
                         {
                             let table = mapper.maps[1][table_index.unwrap_or(0) as usize];
-                            if table >= import_counts[1] && mapper.fold(offset_expr).is_some() {
-                                lazy_elements += u64::from(match &element.items {
-                                    wasmparser::ElementItems::Functions(r) => r.count(),
-                                    wasmparser::ElementItems::Expressions(_, r) => r.count(),
-                                });
+                            let placed = match (&element.items, mapper.fold(offset_expr)) {
+                                (wasmparser::ElementItems::Functions(items), Some(offset))
+                                    if table >= import_counts[1] =>
+                                {
+                                    let min =
+                                        defined_tables[(table - import_counts[1]) as usize].initial;
+                                    let top = u64::from(offset as u32) + u64::from(items.count());
+                                    (top <= min).then_some(items.count())
+                                }
+                                _ => None,
+                            };
+                            match placed {
+                                Some(n) if lazy_open => lazy_elements += u64::from(n),
+                                _ => lazy_open = false,
                             }
                         }
                         mapper.parse_element(&mut elements, element)?;
