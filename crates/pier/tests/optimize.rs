@@ -20,6 +20,22 @@ async fn a_linked_component_is_merged_and_every_request_finds_it_pristine() {
     assert!(log.contains(MERGED), "{log}");
     let plain = PierServer::start(pier(), &["--no-optimize", probe]).expect("pier starts");
     assert!(!plain.log().contains(MERGED), "{}", plain.log());
+    // Worker processes load what the supervisor compiled into the cache: merged.
+    let cache = tempfile::tempdir().unwrap();
+    let workers = PierServer::start_with_env(
+        pier(),
+        &["--workers", "2", probe],
+        &[
+            ("PIER_CACHE_DIR", cache.path().to_str().unwrap()),
+            ("PIER_LOG", "info,pier_engine=debug"),
+        ],
+    )
+    .expect("pier starts");
+    assert!(
+        workers.log().contains("loaded compiled code from cache"),
+        "{}",
+        workers.log()
+    );
 
     let first = get(&merged.addr, Proto::H1, "/").await.unwrap().text();
     assert!(
@@ -28,7 +44,7 @@ async fn a_linked_component_is_merged_and_every_request_finds_it_pristine() {
     );
     let unmerged = get(&plain.addr, Proto::H1, "/").await.unwrap().text();
     assert_eq!(first, unmerged, "merged and unmerged components disagree");
-    for server in [&merged, &plain] {
+    for server in [&merged, &plain, &workers] {
         for proto in PROTOS {
             for _ in 0..20 {
                 let answer = get(&server.addr, proto, "/").await.unwrap().text();
