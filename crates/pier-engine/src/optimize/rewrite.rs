@@ -175,8 +175,7 @@ impl<'a> Parsed<'a> {
                     }
                 }
                 Step::Merged => {
-                    out.flush();
-                    let mut section = wasm_encoder::InstanceSection::new();
+                    let section = out.instances();
                     if bag_index.is_some() {
                         let items: Vec<(String, wasm_encoder::ExportKind, u32)> = loose
                             .iter()
@@ -205,7 +204,6 @@ impl<'a> Parsed<'a> {
                             [("m", wasm_encoder::ModuleArg::Instance(merged_index))],
                         );
                     }
-                    out.component.section(&section);
                 }
                 Step::Old(at) => match &self.items[at] {
                     Item::Raw(id, data) => out.raw(*id, data),
@@ -415,6 +413,20 @@ enum Open {
     Canon(wasm_encoder::CanonicalFunctionSection),
 }
 
+/// The open section of kind `$kind`, after writing out one of another kind if one is open.
+macro_rules! open_section {
+    ($emitter:ident, $kind:ident) => {{
+        if !matches!($emitter.open, Some(Open::$kind(_))) {
+            $emitter.flush();
+            $emitter.open = Some(Open::$kind(Default::default()));
+        }
+        match &mut $emitter.open {
+            Some(Open::$kind(section)) => section,
+            _ => unreachable!("just opened"),
+        }
+    }};
+}
+
 impl Emitter {
     fn flush(&mut self) {
         match self.open.take() {
@@ -432,36 +444,15 @@ impl Emitter {
     }
 
     fn instances(&mut self) -> &mut wasm_encoder::InstanceSection {
-        if !matches!(self.open, Some(Open::Instances(_))) {
-            self.flush();
-            self.open = Some(Open::Instances(Default::default()));
-        }
-        match &mut self.open {
-            Some(Open::Instances(s)) => s,
-            _ => unreachable!(),
-        }
+        open_section!(self, Instances)
     }
 
     fn aliases(&mut self) -> &mut wasm_encoder::ComponentAliasSection {
-        if !matches!(self.open, Some(Open::Aliases(_))) {
-            self.flush();
-            self.open = Some(Open::Aliases(Default::default()));
-        }
-        match &mut self.open {
-            Some(Open::Aliases(s)) => s,
-            _ => unreachable!(),
-        }
+        open_section!(self, Aliases)
     }
 
     fn canon(&mut self) -> &mut wasm_encoder::CanonicalFunctionSection {
-        if !matches!(self.open, Some(Open::Canon(_))) {
-            self.flush();
-            self.open = Some(Open::Canon(Default::default()));
-        }
-        match &mut self.open {
-            Some(Open::Canon(s)) => s,
-            _ => unreachable!(),
-        }
+        open_section!(self, Canon)
     }
 
     fn finish(mut self) -> Vec<u8> {
