@@ -55,7 +55,8 @@ pub(super) struct Parsed<'a> {
     pub(super) modules: Vec<usize>,
     /// Item position of each core instance and core item, by index.
     pub(super) defs: HashMap<(Space, u32), usize>,
-    summaries: HashMap<usize, Summary<'a>>,
+    /// Modules read so far, by item position.
+    pub(super) summaries: HashMap<usize, Summary<'a>>,
 }
 
 /// Where an instance's export comes from.

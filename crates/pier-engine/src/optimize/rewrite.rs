@@ -63,7 +63,12 @@ impl<'a> Parsed<'a> {
                 })
                 .collect();
             members.push(Member { bytes, imports });
-            summaries.push(Summary::read(bytes)?);
+            // Planning read every member's module already.
+            let summary = match self.summaries.remove(&at) {
+                Some(summary) => summary,
+                None => Summary::read(bytes)?,
+            };
+            summaries.push(summary);
         }
         let merged = merge::merge(&members, &summaries)?;
 
