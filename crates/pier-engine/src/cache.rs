@@ -149,14 +149,24 @@ fn optimized(wasm: &WasmFile, bytes: &[u8]) -> Option<Vec<u8>> {
     let start = Instant::now();
     match crate::optimize::optimize_component(bytes) {
         Ok(Some(done)) => {
-            tracing::info!(
-                file = %wasm.display(),
-                "merged {} dynamically linked core modules into one in {:.2?}: {} function-table \
-                 entries are now initialised when first used instead of at every instantiation",
-                done.merged_modules,
-                start.elapsed(),
-                done.lazy_elements
-            );
+            if done.merged_modules > 0 {
+                tracing::info!(
+                    file = %wasm.display(),
+                    "merged {} dynamically linked core modules into one in {:.2?}: {} \
+                     function-table entries are now initialised when first used instead of at \
+                     every instantiation",
+                    done.merged_modules,
+                    start.elapsed(),
+                    done.lazy_elements
+                );
+            }
+            if let Some(e) = &done.not_merged {
+                // A linked component the optimiser does not know how to merge.
+                tracing::info!(file = %wasm.display(), "linked modules left as they are: {e}");
+            }
+            if done.reset_hint {
+                tracing::debug!(file = %wasm.display(), "added the reset hint");
+            }
             Some(done.bytes)
         }
         Ok(None) => None,

@@ -23,7 +23,7 @@ pub enum EngineKind {
 }
 
 /// Bytes of each linear memory kept resident (reset in place) when an instance is released.
-const KEEP_RESIDENT: usize = 16 << 20;
+pub(crate) const KEEP_RESIDENT: usize = 16 << 20;
 
 /// Memories that start at this size or less are cheaper to copy back whole than to scan.
 const SMALL_MEMORY: u64 = 128 << 10;

@@ -25,6 +25,11 @@ pub struct HostState {
     /// When the guest must stop: set when a request is given to the store (`None` while the
     /// instance waits, made ahead of its request).
     pub(crate) deadline: Option<std::time::Instant>,
+    /// Set (to the pool's resident budget in bytes) only for the reset hint's call after a
+    /// request; taken by the hint's host function (`crate::dirty`).
+    pub(crate) reset_hint: Option<usize>,
+    /// What that call joined.
+    pub(crate) joined: Option<crate::dirty::Joined>,
 }
 
 impl HostState {
@@ -38,6 +43,8 @@ impl HostState {
             hooks: OutboundHooks(outbound),
             limits: StoreLimits::default(),
             deadline: None,
+            reset_hint: None,
+            joined: None,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! `wasi:cli` programs for `pier run`).
 
 mod cache;
+mod dirty;
 mod engine;
 mod host;
 mod load;
@@ -12,6 +13,7 @@ mod report;
 mod run;
 
 pub use cache::{CacheOutcome, CompileCache};
+pub use dirty::Joined;
 pub use engine::{EPOCH_TICK, EngineKind, MemoryReset, new_engine, start_epoch_ticker, swap_is_on};
 pub use host::{DenyAll, GuestLog, HostState, Outbound};
 pub use load::{LoadError, WasmFile, WasmKind, kind_of};

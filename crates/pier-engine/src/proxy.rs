@@ -13,13 +13,16 @@ use std::time::{Duration, Instant};
 
 use pier_config::{DirGrant, Grants};
 use tokio::sync::Notify;
-use wasmtime::component::{Component, Linker, types::ComponentItem};
+use wasmtime::component::{Component, ComponentExportIndex, Instance, Linker, types::ComponentItem};
 use wasmtime::{Engine, Store, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx};
-use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyIndices, ProxyPre};
 
 use crate::cache::{CacheOutcome, CompileCache};
-use crate::engine::{EPOCH_TICK, EngineKind, MemoryReset, YIELD_TICKS, new_engine, swap_is_on};
+use crate::dirty::Joined;
+use crate::engine::{
+    EPOCH_TICK, EngineKind, KEEP_RESIDENT, MemoryReset, YIELD_TICKS, new_engine, swap_is_on,
+};
 use crate::host::{DenyAll, GuestLog, HostState, Outbound};
 use crate::load::{WasmFile, WasmKind};
 
@@ -134,6 +137,7 @@ impl Default for StoreSettings {
 pub struct Ready {
     pub store: Store<HostState>,
     pub proxy: Proxy,
+    pub instance: Instance,
 }
 
 /// The instances made ahead of their requests, and the task that makes them.
@@ -148,6 +152,12 @@ struct Warm {
 /// A `wasi:http/proxy` component ready to serve.
 pub struct ProxyApp {
     pre: ProxyPre<HostState>,
+    indices: ProxyIndices,
+    /// The component's reset hint ([`crate::optimize::hint`]), if the optimiser gave it one.
+    hint: Option<ComponentExportIndex>,
+    /// Whether the hint is called after each request: only when the pool resets memories by
+    /// the dirty-page scan.
+    join_runs: bool,
     name: Arc<str>,
     env: Vec<(String, String)>,
     dirs: Vec<DirGrant>,
@@ -200,13 +210,18 @@ impl ProxyApp {
         let pre = linker
             .instantiate_pre(&component)
             .map_err(|e| AppError::link(wasm, e))?;
+        let indices = ProxyIndices::new(&pre).map_err(|e| AppError::link(wasm, e))?;
         let pre = ProxyPre::new(pre).map_err(|e| AppError::link(wasm, e))?;
+        let hint = component.get_export_index(None, crate::optimize::hint::EXPORT);
 
         for dir in &grants.dirs {
             check_dir(dir)?;
         }
         Ok(ProxyApp {
             pre,
+            indices,
+            hint,
+            join_runs: false,
             name: wasm.name.as_str().into(),
             env: grants.resolve_env(|name| std::env::var(name).ok()),
             dirs: grants.dirs.clone(),
@@ -238,16 +253,22 @@ impl ProxyApp {
         let large = MemoryReset::large(swap);
         let (engine, app) = load(large)?;
         let reset = MemoryReset::for_component(app.component(), swap);
-        let (engine, app) = if reset == large {
+        let (engine, mut app) = if reset == large {
             (engine, app)
         } else {
             drop((app, engine));
             load(reset)?
         };
+        app.join_runs = reset == MemoryReset::DirtyPages && app.hint.is_some();
         tracing::info!(
             component = app.name(),
-            "memories are reset after each request: {}",
-            reset.describe()
+            "memories are reset after each request: {}{}",
+            reset.describe(),
+            if app.join_runs {
+                ", its runs joined so they all stay resident"
+            } else {
+                ""
+            }
         );
         Ok((engine, app))
     }
@@ -330,9 +351,51 @@ impl ProxyApp {
     /// start functions) gets its own deadline; the request's starts when it is taken.
     async fn instantiate_ahead(&self) -> wasmtime::Result<Ready> {
         let mut store = self.new_store()?;
-        let proxy = self.pre.instantiate_async(&mut store).await?;
+        let (proxy, instance) = self.instantiate(&mut store).await?;
         store.data_mut().deadline = None;
-        Ok(Ready { store, proxy })
+        Ok(Ready {
+            store,
+            proxy,
+            instance,
+        })
+    }
+
+    /// A fresh instance in `store`: its `wasi:http` exports, and the instance itself (for
+    /// [`before_reset`](Self::before_reset)).
+    pub async fn instantiate(
+        &self,
+        store: &mut Store<HostState>,
+    ) -> wasmtime::Result<(Proxy, Instance)> {
+        let instance = self.pre.instance_pre().instantiate_async(&mut *store).await?;
+        let proxy = self.indices.load(&mut *store, &instance)?;
+        Ok((proxy, instance))
+    }
+
+    /// Called when a request's guest has returned, just before its store is dropped: for a
+    /// memory the pool resets by the dirty-page scan, joins the runs of pages the request wrote
+    /// so the pool keeps them resident ([`crate::dirty`]). `None` when there was nothing to do
+    /// (a small memory, no hint, or the kernel cannot scan). A failure leaves the reset as it
+    /// would have been.
+    pub async fn before_reset(
+        &self,
+        store: &mut Store<HostState>,
+        instance: &Instance,
+    ) -> Option<Joined> {
+        if !self.join_runs {
+            return None;
+        }
+        let hint = self.hint.as_ref()?;
+        let func = instance
+            .get_typed_func::<(), ()>(&mut *store, hint)
+            .ok()?;
+        store.data_mut().reset_hint = Some(KEEP_RESIDENT - KEEP_RESIDENT / 8);
+        let called = func.call_async(&mut *store, ()).await;
+        store.data_mut().reset_hint = None;
+        if let Err(e) = called {
+            tracing::debug!(component = self.name(), "reset hint failed: {e:#}");
+            return None;
+        }
+        store.data_mut().joined.take()
     }
 
     /// Starts the guest's clock: `settings.timeout` from now.
@@ -407,6 +470,7 @@ impl Drop for ProxyApp {
 /// sockets, the last two usable only through explicit grants) and `wasi:http`.
 pub(crate) fn link_wasi(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    crate::dirty::link(linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)
 }
 

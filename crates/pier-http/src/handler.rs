@@ -59,8 +59,12 @@ where
 {
     let started = Instant::now();
     // An instance made ahead of time if one is ready, else one made for this request below.
-    let (mut store, proxy) = match app.take_ready() {
-        Some(Ready { store, proxy }) => (store, Some(proxy)),
+    let (mut store, made) = match app.take_ready() {
+        Some(Ready {
+            store,
+            proxy,
+            instance,
+        }) => (store, Some((proxy, instance))),
         None => match app.new_store() {
             Ok(store) => (store, None),
             Err(e) => {
@@ -106,25 +110,26 @@ where
         let outcome = outcome.clone();
         Box::pin(async move {
             let call = async {
-                let proxy = match proxy {
-                    Some(proxy) => {
+                let (proxy, instance) = match made {
+                    Some(made) => {
                         metrics::counter!(crate::metrics::INSTANCES, "made" => "ahead")
                             .increment(1);
-                        proxy
+                        made
                     }
                     None => {
-                        let proxy = app.pre().instantiate_async(&mut store).await?;
+                        let made = app.instantiate(&mut store).await?;
                         metrics::counter!(crate::metrics::INSTANCES, "made" => "on_request")
                             .increment(1);
                         metrics::histogram!(crate::metrics::INSTANTIATE_SECONDS)
                             .record(started.elapsed().as_secs_f64());
-                        proxy
+                        made
                     }
                 };
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, request, outparam)
                     .await
+                    .map(|()| instance)
             };
             // The epoch deadline stops a guest that computes past its time; this also stops
             // one that waits past it (on a body, say). Dropping the call drops the instance.
@@ -137,7 +142,7 @@ where
                 }
             };
             let end = match &result {
-                Ok(()) => GuestEnd::Returned,
+                Ok(_) => GuestEnd::Returned,
                 Err(e) => {
                     let kind = FailureKind::of(e);
                     metrics::counter!(crate::metrics::GUEST_FAILURES, "kind" => kind.as_str())
@@ -151,6 +156,12 @@ where
             metrics::histogram!(crate::metrics::GUEST_SECONDS).record(elapsed.as_secs_f64());
             // Publish the outcome before the store (and with it the body sender) is dropped.
             outcome.set(end == GuestEnd::Returned, elapsed);
+            if let Ok(instance) = &result
+                && let Some(joined) = app.before_reset(&mut store, instance).await
+                && joined.gaps > 0
+            {
+                metrics::counter!(crate::metrics::RESET_PAGES_JOINED).increment(joined.pages as u64);
+            }
             drop(store);
             drop(permit);
             end

@@ -45,6 +45,10 @@ pub const POOL_WARM_SLOTS: &str = "pier_pool_unused_warm_slots";
 /// does not give them back to the kernel: after a burst of N concurrent instances, up to N slots'
 /// worth stays resident until reused.
 pub const POOL_RESIDENT_BYTES: &str = "pier_pool_unused_resident_bytes";
+/// Pages between runs a request wrote that pier made private copies of, so that the pool's reset
+/// finds few enough runs to keep all of them resident (`pier_engine::Joined`). It grows while
+/// pool slots warm up, then stays flat.
+pub const RESET_PAGES_JOINED: &str = "pier_reset_pages_joined_total";
 
 /// The Prometheus status class of a status code.
 pub fn status_class(status: StatusCode) -> &'static str {
@@ -84,6 +88,10 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
     );
     metrics::describe_gauge!(IN_FLIGHT, "Requests being answered");
     metrics::describe_counter!(INSTANCES, "Instances created");
+    metrics::describe_counter!(
+        RESET_PAGES_JOINED,
+        "Pages made resident so the pool resets all a request wrote without handing pages back"
+    );
     metrics::describe_counter!(GUEST_FAILURES, "Guest failures by kind");
     metrics::describe_counter!(
         REJECTED,

@@ -16,6 +16,7 @@
 //! the component as it was.
 
 mod component;
+pub mod hint;
 mod merge;
 mod plan;
 mod rewrite;
@@ -25,7 +26,7 @@ use wasm_encoder::reencode;
 use component::Parsed;
 
 /// Changes whenever the rewrite changes, so compiled code cached from an older one is not used.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// Why a component was left as it was.
 #[derive(Debug, thiserror::Error)]
@@ -62,16 +63,46 @@ impl From<reencode::Error<OptimizeError>> for OptimizeError {
 pub struct Optimized {
     /// The new component.
     pub bytes: Vec<u8>,
-    /// Core modules merged into one.
+    /// Core modules merged into one (0: none were).
     pub merged_modules: usize,
     /// Table entries now initialised lazily instead of at every instantiation.
     pub lazy_elements: u64,
+    /// Whether the component got the [`hint`] export that shows pier its memory before reset.
+    pub reset_hint: bool,
+    /// Why the linked modules were not merged, when there were some and they were not.
+    pub not_merged: Option<OptimizeError>,
 }
 
-/// Rewrites a dynamically linked component so that its function table is initialised lazily.
-/// `Ok(None)`: there is nothing to merge (no module imports another's table); an error: there
-/// is, but not in a way the optimiser can rewrite (or the bytes do not parse).
+/// Rewrites a component for fast fresh instances: a dynamically linked one's modules merged so
+/// that its function table is initialised lazily ([`merge`]), and a component with a large
+/// memory given the reset hint ([`hint`]). `Ok(None)`: neither applies; an error: the bytes do
+/// not parse, or the result does not validate.
 pub fn optimize_component(bytes: &[u8]) -> Result<Option<Optimized>, OptimizeError> {
+    let (merged, not_merged) = match merged(bytes) {
+        Ok(merged) => (merged, None),
+        Err(e @ OptimizeError::Invalid(_)) => return Err(e),
+        Err(e) => (None, Some(e)),
+    };
+    let base = merged.as_ref().map_or(bytes, |m| &m.bytes[..]);
+    let hinted = hint::add(base)?.filter(|hinted| validate(hinted).is_ok());
+    if merged.is_none() && hinted.is_none() {
+        return not_merged.map_or(Ok(None), Err);
+    }
+    let (merged_modules, lazy_elements) = merged
+        .as_ref()
+        .map_or((0, 0), |m| (m.merged_modules, m.lazy_elements));
+    let reset_hint = hinted.is_some();
+    Ok(Some(Optimized {
+        bytes: hinted.or(merged.map(|m| m.bytes)).expect("one of them"),
+        merged_modules,
+        lazy_elements,
+        reset_hint,
+        not_merged,
+    }))
+}
+
+/// The component with its linked modules merged, validated; `Ok(None)` if it has none.
+fn merged(bytes: &[u8]) -> Result<Option<Optimized>, OptimizeError> {
     let Some(mut parsed) = Parsed::read(bytes)? else {
         return Ok(None);
     };
@@ -79,13 +110,18 @@ pub fn optimize_component(bytes: &[u8]) -> Result<Option<Optimized>, OptimizeErr
         return Ok(None);
     };
     let optimized = parsed.rewrite(&plan)?;
+    validate(&optimized.bytes)?;
+    Ok(Some(optimized))
+}
+
+fn validate(bytes: &[u8]) -> Result<(), OptimizeError> {
     // Every feature: wasmtime checks the ones it enables when it compiles; this is about the
     // rewrite being well formed.
     let mut validator = wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all());
     validator
-        .validate_all(&optimized.bytes)
-        .map_err(|e| OptimizeError::Invalid(e.to_string()))?;
-    Ok(Some(optimized))
+        .validate_all(bytes)
+        .map(|_| ())
+        .map_err(|e| OptimizeError::Invalid(e.to_string()))
 }
 
 #[cfg(test)]

@@ -254,6 +254,8 @@ impl<'a> Parsed<'a> {
             bytes: out.finish(),
             merged_modules: plan.members.len(),
             lazy_elements: merged.lazy_elements,
+            reset_hint: false,
+            not_merged: None,
         })
     }
 }

@@ -1,0 +1,280 @@
+//! Joining the runs of pages a request wrote, so that the pool's reset keeps them all resident.
+//!
+//! After a request, the pool resets a large memory by asking the kernel (`PAGEMAP_SCAN`) for the
+//! runs of pages that were written and copying those back from the image. It asks for at most
+//! 32 runs, and hands everything past the 32nd back to the kernel: the next request in that
+//! slot faults those pages in again, and in a multi-threaded process each such fault also
+//! interrupts the other cores to flush their TLBs. Interpreters write a few hundred pages all
+//! over their heap per request (componentize-py hello: ~130 runs; componentize-js: ~57).
+//!
+//! So before the instance is dropped, pier scans the memory itself (the component's reset hint,
+//! [`crate::optimize::hint`], hands it over without a copy) and, when there are more than
+//! [`MAX_RUNS`] runs, joins the runs separated by the smallest gaps: it makes the pages of
+//! those gaps private copies of what they already hold (`MADV_POPULATE_WRITE`, which changes no
+//! byte). The pool's scan then finds few enough runs to reset all of them by copying, gap
+//! pages included, and hands nothing back. A gap stays joined in that slot for later requests,
+//! so the cost (a copy of each gap page per reset instead of a fault per written page) is paid
+//! where it is cheapest. What is kept resident stays within the pool's own budget.
+//!
+//! It changes no memory content, so it cannot make a reset less complete: whatever it does, the
+//! pool still restores every page written since the slot was last reset.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::sync::OnceLock;
+
+use wasmtime::StoreContextMut;
+use wasmtime::component::{Linker, WasmList};
+
+use crate::HostState;
+use crate::optimize::hint;
+
+/// Runs of written pages the pool's reset takes before it hands the rest back (wasmtime's 32,
+/// less a margin).
+pub const MAX_RUNS: usize = 30;
+
+/// Runs read per scan; past these, the memory's later runs are left as they are.
+const SCAN_RUNS: usize = 1024;
+
+/// What joining did to one memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Joined {
+    /// Runs of written pages before joining.
+    pub runs: usize,
+    /// Gaps joined.
+    pub gaps: usize,
+    /// Pages in those gaps, now private copies kept resident.
+    pub pages: usize,
+}
+
+/// Defines the function the reset hint calls. It acts only when pier has armed it
+/// (`HostState::reset_hint`) for the call made after a request: a guest importing it
+/// itself gets a function that does nothing.
+pub(crate) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.instance(hint::INTERFACE)?.func_wrap(
+        hint::FUNCTION,
+        |mut store: StoreContextMut<'_, HostState>, (memory,): (WasmList<u8>,)| {
+            let Some(budget) = store.data_mut().reset_hint.take() else {
+                return Ok(());
+            };
+            let bytes = memory.as_le_slice(&store);
+            let (start, len) = (bytes.as_ptr() as usize, bytes.len());
+            let joined = join_written_runs(start, len, budget);
+            store.data_mut().joined = joined;
+            Ok(())
+        },
+    )
+}
+
+/// `struct pm_scan_arg` of `<linux/fs.h>`.
+#[repr(C)]
+struct PmScanArg {
+    size: u64,
+    flags: u64,
+    start: u64,
+    end: u64,
+    walk_end: u64,
+    vec: u64,
+    vec_len: u64,
+    max_pages: u64,
+    category_inverted: u64,
+    category_mask: u64,
+    category_anyof_mask: u64,
+    return_mask: u64,
+}
+
+/// `struct page_region`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct PageRegion {
+    start: u64,
+    end: u64,
+    categories: u64,
+}
+
+/// `_IOWR('f', 16, struct pm_scan_arg)`.
+const PAGEMAP_SCAN: u64 = (3 << 30) | ((size_of::<PmScanArg>() as u64) << 16) | (0x66 << 8) | 16;
+const PAGE_IS_WRITTEN: u64 = 1 << 1;
+const PAGE_IS_FILE: u64 = 1 << 2;
+const PAGE_IS_PRESENT: u64 = 1 << 3;
+const PAGE_IS_PFNZERO: u64 = 1 << 5;
+
+fn pagemap() -> Option<&'static File> {
+    static PAGEMAP: OnceLock<Option<File>> = OnceLock::new();
+    PAGEMAP
+        .get_or_init(|| File::open("/proc/self/pagemap").ok())
+        .as_ref()
+}
+
+fn page_size() -> usize {
+    static PAGE: OnceLock<usize> = OnceLock::new();
+    // SAFETY: sysconf has no preconditions.
+    *PAGE.get_or_init(|| usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096))
+}
+
+/// The runs of pages in `[start, start + len)` that the pool's reset counts as written (present,
+/// and neither the shared zero page nor the image's file page): the pool's own scan.
+fn written_runs(start: usize, len: usize) -> Option<Vec<(usize, usize)>> {
+    let pagemap = pagemap()?;
+    let mut regions = vec![PageRegion::default(); SCAN_RUNS];
+    let mut arg = PmScanArg {
+        size: size_of::<PmScanArg>() as u64,
+        flags: 0,
+        start: start as u64,
+        end: (start + len) as u64,
+        walk_end: 0,
+        vec: regions.as_mut_ptr() as u64,
+        vec_len: SCAN_RUNS as u64,
+        max_pages: 0,
+        category_inverted: PAGE_IS_PFNZERO | PAGE_IS_FILE,
+        category_mask: PAGE_IS_WRITTEN | PAGE_IS_PRESENT | PAGE_IS_PFNZERO | PAGE_IS_FILE,
+        category_anyof_mask: 0,
+        return_mask: 0,
+    };
+    // SAFETY: `arg` is a valid `pm_scan_arg` whose `vec` has room for `vec_len` regions; the
+    // kernel only reads the page tables of the range.
+    let n = unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN as _, &mut arg) };
+    let n = usize::try_from(n).ok()?;
+    Some(
+        regions[..n.min(SCAN_RUNS)]
+            .iter()
+            .map(|r| (r.start as usize, r.end as usize))
+            .collect(),
+    )
+}
+
+/// Joins runs of written pages in the memory at `[start, start + len)` until at most
+/// [`MAX_RUNS`] are left, filling the smallest gaps first, while everything written and joined
+/// stays within `budget` bytes. `None` when the kernel cannot scan (before Linux 6.7).
+pub fn join_written_runs(start: usize, len: usize, budget: usize) -> Option<Joined> {
+    let runs = written_runs(start, len)?;
+    let mut joined = Joined {
+        runs: runs.len(),
+        ..Joined::default()
+    };
+    if runs.len() <= MAX_RUNS {
+        return Some(joined);
+    }
+    let page = page_size();
+    let mut resident: usize = runs.iter().map(|(s, e)| e - s).sum();
+    let mut gaps: Vec<(usize, usize)> = runs.windows(2).map(|w| (w[0].1, w[1].0 - w[0].1)).collect();
+    gaps.sort_by_key(|&(at, len)| (len, at));
+    for &(at, gap) in &gaps[..runs.len() - MAX_RUNS] {
+        if resident + gap > budget {
+            break;
+        }
+        // SAFETY: the gap lies inside the guest's memory, which stays mapped while its
+        // instance lives; populating changes no byte of it.
+        if unsafe { libc::madvise(at as *mut libc::c_void, gap, libc::MADV_POPULATE_WRITE) } != 0 {
+            break;
+        }
+        resident += gap;
+        joined.gaps += 1;
+        joined.pages += gap / page;
+    }
+    Some(joined)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A private mapping of a file, like a pool slot with its image: pages read map the file,
+    /// pages written become private copies.
+    struct Mapping {
+        ptr: *mut u8,
+        len: usize,
+        _file: File,
+    }
+
+    impl Mapping {
+        fn new(pages: usize) -> Mapping {
+            let page = page_size();
+            let file = tempfile::tempfile().unwrap();
+            let content: Vec<u8> = (0..pages * page).map(|i| (i / page) as u8).collect();
+            std::io::Write::write_all(&mut &file, &content).unwrap();
+            // SAFETY: a fresh private mapping of a file of that length.
+            let ptr = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    pages * page,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE,
+                    file.as_raw_fd(),
+                    0,
+                )
+            };
+            assert_ne!(ptr, libc::MAP_FAILED);
+            Mapping {
+                ptr: ptr.cast(),
+                len: pages * page,
+                _file: file,
+            }
+        }
+
+        fn page(&self, i: usize) -> *mut u8 {
+            self.ptr.wrapping_add(i * page_size())
+        }
+    }
+
+    impl Drop for Mapping {
+        fn drop(&mut self) {
+            // SAFETY: unmapping what `new` mapped.
+            unsafe { libc::munmap(self.ptr.cast(), self.len) };
+        }
+    }
+
+    #[test]
+    fn runs_are_joined_across_the_smallest_gaps_and_no_byte_changes() {
+        let m = Mapping::new(400);
+        if written_runs(m.ptr as usize, m.len).is_none() {
+            eprintln!("no PAGEMAP_SCAN on this kernel: skipped");
+            return;
+        }
+        // Read everything (file pages), then write every third page: 100 runs of one page,
+        // separated by gaps of two.
+        for i in 0..400 {
+            // SAFETY: inside the mapping.
+            unsafe { std::ptr::read_volatile(m.page(i)) };
+        }
+        for i in (0..300).step_by(3) {
+            // SAFETY: inside the mapping.
+            unsafe { m.page(i).add(1).write_volatile(0xee) };
+        }
+        let before: Vec<u8> = (0..400).map(|i| unsafe { *m.page(i) }).collect();
+        assert_eq!(written_runs(m.ptr as usize, m.len).unwrap().len(), 100);
+
+        let joined = join_written_runs(m.ptr as usize, m.len, 16 << 20).unwrap();
+        assert_eq!(joined.runs, 100);
+        assert_eq!(joined.gaps, 100 - MAX_RUNS);
+        assert_eq!(joined.pages, 2 * (100 - MAX_RUNS));
+        assert_eq!(written_runs(m.ptr as usize, m.len).unwrap().len(), MAX_RUNS);
+        let after: Vec<u8> = (0..400).map(|i| unsafe { *m.page(i) }).collect();
+        assert_eq!(before, after, "joining changed memory");
+        for i in 0..400 {
+            // SAFETY: inside the mapping.
+            let second = unsafe { *m.page(i).add(1) };
+            let expect = if i % 3 == 0 && i < 300 { 0xee } else { i as u8 };
+            assert_eq!(second, expect, "page {i}");
+        }
+        // Already joined: nothing more to do.
+        let again = join_written_runs(m.ptr as usize, m.len, 16 << 20).unwrap();
+        assert_eq!((again.runs, again.gaps), (MAX_RUNS, 0));
+    }
+
+    #[test]
+    fn joining_stays_within_the_budget() {
+        let page = page_size();
+        let m = Mapping::new(200);
+        if written_runs(m.ptr as usize, m.len).is_none() {
+            return;
+        }
+        for i in (0..200).step_by(4) {
+            // SAFETY: inside the mapping.
+            unsafe { m.page(i).write_volatile(1) };
+        }
+        // 50 one-page runs, gaps of three pages: a budget of 60 pages allows three gaps.
+        let joined = join_written_runs(m.ptr as usize, m.len, 60 * page).unwrap();
+        assert_eq!((joined.runs, joined.gaps, joined.pages), (50, 3, 9));
+    }
+}
