@@ -13,7 +13,7 @@ use anyhow::Context;
 /// wasmtime-wasi-http release whose WIT the guests are built against (matches the workspace pin).
 const WASI_HTTP_CRATE: &str = "48.0.8";
 
-/// Extra builds of a guest with a larger initial memory (4 pages), named `NAME-large-memory`:
+/// Extra builds of a guest with a larger initial memory (16 pages), named `NAME-large-memory`:
 /// pier resets small and large memories differently, and the isolation probe must cover both.
 /// Also `NAME-paused-large-memory`, which pauses 500 ms (`$pause_ns`) before it answers.
 const LARGE_MEMORY: &[&str] = &["counter"];
@@ -99,7 +99,7 @@ fn main() -> anyhow::Result<()> {
             std::fs::read_to_string(&source).with_context(|| source.display().to_string())?;
         let memory = "(memory (export \"memory\") 1)";
         anyhow::ensure!(text.contains(memory), "{}: no `{memory}`", source.display());
-        let large = text.replacen(memory, "(memory (export \"memory\") 4)", 1);
+        let large = text.replacen(memory, "(memory (export \"memory\") 16)", 1);
         let pause = "(global $pause_ns i64 (i64.const 0))";
         anyhow::ensure!(text.contains(pause), "{}: no `{pause}`", source.display());
         let paused = large.replacen(pause, "(global $pause_ns i64 (i64.const 500_000_000))", 1);

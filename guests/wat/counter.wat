@@ -1,12 +1,15 @@
 ;; world: http
-;; Isolation probe. Each request increments a mutable global and a counter in linear memory,
-;; grows the memory by 4 pages and increments counters in the first and the last grown page,
+;; Isolation probe. Each request increments a mutable global and a counter in linear memory (and
+;; one more in every other 4 KiB page from 16 KiB to the end of the initial memory, so a request
+;; writes many separate runs of pages; "memory=" is the largest of these counters), grows the
+;; memory by 4 pages and increments counters in the first and the last grown page,
 ;; marks a funcref table slot (counting how many requests found it marked), and reports the
 ;; memory's size in pages when the request began and the handle number it was given:
 ;;   "global=G memory=M pages=P grown=A/B table=T handle=H"
 ;; A fresh instance per request answers "global=1 memory=1 pages=1 grown=1/1 table=1 handle=H"
 ;; with the same H every time; any state carried over from an earlier request changes a number.
-;; (The tests also build it with a larger initial memory, so it covers both memory resets, and
+;; (The tests also build it with a larger initial memory, 16 pages, so it covers both memory
+;; resets and writes ~120 runs of pages per request, and
 ;; with a pause of `$pause_ns` after it has written its counters and before it answers, so a test
 ;; can act on the memory of an instance that is still alive.)
 (module
@@ -66,10 +69,22 @@
   (func (export "wasi:http/incoming-handler@0.2.12#handle") (param $request i32) (param $outparam i32)
     (local $response i32) (local $body i32) (local $stream i32) (local $p i32)
     (local $pages i32) (local $first i32) (local $last i32)
+    (local $at i32) (local $end i32) (local $memory i32)
     (global.set $count (i32.add (global.get $count) (i32.const 1)))
     (i32.store (global.get $memory_counter) (i32.add (i32.load (global.get $memory_counter)) (i32.const 1)))
     ;; counters in the first and the last of 4 grown pages
     (local.set $pages (memory.size))
+    (local.set $memory (i32.load (global.get $memory_counter)))
+    (local.set $at (i32.const 16384))
+    (local.set $end (i32.mul (local.get $pages) (i32.const 65536)))
+    (block $scattered
+      (loop $next
+        (br_if $scattered (i32.ge_u (local.get $at) (local.get $end)))
+        (i32.store (local.get $at) (i32.add (i32.load (local.get $at)) (i32.const 1)))
+        (if (i32.gt_u (i32.load (local.get $at)) (local.get $memory))
+          (then (local.set $memory (i32.load (local.get $at)))))
+        (local.set $at (i32.add (local.get $at) (i32.const 8192)))
+        (br $next)))
     (if (i32.lt_s (memory.grow (i32.const 4)) (i32.const 0)) (then unreachable))
     (local.set $first (i32.add (i32.mul (local.get $pages) (i32.const 65536)) (i32.const 16)))
     (local.set $last (i32.sub (i32.mul (memory.size) (i32.const 65536)) (i32.const 16)))
@@ -86,7 +101,7 @@
     (local.set $p (i32.add (local.get $p) (call $itoa (global.get $count) (local.get $p))))
     (memory.copy (local.get $p) (i32.const 32) (i32.const 8))
     (local.set $p (i32.add (local.get $p) (i32.const 8)))
-    (local.set $p (i32.add (local.get $p) (call $itoa (i32.load (global.get $memory_counter)) (local.get $p))))
+    (local.set $p (i32.add (local.get $p) (call $itoa (local.get $memory) (local.get $p))))
     (memory.copy (local.get $p) (i32.const 80) (i32.const 7))
     (local.set $p (i32.add (local.get $p) (i32.const 7)))
     (local.set $p (i32.add (local.get $p) (call $itoa (local.get $pages) (local.get $p))))

@@ -109,7 +109,9 @@ fn pagemap() -> Option<&'static File> {
 fn page_size() -> usize {
     static PAGE: OnceLock<usize> = OnceLock::new();
     // SAFETY: sysconf has no preconditions.
-    *PAGE.get_or_init(|| usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096))
+    *PAGE.get_or_init(|| {
+        usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
+    })
 }
 
 /// The runs of pages in `[start, start + len)` that the pool's reset counts as written (present,
@@ -157,7 +159,8 @@ pub fn join_written_runs(start: usize, len: usize, budget: usize) -> Option<Join
     }
     let page = page_size();
     let mut resident: usize = runs.iter().map(|(s, e)| e - s).sum();
-    let mut gaps: Vec<(usize, usize)> = runs.windows(2).map(|w| (w[0].1, w[1].0 - w[0].1)).collect();
+    let mut gaps: Vec<(usize, usize)> =
+        runs.windows(2).map(|w| (w[0].1, w[1].0 - w[0].1)).collect();
     gaps.sort_by_key(|&(at, len)| (len, at));
     for &(at, gap) in &gaps[..runs.len() - MAX_RUNS] {
         if resident + gap > budget {

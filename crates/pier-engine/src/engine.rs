@@ -42,11 +42,12 @@ pub enum MemoryReset {
     /// The scan reports at most 32 runs of written pages (a limit of wasmtime's); memory past the
     /// 32nd run is handed back to the kernel, and the next request faults it in again (a
     /// JavaScript hello ~58 faults per request, Python ~210), which in one process running on
-    /// several cores interrupts the other cores. Copying large memories back whole instead
-    /// removes those faults and halved the CPU of such a process for CPU-bound guests, but each
-    /// pool slot then keeps its whole memory resident: after a burst of 200 concurrent Python
-    /// requests waiting on an upstream, 3.9 GB stayed resident against 0.5 GB (see
-    /// bench/RESULTS.md). `--workers`, one thread each, makes the faults cheap instead.
+    /// several cores interrupts the other cores. So, for a component with the optimiser's reset
+    /// hint, pier first joins the runs across their smallest gaps ([`crate::dirty`]) and the scan
+    /// keeps everything resident: no faults, at the price of copying the gap pages back too.
+    /// (Copying large memories back whole also removed the faults, but each pool slot then kept
+    /// its whole memory resident: after a burst of 200 concurrent Python requests waiting on an
+    /// upstream, 3.9 GB stayed resident against 0.5 GB; see bench/RESULTS.md.)
     DirtyPages,
     /// Copy each memory back whole, with no system call: cheaper while memories are a few
     /// pages (measured: a 64 KiB memory resets ~3 us faster; at 256 KiB the two are even).

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use pier_config::{DirGrant, Grants};
 use tokio::sync::Notify;
-use wasmtime::component::{Component, ComponentExportIndex, Instance, Linker, types::ComponentItem};
+use wasmtime::component::{
+    Component, ComponentExportIndex, Instance, Linker, types::ComponentItem,
+};
 use wasmtime::{Engine, Store, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx};
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyIndices, ProxyPre};
@@ -366,7 +368,11 @@ impl ProxyApp {
         &self,
         store: &mut Store<HostState>,
     ) -> wasmtime::Result<(Proxy, Instance)> {
-        let instance = self.pre.instance_pre().instantiate_async(&mut *store).await?;
+        let instance = self
+            .pre
+            .instance_pre()
+            .instantiate_async(&mut *store)
+            .await?;
         let proxy = self.indices.load(&mut *store, &instance)?;
         Ok((proxy, instance))
     }
@@ -385,9 +391,7 @@ impl ProxyApp {
             return None;
         }
         let hint = self.hint.as_ref()?;
-        let func = instance
-            .get_typed_func::<(), ()>(&mut *store, hint)
-            .ok()?;
+        let func = instance.get_typed_func::<(), ()>(&mut *store, hint).ok()?;
         store.data_mut().reset_hint = Some(KEEP_RESIDENT - KEEP_RESIDENT / 8);
         let called = func.call_async(&mut *store, ()).await;
         store.data_mut().reset_hint = None;

@@ -160,7 +160,8 @@ where
                 && let Some(joined) = app.before_reset(&mut store, instance).await
                 && joined.gaps > 0
             {
-                metrics::counter!(crate::metrics::RESET_PAGES_JOINED).increment(joined.pages as u64);
+                metrics::counter!(crate::metrics::RESET_PAGES_JOINED)
+                    .increment(joined.pages as u64);
             }
             drop(store);
             drop(permit);

@@ -140,9 +140,8 @@ pub fn add(bytes: &[u8]) -> Result<Option<Vec<u8>>, OptimizeError> {
                     match alias? {
                         ComponentAlias::InstanceExport { kind, .. } => counts.sort(kind),
                         ComponentAlias::CoreInstanceExport { kind, .. } => match kind {
-                            wasmparser::ExternalKind::Func | wasmparser::ExternalKind::FuncExact => {
-                                counts.core_funcs += 1
-                            }
+                            wasmparser::ExternalKind::Func
+                            | wasmparser::ExternalKind::FuncExact => counts.core_funcs += 1,
                             wasmparser::ExternalKind::Memory => core_memories += 1,
                             _ => {}
                         },

@@ -14,6 +14,11 @@
 //! uses the merged module's, and the libraries' own modules are left empty. Nothing else in the
 //! component changes. The result is validated; anything the optimiser does not recognise leaves
 //! the component as it was.
+//!
+//! A component (merged or not) whose memory starts larger than 128 KiB also gets the reset hint
+//! ([`hint`]): an export through which pier, once a request is done, finds the memory and joins
+//! the runs of pages the request wrote, so that the pool's reset keeps them resident
+//! ([`crate::dirty`]).
 
 mod component;
 pub mod hint;
