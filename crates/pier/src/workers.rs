@@ -2,8 +2,10 @@
 //!
 //! In one multi-threaded process every page a guest touches costs every core: a copy-on-write
 //! fault, or the `madvise` that resets an instance's memory, interrupts the other threads to
-//! flush their TLBs, and a Python or JavaScript guest touches hundreds of pages per request.
-//! Workers run their guests on one thread each, so those flushes stay on one core.
+//! flush their TLBs. Python and JavaScript guests took hundreds of such faults per request until
+//! pier kept the pages they write resident (`pier_engine::Joined`); a guest that still takes
+//! them (one whose memory has no reset hint, or with swap on) gains most from workers, which run
+//! their guests on one thread each, so those flushes stay on one core.
 //!
 //! The supervisor listens on the port with one socket per worker (`SO_REUSEPORT`: the kernel
 //! spreads new connections over them), compiles the component into the cache once, starts the
