@@ -138,6 +138,49 @@ mod tests {
         std::fs::read(pier_testkit::guest(guest)).unwrap()
     }
 
+    /// The names a component imports and exports at its top level.
+    fn externs(bytes: &[u8]) -> (Vec<String>, Vec<String>) {
+        let (mut imports, mut exports) = (Vec::new(), Vec::new());
+        let mut depth = 0;
+        for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+            match payload.unwrap() {
+                Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+                Payload::End(_) => depth -= 1,
+                Payload::ComponentImportSection(r) if depth == 0 => {
+                    imports.extend(r.into_iter().map(|i| i.unwrap().name.name.to_string()))
+                }
+                Payload::ComponentExportSection(r) if depth == 0 => {
+                    exports.extend(r.into_iter().map(|e| e.unwrap().name.name.to_string()))
+                }
+                _ => {}
+            }
+        }
+        (imports, exports)
+    }
+
+    #[test]
+    fn a_component_with_a_large_memory_gets_the_reset_hint_and_nothing_else() {
+        let original = read("counter-large-memory");
+        let done = optimize_component(&original).unwrap().expect("hinted");
+        assert!(done.reset_hint);
+        assert_eq!((done.merged_modules, done.lazy_elements), (0, 0));
+        // The original sections come first, unchanged.
+        assert_eq!(&done.bytes[..original.len()], &original[..]);
+        let (before_imports, before_exports) = externs(&original);
+        let (imports, exports) = externs(&done.bytes);
+        assert_eq!(imports[..before_imports.len()], before_imports[..]);
+        assert_eq!(
+            imports[before_imports.len()..],
+            [hint::INTERFACE.to_string()]
+        );
+        assert_eq!(exports[..before_exports.len()], before_exports[..]);
+        assert_eq!(exports[before_exports.len()..], [hint::EXPORT.to_string()]);
+        // Once is enough.
+        assert!(hint::add(&done.bytes).unwrap().is_none());
+        // A small memory (copied back whole) needs none.
+        assert!(optimize_component(&read("counter")).unwrap().is_none());
+    }
+
     #[test]
     fn a_component_without_linked_modules_is_left_alone() {
         assert!(optimize_component(&read("hello")).unwrap().is_none());
