@@ -164,6 +164,9 @@ fn optimized(wasm: &WasmFile, bytes: &[u8]) -> Option<Vec<u8>> {
                 // A linked component the optimiser does not know how to merge.
                 tracing::info!(file = %wasm.display(), "linked modules left as they are: {e}");
             }
+            if let Some(e) = &done.not_hinted {
+                tracing::warn!(file = %wasm.display(), "compiled without the reset hint: {e}");
+            }
             if done.reset_hint {
                 tracing::debug!(file = %wasm.display(), "added the reset hint");
             }

@@ -27,6 +27,7 @@ use wasmtime::StoreContextMut;
 use wasmtime::component::{Linker, WasmList};
 
 use crate::HostState;
+use crate::engine::KEEP_RESIDENT;
 use crate::optimize::hint;
 
 /// Runs of written pages the pool's reset takes before it hands the rest back (wasmtime's 32,
@@ -35,6 +36,10 @@ pub const MAX_RUNS: usize = 30;
 
 /// Runs read per scan; past these, the memory's later runs are left as they are.
 const SCAN_RUNS: usize = 1024;
+
+/// What may be kept resident, written and joined together: the pool's budget
+/// ([`KEEP_RESIDENT`]) less a margin, since past the budget the pool hands pages back again.
+const BUDGET: usize = KEEP_RESIDENT - KEEP_RESIDENT / 8;
 
 /// What joining did to one memory.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -54,12 +59,12 @@ pub(crate) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.instance(hint::INTERFACE)?.func_wrap(
         hint::FUNCTION,
         |mut store: StoreContextMut<'_, HostState>, (memory,): (WasmList<u8>,)| {
-            let Some(budget) = store.data_mut().reset_hint.take() else {
+            if !std::mem::take(&mut store.data_mut().reset_hint) {
                 return Ok(());
-            };
+            }
             let bytes = memory.as_le_slice(&store);
             let (start, len) = (bytes.as_ptr() as usize, bytes.len());
-            let joined = join_written_runs(start, len, budget);
+            let joined = join_written_runs(start, len, BUDGET);
             store.data_mut().joined = joined;
             Ok(())
         },
@@ -115,67 +120,80 @@ fn page_size() -> usize {
 }
 
 /// The runs of pages in `[start, start + len)` that the pool's reset counts as written (present,
-/// and neither the shared zero page nor the image's file page): the pool's own scan.
-fn written_runs(start: usize, len: usize) -> Option<Vec<(usize, usize)>> {
+/// and neither the shared zero page nor the image's file page: the pool's own query), given to
+/// `with` in order. `None` when the kernel cannot scan (before Linux 6.7).
+fn written_runs<R>(start: usize, len: usize, with: impl FnOnce(&[PageRegion]) -> R) -> Option<R> {
+    thread_local! {
+        // The kernel's answer, reused: a scan runs after every request.
+        static REGIONS: std::cell::RefCell<Vec<PageRegion>> =
+            std::cell::RefCell::new(vec![PageRegion::default(); SCAN_RUNS]);
+    }
     let pagemap = pagemap()?;
-    let mut regions = vec![PageRegion::default(); SCAN_RUNS];
-    let mut arg = PmScanArg {
-        size: size_of::<PmScanArg>() as u64,
-        flags: 0,
-        start: start as u64,
-        end: (start + len) as u64,
-        walk_end: 0,
-        vec: regions.as_mut_ptr() as u64,
-        vec_len: SCAN_RUNS as u64,
-        max_pages: 0,
-        category_inverted: PAGE_IS_PFNZERO | PAGE_IS_FILE,
-        category_mask: PAGE_IS_WRITTEN | PAGE_IS_PRESENT | PAGE_IS_PFNZERO | PAGE_IS_FILE,
-        category_anyof_mask: 0,
-        return_mask: 0,
-    };
-    // SAFETY: `arg` is a valid `pm_scan_arg` whose `vec` has room for `vec_len` regions; the
-    // kernel only reads the page tables of the range.
-    let n = unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN as _, &mut arg) };
-    let n = usize::try_from(n).ok()?;
-    Some(
-        regions[..n.min(SCAN_RUNS)]
-            .iter()
-            .map(|r| (r.start as usize, r.end as usize))
-            .collect(),
-    )
+    REGIONS.with_borrow_mut(|regions| {
+        let mut arg = PmScanArg {
+            size: size_of::<PmScanArg>() as u64,
+            flags: 0,
+            start: start as u64,
+            end: (start + len) as u64,
+            walk_end: 0,
+            vec: regions.as_mut_ptr() as u64,
+            vec_len: regions.len() as u64,
+            max_pages: 0,
+            category_inverted: PAGE_IS_PFNZERO | PAGE_IS_FILE,
+            category_mask: PAGE_IS_WRITTEN | PAGE_IS_PRESENT | PAGE_IS_PFNZERO | PAGE_IS_FILE,
+            category_anyof_mask: 0,
+            return_mask: 0,
+        };
+        // SAFETY: `arg` is a valid `pm_scan_arg` whose `vec` has room for `vec_len` regions;
+        // the kernel only reads the page tables of the range.
+        let n = unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN as _, &mut arg) };
+        let n = usize::try_from(n).ok()?;
+        Some(with(&regions[..n.min(regions.len())]))
+    })
 }
 
 /// Joins runs of written pages in the memory at `[start, start + len)` until at most
 /// [`MAX_RUNS`] are left, filling the smallest gaps first, while everything written and joined
-/// stays within `budget` bytes. `None` when the kernel cannot scan (before Linux 6.7).
+/// stays within `budget` bytes. `None` when the kernel cannot scan.
 pub fn join_written_runs(start: usize, len: usize, budget: usize) -> Option<Joined> {
-    let runs = written_runs(start, len)?;
-    let mut joined = Joined {
-        runs: runs.len(),
-        ..Joined::default()
-    };
-    if runs.len() <= MAX_RUNS {
-        return Some(joined);
-    }
-    let page = page_size();
-    let mut resident: usize = runs.iter().map(|(s, e)| e - s).sum();
-    let mut gaps: Vec<(usize, usize)> =
-        runs.windows(2).map(|w| (w[0].1, w[1].0 - w[0].1)).collect();
-    gaps.sort_by_key(|&(at, len)| (len, at));
-    for &(at, gap) in &gaps[..runs.len() - MAX_RUNS] {
-        if resident + gap > budget {
-            break;
+    written_runs(start, len, |runs| {
+        let mut joined = Joined {
+            runs: runs.len(),
+            ..Joined::default()
+        };
+        if runs.len() <= MAX_RUNS {
+            return joined;
         }
-        // SAFETY: the gap lies inside the guest's memory, which stays mapped while its
-        // instance lives; populating changes no byte of it.
-        if unsafe { libc::madvise(at as *mut libc::c_void, gap, libc::MADV_POPULATE_WRITE) } != 0 {
-            break;
+        let page = page_size();
+        let mut resident: u64 = runs.iter().map(|r| r.end - r.start).sum();
+        // (length, address) of each gap, smallest first.
+        let mut gaps: Vec<(u64, u64)> = runs
+            .windows(2)
+            .map(|w| (w[1].start - w[0].end, w[0].end))
+            .collect();
+        gaps.sort_unstable();
+        for &(gap, at) in &gaps[..runs.len() - MAX_RUNS] {
+            if resident + gap > budget as u64 {
+                break;
+            }
+            // SAFETY: the gap lies inside the guest's memory, which stays mapped while its
+            // instance lives; populating changes no byte of it.
+            let populated = unsafe {
+                libc::madvise(
+                    at as *mut libc::c_void,
+                    gap as usize,
+                    libc::MADV_POPULATE_WRITE,
+                )
+            };
+            if populated != 0 {
+                break;
+            }
+            resident += gap;
+            joined.gaps += 1;
+            joined.pages += gap as usize / page;
         }
-        resident += gap;
-        joined.gaps += 1;
-        joined.pages += gap / page;
-    }
-    Some(joined)
+        joined
+    })
 }
 
 #[cfg(test)]
@@ -230,7 +248,7 @@ mod tests {
     #[test]
     fn runs_are_joined_across_the_smallest_gaps_and_no_byte_changes() {
         let m = Mapping::new(400);
-        if written_runs(m.ptr as usize, m.len).is_none() {
+        if written_runs(m.ptr as usize, m.len, |_| ()).is_none() {
             eprintln!("no PAGEMAP_SCAN on this kernel: skipped");
             return;
         }
@@ -245,13 +263,19 @@ mod tests {
             unsafe { m.page(i).add(1).write_volatile(0xee) };
         }
         let before: Vec<u8> = (0..400).map(|i| unsafe { *m.page(i) }).collect();
-        assert_eq!(written_runs(m.ptr as usize, m.len).unwrap().len(), 100);
+        assert_eq!(
+            written_runs(m.ptr as usize, m.len, <[_]>::len).unwrap(),
+            100
+        );
 
         let joined = join_written_runs(m.ptr as usize, m.len, 16 << 20).unwrap();
         assert_eq!(joined.runs, 100);
         assert_eq!(joined.gaps, 100 - MAX_RUNS);
         assert_eq!(joined.pages, 2 * (100 - MAX_RUNS));
-        assert_eq!(written_runs(m.ptr as usize, m.len).unwrap().len(), MAX_RUNS);
+        assert_eq!(
+            written_runs(m.ptr as usize, m.len, <[_]>::len).unwrap(),
+            MAX_RUNS
+        );
         let after: Vec<u8> = (0..400).map(|i| unsafe { *m.page(i) }).collect();
         assert_eq!(before, after, "joining changed memory");
         for i in 0..400 {
@@ -269,7 +293,7 @@ mod tests {
     fn joining_stays_within_the_budget() {
         let page = page_size();
         let m = Mapping::new(200);
-        if written_runs(m.ptr as usize, m.len).is_none() {
+        if written_runs(m.ptr as usize, m.len, |_| ()).is_none() {
             return;
         }
         for i in (0..200).step_by(4) {

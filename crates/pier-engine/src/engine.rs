@@ -26,7 +26,7 @@ pub enum EngineKind {
 pub(crate) const KEEP_RESIDENT: usize = 16 << 20;
 
 /// Memories that start at this size or less are cheaper to copy back whole than to scan.
-const SMALL_MEMORY: u64 = 128 << 10;
+pub(crate) const SMALL_MEMORY: u64 = 128 << 10;
 
 /// Bytes of each linear memory kept resident with [`MemoryReset::Whole`]: a small memory that
 /// grew is copied back up to here, and the rest handed back to the kernel.
@@ -110,7 +110,7 @@ pub fn swap_is_on() -> bool {
 }
 
 /// A WebAssembly page.
-const WASM_PAGE: u64 = 64 << 10;
+pub(crate) const WASM_PAGE: u64 = 64 << 10;
 /// Bytes of one table element in the pool (a pointer).
 const TABLE_ELEMENT: u64 = 8;
 

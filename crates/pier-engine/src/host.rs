@@ -25,9 +25,9 @@ pub struct HostState {
     /// When the guest must stop: set when a request is given to the store (`None` while the
     /// instance waits, made ahead of its request).
     pub(crate) deadline: Option<std::time::Instant>,
-    /// Set (to the pool's resident budget in bytes) only for the reset hint's call after a
-    /// request; taken by the hint's host function (`crate::dirty`).
-    pub(crate) reset_hint: Option<usize>,
+    /// Set only for the reset hint's call after a request; taken by the hint's host function
+    /// (`crate::dirty`).
+    pub(crate) reset_hint: bool,
     /// What that call joined.
     pub(crate) joined: Option<crate::dirty::Joined>,
 }
@@ -43,7 +43,7 @@ impl HostState {
             hooks: OutboundHooks(outbound),
             limits: StoreLimits::default(),
             deadline: None,
-            reset_hint: None,
+            reset_hint: false,
             joined: None,
         }
     }

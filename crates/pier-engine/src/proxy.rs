@@ -14,17 +14,15 @@ use std::time::{Duration, Instant};
 use pier_config::{DirGrant, Grants};
 use tokio::sync::Notify;
 use wasmtime::component::{
-    Component, ComponentExportIndex, Instance, Linker, types::ComponentItem,
+    Component, ComponentExportIndex, Instance, InstancePre, Linker, types::ComponentItem,
 };
 use wasmtime::{Engine, Store, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx};
-use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyIndices, ProxyPre};
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyIndices};
 
 use crate::cache::{CacheOutcome, CompileCache};
 use crate::dirty::Joined;
-use crate::engine::{
-    EPOCH_TICK, EngineKind, KEEP_RESIDENT, MemoryReset, YIELD_TICKS, new_engine, swap_is_on,
-};
+use crate::engine::{EPOCH_TICK, EngineKind, MemoryReset, YIELD_TICKS, new_engine, swap_is_on};
 use crate::host::{DenyAll, GuestLog, HostState, Outbound};
 use crate::load::{WasmFile, WasmKind};
 
@@ -153,7 +151,8 @@ struct Warm {
 
 /// A `wasi:http/proxy` component ready to serve.
 pub struct ProxyApp {
-    pre: ProxyPre<HostState>,
+    pre: InstancePre<HostState>,
+    /// Where the `wasi:http` exports are, checked once.
     indices: ProxyIndices,
     /// The component's reset hint ([`crate::optimize::hint`]), if the optimiser gave it one.
     hint: Option<ComponentExportIndex>,
@@ -213,7 +212,6 @@ impl ProxyApp {
             .instantiate_pre(&component)
             .map_err(|e| AppError::link(wasm, e))?;
         let indices = ProxyIndices::new(&pre).map_err(|e| AppError::link(wasm, e))?;
-        let pre = ProxyPre::new(pre).map_err(|e| AppError::link(wasm, e))?;
         let hint = component.get_export_index(None, crate::optimize::hint::EXPORT);
 
         for dir in &grants.dirs {
@@ -275,14 +273,9 @@ impl ProxyApp {
         Ok((engine, app))
     }
 
-    /// The pre-instantiated component.
-    pub fn pre(&self) -> &ProxyPre<HostState> {
-        &self.pre
-    }
-
     /// The compiled component.
     pub fn component(&self) -> &Component {
-        self.pre.instance_pre().component()
+        self.pre.component()
     }
 
     /// The component's short name, as it appears in the log.
@@ -307,7 +300,7 @@ impl ProxyApp {
 
     /// An instance made ahead of time, with its deadline now started, if one is ready; taking
     /// it has the next one made off the request path. `None`: the caller makes its own with
-    /// [`new_store`](Self::new_store) and [`pre`](Self::pre).
+    /// [`new_store`](Self::new_store) and [`instantiate`](Self::instantiate).
     pub fn take_ready(self: &Arc<Self>) -> Option<Ready> {
         if self.settings.prewarm == 0 {
             return None;
@@ -368,11 +361,7 @@ impl ProxyApp {
         &self,
         store: &mut Store<HostState>,
     ) -> wasmtime::Result<(Proxy, Instance)> {
-        let instance = self
-            .pre
-            .instance_pre()
-            .instantiate_async(&mut *store)
-            .await?;
+        let instance = self.pre.instantiate_async(&mut *store).await?;
         let proxy = self.indices.load(&mut *store, &instance)?;
         Ok((proxy, instance))
     }
@@ -392,9 +381,9 @@ impl ProxyApp {
         }
         let hint = self.hint.as_ref()?;
         let func = instance.get_typed_func::<(), ()>(&mut *store, hint).ok()?;
-        store.data_mut().reset_hint = Some(KEEP_RESIDENT - KEEP_RESIDENT / 8);
+        store.data_mut().reset_hint = true;
         let called = func.call_async(&mut *store, ()).await;
-        store.data_mut().reset_hint = None;
+        store.data_mut().reset_hint = false;
         if let Err(e) = called {
             tracing::debug!(component = self.name(), "reset hint failed: {e:#}");
             return None;

@@ -296,13 +296,7 @@ async fn every_request_gets_a_fresh_instance() {
     );
     assert_fresh_instances(&large, 16).await;
     if !pier_engine::swap_is_on() {
-        let admin = large.admin_addr.clone().expect("admin address printed");
-        let metrics = get(&admin, Proto::H1, "/metrics").await.unwrap().text();
-        let joined = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("pier_reset_pages_joined_total "))
-            .and_then(|n| n.parse::<u64>().ok())
-            .unwrap_or(0);
+        let (joined, metrics) = counter_value(&large, "pier_reset_pages_joined_total").await;
         assert!(joined > 0, "no runs were joined:\n{metrics}");
     }
 
@@ -321,13 +315,8 @@ async fn every_request_gets_a_fresh_instance() {
     )
     .expect("pier starts");
     assert_fresh_instances(&ahead, 1).await;
-    let admin = ahead.admin_addr.clone().expect("admin address printed");
-    let metrics = get(&admin, Proto::H1, "/metrics").await.unwrap().text();
-    let made_ahead = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("pier_instances_created_total{made=\"ahead\"} "))
-        .and_then(|n| n.parse::<u64>().ok())
-        .unwrap_or(0);
+    let (made_ahead, metrics) =
+        counter_value(&ahead, "pier_instances_created_total{made=\"ahead\"}").await;
     assert!(
         made_ahead >= 20,
         "sequential requests were served by instances made ahead:\n{metrics}"
@@ -465,6 +454,19 @@ async fn assert_fresh_instances(server: &PierServer, pages: u32) {
     for answer in futures_join(concurrent).await {
         assert_eq!(answer, first);
     }
+}
+
+/// The value of the sample `name` (with its labels) on `server`'s `/metrics` (0 if absent), and
+/// the whole page for messages.
+async fn counter_value(server: &PierServer, name: &str) -> (u64, String) {
+    let admin = server.admin_addr.clone().expect("admin address printed");
+    let metrics = get(&admin, Proto::H1, "/metrics").await.unwrap().text();
+    let value = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    (value, metrics)
 }
 
 async fn futures_join<T>(tasks: impl Iterator<Item = tokio::task::JoinHandle<T>>) -> Vec<T> {

@@ -68,6 +68,27 @@ pub(super) enum Origin<'a> {
     Canon(Space, u32),
 }
 
+/// Every payload of `bytes` with its depth: 0 for the component's own sections (a nested module
+/// or component section included), 1 for the sections inside a module or component it contains,
+/// and so on.
+pub(super) fn payloads(
+    bytes: &[u8],
+) -> impl Iterator<Item = Result<(usize, Payload<'_>), wasmparser::BinaryReaderError>> {
+    let mut depth = 0usize;
+    wasmparser::Parser::new(0)
+        .parse_all(bytes)
+        .map(move |payload| {
+            let payload = payload?;
+            let at = depth;
+            match payload {
+                Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+                Payload::End(_) => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            Ok((at, payload))
+        })
+}
+
 impl<'a> Parsed<'a> {
     pub(super) fn read(bytes: &'a [u8]) -> Result<Option<Parsed<'a>>, OptimizeError> {
         let mut items = Vec::new();
@@ -79,15 +100,9 @@ impl<'a> Parsed<'a> {
             defs.insert((space, *n), at);
             *n += 1;
         };
-        let mut depth = 0usize;
-        for payload in wasmparser::Parser::new(0).parse_all(bytes) {
-            let payload = payload?;
+        for payload in payloads(bytes) {
+            let (depth, payload) = payload?;
             if depth > 0 {
-                match payload {
-                    Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
-                    Payload::End(_) => depth -= 1,
-                    _ => {}
-                }
                 continue;
             }
             match payload {
@@ -101,13 +116,11 @@ impl<'a> Parsed<'a> {
                 } => {
                     modules.push(items.len());
                     items.push(Item::Module(&bytes[unchecked_range]));
-                    depth = 1;
                 }
                 Payload::ComponentSection {
                     unchecked_range, ..
                 } => {
                     items.push(Item::Raw(4, &bytes[unchecked_range]));
-                    depth = 1;
                 }
                 Payload::InstanceSection(reader) => {
                     for instance in reader {

@@ -38,6 +38,8 @@ use wasmparser::{
 };
 
 use super::OptimizeError;
+use super::component::payloads;
+use crate::engine::{SMALL_MEMORY, WASM_PAGE};
 
 /// The interface the hint imports; pier's linker provides it (`crate::dirty::link`).
 pub const INTERFACE: &str = "pier:internal/reset";
@@ -45,10 +47,6 @@ pub const INTERFACE: &str = "pier:internal/reset";
 pub const FUNCTION: &str = "written-memory";
 /// The export pier calls when a request is done.
 pub const EXPORT: &str = "pier-before-reset";
-
-/// Memories larger than this at instantiation are reset by the dirty-page scan (smaller ones are
-/// copied back whole, and need no hint); the same bound as the engine's choice of reset.
-const SMALL_MEMORY: u64 = 128 << 10;
 
 /// The top-level index spaces the appended items extend.
 #[derive(Debug, Default)]
@@ -91,33 +89,24 @@ pub fn add(bytes: &[u8]) -> Result<Option<Vec<u8>>, OptimizeError> {
     // How many canonical functions use each core memory: the one most use is the component's.
     let mut uses: HashMap<u32, usize> = HashMap::new();
     let mut large = false;
-    let mut depth = 0usize;
-    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
-        let payload = payload?;
-        if depth > 0 {
-            match payload {
-                Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
-                Payload::End(_) => depth -= 1,
-                // Defined memories of a top-level module.
-                Payload::MemorySection(reader) if depth == 1 => {
-                    for memory in reader {
-                        let memory = memory?;
-                        large |= memory.initial.saturating_mul(1 << 16) > SMALL_MEMORY;
-                    }
+    for payload in payloads(bytes) {
+        let (depth, payload) = payload?;
+        let payload = match (depth, payload) {
+            // Defined memories of a top-level module.
+            (1, Payload::MemorySection(reader)) => {
+                for memory in reader {
+                    large |= memory?.initial.saturating_mul(WASM_PAGE) > SMALL_MEMORY;
                 }
-                _ => {}
+                continue;
             }
-            continue;
-        }
+            (0, payload) => payload,
+            _ => continue,
+        };
         match payload {
             Payload::Version { encoding, .. } if encoding != Encoding::Component => {
                 return Ok(None);
             }
-            Payload::ModuleSection { .. } => {
-                counts.core_modules += 1;
-                depth = 1;
-            }
-            Payload::ComponentSection { .. } => depth = 1,
+            Payload::ModuleSection { .. } => counts.core_modules += 1,
             Payload::InstanceSection(reader) => counts.core_instances += reader.count(),
             Payload::ComponentInstanceSection(reader) => counts.instances += reader.count(),
             Payload::ComponentTypeSection(reader) => counts.types += reader.count(),

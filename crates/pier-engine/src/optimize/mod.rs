@@ -76,6 +76,8 @@ pub struct Optimized {
     pub reset_hint: bool,
     /// Why the linked modules were not merged, when there were some and they were not.
     pub not_merged: Option<OptimizeError>,
+    /// Why the reset hint was not added, when it was due and was not (a bug in the optimiser).
+    pub not_hinted: Option<OptimizeError>,
 }
 
 /// Rewrites a component for fast fresh instances: a dynamically linked one's modules merged so
@@ -89,9 +91,16 @@ pub fn optimize_component(bytes: &[u8]) -> Result<Option<Optimized>, OptimizeErr
         Err(e) => (None, Some(e)),
     };
     let base = merged.as_ref().map_or(bytes, |m| &m.bytes[..]);
-    let hinted = hint::add(base)?.filter(|hinted| validate(hinted).is_ok());
+    let (hinted, not_hinted) = match hint::add(base) {
+        Ok(Some(hinted)) => match validate(&hinted) {
+            Ok(()) => (Some(hinted), None),
+            Err(e) => (None, Some(e)),
+        },
+        Ok(None) => (None, None),
+        Err(e) => (None, Some(e)),
+    };
     if merged.is_none() && hinted.is_none() {
-        return not_merged.map_or(Ok(None), Err);
+        return not_merged.or(not_hinted).map_or(Ok(None), Err);
     }
     let (merged_modules, lazy_elements) = merged
         .as_ref()
@@ -103,6 +112,7 @@ pub fn optimize_component(bytes: &[u8]) -> Result<Option<Optimized>, OptimizeErr
         lazy_elements,
         reset_hint,
         not_merged,
+        not_hinted,
     }))
 }
 
@@ -141,15 +151,12 @@ mod tests {
     /// The names a component imports and exports at its top level.
     fn externs(bytes: &[u8]) -> (Vec<String>, Vec<String>) {
         let (mut imports, mut exports) = (Vec::new(), Vec::new());
-        let mut depth = 0;
-        for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        for payload in component::payloads(bytes) {
             match payload.unwrap() {
-                Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
-                Payload::End(_) => depth -= 1,
-                Payload::ComponentImportSection(r) if depth == 0 => {
+                (0, Payload::ComponentImportSection(r)) => {
                     imports.extend(r.into_iter().map(|i| i.unwrap().name.name.to_string()))
                 }
-                Payload::ComponentExportSection(r) if depth == 0 => {
+                (0, Payload::ComponentExportSection(r)) => {
                     exports.extend(r.into_iter().map(|e| e.unwrap().name.name.to_string()))
                 }
                 _ => {}

@@ -256,6 +256,7 @@ impl<'a> Parsed<'a> {
             lazy_elements: merged.lazy_elements,
             reset_hint: false,
             not_merged: None,
+            not_hinted: None,
         })
     }
 }
