@@ -18,10 +18,19 @@
 //!
 //! It changes no memory content, so it cannot make a reset less complete: whatever it does, the
 //! pool still restores every page written since the slot was last reset.
+//!
+//! Once a slot's runs are joined, later requests there mostly write within them (an interpreter
+//! touches the same objects for the same route), and scanning again finds nothing to do: a
+//! wasted walk over the memory's page tables, ~3% of a componentize-py request. So a slot whose
+//! scans found nothing to join [`SETTLED_AFTER`] times in a row is scanned only after one
+//! request in [`SCAN_SETTLED_EVERY`]; a scan that finds runs to join again makes it scanned after
+//! every request until it settles. Skipping a scan can only cost speed (the pool handing back
+//! pages past its 32nd run until the next scan joins them), never a page left unreset.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use wasmtime::StoreContextMut;
 use wasmtime::component::{Linker, WasmList};
@@ -30,9 +39,17 @@ use crate::HostState;
 use crate::engine::KEEP_RESIDENT;
 use crate::optimize::hint;
 
-/// Runs of written pages the pool's reset takes before it hands the rest back (wasmtime's 32,
-/// less a margin).
-pub const MAX_RUNS: usize = 30;
+/// Runs of written pages the pool's reset takes before it hands the rest back: wasmtime's
+/// `MAX_REGIONS`. The pool's scan is pier's query over the same range, made after it with
+/// nothing written in between, so it finds the same runs; the kernel stops a scan early only
+/// when it meets a run past the last one it has room for.
+pub const MAX_RUNS: usize = 32;
+
+/// Scans in a row that found nothing to join before a slot counts as settled.
+const SETTLED_AFTER: u8 = 2;
+
+/// A settled slot is scanned after one request in this many.
+const SCAN_SETTLED_EVERY: u8 = 8;
 
 /// Runs read per scan; past these, the memory's later runs are left as they are.
 const SCAN_RUNS: usize = 1024;
@@ -64,11 +81,54 @@ pub(crate) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             }
             let bytes = memory.as_le_slice(&store);
             let (start, len) = (bytes.as_ptr() as usize, bytes.len());
-            let joined = join_written_runs(start, len, BUDGET);
+            let joined = slots().join(start, len, BUDGET);
             store.data_mut().joined = joined;
             Ok(())
         },
     )
+}
+
+/// How recent scans of one pool slot's memory went.
+#[derive(Debug, Default, Clone, Copy)]
+struct Slot {
+    /// Scans in a row that found nothing to join (at most [`SETTLED_AFTER`]).
+    settled: u8,
+    /// Requests since the last scan.
+    skipped: u8,
+}
+
+/// The slots pier has scanned, by the address of their memory (a slot's memory stays at one
+/// address for the pool's lifetime; at most one entry per slot of the pool).
+#[derive(Debug, Default)]
+struct Slots(Mutex<HashMap<usize, Slot>>);
+
+fn slots() -> &'static Slots {
+    static SLOTS: OnceLock<Slots> = OnceLock::new();
+    SLOTS.get_or_init(Slots::default)
+}
+
+impl Slots {
+    /// [`join_written_runs`] for the memory at `[start, start + len)`, unless its slot is
+    /// settled and not due for a scan (`None` then, as when the kernel cannot scan).
+    fn join(&self, start: usize, len: usize, budget: usize) -> Option<Joined> {
+        {
+            let mut slots = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let slot = slots.entry(start).or_default();
+            if slot.settled >= SETTLED_AFTER && slot.skipped + 1 < SCAN_SETTLED_EVERY {
+                slot.skipped += 1;
+                return None;
+            }
+            slot.skipped = 0;
+        }
+        let joined = join_written_runs(start, len, budget);
+        let mut slots = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = slots.entry(start).or_default();
+        slot.settled = match joined {
+            Some(j) if j.gaps == 0 && j.runs <= MAX_RUNS => (slot.settled + 1).min(SETTLED_AFTER),
+            _ => 0,
+        };
+        joined
+    }
 }
 
 /// `struct pm_scan_arg` of `<linux/fs.h>`.
@@ -287,6 +347,48 @@ mod tests {
         // Already joined: nothing more to do.
         let again = join_written_runs(m.ptr as usize, m.len, 16 << 20).unwrap();
         assert_eq!((again.runs, again.gaps), (MAX_RUNS, 0));
+    }
+
+    #[test]
+    fn a_settled_slot_is_scanned_after_one_request_in_eight() {
+        let m = Mapping::new(400);
+        if written_runs(m.ptr as usize, m.len, |_| ()).is_none() {
+            return;
+        }
+        let write_every_third = |pages: std::ops::Range<usize>| {
+            for i in pages.step_by(3) {
+                // SAFETY: inside the mapping.
+                unsafe { m.page(i).write_volatile(1) };
+            }
+        };
+        let slots = Slots::default();
+        let join = || slots.join(m.ptr as usize, m.len, 16 << 20);
+
+        // 100 runs: the first request's scan joins them, the next two find nothing to join.
+        write_every_third(0..300);
+        assert_eq!(join().unwrap().gaps, 100 - MAX_RUNS);
+        for _ in 0..SETTLED_AFTER {
+            assert_eq!(join().unwrap(), Joined { runs: MAX_RUNS, gaps: 0, pages: 0 });
+        }
+        // Settled: seven requests skip the scan, the eighth scans.
+        for round in 0..2 {
+            for _ in 1..SCAN_SETTLED_EVERY {
+                assert_eq!(join(), None, "round {round}");
+            }
+            assert_eq!(join().unwrap().gaps, 0, "round {round}");
+        }
+
+        // New runs written while the scans are skipped are joined at the next one due, and
+        // from then on every request is scanned until the slot settles again.
+        write_every_third(302..400);
+        for _ in 1..SCAN_SETTLED_EVERY {
+            assert_eq!(join(), None);
+        }
+        let due = join().unwrap();
+        assert_eq!((due.runs, due.gaps), (MAX_RUNS + 33, 33));
+        assert_eq!(join().unwrap().gaps, 0);
+        assert_eq!(join().unwrap().gaps, 0);
+        assert_eq!(join(), None);
     }
 
     #[test]
