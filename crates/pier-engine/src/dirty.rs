@@ -368,7 +368,14 @@ mod tests {
         write_every_third(0..300);
         assert_eq!(join().unwrap().gaps, 100 - MAX_RUNS);
         for _ in 0..SETTLED_AFTER {
-            assert_eq!(join().unwrap(), Joined { runs: MAX_RUNS, gaps: 0, pages: 0 });
+            assert_eq!(
+                join().unwrap(),
+                Joined {
+                    runs: MAX_RUNS,
+                    gaps: 0,
+                    pages: 0
+                }
+            );
         }
         // Settled: seven requests skip the scan, the eighth scans.
         for round in 0..2 {
