@@ -98,7 +98,9 @@ struct Slot {
 }
 
 /// The slots pier has scanned, by the address of their memory (a slot's memory stays at one
-/// address for the pool's lifetime; at most one entry per slot of the pool).
+/// address for its pool's lifetime, so there is at most one entry per slot). Entries outlive a
+/// pool dropped while the process goes on; a slot of a later pool at the same address may then
+/// skip up to seven scans it needed, which costs speed only.
 #[derive(Debug, Default)]
 struct Slots(Mutex<HashMap<usize, Slot>>);
 
