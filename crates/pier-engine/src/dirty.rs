@@ -126,7 +126,8 @@ impl Slots {
         let mut slots = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let slot = slots.entry(start).or_default();
         slot.settled = match joined {
-            Some(j) if j.gaps == 0 && j.runs <= MAX_RUNS => (slot.settled + 1).min(SETTLED_AFTER),
+            // Within the pool's runs: nothing was (or needed to be) joined.
+            Some(j) if j.runs <= MAX_RUNS => (slot.settled + 1).min(SETTLED_AFTER),
             _ => 0,
         };
         joined
@@ -190,28 +191,36 @@ fn written_runs<R>(start: usize, len: usize, with: impl FnOnce(&[PageRegion]) ->
         static REGIONS: std::cell::RefCell<Vec<PageRegion>> =
             std::cell::RefCell::new(vec![PageRegion::default(); SCAN_RUNS]);
     }
-    let pagemap = pagemap()?;
     REGIONS.with_borrow_mut(|regions| {
-        let mut arg = PmScanArg {
-            size: size_of::<PmScanArg>() as u64,
-            flags: 0,
-            start: start as u64,
-            end: (start + len) as u64,
-            walk_end: 0,
-            vec: regions.as_mut_ptr() as u64,
-            vec_len: regions.len() as u64,
-            max_pages: 0,
-            category_inverted: PAGE_IS_PFNZERO | PAGE_IS_FILE,
-            category_mask: PAGE_IS_WRITTEN | PAGE_IS_PRESENT | PAGE_IS_PFNZERO | PAGE_IS_FILE,
-            category_anyof_mask: 0,
-            return_mask: 0,
-        };
-        // SAFETY: `arg` is a valid `pm_scan_arg` whose `vec` has room for `vec_len` regions;
-        // the kernel only reads the page tables of the range.
-        let n = unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN as _, &mut arg) };
-        let n = usize::try_from(n).ok()?;
-        Some(with(&regions[..n.min(regions.len())]))
+        let (n, _) = scan(start, len, regions)?;
+        Some(with(&regions[..n]))
     })
+}
+
+/// The pool's query over `[start, start + len)`, into `regions`: how many runs it filled, and
+/// the address where the kernel stopped (the end of the range, unless `regions` filled up
+/// before the last run).
+fn scan(start: usize, len: usize, regions: &mut [PageRegion]) -> Option<(usize, u64)> {
+    let pagemap = pagemap()?;
+    let mut arg = PmScanArg {
+        size: size_of::<PmScanArg>() as u64,
+        flags: 0,
+        start: start as u64,
+        end: (start + len) as u64,
+        walk_end: 0,
+        vec: regions.as_mut_ptr() as u64,
+        vec_len: regions.len() as u64,
+        max_pages: 0,
+        category_inverted: PAGE_IS_PFNZERO | PAGE_IS_FILE,
+        category_mask: PAGE_IS_WRITTEN | PAGE_IS_PRESENT | PAGE_IS_PFNZERO | PAGE_IS_FILE,
+        category_anyof_mask: 0,
+        return_mask: 0,
+    };
+    // SAFETY: `arg` is a valid `pm_scan_arg` whose `vec` has room for `vec_len` regions;
+    // the kernel only reads the page tables of the range.
+    let n = unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN as _, &mut arg) };
+    let n = usize::try_from(n).ok()?;
+    Some((n.min(regions.len()), arg.walk_end))
 }
 
 /// Joins runs of written pages in the memory at `[start, start + len)` until at most
@@ -338,6 +347,18 @@ mod tests {
             written_runs(m.ptr as usize, m.len, <[_]>::len).unwrap(),
             MAX_RUNS
         );
+        // The pool's own scan, with room for exactly MAX_RUNS runs, takes them all and reaches
+        // the end of the memory: it hands nothing back.
+        let mut pools = [PageRegion::default(); MAX_RUNS];
+        let (taken, walk_end) = scan(m.ptr as usize, m.len, &mut pools).unwrap();
+        assert_eq!(
+            (taken, walk_end),
+            (MAX_RUNS, (m.ptr as usize + m.len) as u64)
+        );
+        // One run more than it has room for, and it stops short.
+        let mut fewer = [PageRegion::default(); MAX_RUNS - 1];
+        let (_, stopped) = scan(m.ptr as usize, m.len, &mut fewer).unwrap();
+        assert!(stopped < (m.ptr as usize + m.len) as u64);
         let after: Vec<u8> = (0..400).map(|i| unsafe { *m.page(i) }).collect();
         assert_eq!(before, after, "joining changed memory");
         for i in 0..400 {
