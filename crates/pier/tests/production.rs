@@ -124,8 +124,10 @@ async fn a_memory_bomb_is_a_500_and_the_server_keeps_serving() {
             StatusCode::OK
         );
     }
+    // The server writes the line before it answers, but the test reads pier's stderr on a
+    // thread of its own, which may not have caught up yet.
     assert!(
-        server.log().contains("kind=\"out_of_memory\""),
+        server.wait_for_log("kind=\"out_of_memory\"", Duration::from_secs(5)),
         "{}",
         server.log()
     );
