@@ -18,6 +18,11 @@ const WASI_HTTP_CRATE: &str = "48.0.8";
 /// Also `NAME-paused-large-memory`, which pauses 500 ms (`$pause_ns`) before it answers.
 const LARGE_MEMORY: &[&str] = &["counter"];
 
+/// Extra builds of a guest that need more of the pool per request than a typical component:
+/// `NAME-many-memories` also instantiates a module defining a memory and a table 30 times, and
+/// `NAME-many-instances` an empty module 150 times.
+const MANY: &[&str] = &["faults"];
+
 /// Extra builds of a guest against an older WASI 0.2.x, to prove version compatibility.
 const RETARGETED: &[(&str, &str)] = &[("hello", "0.2.0"), ("hello", "0.2.3")];
 
@@ -109,6 +114,17 @@ fn main() -> anyhow::Result<()> {
             std::fs::write(guests.join(format!("{name}-{variant}.wasm")), bytes)?;
         }
     }
+    for name in MANY {
+        let component = std::fs::read(guests.join(format!("{name}.wasm")))?;
+        for (variant, module, count) in [
+            ("many-memories", "(module (memory 1) (table 1 funcref))", 30),
+            ("many-instances", "(module)", 150),
+        ] {
+            let bytes = with_extra_instances(&component, module, count)
+                .with_context(|| format!("guest {name}-{variant}"))?;
+            std::fs::write(guests.join(format!("{name}-{variant}.wasm")), bytes)?;
+        }
+    }
     // Proxy-Wasm filters are core modules, not components.
     let filters = root.join("guests/proxywasm");
     println!("cargo:rerun-if-changed={}", filters.display());
@@ -134,4 +150,61 @@ fn main() -> anyhow::Result<()> {
     println!("cargo:rustc-env=PIER_TEST_GUESTS={}", guests.display());
     println!("cargo:rustc-env=PIER_WASI_WIT={}", wasi_wit.display());
     Ok(())
+}
+
+/// `component` with one more core module (`module`, in WAT) instantiated `count` times at its
+/// top level, after everything it had: appended sections, so the indices of everything before
+/// stay as they were.
+fn with_extra_instances(component: &[u8], module: &str, count: u32) -> anyhow::Result<Vec<u8>> {
+    use wasmparser::{Parser, Payload};
+    // The new module's index: the core modules defined at the top level before it.
+    let (mut modules, mut depth) = (0u32, 0u32);
+    for payload in Parser::new(0).parse_all(component) {
+        match payload? {
+            Payload::ModuleSection { .. } => {
+                if depth == 0 {
+                    modules += 1;
+                }
+                depth += 1;
+            }
+            Payload::ComponentSection { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    let module = wat::parse_str(module)?;
+    let mut out = component.to_vec();
+    // Core module section (id 1): the module's bytes.
+    section(&mut out, 1, &module);
+    // Core instance section (id 2): `count` instantiations of it, without arguments.
+    let mut instances = Vec::new();
+    leb128(&mut instances, count);
+    for _ in 0..count {
+        instances.push(0x00);
+        leb128(&mut instances, modules);
+        leb128(&mut instances, 0);
+    }
+    section(&mut out, 2, &instances);
+    wasmparser::Validator::new()
+        .validate_all(&out)
+        .context("the extended component does not validate")?;
+    Ok(out)
+}
+
+fn section(out: &mut Vec<u8>, id: u8, content: &[u8]) {
+    out.push(id);
+    leb128(out, u32::try_from(content.len()).expect("a small section"));
+    out.extend_from_slice(content);
+}
+
+fn leb128(out: &mut Vec<u8>, mut value: u32) {
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
 }

@@ -11,15 +11,96 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 pub enum EngineKind {
     /// `pier serve`: a fresh instance per request from a pooling allocator with copy-on-write
     /// memory images, so instantiation is a few microseconds and nothing leaks between requests.
-    /// The pool holds `instances` live instances (one per request in a guest).
     Serve {
-        /// Live instances the pool can hold at once.
-        instances: u32,
+        /// What the pool holds at once.
+        pool: PoolSizes,
         /// How a released instance's memories are put back to their initial contents.
         reset: MemoryReset,
     },
     /// `pier run` and `pier compile`: one instance, allocated on demand.
     Run,
+}
+
+/// What a serving engine's pool holds at once: `instances` component instances (one per request
+/// in a guest, plus those made ahead), each defining up to `memories` linear memories and
+/// `tables` tables, and `modules` core instances outside any component (Proxy-Wasm filter VMs,
+/// each with at most one memory and [`MAX_TABLES_PER_MODULE`] tables).
+///
+/// Before the component is compiled, [`PoolSizes::guessed`] sizes it for a typical component;
+/// [`PoolSizes::fitted`] then reads what the component really defines, so that a component
+/// with more memories or tables than the guess gets every one of its `instances` too, instead
+/// of the pool running dry at a fraction of `--max-concurrency` (each memory slot reserves
+/// address space, so the guess cannot simply be huge).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSizes {
+    /// Component instances alive at once.
+    pub instances: u32,
+    /// Linear memories one component instance defines.
+    pub memories: u32,
+    /// Tables one component instance defines.
+    pub tables: u32,
+    /// Core instances alive at once outside any component.
+    pub modules: u32,
+}
+
+/// Memory slots at most in one pool. Each reserves ~4 GiB of address space (the whole 32-bit
+/// range, so compiled code needs no bounds checks), and user space on x86-64 is 128 TiB.
+pub const MAX_MEMORY_SLOTS: u32 = 8192;
+
+impl PoolSizes {
+    /// Sizes for `instances` component instances of a component not yet known (two memories
+    /// and four tables each, room enough for most toolchains' output) and `modules` core
+    /// instances besides.
+    pub fn guessed(instances: u32, modules: u32) -> PoolSizes {
+        PoolSizes {
+            instances: instances.max(1),
+            memories: 2,
+            tables: 4,
+            modules,
+        }
+    }
+
+    /// The same counts of instances, each with the memories and tables `component` defines
+    /// (at least one of each).
+    pub fn fitted(self, component: &Component) -> PoolSizes {
+        let Some(needs) = component.resources_required() else {
+            // It instantiates a module it imports: nothing to read ahead of time.
+            return self;
+        };
+        PoolSizes {
+            memories: needs.num_memories.max(1),
+            tables: needs.num_tables.max(1),
+            ..self
+        }
+    }
+
+    /// Whether a pool of these sizes holds everything `other` asks for.
+    pub fn holds(&self, other: &PoolSizes) -> bool {
+        self.instances >= other.instances
+            && self.memories >= other.memories
+            && self.tables >= other.tables
+            && self.modules >= other.modules
+    }
+
+    /// Memory slots the pool reserves: every instance's memories and the modules' own, within
+    /// [`MAX_MEMORY_SLOTS`].
+    pub fn memory_slots(&self) -> u32 {
+        self.instances
+            .saturating_mul(self.memories)
+            .saturating_add(self.modules)
+            .min(MAX_MEMORY_SLOTS)
+    }
+
+    /// How the log says it.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} instances with {} memories and {} tables each ({} memory slots)",
+            self.instances,
+            self.memories,
+            self.tables,
+            self.memory_slots()
+        )
+    }
 }
 
 /// Bytes of each linear memory kept resident (reset in place) when an instance is released.
@@ -125,9 +206,9 @@ pub fn new_engine(kind: EngineKind) -> wasmtime::Result<Engine> {
         // and each store decides what a tick means for it. Enabled for both kinds so compiled
         // code (and so the compile cache entry) is the same for `serve`, `run` and `compile`.
         .epoch_interruption(true);
-    if let EngineKind::Serve { instances, reset } = kind {
+    if let EngineKind::Serve { pool, reset } = kind {
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(
-            instances, reset,
+            pool, reset,
         )));
     }
     Engine::new(&config)
@@ -138,20 +219,34 @@ pub(crate) const MAX_TABLES_PER_MODULE: u32 = 4;
 /// Linear memories one core module may define in the pool.
 pub(crate) const MAX_MEMORIES_PER_MODULE: u32 = 1;
 
-/// Pool sizes for serving.
+/// Core instances one component may instantiate (componentize-py's hello: 14; a composition of
+/// several components: the sum of theirs).
+const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 200;
+
+/// The pooling allocator for `sizes`.
 ///
-/// Real toolchains produce components with many core instances (componentize-py: ~75, a few
-/// memories and tables), so the per-component limits are generous; totals bound what the pool
-/// reserves. Address space is reserved lazily, memory is committed only when touched.
-fn pooling_config(instances: u32, reset: MemoryReset) -> PoolingAllocationConfig {
-    let instances = instances.max(1);
+/// The per-component limits are generous (they are checked when a component is loaded, so one
+/// beyond them fails to start with a message naming the limit); the totals are what the pool
+/// holds at once. Memory and table slots reserve address space (committed only when touched);
+/// instance counts are only counted, so every component instance may have as many core
+/// instances as one component is allowed.
+fn pooling_config(sizes: PoolSizes, reset: MemoryReset) -> PoolingAllocationConfig {
+    let instances = sizes.instances.max(1);
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(instances)
-        .total_core_instances(instances.saturating_mul(20))
-        .total_memories(instances.saturating_mul(2))
-        .total_tables(instances.saturating_mul(4))
+        .total_core_instances(
+            instances
+                .saturating_mul(MAX_CORE_INSTANCES_PER_COMPONENT)
+                .saturating_add(sizes.modules),
+        )
+        .total_memories(sizes.memory_slots())
+        .total_tables(
+            instances
+                .saturating_mul(sizes.tables)
+                .saturating_add(sizes.modules.saturating_mul(MAX_TABLES_PER_MODULE)),
+        )
         .total_stacks(instances)
-        .max_core_instances_per_component(200)
+        .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
         .max_memories_per_component(32)
         .max_tables_per_component(64)
         .max_tables_per_module(MAX_TABLES_PER_MODULE)
@@ -222,6 +317,49 @@ mod tests {
                 &format!("  (core module $m{i} {module})\n  (core instance (instantiate $m{i}))\n");
         }
         wat + ")"
+    }
+
+    #[test]
+    fn the_pool_is_fitted_to_the_memories_and_tables_a_component_defines() {
+        let engine = new_engine(EngineKind::Run).unwrap();
+        let guessed = PoolSizes::guessed(10, 3);
+        let fitted = |modules: &[&str]| {
+            guessed.fitted(&Component::new(&engine, component(modules)).unwrap())
+        };
+        // Nothing defined: still one of each (the guess holds it).
+        let none = fitted(&[]);
+        assert_eq!((none.memories, none.tables), (1, 1));
+        assert!(guessed.holds(&none));
+        let many = fitted(&[
+            "(memory 1) (table 1 funcref)",
+            "(memory 1)",
+            "(memory 2) (table 5 funcref)",
+        ]);
+        assert_eq!((many.instances, many.modules), (10, 3));
+        assert_eq!((many.memories, many.tables), (3, 2));
+        assert!(
+            !guessed.holds(&many),
+            "the guess has two memories per instance"
+        );
+        assert!(many.holds(&many) && many.holds(&none));
+        // Every instance's memories and one per module.
+        assert_eq!(many.memory_slots(), 10 * 3 + 3);
+        // Within the address space.
+        assert_eq!(
+            PoolSizes::guessed(100_000, 0).memory_slots(),
+            MAX_MEMORY_SLOTS
+        );
+        // A fitted engine starts, and serves the component.
+        let pool = new_engine(EngineKind::Serve {
+            pool: many,
+            reset: MemoryReset::Whole,
+        })
+        .unwrap();
+        Component::new(
+            &pool,
+            component(&["(memory 1)", "(memory 1)", "(memory 1)"]),
+        )
+        .unwrap();
     }
 
     #[test]

@@ -14,7 +14,9 @@ mod run;
 
 pub use cache::{CacheOutcome, CompileCache};
 pub use dirty::Joined;
-pub use engine::{EPOCH_TICK, EngineKind, MemoryReset, new_engine, start_epoch_ticker, swap_is_on};
+pub use engine::{
+    EPOCH_TICK, EngineKind, MemoryReset, PoolSizes, new_engine, start_epoch_ticker, swap_is_on,
+};
 pub use host::{DenyAll, GuestLog, HostState, Outbound};
 pub use load::{LoadError, WasmFile, WasmKind, kind_of};
 pub use proxy::{AppError, ProxyApp, Ready, StoreSettings};

@@ -22,7 +22,9 @@ use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyIndices};
 
 use crate::cache::{CacheOutcome, CompileCache};
 use crate::dirty::Joined;
-use crate::engine::{EPOCH_TICK, EngineKind, MemoryReset, YIELD_TICKS, new_engine, swap_is_on};
+use crate::engine::{
+    EPOCH_TICK, EngineKind, MemoryReset, PoolSizes, YIELD_TICKS, new_engine, swap_is_on,
+};
 use crate::host::{DenyAll, GuestLog, HostState, Outbound};
 use crate::load::{WasmFile, WasmKind};
 
@@ -232,33 +234,49 @@ impl ProxyApp {
         })
     }
 
-    /// Loads `wasm` for serving, on a serving engine (a pool of `instances`) fitted to it:
-    /// memories are reset after each request the cheaper way for their size
+    /// Loads `wasm` for serving, on a serving engine fitted to it: its pool holds `pool`'s
+    /// instances with the memories and tables the component defines ([`PoolSizes::fitted`]),
+    /// and memories are reset after each request the cheaper way for their size
     /// ([`MemoryReset::for_component`]). What a component needs is known once it is compiled,
-    /// so one that fits the cheaper reset is loaded a second time, from the compile cache, on an
-    /// engine made for it.
+    /// so one that the first engine does not fit is loaded a second time, from the compile
+    /// cache, on an engine made for it.
     pub fn load_for_serving(
         wasm: &WasmFile,
         grants: &Grants,
         cache: &CompileCache,
         settings: StoreSettings,
-        instances: u32,
+        pool: PoolSizes,
     ) -> anyhow::Result<(Engine, ProxyApp)> {
-        let load = |reset| -> anyhow::Result<(Engine, ProxyApp)> {
-            let engine = new_engine(EngineKind::Serve { instances, reset })?;
+        let load = |pool, reset| -> anyhow::Result<(Engine, ProxyApp)> {
+            let engine = new_engine(EngineKind::Serve { pool, reset })?;
             let app = ProxyApp::load(&engine, wasm, grants, cache, settings)?;
             Ok((engine, app))
         };
         let swap = swap_is_on();
         let large = MemoryReset::large(swap);
-        let (engine, app) = load(large)?;
+        let (engine, app) = load(pool, large)?;
         let reset = MemoryReset::for_component(app.component(), swap);
-        let (engine, mut app) = if reset == large {
-            (engine, app)
+        let fitted = pool.fitted(app.component());
+        // A pool larger than needed costs only address space: load again only when this one
+        // is too small (or resets the wrong way).
+        let (engine, mut app, pool) = if reset == large && pool.holds(&fitted) {
+            (engine, app, pool)
         } else {
             drop((app, engine));
-            load(reset)?
+            let (engine, app) = load(fitted, reset)?;
+            (engine, app, fitted)
         };
+        if fitted.instances.saturating_mul(fitted.memories) > pool.memory_slots() {
+            tracing::warn!(
+                component = app.name(),
+                "the pool has {} memory slots and each instance takes {}: enough for {} \
+                 requests in the guest at once, fewer than --max-concurrency allows",
+                pool.memory_slots(),
+                fitted.memories,
+                pool.memory_slots() / fitted.memories
+            );
+        }
+        tracing::debug!(component = app.name(), "pool: {}", pool.describe());
         app.join_runs = reset == MemoryReset::DirtyPages && app.hint.is_some();
         tracing::info!(
             component = app.name(),

@@ -49,7 +49,7 @@ fn fresh_instance(c: &mut Criterion) {
             &Grants::default(),
             &cache,
             StoreSettings::default(),
-            1000,
+            pier_engine::PoolSizes::guessed(1000, 0),
         )
         .unwrap();
         let app = Arc::new(app);

@@ -11,7 +11,7 @@ use pier_proxywasm::{Filter, FilterConfig, Pairs, StreamInfo};
 fn stream(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let engine = pier_engine::new_engine(pier_engine::EngineKind::Serve {
-        instances: 16,
+        pool: pier_engine::PoolSizes::guessed(16, 16),
         reset: pier_engine::MemoryReset::DirtyPages,
     })
     .unwrap();

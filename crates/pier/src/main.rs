@@ -12,8 +12,8 @@ use pier_config::{
     OutboundPolicy, RunConfig, ServeConfig, parse_duration, parse_size,
 };
 use pier_engine::{
-    CacheOutcome, CompileCache, EngineKind, MemoryReset, ProxyApp, RunOutcome, StoreSettings,
-    WasmFile, WasmKind,
+    CacheOutcome, CompileCache, EngineKind, MemoryReset, PoolSizes, ProxyApp, RunOutcome,
+    StoreSettings, WasmFile, WasmKind,
 };
 use pier_http::Listen;
 
@@ -244,6 +244,25 @@ fn parse_named_upstream(s: &str) -> Result<(String, http::Uri), String> {
 }
 
 impl FilterArgs {
+    /// VMs per filter: `--filter-vms`, or one per core.
+    fn vms(&self) -> usize {
+        self.filter_vms.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            usize::from,
+        )
+    }
+
+    /// Filter VMs alive at once, at most: each filter's, and as many again for VMs replaced
+    /// (after a failure, or grown past their memory cap) that still finish their streams.
+    fn max_live_vms(&self) -> u32 {
+        let vms = self
+            .filters
+            .len()
+            .saturating_mul(self.vms())
+            .saturating_mul(2);
+        u32::try_from(vms).unwrap_or(u32::MAX)
+    }
+
     fn load(
         &self,
         engine: &pier_engine::Engine,
@@ -278,10 +297,7 @@ impl FilterArgs {
                 outbound,
             )?))
         };
-        let vms = self.filter_vms.map_or_else(
-            || std::thread::available_parallelism().map_or(1, |n| n.get()),
-            usize::from,
-        );
+        let vms = self.vms();
         let mut chain = Vec::new();
         for (i, path) in self.filters.iter().enumerate() {
             let failure = match self
@@ -514,6 +530,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .unwrap_or(u32::MAX)
         .saturating_add(args.prewarm)
         .saturating_add(16);
+    let pool = PoolSizes::guessed(instances, args.filters.max_live_vms());
     let (engine, handler) = match (&config.app, &args.upstream) {
         (Some(app), _) => {
             let wasm = WasmFile::read(app)?;
@@ -524,13 +541,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             };
             let cache = CompileCache::new(&config.cache).optimize(config.optimize);
             let (engine, mut app) =
-                ProxyApp::load_for_serving(&wasm, &config.grants, &cache, settings, instances)?;
+                ProxyApp::load_for_serving(&wasm, &config.grants, &cache, settings, pool)?;
             app.set_outbound(Arc::new(pier_http::OutboundClient::new(&config.outbound)?));
             (engine, pier_http::Handler::Component(Arc::new(app)))
         }
         (None, Some(origin)) => {
             let reset = MemoryReset::large(pier_engine::swap_is_on());
-            let engine = pier_engine::new_engine(EngineKind::Serve { instances, reset })?;
+            let engine = pier_engine::new_engine(EngineKind::Serve { pool, reset })?;
             let upstream = pier_http::Upstream::new(origin.clone(), &config.outbound)?;
             (engine, pier_http::Handler::Upstream(Arc::new(upstream)))
         }

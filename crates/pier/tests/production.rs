@@ -384,6 +384,33 @@ async fn overload_gets_503_with_retry_after_and_the_rest_succeed() {
     );
 }
 
+/// A component that needs more of the pool than a typical one gets a fresh instance for each of
+/// `--max-concurrency` requests at once. (Sized for a typical component, two memories and 20 core
+/// instances per component instance, the pool held the first guest's 31 memories for one request
+/// at a time and the second's 153 core instances for three: every other request waiting in the
+/// guest failed with a 500.)
+#[tokio::test]
+async fn components_with_many_memories_or_instances_get_one_for_every_concurrent_request() {
+    for name in ["faults-many-memories", "faults-many-instances"] {
+        let server = serve(name, &["--max-concurrency", "8"]);
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let addr = server.addr.clone();
+                tokio::spawn(async move { get(&addr, PROTOS[i % 2], "/wait").await })
+            })
+            .collect();
+        for task in tasks {
+            let answer = task.await.unwrap().unwrap();
+            assert_eq!(
+                (answer.status, answer.text().as_str()),
+                (StatusCode::OK, "ok\n"),
+                "{name}: {}",
+                server.log()
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn drain_finishes_every_request_in_flight_then_exits_0() {
     let server = serve("faults", &["--drain-timeout", "10s"]);
