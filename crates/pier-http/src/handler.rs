@@ -148,7 +148,11 @@ where
                     metrics::counter!(crate::metrics::GUEST_FAILURES, "kind" => kind.as_str())
                         .increment(1);
                     let report = pier_engine::describe_guest_error(e);
-                    tracing::error!(component = app.name(), %method, path = uri.path(), kind = kind.as_str(), "guest failed: {report}");
+                    if kind == FailureKind::PoolFull {
+                        tracing::warn!(component = app.name(), %method, path = uri.path(), "no instance for the request, answered 503: {report}");
+                    } else {
+                        tracing::error!(component = app.name(), %method, path = uri.path(), kind = kind.as_str(), "guest failed: {report}");
+                    }
                     GuestEnd::Failed(kind)
                 }
             };
@@ -231,6 +235,17 @@ where
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the component ran out of memory",
             ),
+            GuestEnd::Failed(FailureKind::PoolFull) => {
+                let mut response = error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server busy: no instance free for the request, retry shortly",
+                );
+                response.headers_mut().insert(
+                    http::header::RETRY_AFTER,
+                    http::HeaderValue::from_static("1"),
+                );
+                response
+            }
             GuestEnd::Failed(FailureKind::Trap) => {
                 error_response(StatusCode::INTERNAL_SERVER_ERROR, "the component failed")
             }

@@ -20,7 +20,8 @@ pub const INSTANTIATE_SECONDS: &str = "pier_instantiation_seconds";
 pub const IN_FLIGHT: &str = "pier_requests_in_flight";
 /// Instances that served a request, by when they were made (`ahead`, `on_request`).
 pub const INSTANCES: &str = "pier_instances_created_total";
-/// Guest failures by kind (`trap`, `timeout`, `out_of_memory`).
+/// Guest failures by kind (`trap`, `timeout`, `out_of_memory`, and `pool_full` for a request the
+/// pool had no instance for, answered 503).
 pub const GUEST_FAILURES: &str = "pier_guest_failures_total";
 /// Requests refused before reaching a guest, by reason.
 pub const REJECTED: &str = "pier_requests_rejected_total";
