@@ -6,6 +6,9 @@
 //! - With `--forward HOST:PORT` it sends every request on to that upstream through a pooled
 //!   hyper-util client and streams the answer back, the way the forward guest does: the floor of
 //!   what forwarding costs on the machine.
+//! - With `--work-us N` it first computes for N microseconds on every request: a server that
+//!   costs that much more CPU per request, to read how a slower server's throughput falls on
+//!   the benchmark's machine (bench/RESULTS.md).
 
 use std::convert::Infallible;
 
@@ -27,6 +30,13 @@ async fn main() -> std::io::Result<()> {
         .iter()
         .position(|a| a == "--forward")
         .map(|i| args.get(i + 1).expect("--forward needs HOST:PORT").clone());
+    let work = args
+        .iter()
+        .position(|a| a == "--work-us")
+        .map(|i| {
+            let us = args.get(i + 1).expect("--work-us needs N");
+            std::time::Duration::from_micros(us.parse().expect("--work-us needs a number"))
+        });
     let addr = args
         .first()
         .filter(|a| !a.starts_with("--"))
@@ -48,6 +58,9 @@ async fn main() -> std::io::Result<()> {
                 let client = client.clone();
                 let forward = forward.clone();
                 async move {
+                    if let Some(work) = work {
+                        compute_for(work);
+                    }
                     match forward {
                         Some(upstream) => forward_to(&client, &upstream, req).await,
                         None => Ok::<_, Infallible>(hello()),
@@ -58,6 +71,14 @@ async fn main() -> std::io::Result<()> {
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+/// Spins on the clock for `work`.
+fn compute_for(work: std::time::Duration) {
+    let started = std::time::Instant::now();
+    while started.elapsed() < work {
+        std::hint::spin_loop();
     }
 }
 
