@@ -30,13 +30,10 @@ async fn main() -> std::io::Result<()> {
         .iter()
         .position(|a| a == "--forward")
         .map(|i| args.get(i + 1).expect("--forward needs HOST:PORT").clone());
-    let work = args
-        .iter()
-        .position(|a| a == "--work-us")
-        .map(|i| {
-            let us = args.get(i + 1).expect("--work-us needs N");
-            std::time::Duration::from_micros(us.parse().expect("--work-us needs a number"))
-        });
+    let work = args.iter().position(|a| a == "--work-us").map(|i| {
+        let us = args.get(i + 1).expect("--work-us needs N");
+        std::time::Duration::from_micros(us.parse().expect("--work-us needs a number"))
+    });
     let addr = args
         .first()
         .filter(|a| !a.starts_with("--"))
