@@ -133,12 +133,21 @@ where
             };
             // The epoch deadline stops a guest that computes past its time; this also stops
             // one that waits past it (on a body, say). Dropping the call drops the instance.
-            let result = if timeout.is_zero() {
-                call.await
-            } else {
-                match tokio::time::timeout(timeout, call).await {
-                    Ok(result) => result,
-                    Err(_) => Err(wasmtime::Trap::Interrupt.into()),
+            // Most guests are done in their first poll, so the timer (one entry in the
+            // runtime's timer wheel, armed and disarmed) is armed only for a guest that waits,
+            // with the same deadline.
+            let result = {
+                let mut call = std::pin::pin!(call);
+                match std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
+                    Poll::Ready(result) => result,
+                    Poll::Pending if timeout.is_zero() => call.await,
+                    Poll::Pending => {
+                        let deadline = tokio::time::Instant::from_std(started + timeout);
+                        match tokio::time::timeout_at(deadline, call).await {
+                            Ok(result) => result,
+                            Err(_) => Err(wasmtime::Trap::Interrupt.into()),
+                        }
+                    }
                 }
             };
             let end = match &result {
