@@ -74,12 +74,10 @@ impl PoolSizes {
         }
     }
 
-    /// Whether a pool of these sizes holds everything `other` asks for.
+    /// Whether every instance of a pool of these sizes has room for the memories and tables of
+    /// one of `other`'s (the counts of instances and modules stay as they were guessed).
     pub fn holds(&self, other: &PoolSizes) -> bool {
-        self.instances >= other.instances
-            && self.memories >= other.memories
-            && self.tables >= other.tables
-            && self.modules >= other.modules
+        self.memories >= other.memories && self.tables >= other.tables
     }
 
     /// Memory slots the pool reserves: every instance's memories and the modules' own, within
@@ -349,17 +347,38 @@ mod tests {
             PoolSizes::guessed(100_000, 0).memory_slots(),
             MAX_MEMORY_SLOTS
         );
-        // A fitted engine starts, and serves the component.
-        let pool = new_engine(EngineKind::Serve {
-            pool: many,
-            reset: MemoryReset::Whole,
-        })
-        .unwrap();
-        Component::new(
-            &pool,
-            component(&["(memory 1)", "(memory 1)", "(memory 1)"]),
-        )
-        .unwrap();
+        // A pool fitted to a component holds all its instances at once (the guessed one, with
+        // two memory slots per instance, runs out at the seventh).
+        let three = component(&["(memory 1)", "(memory 1)", "(memory 1)"]);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let live = |sizes: PoolSizes| {
+            let engine = new_engine(EngineKind::Serve {
+                pool: sizes,
+                reset: MemoryReset::Whole,
+            })
+            .unwrap();
+            let component = Component::new(&engine, &three).unwrap();
+            let pre = wasmtime::component::Linker::<()>::new(&engine)
+                .instantiate_pre(&component)
+                .unwrap();
+            let mut stores = Vec::new();
+            runtime.block_on(async {
+                for _ in 0..sizes.instances {
+                    let mut store = wasmtime::Store::new(&engine, ());
+                    if pre.instantiate_async(&mut store).await.is_err() {
+                        break;
+                    }
+                    stores.push(store);
+                }
+            });
+            stores.len()
+        };
+        let sizes = PoolSizes::guessed(10, 0);
+        assert_eq!(live(sizes), 6, "2 x 10 slots, 3 per instance");
+        let fitted = sizes.fitted(&Component::new(&engine, &three).unwrap());
+        assert_eq!(live(fitted), 10);
     }
 
     #[test]
