@@ -253,3 +253,12 @@ pub fn error_response(status: StatusCode, message: &str) -> Response<ResponseBod
     headers.insert(header::SERVER, HeaderValue::from_static("pier"));
     response
 }
+
+/// `503 Service Unavailable` with `Retry-After: 1`: the server is busy for now, not failing.
+pub fn busy_response(message: &str) -> Response<ResponseBody> {
+    let mut response = error_response(StatusCode::SERVICE_UNAVAILABLE, message);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}

@@ -14,7 +14,7 @@ use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use crate::body::{GuestOutcome, ResponseBody, error_response};
+use crate::body::{GuestOutcome, ResponseBody, busy_response, error_response};
 use crate::limits::BodyLimit;
 
 /// How a guest call ended.
@@ -245,15 +245,7 @@ where
                 "the component ran out of memory",
             ),
             GuestEnd::Failed(FailureKind::PoolFull) => {
-                let mut response = error_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "server busy: no instance free for the request, retry shortly",
-                );
-                response.headers_mut().insert(
-                    http::header::RETRY_AFTER,
-                    http::HeaderValue::from_static("1"),
-                );
-                response
+                busy_response("server busy: no instance free for the request, retry shortly")
             }
             GuestEnd::Failed(FailureKind::Trap) => {
                 error_response(StatusCode::INTERNAL_SERVER_ERROR, "the component failed")

@@ -4,14 +4,16 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use pier_config::Limits;
 use pier_engine::ProxyApp;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::body::{AccessRecord, GuestOutcome, Observed, ResponseBody, error_response};
+use crate::body::{
+    AccessRecord, GuestOutcome, Observed, ResponseBody, busy_response, error_response,
+};
 use crate::conn::Activity;
 use crate::filters::{FilterChain, RequestBody};
 use crate::handler;
@@ -92,14 +94,9 @@ impl Pipeline {
         }
         // Admission: answer at once rather than queue without bound.
         let Ok(permit) = self.concurrency.clone().try_acquire_owned() else {
-            let mut response = reject_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server busy: too many requests in progress, retry shortly",
-                "overload",
-            );
-            response
-                .headers_mut()
-                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            metrics::counter!(crate::metrics::REJECTED, "reason" => "overload").increment(1);
+            let response =
+                busy_response("server busy: too many requests in progress, retry shortly");
             return record.attach(response);
         };
 
