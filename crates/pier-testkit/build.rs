@@ -156,6 +156,9 @@ fn main() -> anyhow::Result<()> {
 /// top level, after everything it had: appended sections, so the indices of everything before
 /// stay as they were.
 fn with_extra_instances(component: &[u8], module: &str, count: u32) -> anyhow::Result<Vec<u8>> {
+    use wasm_encoder::{
+        ComponentSection, ComponentSectionId, Encode, InstanceSection, ModuleArg, RawSection,
+    };
     use wasmparser::{Parser, Payload};
     // The new module's index: the core modules defined at the top level before it.
     let (mut modules, mut depth) = (0u32, 0u32);
@@ -174,37 +177,20 @@ fn with_extra_instances(component: &[u8], module: &str, count: u32) -> anyhow::R
     }
     let module = wat::parse_str(module)?;
     let mut out = component.to_vec();
-    // Core module section (id 1): the module's bytes.
-    section(&mut out, 1, &module);
-    // Core instance section (id 2): `count` instantiations of it, without arguments.
-    let mut instances = Vec::new();
-    leb128(&mut instances, count);
+    let module = RawSection {
+        id: ComponentSectionId::CoreModule.into(),
+        data: &module,
+    };
+    out.push(module.id);
+    module.encode(&mut out);
+    let mut instances = InstanceSection::new();
     for _ in 0..count {
-        instances.push(0x00);
-        leb128(&mut instances, modules);
-        leb128(&mut instances, 0);
+        instances.instantiate(modules, std::iter::empty::<(&str, ModuleArg)>());
     }
-    section(&mut out, 2, &instances);
+    out.push(instances.id());
+    instances.encode(&mut out);
     wasmparser::Validator::new()
         .validate_all(&out)
         .context("the extended component does not validate")?;
     Ok(out)
-}
-
-fn section(out: &mut Vec<u8>, id: u8, content: &[u8]) {
-    out.push(id);
-    leb128(out, u32::try_from(content.len()).expect("a small section"));
-    out.extend_from_slice(content);
-}
-
-fn leb128(out: &mut Vec<u8>, mut value: u32) {
-    loop {
-        let byte = (value & 0x7f) as u8;
-        value >>= 7;
-        if value == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
 }
