@@ -5,11 +5,12 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use pier_config::DirGrant;
 use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{
     RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
 };
@@ -17,7 +18,7 @@ use wasmtime_wasi_http::{
 /// State of one store: the WASI context, the HTTP context and the resource table they share,
 /// and the store's resource limits.
 pub struct HostState {
-    wasi: WasiCtx,
+    wasi: Wasi,
     http: WasiHttpCtx,
     table: ResourceTable,
     hooks: OutboundHooks,
@@ -36,6 +37,16 @@ impl HostState {
     /// A state around a built WASI context, with no limits of its own, sending its outgoing
     /// HTTP requests through `outbound`.
     pub fn new(wasi: WasiCtx, outbound: Arc<dyn Outbound>) -> Self {
+        Self::with(Wasi::Built(wasi), outbound)
+    }
+
+    /// A state whose WASI context is built from `recipe` when the guest first calls a WASI
+    /// function that needs it (`wasi:io` and `wasi:http` do not).
+    pub(crate) fn deferred(recipe: Arc<WasiRecipe>, outbound: Arc<dyn Outbound>) -> Self {
+        Self::with(Wasi::Deferred(recipe), outbound)
+    }
+
+    fn with(wasi: Wasi, outbound: Arc<dyn Outbound>) -> Self {
         HostState {
             wasi,
             http: WasiHttpCtx::new(),
@@ -47,14 +58,78 @@ impl HostState {
             joined: None,
         }
     }
+
+    /// The resource table, without building the WASI context (what `wasi:io` needs).
+    pub(crate) fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
+
+    /// Whether the WASI context has been built.
+    #[cfg(test)]
+    pub(crate) fn wasi_is_built(&self) -> bool {
+        matches!(self.wasi, Wasi::Built(_))
+    }
 }
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
+        if let Wasi::Deferred(recipe) = &self.wasi {
+            self.wasi = Wasi::Built(recipe.build());
+        }
+        let Wasi::Built(ctx) = &mut self.wasi else {
+            unreachable!("built just above")
+        };
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx,
             table: &mut self.table,
         }
+    }
+}
+
+/// A store's WASI context, or what it is built from.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "it lives in the store's host state, allocated once either way; boxing the context would add an allocation"
+)]
+enum Wasi {
+    Built(WasiCtx),
+    /// Not built yet. Many guests never call the interfaces that need it (a WAT or wit-bindgen
+    /// handler that only speaks `wasi:http`), and building one is a fair share of a small
+    /// request: two random generators seeded, a dozen allocations, and an `open` per `--dir`.
+    Deferred(Arc<WasiRecipe>),
+}
+
+/// What a served guest's WASI context holds: only the granted environment and directories, its
+/// stdout and stderr to the log, no arguments, no stdin, no network.
+#[derive(Debug)]
+pub(crate) struct WasiRecipe {
+    /// The component's name, tagging its output in the log.
+    pub(crate) component: Arc<str>,
+    /// Environment variables, already resolved.
+    pub(crate) env: Vec<(String, String)>,
+    /// Directories to preopen.
+    pub(crate) dirs: Vec<DirGrant>,
+}
+
+impl WasiRecipe {
+    /// A fresh context. A directory that can no longer be opened (checked when the app was
+    /// loaded, removed since) is left out, and the log says so: the guest sees no such
+    /// preopen, as if it had not been granted.
+    pub(crate) fn build(&self) -> WasiCtx {
+        let mut wasi = WasiCtx::builder();
+        wasi.envs(&self.env)
+            .stdout(GuestLog::new(self.component.clone(), "stdout"))
+            .stderr(GuestLog::new(self.component.clone(), "stderr"));
+        for dir in &self.dirs {
+            if let Err(e) = wasi.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadWrite) {
+                tracing::error!(
+                    component = &*self.component,
+                    "--dir {}: cannot open the directory, left out of this instance: {e:#}",
+                    dir.host.display()
+                );
+            }
+        }
+        wasi.build()
     }
 }
 

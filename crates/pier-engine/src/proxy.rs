@@ -17,7 +17,6 @@ use wasmtime::component::{
     Component, ComponentExportIndex, Instance, InstancePre, Linker, types::ComponentItem,
 };
 use wasmtime::{Engine, Store, StoreLimitsBuilder, UpdateDeadline};
-use wasmtime_wasi::{FsPerms, WasiCtx};
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyIndices};
 
 use crate::cache::{CacheOutcome, CompileCache};
@@ -25,7 +24,7 @@ use crate::dirty::Joined;
 use crate::engine::{
     EPOCH_TICK, EngineKind, MemoryReset, PoolSizes, YIELD_TICKS, new_engine, swap_is_on,
 };
-use crate::host::{DenyAll, GuestLog, HostState, Outbound};
+use crate::host::{DenyAll, HostState, Outbound, WasiRecipe};
 use crate::load::{WasmFile, WasmKind};
 
 /// The export a `wasi:http/proxy` 0.2 component answers requests through.
@@ -162,8 +161,8 @@ pub struct ProxyApp {
     /// the dirty-page scan.
     join_runs: bool,
     name: Arc<str>,
-    env: Vec<(String, String)>,
-    dirs: Vec<DirGrant>,
+    /// What each store's WASI context is built from, if the guest needs one.
+    wasi: Arc<WasiRecipe>,
     cache: CacheOutcome,
     settings: StoreSettings,
     outbound: Arc<dyn Outbound>,
@@ -219,14 +218,18 @@ impl ProxyApp {
         for dir in &grants.dirs {
             check_dir(dir)?;
         }
+        let name: Arc<str> = wasm.name.as_str().into();
         Ok(ProxyApp {
             pre,
             indices,
             hint,
             join_runs: false,
-            name: wasm.name.as_str().into(),
-            env: grants.resolve_env(|name| std::env::var(name).ok()),
-            dirs: grants.dirs.clone(),
+            wasi: Arc::new(WasiRecipe {
+                component: name.clone(),
+                env: grants.resolve_env(|name| std::env::var(name).ok()),
+                dirs: grants.dirs.clone(),
+            }),
+            name,
             cache: outcome,
             settings,
             outbound: Arc::new(DenyAll),
@@ -363,7 +366,7 @@ impl ProxyApp {
     /// A store and instance for a request to come. Instantiation (which may run the guest's
     /// start functions) gets its own deadline; the request's starts when it is taken.
     async fn instantiate_ahead(&self) -> wasmtime::Result<Ready> {
-        let mut store = self.new_store()?;
+        let mut store = self.new_store();
         let (proxy, instance) = self.instantiate(&mut store).await?;
         store.data_mut().deadline = None;
         Ok(Ready {
@@ -417,21 +420,15 @@ impl ProxyApp {
         store.set_epoch_deadline(ticks_to_next_check(deadline, now));
     }
 
-    /// A fresh store for one request: only the granted env and dirs, stdio to the log, memory
-    /// capped, and a deadline `settings.timeout` from now.
+    /// A fresh store for one request: only the granted env and dirs (its WASI context is built
+    /// when the guest first needs it), stdio to the log, memory capped, and a deadline
+    /// `settings.timeout` from now.
     ///
     /// A guest that computes yields to the async runtime every [`YIELD_TICKS`], so one busy
     /// guest never holds a worker thread for long; past the deadline the next tick traps it with
     /// [`wasmtime::Trap::Interrupt`].
-    pub fn new_store(&self) -> wasmtime::Result<Store<HostState>> {
-        let mut wasi = WasiCtx::builder();
-        wasi.envs(&self.env)
-            .stdout(GuestLog::new(self.name.clone(), "stdout"))
-            .stderr(GuestLog::new(self.name.clone(), "stderr"));
-        for dir in &self.dirs {
-            wasi.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadWrite)?;
-        }
-        let mut state = HostState::new(wasi.build(), self.outbound.clone());
+    pub fn new_store(&self) -> Store<HostState> {
+        let mut state = HostState::deferred(self.wasi.clone(), self.outbound.clone());
         state.limits = StoreLimitsBuilder::new()
             .memory_size(usize::try_from(self.settings.max_memory).unwrap_or(usize::MAX))
             .trap_on_grow_failure(true)
@@ -454,7 +451,7 @@ impl ProxyApp {
             })
         });
         self.start_deadline(&mut store);
-        Ok(store)
+        store
     }
 }
 
@@ -479,10 +476,60 @@ impl Drop for ProxyApp {
 
 /// Every interface pier offers a component: WASI 0.2 (cli, clocks, random, io, filesystem and
 /// sockets, the last two usable only through explicit grants) and `wasi:http`.
+///
+/// The same interfaces as `wasmtime_wasi::p2::add_to_linker_async`, with one difference:
+/// `wasi:io` reaches the resource table directly instead of through [`WasiView::ctx`], so a
+/// guest that only speaks `wasi:http` and `wasi:io` never has its WASI context built
+/// ([`HostState::deferred`]).
 pub(crate) fn link_wasi(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    use wasmtime_wasi::cli::WasiCli;
+    use wasmtime_wasi::clocks::WasiClocks;
+    use wasmtime_wasi::filesystem::{WasiFilesystem, WasiFilesystemView};
+    use wasmtime_wasi::p2::bindings::{cli, clocks, filesystem, random, sockets};
+    use wasmtime_wasi::random::{WasiRandom, WasiRandomView};
+    use wasmtime_wasi::sockets::{WasiSockets, WasiSocketsView};
+    use wasmtime_wasi::{cli::WasiCliView, clocks::WasiClocksView};
+    use wasmtime_wasi_io::bindings::wasi::io;
+
+    let l = &mut *linker;
+    io::error::add_to_linker::<HostState, Io>(l, HostState::table)?;
+    io::poll::add_to_linker::<HostState, Io>(l, HostState::table)?;
+    io::streams::add_to_linker::<HostState, Io>(l, HostState::table)?;
+
+    clocks::wall_clock::add_to_linker::<_, WasiClocks>(l, HostState::clocks)?;
+    clocks::monotonic_clock::add_to_linker::<_, WasiClocks>(l, HostState::clocks)?;
+    filesystem::preopens::add_to_linker::<_, WasiFilesystem>(l, HostState::filesystem)?;
+    filesystem::types::add_to_linker::<_, WasiFilesystem>(l, HostState::filesystem)?;
+    random::random::add_to_linker::<_, WasiRandom>(l, HostState::random)?;
+    random::insecure::add_to_linker::<_, WasiRandom>(l, HostState::random)?;
+    random::insecure_seed::add_to_linker::<_, WasiRandom>(l, HostState::random)?;
+    cli::exit::add_to_linker::<_, WasiCli>(l, HostState::cli)?;
+    cli::environment::add_to_linker::<_, WasiCli>(l, HostState::cli)?;
+    cli::stdin::add_to_linker::<_, WasiCli>(l, HostState::cli)?;
+    cli::stdout::add_to_linker::<_, WasiCli>(l, HostState::cli)?;
+    cli::stderr::add_to_linker::<_, WasiCli>(l, HostState::cli)?;
+    cli::terminal_input::add_to_linker::<_, WasiCli>(l, HostState::cli)?;
+    cli::terminal_output::add_to_linker::<_, WasiCli>(l, HostState::cli)?;
+    cli::terminal_stdin::add_to_linker::<_, WasiCli>(l, HostState::cli)?;
+    cli::terminal_stdout::add_to_linker::<_, WasiCli>(l, HostState::cli)?;
+    cli::terminal_stderr::add_to_linker::<_, WasiCli>(l, HostState::cli)?;
+    sockets::tcp_create_socket::add_to_linker::<_, WasiSockets>(l, HostState::sockets)?;
+    sockets::instance_network::add_to_linker::<_, WasiSockets>(l, HostState::sockets)?;
+    sockets::network::add_to_linker::<_, WasiSockets>(l, &Default::default(), HostState::sockets)?;
+    sockets::ip_name_lookup::add_to_linker::<_, WasiSockets>(l, HostState::sockets)?;
+    sockets::tcp::add_to_linker::<_, WasiSockets>(l, HostState::sockets)?;
+    sockets::udp::add_to_linker::<_, WasiSockets>(l, HostState::sockets)?;
+    sockets::udp_create_socket::add_to_linker::<_, WasiSockets>(l, HostState::sockets)?;
+
     crate::dirty::link(linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)
+}
+
+/// `wasi:io` sees only the resource table.
+struct Io;
+
+impl wasmtime::component::HasData for Io {
+    type Data<'a> = &'a mut wasmtime::component::ResourceTable;
 }
 
 pub(crate) fn check_dir(dir: &DirGrant) -> Result<(), AppError> {
@@ -503,6 +550,62 @@ pub(crate) fn check_dir(dir: &DirGrant) -> Result<(), AppError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Answers one GET with a fresh instance of `guest`, granted `grants`: the body, and
+    /// whether the guest's WASI context was built.
+    async fn answer(guest: &str, grants: &Grants) -> (String, bool) {
+        use http_body_util::{BodyExt, Empty};
+        use wasmtime_wasi_http::WasiHttpView;
+        use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+
+        let engine = new_engine(EngineKind::Run).unwrap();
+        let wasm = WasmFile::read(&pier_testkit::guest(guest)).unwrap();
+        let cache = CompileCache::new(&pier_config::CacheConfig::Disabled);
+        let app = ProxyApp::load(&engine, &wasm, grants, &cache, StoreSettings::default()).unwrap();
+        let mut store = app.new_store();
+        let (proxy, _) = app.instantiate(&mut store).await.unwrap();
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let mut http = store.data_mut().http();
+        let body = Empty::<bytes::Bytes>::new()
+            .map_err(|never| -> wasmtime_wasi_http::Error { match never {} });
+        let request = http::Request::builder()
+            .uri("http://localhost/")
+            .body(body)
+            .unwrap();
+        let request = http.new_incoming_request(Scheme::Http, request).unwrap();
+        let outparam = http.new_response_outparam(sender).unwrap();
+        // The body is read while the guest writes it: its stream holds one write at a time.
+        let call = async {
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, request, outparam)
+                .await
+                .unwrap();
+            store.data().wasi_is_built()
+        };
+        let read = async {
+            let response = receiver.await.unwrap().unwrap();
+            response.into_body().collect().await.unwrap().to_bytes()
+        };
+        let (built, body) = tokio::join!(call, read);
+        (String::from_utf8(body.to_vec()).unwrap(), built)
+    }
+
+    #[tokio::test]
+    async fn the_wasi_context_is_built_only_for_a_guest_that_uses_it() {
+        // hello speaks only wasi:http and wasi:io (its body stream).
+        let (body, built) = answer("hello", &Grants::default()).await;
+        assert_eq!(body, "hello from pier\n");
+        assert!(!built, "a wasi:http guest had a WASI context built");
+        // env reads its environment: the context is built then, with what was granted.
+        let grants = Grants {
+            env: vec!["GREETING=hi".parse().unwrap()],
+            ..Grants::default()
+        };
+        let (body, built) = answer("env", &grants).await;
+        assert_eq!(body, "GREETING=hi\n");
+        assert!(built);
+    }
 
     #[test]
     fn a_computing_guest_is_stopped_every_few_ticks_and_at_its_deadline() {

@@ -65,16 +65,7 @@ where
             proxy,
             instance,
         }) => (store, Some((proxy, instance))),
-        None => match app.new_store() {
-            Ok(store) => (store, None),
-            Err(e) => {
-                tracing::error!(component = app.name(), "cannot prepare an instance: {e:#}");
-                return (
-                    error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
-                    None,
-                );
-            }
-        },
+        None => (app.new_store(), None),
     };
     let method = req.method().clone();
     let uri = req.uri().clone();
