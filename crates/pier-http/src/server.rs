@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
-use crate::conn::{Activity, Tracked};
+use crate::conn::{Activity, Expired, Tracked};
 use crate::service::Pipeline;
 
 /// A listening server that has not started accepting yet.
@@ -207,6 +207,7 @@ impl Server {
                 builder: builder.clone(),
                 pipeline: pipeline.clone(),
                 idle_timeout: limits.idle_timeout,
+                header_timeout: limits.header_timeout,
                 draining: draining.clone(),
                 peer,
             };
@@ -243,12 +244,15 @@ impl Server {
 
 /// hyper's connection settings from the limits. hyper's own header limits sit above pier's so
 /// that pier's checks (which answer 431 with an explanation) normally speak first.
+///
+/// The header timeout is kept by each connection's watchdog ([`Connection::run`]), not by
+/// hyper's own `header_read_timeout`, which arms and drops a timer for every request.
 fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
+        .header_read_timeout(None)
         .max_headers(limits.max_headers.saturating_mul(2).max(100))
         .max_buf_size(limits.max_header_size.saturating_mul(2).max(8192))
         .keep_alive(true);
@@ -267,37 +271,41 @@ struct Connection {
     builder: Arc<auto::Builder<TokioExecutor>>,
     pipeline: Arc<Pipeline>,
     idle_timeout: Duration,
+    header_timeout: Duration,
     draining: watch::Receiver<bool>,
     peer: SocketAddr,
 }
 
 impl Connection {
-    /// Serves the connection until the client closes it, it sits idle past `--idle-timeout`, or
-    /// the server drains.
+    /// Serves the connection until the client closes it, it sits idle past `--idle-timeout`, an
+    /// HTTP/1 client takes longer than `--header-timeout` to send a request head (counted from
+    /// the connection's start or the last response: a slow client, or one trickling bytes, is
+    /// cut off), or the server drains.
+    ///
+    /// One watchdog timer per connection keeps both timeouts, re-armed only when it fires, so a
+    /// request costs no timer of its own.
     async fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(mut self, stream: S) {
         let activity = Activity::new(self.peer);
         let io = TokioIo::new(Tracked::new(stream, activity.clone()));
         let pipeline = self.pipeline.clone();
         let requests = activity.clone();
         let service = service_fn(move |req| {
+            // Marked as begun here, as soon as hyper has the head, not when the response
+            // future first runs: the watchdog must never see a request that has arrived as a
+            // slow client's missing head.
+            let in_flight = requests.begin();
             let pipeline = pipeline.clone();
-            let activity = requests.clone();
-            async move { Ok::<_, Infallible>(pipeline.serve(req, &activity).await) }
+            async move { Ok::<_, Infallible>(pipeline.serve(req, in_flight).await) }
         });
         let conn = self.builder.serve_connection(io, service);
         tokio::pin!(conn);
-        let idle = self.idle_timeout;
+        let (idle, header) = (self.idle_timeout, self.header_timeout);
         let mut closing = *self.draining.borrow();
         if closing {
             conn.as_mut().graceful_shutdown();
         }
         loop {
-            // While a request is in progress the connection is not idle: look again later.
-            let wake = if activity.busy() {
-                std::time::Instant::now() + idle
-            } else {
-                activity.idle_deadline(idle)
-            };
+            let check = activity.next_check(idle, header).filter(|_| !closing);
             tokio::select! {
                 result = conn.as_mut() => {
                     if let Err(e) = result {
@@ -309,14 +317,28 @@ impl Connection {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
-                () = tokio::time::sleep_until(wake.into()), if !closing && !idle.is_zero() => {
-                    if !activity.busy() && std::time::Instant::now() >= activity.idle_deadline(idle) {
+                () = sleep_until(check), if check.is_some() => match activity.expired(idle, header) {
+                    None => {}
+                    Some(Expired::Idle) => {
                         tracing::debug!(peer = %self.peer, "closing an idle connection");
                         closing = true;
                         conn.as_mut().graceful_shutdown();
                     }
-                }
+                    // Nothing is in progress: close at once, as for a client that went away.
+                    Some(Expired::Header) => {
+                        tracing::debug!(peer = %self.peer, "no request head within the header timeout: closing the connection");
+                        return;
+                    }
+                },
             }
         }
+    }
+}
+
+/// Sleeps until `at`, or forever.
+async fn sleep_until(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }

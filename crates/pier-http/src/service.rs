@@ -14,7 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::body::{
     AccessRecord, GuestOutcome, Observed, ResponseBody, busy_response, error_response,
 };
-use crate::conn::Activity;
+use crate::conn::InFlight;
 use crate::filters::{FilterChain, RequestBody};
 use crate::handler;
 use crate::limits::{BodyLimit, LimitedBody, content_length, header_problem};
@@ -56,17 +56,15 @@ impl Pipeline {
         })
     }
 
-    /// Answers one request that arrived on the connection `activity` tracks.
-    pub async fn serve(
-        &self,
-        req: Request<Incoming>,
-        activity: &Arc<Activity>,
-    ) -> Response<Observed> {
+    /// Answers one request, which keeps its connection busy (`in_flight`) until the response
+    /// has been sent.
+    pub async fn serve(&self, req: Request<Incoming>, in_flight: InFlight) -> Response<Observed> {
+        let peer = in_flight.peer();
         let mut record = AccessRecord::new(
             req.method().clone(),
             req.uri().clone(),
             Instant::now(),
-            Some(activity.begin()),
+            Some(in_flight),
         );
         let limits = &self.limits;
 
@@ -103,7 +101,7 @@ impl Pipeline {
         let limit = BodyLimit::new(limits.max_body);
         let req = req.map(|body| LimitedBody::new(body, limit.clone()).boxed_unsync());
         if self.filters.is_empty() {
-            let (response, outcome) = self.handle(req, activity, limit, permit).await;
+            let (response, outcome) = self.handle(req, peer, limit, permit).await;
             record.guest = outcome;
             return record.attach(response);
         }
@@ -113,7 +111,7 @@ impl Pipeline {
         let end_of_stream = http_body::Body::is_end_stream(&body);
         let (streams, answered) = self
             .filters
-            .on_request(&mut parts, end_of_stream, activity.peer(), self.local)
+            .on_request(&mut parts, end_of_stream, peer, self.local)
             .await;
         record.streams = streams;
         if let Some(local) = answered {
@@ -121,7 +119,7 @@ impl Pipeline {
         }
         let body = FilterChain::request_body(&record.streams, &mut parts.headers, body);
         let req = Request::from_parts(parts, body);
-        let (response, outcome) = self.handle(req, activity, limit, permit).await;
+        let (response, outcome) = self.handle(req, peer, limit, permit).await;
         record.guest = outcome;
         let response = FilterChain::on_response(&record.streams, response).await;
         record.attach(response)
@@ -131,7 +129,7 @@ impl Pipeline {
     async fn handle(
         &self,
         req: Request<RequestBody>,
-        activity: &Arc<Activity>,
+        peer: std::net::SocketAddr,
         limit: BodyLimit,
         permit: OwnedSemaphorePermit,
     ) -> (Response<ResponseBody>, Option<Arc<GuestOutcome>>) {
@@ -140,7 +138,7 @@ impl Pipeline {
                 handler::handle(app.clone(), req, Some(limit), Some(permit)).await
             }
             Handler::Upstream(upstream) => {
-                let response = upstream.handle(req, activity.peer()).await;
+                let response = upstream.handle(req, peer).await;
                 drop(permit);
                 (response, None)
             }

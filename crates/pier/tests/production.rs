@@ -550,6 +550,45 @@ async fn access_log_lines_in_text_and_json() {
 }
 
 #[tokio::test]
+async fn the_header_timeout_bounds_the_wait_for_the_next_http1_request_not_an_http2_one() {
+    let server = serve(
+        "hello",
+        &["--header-timeout", "300ms", "--idle-timeout", "10s"],
+    );
+    let request = || {
+        Request::builder()
+            .uri("/")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let mut h1 = Client::<Full<Bytes>>::connect(&server.addr, Proto::H1)
+        .await
+        .unwrap();
+    let mut h2 = Client::<Full<Bytes>>::connect(&server.addr, Proto::H2)
+        .await
+        .unwrap();
+    // Requests in quick succession keep both connections, for longer than the header timeout
+    // in all: it counts from the last response, not from the connection's start.
+    for _ in 0..6 {
+        for client in [&mut h1, &mut h2] {
+            let response = client.send(request()).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            response.into_body().collect().await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Quiet for longer than the header timeout: an HTTP/1 client that sends no head is cut off;
+    // an HTTP/2 connection waits for its idle timeout.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        h1.send(request()).await.is_err(),
+        "the HTTP/1 connection should have been closed"
+    );
+    let response = h2.send(request()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
 async fn an_idle_connection_is_closed() {
     let server = serve(
         "hello",
