@@ -217,3 +217,58 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    const PEER: std::net::SocketAddr =
+        std::net::SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 1));
+
+    #[tokio::test]
+    async fn http2_is_told_from_its_preface_however_the_bytes_arrive() {
+        let header = Duration::from_secs(10);
+        for (bytes, h2) in [
+            (&b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..], true),
+            (b"GET / HTTP/1.1\r\n", false),
+            (b"POST /x HTTP/1.1\r\n", false),
+            (b"PR", false),
+        ] {
+            for chunk in [1, 3, 64] {
+                let activity = Activity::new(PEER);
+                let mut io = Tracked::new(bytes, activity.clone());
+                let mut buf = vec![0u8; chunk];
+                while io.read(&mut buf).await.unwrap() > 0 {}
+                let text = String::from_utf8_lossy(bytes);
+                assert_eq!(activity.h2.load(Ordering::Relaxed), h2, "{text:?} by {chunk}");
+                // The header timeout is HTTP/1's alone.
+                let check = activity.next_check(Duration::ZERO, header);
+                assert_eq!(check.is_some(), !h2, "{text:?} by {chunk}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_connection_expires_only_with_no_request_in_progress() {
+        let activity = Activity::new(PEER);
+        let short = Duration::from_millis(1);
+        let long = Duration::from_secs(60);
+        std::thread::sleep(Duration::from_millis(5));
+        // No request yet, for longer than the header timeout.
+        assert_eq!(activity.expired(long, short), Some(Expired::Header));
+        assert_eq!(activity.expired(short, long), Some(Expired::Idle));
+        assert_eq!(activity.expired(long, Duration::ZERO), None, "zero: never");
+        assert_eq!(activity.expired(Duration::ZERO, Duration::ZERO), None);
+        let request = activity.begin();
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(activity.expired(short, short), None, "a request is in progress");
+        let check = activity.next_check(long, short).unwrap();
+        assert!(check >= Instant::now(), "looks again once it may have ended");
+        drop(request);
+        // Counted afresh from the end of the last request.
+        assert_eq!(activity.expired(long, long), None);
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(activity.expired(long, short), Some(Expired::Header));
+    }
+}

@@ -212,7 +212,10 @@ impl Server {
                 peer,
             };
             let tls = tls.clone();
-            let handshake_timeout = limits.header_timeout;
+            // `--header-timeout 0` turns the slow-client limits off, this one too.
+            let handshake_timeout = Some(limits.header_timeout)
+                .filter(|t| !t.is_zero())
+                .unwrap_or(Duration::MAX);
             tokio::spawn(async move {
                 match tls {
                     None => conn.run(stream).await,
@@ -299,13 +302,19 @@ impl Connection {
         });
         let conn = self.builder.serve_connection(io, service);
         tokio::pin!(conn);
-        let (idle, header) = (self.idle_timeout, self.header_timeout);
+        let header = self.header_timeout;
         let mut closing = *self.draining.borrow();
         if closing {
             conn.as_mut().graceful_shutdown();
         }
         loop {
-            let check = activity.next_check(idle, header).filter(|_| !closing);
+            // Once closing, only a slow client is still cut off: the rest is the drain's.
+            let idle = if closing {
+                Duration::ZERO
+            } else {
+                self.idle_timeout
+            };
+            let check = activity.next_check(idle, header);
             tokio::select! {
                 result = conn.as_mut() => {
                     if let Err(e) = result {
