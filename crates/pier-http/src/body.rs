@@ -1,6 +1,7 @@
 //! Response bodies: pier's own short answers, and a guest's streamed body that is aborted if the
 //! guest fails before finishing it.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -57,6 +58,17 @@ pub enum ResponseBody {
         inner: HyperOutgoingBody,
         outcome: Arc<GuestOutcome>,
     },
+    /// A guest's body taken whole, the guest having returned before its response was sent
+    /// ([`ResponseBody::returned`]).
+    Buffered {
+        frames: VecDeque<Frame<Bytes>>,
+        /// What follows the frames, if the body was not all there after all.
+        rest: Option<HyperOutgoingBody>,
+        /// How it ended, if not cleanly.
+        error: Option<BodyError>,
+        /// Its length, when it has one (no trailers, no error, nothing to follow).
+        length: Option<u64>,
+    },
     /// A body passing through a filter's body callbacks.
     Filtered(Box<crate::filters::FilteredBody<ResponseBody>>),
     /// A response that is aborted at once (a filter closed the stream).
@@ -67,6 +79,48 @@ impl ResponseBody {
     /// A guest's streaming body whose end is checked against how the guest call ended.
     pub fn guest(inner: HyperOutgoingBody, outcome: Arc<GuestOutcome>) -> Self {
         ResponseBody::Guest { inner, outcome }
+    }
+
+    /// The body of a guest that has returned: everything it wrote is waiting in the body's
+    /// channel, and its end (finished, with trailers, or aborted) is known, so it is taken
+    /// whole. Sent with its length (`content-length` on HTTP/1.1 rather than chunks, keep-alive
+    /// for HTTP/1.0 clients) unless it has trailers or was aborted, which go out as they would
+    /// have streamed.
+    pub fn returned(mut inner: HyperOutgoingBody) -> Self {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut frames = VecDeque::new();
+        let mut trailers = false;
+        let error = loop {
+            match Pin::new(&mut inner).poll_frame(&mut cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    trailers |= frame.is_trailers();
+                    frames.push_back(frame);
+                }
+                Poll::Ready(Some(Err(e))) => break Some(format!("guest body: {e:?}").into()),
+                Poll::Ready(None) => break None,
+                // Not all there after all (never seen): the rest streams as it comes.
+                Poll::Pending => {
+                    return ResponseBody::Buffered {
+                        frames,
+                        rest: Some(inner),
+                        error: None,
+                        length: None,
+                    };
+                }
+            }
+        };
+        let length = (!trailers && error.is_none()).then(|| {
+            frames
+                .iter()
+                .filter_map(|f| f.data_ref().map(|d| d.len() as u64))
+                .sum()
+        });
+        ResponseBody::Buffered {
+            frames,
+            rest: None,
+            error,
+            length,
+        }
     }
 }
 
@@ -91,6 +145,22 @@ impl Body for ResponseBody {
                 ))),
                 other => other.map_err(|e| format!("{e:?}").into()),
             },
+            ResponseBody::Buffered {
+                frames,
+                rest,
+                error,
+                ..
+            } => {
+                if let Some(frame) = frames.pop_front() {
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                if let Some(inner) = rest {
+                    return Pin::new(inner)
+                        .poll_frame(cx)
+                        .map_err(|e| format!("guest body: {e:?}").into());
+                }
+                Poll::Ready(error.take().map(Err))
+            }
             ResponseBody::Filtered(inner) => Pin::new(&mut **inner).poll_frame(cx),
             ResponseBody::Reset => Poll::Ready(Some(Err("a filter closed the stream".into()))),
         }
@@ -99,6 +169,12 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ResponseBody::Full(bytes) => bytes.is_none(),
+            ResponseBody::Buffered {
+                frames,
+                rest,
+                error,
+                ..
+            } => frames.is_empty() && rest.is_none() && error.is_none(),
             ResponseBody::Guest { .. } | ResponseBody::Reset => false,
             ResponseBody::Filtered(inner) => inner.is_end_stream(),
         }
@@ -110,6 +186,9 @@ impl Body for ResponseBody {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
             ResponseBody::Guest { inner, .. } => inner.size_hint(),
+            ResponseBody::Buffered { length, .. } => {
+                length.map_or_else(SizeHint::default, SizeHint::with_exact)
+            }
             ResponseBody::Filtered(inner) => inner.size_hint(),
             ResponseBody::Reset => SizeHint::default(),
         }
@@ -222,6 +301,9 @@ impl Body for Observed {
                 if let Some(data) = frame.data_ref() {
                     this.record.bytes += data.len() as u64;
                 }
+                // hyper does not poll a body again once it says it is at its end (a body of a
+                // known length, its last frame taken).
+                this.record.done = this.inner.is_end_stream();
             }
             Poll::Ready(Some(Err(_))) => this.record.failed = true,
             Poll::Ready(None) => this.record.done = true,
@@ -261,4 +343,91 @@ pub fn busy_response(message: &str) -> Response<ResponseBody> {
         .headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+    use http_body_util::{BodyExt, StreamBody};
+
+    type Item = Result<Frame<Bytes>, wasmtime_wasi_http::Error>;
+
+    /// A guest's body as the channel would hand it over: `items`, then the end or, with
+    /// `pending`, nothing yet.
+    fn guest_body(items: Vec<Item>, pending: bool) -> HyperOutgoingBody {
+        let items = futures_util::stream::iter(items);
+        if pending {
+            StreamBody::new(items.chain(futures_util::stream::pending())).boxed_unsync()
+        } else {
+            StreamBody::new(items).boxed_unsync()
+        }
+    }
+
+    fn data(s: &'static str) -> Item {
+        Ok(Frame::data(Bytes::from_static(s.as_bytes())))
+    }
+
+    fn trailers() -> Item {
+        let mut map = http::HeaderMap::new();
+        map.insert("x-t", HeaderValue::from_static("1"));
+        Ok(Frame::trailers(map))
+    }
+
+    /// Everything the body yields until it ends (or would wait), in order, as text.
+    async fn drain(body: &mut ResponseBody) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(frame) =
+            std::future::poll_fn(|cx| match Pin::new(&mut *body).poll_frame(cx) {
+                Poll::Pending => Poll::Ready(None),
+                Poll::Ready(frame) => Poll::Ready(frame.map(Some)),
+            })
+            .await
+            .flatten()
+        {
+            out.push(match frame {
+                Ok(f) if f.is_data() => String::from_utf8(f.into_data().unwrap().to_vec()).unwrap(),
+                Ok(f) => format!("trailers {:?}", f.into_trailers().unwrap()),
+                Err(e) => format!("error {e}"),
+            });
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_returned_guests_body_is_sent_whole_with_its_length_unless_it_has_trailers_or_failed()
+    {
+        // Ended cleanly: the length is known.
+        let mut body = ResponseBody::returned(guest_body(vec![data("ab"), data("cde")], false));
+        assert_eq!(body.size_hint().exact(), Some(5));
+        assert_eq!(drain(&mut body).await, ["ab", "cde"]);
+        assert!(body.is_end_stream());
+        // Empty.
+        let body = ResponseBody::returned(guest_body(vec![], false));
+        assert_eq!(body.size_hint().exact(), Some(0));
+        assert!(body.is_end_stream());
+        // Trailers: no length (HTTP/1.1 sends them only after chunks), and they still go out.
+        let mut body = ResponseBody::returned(guest_body(vec![data("ab"), trailers()], false));
+        assert_eq!(body.size_hint().exact(), None);
+        let frames = drain(&mut body).await;
+        assert_eq!(frames[0], "ab");
+        assert!(frames[1].starts_with("trailers") && frames[1].contains("x-t"));
+        // Aborted: the error still ends it, after what was written.
+        let mut body = ResponseBody::returned(guest_body(
+            vec![
+                data("ab"),
+                Err(wasmtime_wasi_http::Error::HttpProtocolError),
+            ],
+            false,
+        ));
+        assert_eq!(body.size_hint().exact(), None);
+        let frames = drain(&mut body).await;
+        assert_eq!(frames[0], "ab");
+        assert!(frames[1].starts_with("error guest body"), "{frames:?}");
+        // Not all there: what was taken comes first, then the rest as it comes.
+        let mut body = ResponseBody::returned(guest_body(vec![data("ab")], true));
+        assert_eq!(body.size_hint().exact(), None);
+        assert_eq!(drain(&mut body).await, ["ab"]);
+        assert!(!body.is_end_stream());
+    }
 }

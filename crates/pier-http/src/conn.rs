@@ -223,8 +223,10 @@ mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
 
-    const PEER: std::net::SocketAddr =
-        std::net::SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 1));
+    const PEER: std::net::SocketAddr = std::net::SocketAddr::V4(std::net::SocketAddrV4::new(
+        std::net::Ipv4Addr::LOCALHOST,
+        1,
+    ));
 
     #[tokio::test]
     async fn http2_is_told_from_its_preface_however_the_bytes_arrive() {
@@ -241,7 +243,11 @@ mod tests {
                 let mut buf = vec![0u8; chunk];
                 while io.read(&mut buf).await.unwrap() > 0 {}
                 let text = String::from_utf8_lossy(bytes);
-                assert_eq!(activity.h2.load(Ordering::Relaxed), h2, "{text:?} by {chunk}");
+                assert_eq!(
+                    activity.h2.load(Ordering::Relaxed),
+                    h2,
+                    "{text:?} by {chunk}"
+                );
                 // The header timeout is HTTP/1's alone.
                 let check = activity.next_check(Duration::ZERO, header);
                 assert_eq!(check.is_some(), !h2, "{text:?} by {chunk}");
@@ -262,9 +268,16 @@ mod tests {
         assert_eq!(activity.expired(Duration::ZERO, Duration::ZERO), None);
         let request = activity.begin();
         std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(activity.expired(short, short), None, "a request is in progress");
+        assert_eq!(
+            activity.expired(short, short),
+            None,
+            "a request is in progress"
+        );
         let check = activity.next_check(long, short).unwrap();
-        assert!(check >= Instant::now(), "looks again once it may have ended");
+        assert!(
+            check >= Instant::now(),
+            "looks again once it may have ended"
+        );
         drop(request);
         // Counted afresh from the end of the last request.
         assert_eq!(activity.expired(long, long), None);

@@ -30,9 +30,13 @@ enum First {
     Head(Result<Result<Response<HyperOutgoingBody>, ErrorCode>, oneshot::error::RecvError>),
 }
 
-/// The response head the guest handed over, or how it ended without one.
+/// The response head the guest handed over (and how the guest ended, if it had by then), or
+/// how it ended without one.
 enum Head {
-    Set(Result<Response<HyperOutgoingBody>, ErrorCode>),
+    Set(
+        Result<Response<HyperOutgoingBody>, ErrorCode>,
+        Option<GuestEnd>,
+    ),
     Unset(GuestEnd),
 }
 
@@ -184,25 +188,29 @@ where
     let head = match first {
         // Done: the head, if it set one, is waiting in the channel.
         First::Ended(end) => match receiver.try_recv() {
-            Ok(head) => Head::Set(head),
+            Ok(head) => Head::Set(head, Some(end)),
             Err(_) => Head::Unset(end),
         },
         First::Head(Ok(head)) => {
             tokio::spawn(guest);
-            Head::Set(head)
+            Head::Set(head, None)
         }
         // The outparam was dropped unused: the guest is ending (or failing); see how.
         First::Head(Err(_)) => Head::Unset(guest.await),
     };
 
     let response = match head {
-        Head::Set(Ok(response)) => {
+        // Done, and its body with it: sent whole, with its length.
+        Head::Set(Ok(response), Some(GuestEnd::Returned)) => {
+            return (response.map(ResponseBody::returned), Some(outcome));
+        }
+        Head::Set(Ok(response), _) => {
             return (
                 response.map(|body| ResponseBody::guest(body, outcome.clone())),
                 Some(outcome),
             );
         }
-        Head::Set(Err(code)) => {
+        Head::Set(Err(code), _) => {
             tracing::warn!(
                 component = app.name(),
                 "guest answered with an error: {code:?}"

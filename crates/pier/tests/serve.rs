@@ -29,6 +29,12 @@ async fn hello_over_h1_and_h2_keeps_repeated_headers() {
             ["a=1", "b=2"],
             "{proto:?}: both set-cookie headers, in order"
         );
+        // The guest was done before the response went out: its length is known.
+        assert_eq!(answer.headers["content-length"], "16", "{proto:?}");
+        assert!(
+            !answer.headers.contains_key("transfer-encoding"),
+            "{proto:?}"
+        );
     }
 }
 
@@ -60,6 +66,12 @@ async fn echo_copies_headers_and_body() {
         let answer = send(&server.addr, proto, req).await.unwrap();
         assert_eq!(answer.status, StatusCode::OK);
         assert_eq!(answer.text(), "ping");
+        if proto == Proto::H2 {
+            // Trailers keep a body it had finished before the response went out unmeasured.
+            let trailers = answer.trailers.expect("the echo guest's trailer");
+            assert_eq!(trailers["x-echo-trailer"], "done");
+            assert!(!answer.headers.contains_key("content-length"));
+        }
         assert_eq!(answer.headers["x-echo-x-one"], "1");
         let reps: Vec<_> = answer.headers.get_all("x-echo-x-rep").iter().collect();
         assert_eq!(
