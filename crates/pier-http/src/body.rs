@@ -1,5 +1,6 @@
-//! Response bodies: pier's own short answers, and a guest's streamed body that is aborted if the
-//! guest fails before finishing it.
+//! Response bodies: pier's own short answers, a guest's body taken whole when the guest was done
+//! before its response went out, and a guest's streamed body that is aborted if the guest fails
+//! before finishing it.
 
 use std::collections::VecDeque;
 use std::pin::Pin;

@@ -44,9 +44,9 @@ enum Head {
 ///
 /// The guest runs right here, in the request's task, until it has handed over the response head.
 /// If it is done by then (a guest that answers at once), that is all: no task, and no other
-/// worker thread woken, which on a busy server is a large share of a small request's cost. If it
-/// still has work to do (streaming the body, or anything else), it moves to a task of its own
-/// and the response goes out meanwhile.
+/// worker thread woken, which on a busy server is a large share of a small request's cost; its
+/// body, all written, goes out whole with its length. If it still has work to do (streaming the
+/// body, or anything else), it moves to a task of its own and the response goes out meanwhile.
 ///
 /// If the guest fails before handing over the head, the client gets a 500 (504 for a timeout,
 /// 413 if it failed reading a body over the limit); if it fails after, the response body is
