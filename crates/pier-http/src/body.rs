@@ -250,9 +250,17 @@ impl AccessRecord {
     /// Wraps `response` so that this record is logged when its body is finished.
     pub fn attach(mut self, response: Response<ResponseBody>) -> Response<Observed> {
         self.status = response.status();
+        // A response to HEAD, or with a status that has no body, is whole once its head is
+        // sent: hyper never polls its body.
+        let bodiless = self.method == http::Method::HEAD
+            || self.status.is_informational()
+            || matches!(
+                self.status,
+                StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
+            );
         response.map(|inner| {
             // hyper never polls a body that is already at its end.
-            self.done = inner.is_end_stream();
+            self.done = bodiless || inner.is_end_stream();
             Observed {
                 inner,
                 record: self,

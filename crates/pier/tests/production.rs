@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use pier_testkit::{Client, PROTOS, PierServer, Proto, get, guest, read, request};
+use pier_testkit::{Client, PROTOS, PierServer, Proto, get, guest, read, request, send};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn pier() -> &'static std::path::Path {
@@ -530,6 +530,20 @@ async fn access_log_lines_in_text_and_json() {
     ] {
         assert!(line.contains(field), "{field} missing from {line}");
     }
+    // A HEAD request is answered in full by the head alone.
+    let head = Request::head("/h").body(Full::new(Bytes::new())).unwrap();
+    assert_eq!(
+        send(&server.addr, Proto::H1, head).await.unwrap().status,
+        StatusCode::OK
+    );
+    assert!(server.wait_for_log("method=HEAD", Duration::from_secs(5)));
+    let line = server
+        .log()
+        .lines()
+        .find(|l| l.contains("method=HEAD"))
+        .unwrap()
+        .to_string();
+    assert!(line.contains("complete=true"), "{line}");
 
     let app = guest("hello");
     let server =
