@@ -507,19 +507,27 @@ async fn metrics_and_health_on_the_admin_listener() {
     value("pier_pool_unused_warm_slots{kind=\"table\"}");
 }
 
+/// The first line of `server`'s log containing `needle`, waiting a few seconds for it.
+fn log_line(server: &PierServer, needle: &str) -> String {
+    assert!(
+        server.wait_for_log(needle, Duration::from_secs(5)),
+        "no {needle}"
+    );
+    server
+        .log()
+        .lines()
+        .find(|l| l.contains(needle))
+        .unwrap()
+        .to_string()
+}
+
 #[tokio::test]
 async fn access_log_lines_in_text_and_json() {
     let server = serve("hello", &[]);
     get(&server.addr, Proto::H1, "/some/path?q=1")
         .await
         .unwrap();
-    assert!(server.wait_for_log("pier::access", Duration::from_secs(5)));
-    let line = server
-        .log()
-        .lines()
-        .find(|l| l.contains("pier::access"))
-        .unwrap()
-        .to_string();
+    let line = log_line(&server, "pier::access");
     for field in [
         "method=GET",
         "path=\"/some/path\"",
@@ -536,26 +544,14 @@ async fn access_log_lines_in_text_and_json() {
         send(&server.addr, Proto::H1, head).await.unwrap().status,
         StatusCode::OK
     );
-    assert!(server.wait_for_log("method=HEAD", Duration::from_secs(5)));
-    let line = server
-        .log()
-        .lines()
-        .find(|l| l.contains("method=HEAD"))
-        .unwrap()
-        .to_string();
+    let line = log_line(&server, "method=HEAD");
     assert!(line.contains("complete=true"), "{line}");
 
     let app = guest("hello");
     let server =
         PierServer::start(pier(), &["--log-format", "json", app.to_str().unwrap()]).unwrap();
     get(&server.addr, Proto::H2, "/j").await.unwrap();
-    assert!(server.wait_for_log("pier::access", Duration::from_secs(5)));
-    let line = server
-        .log()
-        .lines()
-        .find(|l| l.contains("pier::access"))
-        .unwrap()
-        .to_string();
+    let line = log_line(&server, "pier::access");
     let json: serde_json::Value =
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
     assert_eq!(json["path"], "/j");
