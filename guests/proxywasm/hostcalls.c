@@ -14,6 +14,7 @@
  * Configuration (plugin configuration, buffer 7):
  *   (empty)          nothing special
  *   tick=MS          tick every MS milliseconds; each tick increments shared data "hostcalls.ticks"
+ *   label=TEXT       this plugin's label, for /t/plugin (each root context keeps its own)
  *   fail-configure   proxy_on_configure fails (start-up must fail)
  *
  * Commands (the request's :path, without its query string, unless noted):
@@ -40,6 +41,10 @@
  *   /t/metrics/histogram/NAME/VALUE      "status=N"
  *   /t/property/set/NAME/VALUE           "value=V" or "status=N"
  *   /t/time, /t/log_level, /t/random     "ok"/"zero", "level=N", "ok"/"zero"
+ *   /t/env/NAME                          200 the environment variable's value, 404 "not set"
+ *   /t/plugin                            adds request header x-plugin-ROOT_ID (x-plugin- when the
+ *                                        root id is empty): "name=N;vm=V;label=L;streams=S", S the
+ *                                        stream contexts this VM has created; continues
  *   /t/stdout/TEXT                       prints to stdout and stderr, continues
  *   /t/http_call/UPSTREAM/REST           200 "call status=S body=B" (REST keeps the query)
  *   /t/http_call_continue/UPSTREAM/REST  adds x-call-status: S to the request and continues
@@ -667,9 +672,54 @@ static int32_t resolve_queue(str name, uint32_t *id) {
 
 CALLBACK(proxy_abi_version_0_2_1) void proxy_abi_version_0_2_1(void) {}
 
+/* Per root context (plugin): the label its configuration gave, for /t/plugin. */
+#define MAX_ROOTS 8
+static struct {
+    uint32_t id;
+    char label[32];
+    size_t len;
+} root_labels[MAX_ROOTS];
+/* Stream contexts this VM created, and the root each recent one was created for. */
+static uint32_t streams_created;
+static uint32_t parent_of[1024];
+
 CALLBACK(proxy_on_context_create) void proxy_on_context_create(uint32_t id, uint32_t parent) {
-    (void)id;
-    (void)parent; /* stream state is created on the request headers, where the path is known */
+    /* stream state is created on the request headers, where the path is known */
+    if (parent != 0) {
+        streams_created++;
+        parent_of[id % 1024] = parent;
+    }
+}
+
+static str root_label(uint32_t root) {
+    for (size_t i = 0; i < MAX_ROOTS; i++)
+        if (root_labels[i].id == root) return (str){root_labels[i].label, root_labels[i].len};
+    return S("");
+}
+
+/* /t/plugin */
+static uint32_t plugin_header(uint32_t ctx) {
+    bytes name = {0}, root_id = {0}, vm_id = {0};
+    get_property(S("plugin_name"), &name);
+    get_property(S("plugin_root_id"), &root_id);
+    get_property(S("plugin_vm_id"), &vm_id);
+    buf header = {0};
+    buf_put(&header, "x-plugin-", 9);
+    buf_str(&header, view(root_id));
+    buf value = {0};
+    buf_printf(&value, "name=%.*s;vm=%.*s;label=", (int)name.len, name.ptr ? name.ptr : "",
+               (int)vm_id.len, vm_id.ptr ? vm_id.ptr : "");
+    buf_str(&value, root_label(parent_of[ctx % 1024]));
+    buf_printf(&value, ";streams=%u", streams_created);
+    int32_t status = proxy_add_header_map_value(MAP_REQUEST_HEADERS, header.ptr, header.len,
+                                                value.ptr, value.len);
+    if (status != OK) say(LOG_WARN, "add_header_map_value: status %d", status);
+    buf_free(&header);
+    buf_free(&value);
+    bytes_free(&name);
+    bytes_free(&root_id);
+    bytes_free(&vm_id);
+    return CONTINUE;
 }
 
 CALLBACK(proxy_on_vm_start) uint32_t proxy_on_vm_start(uint32_t root, uint32_t vm_config_len) {
@@ -680,7 +730,6 @@ CALLBACK(proxy_on_vm_start) uint32_t proxy_on_vm_start(uint32_t root, uint32_t v
 }
 
 CALLBACK(proxy_on_configure) uint32_t proxy_on_configure(uint32_t root, uint32_t config_len) {
-    (void)root;
     bytes config = {0};
     int32_t status = get_buffer(BUFFER_PLUGIN_CONFIG, config_len, &config);
     if (status != OK) {
@@ -697,6 +746,15 @@ CALLBACK(proxy_on_configure) uint32_t proxy_on_configure(uint32_t root, uint32_t
     } else if (str_eq(text, "fail-configure")) {
         say(LOG_ERROR, "hostcalls: failing on_configure as configured");
         ok = 0;
+    } else if (starts_with(text, "label=", &rest)) {
+        for (size_t i = 0; i < MAX_ROOTS; i++) {
+            if (root_labels[i].id == 0 || root_labels[i].id == root) {
+                root_labels[i].id = root;
+                root_labels[i].len = rest.len < 32 ? rest.len : 32;
+                memcpy(root_labels[i].label, rest.ptr, root_labels[i].len);
+                break;
+            }
+        }
     } else if (starts_with(text, "tick=", &rest)) {
         int64_t millis;
         if (!parse_i64(rest, &millis) || millis <= 0 || millis > UINT32_MAX) {
@@ -707,8 +765,8 @@ CALLBACK(proxy_on_configure) uint32_t proxy_on_configure(uint32_t root, uint32_t
             ok = 0;
         }
     } else {
-        say(LOG_ERROR, "hostcalls: unknown configuration \"%.*s\" (want \"\", tick=MS or "
-                       "fail-configure)", (int)text.len, text.ptr);
+        say(LOG_ERROR, "hostcalls: unknown configuration \"%.*s\" (want \"\", tick=MS, "
+                       "label=TEXT or fail-configure)", (int)text.len, text.ptr);
         ok = 0;
     }
     bytes_free(&config);
@@ -1005,6 +1063,15 @@ static uint32_t run_command(uint32_t ctx, str cmd) {
     if (starts_with(cmd, "/t/echo/header/", &rest)) return echo_header(rest);
     if (str_eq(cmd, "/t/echo/headers")) return echo_headers();
     if (starts_with(cmd, "/t/log/property/", &rest)) return log_property(rest);
+    if (str_eq(cmd, "/t/plugin")) return plugin_header(ctx);
+    if (starts_with(cmd, "/t/env/", &rest)) {
+        char name[256];
+        if (rest.len >= sizeof name) return respond(400, S("name too long"));
+        memcpy(name, rest.ptr, rest.len);
+        name[rest.len] = 0;
+        const char *value = getenv(name);
+        return value ? respond(200, (str){value, strlen(value)}) : respond(404, S("not set"));
+    }
     if (starts_with(cmd, "/t/send_local_response/", &rest)) return send_local_response(rest);
 
     /* Request header changes (the request then goes on) */

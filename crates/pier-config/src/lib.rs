@@ -3,13 +3,19 @@
 //! The binary turns flags into these types; the engine and the server only ever see them. Nothing
 //! here depends on wasmtime, so every rule can be tested on its own.
 
+mod envoy;
+mod filters;
 mod grants;
 mod limits;
+mod listen;
 mod outbound;
 mod units;
 
+pub use envoy::{ImportError, load_filters, parse_filters};
+pub use filters::{FilterFailure, FilterSpec, vm_groups};
 pub use grants::{DirGrant, EnvGrant, GrantError, Grants};
 pub use limits::Limits;
+pub use listen::parse_listen_addr;
 pub use outbound::{Denied, OutboundPattern, OutboundPolicy, PatternError, is_special_purpose};
 pub use units::{UnitError, parse_duration, parse_size};
 

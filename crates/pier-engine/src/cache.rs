@@ -64,9 +64,18 @@ impl CompileCache {
         self.get(
             engine,
             wasm,
-            |bytes| match self.optimize.then(|| optimized(wasm, bytes)).flatten() {
-                Some(bytes) => engine.precompile_component(&bytes),
-                None => engine.precompile_component(bytes),
+            |bytes| {
+                let (rewritten, left_alone) = if self.optimize {
+                    optimized(wasm, bytes)
+                } else {
+                    (None, None)
+                };
+                let compiled = engine.precompile_component(rewritten.as_deref().unwrap_or(bytes));
+                // Why the optimiser left it alone matters only for a component that compiles.
+                if let (Ok(_), Some(why)) = (&compiled, left_alone) {
+                    tracing::info!(file = %wasm.display(), "compiling the component as it is: {why}");
+                }
+                compiled
             },
             // SAFETY: the file was written by `precompile_component` for a compatible engine (the
             // key includes the engine's compatibility hash), is only ever replaced by rename and
@@ -143,9 +152,10 @@ fn store(dir: &Path, path: &Path, compiled: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// `wasm` rewritten by the load-time optimiser, or `None` to compile it as it is (nothing to
-/// merge, or a structure the optimiser leaves alone: it says why in the log).
-fn optimized(wasm: &WasmFile, bytes: &[u8]) -> Option<Vec<u8>> {
+/// `wasm` rewritten by the load-time optimiser, or `None` to compile it as it is: nothing to
+/// merge, or a structure the optimiser leaves alone, and then why (for the log, once the
+/// component has compiled).
+fn optimized(wasm: &WasmFile, bytes: &[u8]) -> (Option<Vec<u8>>, Option<String>) {
     let start = Instant::now();
     match crate::optimize::optimize_component(bytes) {
         Ok(Some(done)) => {
@@ -170,18 +180,16 @@ fn optimized(wasm: &WasmFile, bytes: &[u8]) -> Option<Vec<u8>> {
             if done.reset_hint {
                 tracing::debug!(file = %wasm.display(), "added the reset hint");
             }
-            Some(done.bytes)
+            (Some(done.bytes), None)
         }
-        Ok(None) => None,
+        Ok(None) => (None, None),
         Err(e @ crate::optimize::OptimizeError::Invalid(_)) => {
             tracing::warn!(file = %wasm.display(), "compiling the component as it is: {e}");
-            None
+            (None, None)
         }
-        Err(e) => {
-            // A linked component the optimiser does not know how to merge.
-            tracing::info!(file = %wasm.display(), "compiling the component as it is: {e}");
-            None
-        }
+        // A linked component the optimiser does not know how to merge (or one that does not
+        // parse, which compiling then says).
+        Err(e) => (None, Some(e.to_string())),
     }
 }
 
@@ -199,8 +207,11 @@ fn cache_key(engine: &Engine, wasm: &WasmFile, optimize: bool) -> String {
 }
 
 /// Runs `compile`, showing a spinner with the elapsed time if it takes more than a second and
-/// stderr is a terminal.
-fn with_spinner<R>(wasm: &WasmFile, compile: impl FnOnce() -> R) -> R {
+/// stderr is a terminal; logs the time only when it compiled.
+fn with_spinner<T>(
+    wasm: &WasmFile,
+    compile: impl FnOnce() -> wasmtime::Result<T>,
+) -> wasmtime::Result<T> {
     let start = Instant::now();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let spinner = std::io::stderr().is_terminal().then(|| {
@@ -225,6 +236,8 @@ fn with_spinner<R>(wasm: &WasmFile, compile: impl FnOnce() -> R) -> R {
     if let Some(thread) = spinner {
         let _ = thread.join();
     }
-    tracing::info!(file = %wasm.display(), "compiled in {:.2?}", start.elapsed());
+    if result.is_ok() {
+        tracing::info!(file = %wasm.display(), "compiled in {:.2?}", start.elapsed());
+    }
     result
 }

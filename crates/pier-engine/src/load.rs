@@ -16,10 +16,10 @@ pub enum WasmKind {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The file does not exist or cannot be read.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {error}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The bytes are neither wasm binary nor WAT text.
     #[error("{} is not a WebAssembly file (expected a binary starting with \\0asm, or WAT text)", path.display())]
@@ -47,9 +47,9 @@ const MAGIC: &[u8; 4] = b"\0asm";
 impl WasmFile {
     /// Reads `path` and detects its kind from the header.
     pub fn read(path: &Path) -> Result<WasmFile, LoadError> {
-        let raw = std::fs::read(path).map_err(|source| LoadError::Read {
+        let raw = std::fs::read(path).map_err(|error| LoadError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         let bytes = if raw.starts_with(MAGIC) {
             raw

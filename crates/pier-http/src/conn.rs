@@ -5,13 +5,13 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// The first bytes an HTTP/2 client sends (RFC 9113, 3.4); no HTTP/1 request starts so.
-const H2_PREFACE: &[u8; 4] = b"PRI ";
+use crate::h2_guard::H2Guard;
+use crate::refusals::{self, H2_PREFACE};
 
 /// When a connection last moved bytes, when it last had no request in progress, and how many of
 /// its requests are still being answered.
@@ -131,14 +131,27 @@ impl Drop for InFlight {
     }
 }
 
-/// An I/O stream that records every transfer in an [`Activity`], and tells HTTP/2 from HTTP/1 by
-/// the first bytes the client sends.
+/// An I/O stream that records every transfer in an [`Activity`], tells HTTP/2 from HTTP/1 by
+/// the first bytes the client sends, and answers what hyper would answer badly (see
+/// [`refusals`]).
 pub struct Tracked<S> {
     inner: S,
     activity: Arc<Activity>,
-    /// The first bytes read, until there are enough to tell the protocol.
-    first: [u8; 4],
+    /// The first bytes read, until there are enough to tell the protocol and check an HTTP/2
+    /// preface.
+    first: [u8; 24],
     seen: usize,
+    /// pier's response being written in place of hyper's automatic one: (bytes, written,
+    /// the length hyper asked to write).
+    replacing: Option<(Vec<u8>, usize, usize)>,
+    /// The connection is refused (a bad HTTP/2 preface): these bytes go out, then hyper reads
+    /// the end of the stream and its own writes are dropped.
+    refusing: Option<(Vec<u8>, usize)>,
+    /// On HTTP/2: the frame checks the client's bytes pass before hyper reads them, and what
+    /// they let through that hyper has not read yet (from `ready_at` on).
+    guard: Option<H2Guard>,
+    ready: Vec<u8>,
+    ready_at: usize,
 }
 
 impl<S> Tracked<S> {
@@ -147,36 +160,144 @@ impl<S> Tracked<S> {
         Tracked {
             inner,
             activity,
-            first: [0; 4],
+            first: [0; 24],
             seen: 0,
+            replacing: None,
+            refusing: None,
+            guard: None,
+            ready: Vec::new(),
+            ready_at: 0,
         }
     }
 
-    fn sniff(&mut self, read: &[u8]) {
+    /// Hands hyper what the guard let through, as much as `buf` takes.
+    fn deliver(&mut self, buf: &mut ReadBuf<'_>) {
+        let n = (self.ready.len() - self.ready_at).min(buf.remaining());
+        buf.put_slice(&self.ready[self.ready_at..self.ready_at + n]);
+        self.ready_at += n;
+    }
+
+    /// Looks at the first bytes read; false when the connection is to be refused.
+    fn sniff(&mut self, read: &[u8]) -> bool {
         let n = read.len().min(self.first.len() - self.seen);
         self.first[self.seen..self.seen + n].copy_from_slice(&read[..n]);
         self.seen += n;
-        if self.seen == self.first.len() && &self.first == H2_PREFACE {
+        let seen = &self.first[..self.seen];
+        if seen.len() >= 4 && seen.starts_with(&H2_PREFACE[..4]) {
             self.activity.h2.store(true, Ordering::Relaxed);
         }
+        if refusals::bad_h2_preface(seen) {
+            tracing::debug!(peer = %self.activity.peer, "invalid HTTP/2 connection preface: GOAWAY");
+            self.refusing = Some((refusals::GOAWAY_PROTOCOL_ERROR.to_vec(), 0));
+            return false;
+        }
+        true
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
+impl<S: AsyncWrite + Unpin> Tracked<S> {
+    /// Writes what remains of `bytes` from `written` on; ready once all of it is out.
+    fn drive(
+        inner: &mut S,
+        cx: &mut Context<'_>,
+        bytes: &[u8],
+        written: &mut usize,
+    ) -> Poll<io::Result<()>> {
+        while *written < bytes.len() {
+            match Pin::new(&mut *inner).poll_write(cx, &bytes[*written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => *written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes `buf` for hyper, or pier's response in place of one of hyper's own.
+    fn write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if let Some((bytes, written)) = &mut self.refusing {
+            // A refused connection: hyper's writes go nowhere.
+            let _ = Self::drive(&mut self.inner, cx, bytes, written);
+            return Poll::Ready(Ok(buf.len()));
+        }
+        if self.replacing.is_none()
+            && !self.activity.busy()
+            && !self.activity.h2.load(Ordering::Relaxed)
+            && let Some(status) = refusals::automatic_error(buf)
+        {
+            let ours = refusals::replace(status, buf, self.activity.peer);
+            self.replacing = Some((ours, 0, buf.len()));
+        }
+        if let Some((bytes, written, theirs)) = &mut self.replacing {
+            let theirs = *theirs;
+            return match Self::drive(&mut self.inner, cx, bytes, written) {
+                Poll::Ready(Ok(())) => {
+                    self.replacing = None;
+                    self.activity.touch();
+                    Poll::Ready(Ok(theirs))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            };
+        }
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        poll
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Tracked<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.touch();
-            if self.seen < self.first.len() {
-                self.sniff(&buf.filled()[before..]);
-            }
+        let this = &mut *self;
+        if let Some((bytes, written)) = &mut this.refusing {
+            // Our answer goes out whole, then the write side closes, and hyper reads the end.
+            ready!(Self::drive(&mut this.inner, cx, bytes, written))?;
+            let _ = ready!(Pin::new(&mut this.inner).poll_shutdown(cx));
+            return Poll::Ready(Ok(()));
         }
-        poll
+        if this.ready_at < this.ready.len() {
+            this.deliver(buf);
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            let before = buf.filled().len();
+            ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+            if buf.filled().len() == before {
+                return Poll::Ready(Ok(())); // the end of the stream
+            }
+            this.activity.touch();
+            let seen_before = this.seen;
+            if this.seen < this.first.len() && !this.sniff(&buf.filled()[before..]) {
+                // hyper never sees the bytes that gave the connection away.
+                buf.set_filled(before);
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            if this.guard.is_none() && this.activity.h2.load(Ordering::Relaxed) {
+                this.guard = Some(H2Guard::new(seen_before));
+            }
+            let Some(guard) = &mut this.guard else {
+                return Poll::Ready(Ok(()));
+            };
+            // HTTP/2: the new bytes go through the guard; hyper reads what it lets through.
+            this.ready.clear();
+            this.ready_at = 0;
+            guard.feed(&buf.filled()[before..], &mut this.ready);
+            buf.set_filled(before);
+            if this.ready.is_empty() {
+                // Only part of a frame head so far: read on.
+                continue;
+            }
+            this.deliver(buf);
+            return Poll::Ready(Ok(()));
+        }
     }
 }
 
@@ -186,11 +307,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        poll
+        self.write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -198,6 +315,17 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        // hyper's own error responses are small and written whole: look at a write that could
+        // be one as a single buffer.
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        let maybe_error = |b: &[u8]| b.starts_with(b"HTTP/1.") && b.get(9) == Some(&b'4');
+        if self.refusing.is_some()
+            || self.replacing.is_some()
+            || (total <= 512 && bufs.first().is_some_and(|b| maybe_error(b)))
+        {
+            let joined: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            return self.write(cx, &joined);
+        }
         let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.touch();
@@ -239,7 +367,8 @@ mod tests {
         ] {
             for chunk in [1, 3, 64] {
                 let activity = Activity::new(PEER);
-                let mut io = Tracked::new(bytes, activity.clone());
+                let mut io =
+                    Tracked::new(tokio::io::join(bytes, tokio::io::sink()), activity.clone());
                 let mut buf = vec![0u8; chunk];
                 while io.read(&mut buf).await.unwrap() > 0 {}
                 let text = String::from_utf8_lossy(bytes);
@@ -253,6 +382,38 @@ mod tests {
                 assert_eq!(check.is_some(), !h2, "{text:?} by {chunk}");
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_bad_http2_preface_is_answered_with_goaway_and_kept_from_hyper() {
+        use tokio::io::AsyncWriteExt;
+        let (client, server) = tokio::io::duplex(1024);
+        let mut io = Tracked::new(server, Activity::new(PEER));
+        let (mut from_server, mut to_server) = tokio::io::split(client);
+        to_server
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n")
+            .await
+            .unwrap();
+        let (mut buf, mut hyper_saw) = (vec![0u8; 64], Vec::new());
+        loop {
+            let n = io.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            hyper_saw.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            H2_PREFACE.starts_with(&hyper_saw),
+            "hyper saw only a valid beginning: {hyper_saw:?}"
+        );
+        // What hyper writes after that goes nowhere.
+        io.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        drop(io);
+        let mut answer = Vec::new();
+        from_server.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, refusals::GOAWAY_PROTOCOL_ERROR);
     }
 
     #[test]

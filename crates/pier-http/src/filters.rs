@@ -30,6 +30,82 @@ pub type RequestBody = http_body_util::combinators::UnsyncBoxBody<Bytes, wasmtim
 
 static REQUEST_IDS: AtomicU64 = AtomicU64::new(0);
 
+/// How every filter VM of a server runs (the `--filter-*` settings that are not per plugin).
+#[derive(Debug, Clone)]
+pub struct FilterSettings {
+    /// VMs per filter module.
+    pub vms: usize,
+    /// Linear memory one VM may have.
+    pub max_memory: usize,
+    /// How long one callback may run.
+    pub callback_timeout: std::time::Duration,
+    /// How long a paused stream may wait.
+    pub pause_timeout: std::time::Duration,
+    /// The most body a filter may make the host buffer.
+    pub max_buffered: usize,
+}
+
+/// A filter that cannot be loaded.
+pub type LoadError = pier_proxywasm::FilterError;
+
+impl FilterChain {
+    /// Loads the filters `specs` describe, in order: plugins that share a VM id and code (see
+    /// `pier_config::vm_groups`) run as root contexts of the same VMs.
+    pub fn load(
+        engine: &wasmtime::Engine,
+        specs: &[pier_config::FilterSpec],
+        settings: &FilterSettings,
+        callouts: Option<Arc<dyn pier_proxywasm::Callouts>>,
+    ) -> Result<FilterChain, LoadError> {
+        let shared = Arc::new(pier_proxywasm::Shared::default());
+        let mut chain: Vec<Option<Arc<Filter>>> = vec![None; specs.len()];
+        for group in pier_config::vm_groups(specs) {
+            let first = &specs[group[0]];
+            let vm = pier_proxywasm::VmConfig {
+                vm_id: first.vm_id.clone(),
+                configuration: first.vm_config.clone().into(),
+                env: first.environment(|name| std::env::var(name).ok()),
+                vms: settings.vms,
+                max_memory: settings.max_memory,
+                callback_timeout: settings.callback_timeout,
+            };
+            let plugins = group
+                .iter()
+                .map(|&i| {
+                    let spec = &specs[i];
+                    pier_proxywasm::PluginConfig {
+                        name: spec.name.clone().unwrap_or_default(),
+                        root_id: spec.root_id.clone(),
+                        configuration: spec.config.clone().into(),
+                        failure: match spec.failure {
+                            pier_config::FilterFailure::FailClosed => {
+                                pier_proxywasm::FailurePolicy::FailClosed
+                            }
+                            pier_config::FilterFailure::FailOpen => {
+                                pier_proxywasm::FailurePolicy::FailOpen
+                            }
+                        },
+                        pause_timeout: settings.pause_timeout,
+                        max_buffered: settings.max_buffered,
+                    }
+                })
+                .collect();
+            let filters = Filter::load(
+                engine,
+                &first.path,
+                vm,
+                plugins,
+                shared.clone(),
+                callouts.clone(),
+            )?;
+            for (i, filter) in group.into_iter().zip(filters) {
+                chain[i] = Some(Arc::new(filter));
+            }
+        }
+        Ok(FilterChain(chain.into_iter().flatten().collect()))
+    }
+}
+
 impl FilterChain {
     /// Whether there are no filters.
     pub fn is_empty(&self) -> bool {

@@ -37,15 +37,15 @@ pub enum ServeError {
         flag: &'static str,
     },
     /// Another bind failure (permission, no such address).
-    #[error("cannot listen on {addr} ({flag}): {source}")]
+    #[error("cannot listen on {addr} ({flag}): {error}")]
     Bind {
         addr: SocketAddr,
         flag: &'static str,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The listening socket given cannot be served on.
-    #[error("cannot serve on the listening socket given: {source}")]
-    Inherited { source: std::io::Error },
+    #[error("cannot serve on the listening socket given: {error}")]
+    Inherited { error: std::io::Error },
 }
 
 /// Binds `addr`, naming `flag` in the error.
@@ -117,7 +117,11 @@ fn new_socket(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
 fn bind_error(addr: SocketAddr, flag: &'static str, source: std::io::Error) -> ServeError {
     match source.kind() {
         std::io::ErrorKind::AddrInUse => ServeError::AddrInUse { addr, flag },
-        _ => ServeError::Bind { addr, flag, source },
+        _ => ServeError::Bind {
+            addr,
+            flag,
+            error: source,
+        },
     }
 }
 
@@ -146,7 +150,7 @@ impl Server {
             Listen::Listener(listener) => listener
                 .set_nonblocking(true)
                 .and_then(|()| TcpListener::from_std(listener))
-                .map_err(|source| ServeError::Inherited { source })?,
+                .map_err(|source| ServeError::Inherited { error: source })?,
         };
         let pipeline = Pipeline::new(handler, limits.clone(), filters, listener.local_addr().ok());
         Ok(Server {
@@ -263,8 +267,11 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.h2_max_streams)
+        // Room for pier's own check to answer 431 with its body for header sections up to
+        // 4x the limit: past SETTINGS_MAX_HEADER_LIST_SIZE the HTTP/2 layer cannot skip a
+        // block safely and ends the connection.
         .max_header_list_size(
-            u32::try_from(limits.max_header_size.saturating_mul(2)).unwrap_or(u32::MAX),
+            u32::try_from(limits.max_header_size.saturating_mul(4)).unwrap_or(u32::MAX),
         );
     builder
 }
@@ -318,7 +325,7 @@ impl Connection {
             tokio::select! {
                 result = conn.as_mut() => {
                     if let Err(e) = result {
-                        tracing::debug!(peer = %self.peer, "connection ended with an error: {e}");
+                        log_connection_error(self.peer, &*e);
                     }
                     return;
                 }
@@ -342,6 +349,24 @@ impl Connection {
             }
         }
     }
+}
+
+/// Logs how a connection ended in error: an HTTP/2 connection error pier answered with GOAWAY
+/// is said at info (a client breaking the protocol, or an attack), anything else at debug.
+fn log_connection_error(peer: SocketAddr, e: &(dyn std::error::Error + 'static)) {
+    let mut source = Some(e);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>()
+            && h2.is_go_away()
+            && h2.is_library()
+            && let Some(reason) = h2.reason()
+        {
+            tracing::info!(%peer, "HTTP/2 connection error {reason:?}: sent GOAWAY and closed the connection");
+            return;
+        }
+        source = err.source();
+    }
+    tracing::debug!(%peer, "connection ended with an error: {e}");
 }
 
 /// Sleeps until `at`, or forever.

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use pier_proxywasm::{Filter, FilterConfig, Pairs, StreamInfo};
+use pier_proxywasm::{Filter, Pairs, StreamInfo};
 
 fn stream(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -20,11 +20,13 @@ fn stream(c: &mut Criterion) {
     let filter = Filter::load(
         &engine,
         &path,
-        FilterConfig::default(),
+        Default::default(),
+        vec![Default::default()],
         Default::default(),
         None,
     )
-    .unwrap();
+    .unwrap()
+    .remove(0);
     let info = Arc::new(StreamInfo::default());
     let request: Pairs = vec![
         (b":method".to_vec(), b"GET".to_vec()),

@@ -13,7 +13,7 @@ use crate::memory::{give, read, write_u32};
 use crate::pairs;
 use crate::pool::Entered;
 use crate::status::{Status, code};
-use crate::vm::{Home, ROOT_CONTEXT, VmState};
+use crate::vm::{Home, VmState};
 
 /// The timeout of a call that asks for none (0), and the most any call may ask for.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -98,7 +98,7 @@ pub fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             code((|| {
                 let upstream = String::from_utf8(read(&mut c, up, up_len)?)
                     .map_err(|_| Status::BadArgument)?;
-                let callouts = c.data().plugin.callouts.clone();
+                let callouts = c.data().code.callouts.clone();
                 let callouts = callouts
                     .filter(|cs| cs.knows(&upstream))
                     .ok_or(Status::BadArgument)?;
@@ -125,7 +125,7 @@ pub fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
                 state.next_call = state.next_call.wrapping_add(1).max(1);
                 let id = state.next_call;
                 let home = state.home.clone();
-                let name = state.plugin.name.clone();
+                let (name, root) = (state.root().name.clone(), state.root().context);
                 if let Err(status) = write_u32(&mut c, ret, id) {
                     c.data_mut().calls_in_flight -= 1;
                     return Err(status);
@@ -153,7 +153,7 @@ pub fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
                             CalloutReply::default()
                         }
                     };
-                    deliver(home, id, reply);
+                    deliver(home, root, id, reply);
                 });
                 Ok(())
             })())
@@ -178,8 +178,9 @@ pub fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     Ok(())
 }
 
-/// Hands `reply` to the VM that made call `id`, if it is still the same VM.
-fn deliver(home: Home, id: u32, mut reply: CalloutReply) {
+/// Hands `reply` to the VM that made call `id`, if it is still the same VM, on the root context
+/// of the plugin that made it.
+fn deliver(home: Home, root: i32, id: u32, mut reply: CalloutReply) {
     let Some(slot) = home.slot.upgrade() else {
         return;
     };
@@ -196,9 +197,9 @@ fn deliver(home: Home, id: u32, mut reply: CalloutReply) {
         );
         vm.state().callout = Some(reply);
         let result = vm.call::<(i32, i32, i32, i32, i32), ()>(
-            ROOT_CONTEXT,
+            root,
             "proxy_on_http_call_response",
-            (ROOT_CONTEXT, id as i32, counts.0, counts.1, counts.2),
+            (root, id as i32, counts.0, counts.1, counts.2),
         );
         vm.state().callout = None;
         result

@@ -81,6 +81,8 @@ pub struct StreamState {
     pub properties: HashMap<Vec<u8>, Vec<u8>>,
     /// Woken when a paused stream is resumed, answered, closed, or its VM is lost.
     pub wake: Arc<Notify>,
+    /// The root context (plugin) the stream was created for.
+    pub root: i32,
 }
 
 impl StreamState {

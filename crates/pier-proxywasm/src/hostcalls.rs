@@ -8,7 +8,7 @@ use crate::context::Direction;
 use crate::memory::{give, read, write, write_u32};
 use crate::pairs;
 use crate::status::{Status, code};
-use crate::vm::{MapId, ROOT_CONTEXT, VmState};
+use crate::vm::{MapId, VmState};
 
 /// Adds every hostcall of this file to `linker`.
 pub fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
@@ -55,7 +55,7 @@ fn link_log_and_time(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
                 }
                 let message = read(&mut c, ptr, len)?;
                 let message = String::from_utf8_lossy(&message);
-                let filter = &*c.data().plugin.name;
+                let filter = &*c.data().root().name.clone();
                 match level {
                     0 => tracing::trace!(target: "pier::filter", filter, "{message}"),
                     1 => tracing::debug!(target: "pier::filter", filter, "{message}"),
@@ -258,7 +258,7 @@ fn link_buffers(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
          -> i32 {
             code((|| {
                 let value = read(&mut c, ptr, len)?;
-                let max = c.data().plugin.config.max_buffered;
+                let max = c.data().root().config.max_buffered;
                 let data = c.data_mut().buffer_mut(buffer)?;
                 // Replaces [start, start + size): (0, len) replaces everything, (0, 0) prepends,
                 // and a start at or past the end appends (Envoy's reading, which the Go SDK
@@ -278,7 +278,7 @@ fn link_buffers(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_configuration",
         |mut c: Caller<'_, VmState>, ret_ptr: i32, ret_len: i32| -> i32 {
-            let config = c.data().plugin.config.plugin_config.clone();
+            let config = c.data().root().config.configuration.clone();
             code(give(&mut c, &config, ret_ptr, ret_len))
         },
     )?;
@@ -386,7 +386,7 @@ fn link_stream(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "proxy_set_effective_context",
         |mut c: Caller<'_, VmState>, context: i32| -> i32 {
             let state = c.data_mut();
-            if context == ROOT_CONTEXT || state.streams.contains_key(&context) {
+            if state.is_root(context) || state.streams.contains_key(&context) {
                 state.effective = context;
                 Status::Ok.into()
             } else {

@@ -39,7 +39,7 @@ pub use shared::Shared;
 pub use status::Status;
 
 use context::StreamState;
-use plugin::Plugin;
+use plugin::{Code, Root};
 use pool::{Entered, Slot};
 use vm::Vm;
 
@@ -67,36 +67,62 @@ pub enum FailurePolicy {
     FailOpen,
 }
 
-/// How a filter is configured.
+/// How the VMs running a filter module are set up (Envoy's `vm_config`).
 #[derive(Debug, Clone)]
-pub struct FilterConfig {
+pub struct VmConfig {
+    /// Plugins that name the same non-empty `vm_id` (and the same code) share their VMs; it
+    /// scopes shared data and queues, and is `plugin_vm_id`. Empty: the plugin's own VMs.
+    pub vm_id: String,
     /// Buffer 6, read in `proxy_on_vm_start`.
-    pub vm_config: Arc<[u8]>,
-    /// Buffer 7, read in `proxy_on_configure`.
-    pub plugin_config: Arc<[u8]>,
-    /// What failures do to requests.
-    pub failure: FailurePolicy,
+    pub configuration: Arc<[u8]>,
+    /// The environment the filter sees through WASI (`environ_get`).
+    pub env: Vec<(String, String)>,
     /// VMs running the filter side by side (requests are spread over them).
     pub vms: usize,
     /// Linear memory one VM may have; a VM that grew to it is replaced.
     pub max_memory: usize,
     /// How long one callback may run before it traps.
     pub callback_timeout: Duration,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            vm_id: String::new(),
+            configuration: Arc::from(&b""[..]),
+            env: Vec::new(),
+            vms: 1,
+            max_memory: 64 << 20,
+            callback_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// One plugin: a root context in the filter's VMs, and its place in the chain (Envoy's
+/// `PluginConfig`).
+#[derive(Debug, Clone)]
+pub struct PluginConfig {
+    /// `plugin_name`, and the filter's name in the log and on metrics (empty: the file stem).
+    pub name: String,
+    /// `plugin_root_id`: which of the module's root contexts this plugin is.
+    pub root_id: String,
+    /// Buffer 7, read in `proxy_on_configure`.
+    pub configuration: Arc<[u8]>,
+    /// What failures do to requests.
+    pub failure: FailurePolicy,
     /// How long a paused stream may wait to be resumed.
     pub pause_timeout: Duration,
     /// The most body a filter may make the host buffer.
     pub max_buffered: usize,
 }
 
-impl Default for FilterConfig {
+impl Default for PluginConfig {
     fn default() -> Self {
-        FilterConfig {
-            vm_config: Arc::from(&b""[..]),
-            plugin_config: Arc::from(&b""[..]),
+        PluginConfig {
+            name: String::new(),
+            root_id: String::new(),
+            configuration: Arc::from(&b""[..]),
             failure: FailurePolicy::FailClosed,
-            vms: 1,
-            max_memory: 64 << 20,
-            callback_timeout: Duration::from_secs(1),
             pause_timeout: Duration::from_secs(30),
             max_buffered: 64 << 20,
         }
@@ -140,46 +166,66 @@ pub enum BodyStep {
     Abort,
 }
 
-/// A loaded filter: its compiled module and its VMs.
+/// A loaded plugin: its root context in the VMs of its filter module, which several plugins
+/// may share.
 pub struct Filter {
-    plugin: Arc<Plugin>,
-    slots: Vec<Arc<Slot>>,
+    root: Arc<Root>,
+    code: Arc<Code>,
+    slots: Arc<[Arc<Slot>]>,
     next: AtomicUsize,
 }
 
 impl Filter {
-    /// Compiles the filter at `path` and starts its VMs; a filter whose start-up fails is an
-    /// error here, not a surprise at the first request.
+    /// Compiles the filter at `path` and starts its VMs, each running every plugin of
+    /// `plugins` (one root context each, in order); a filter whose start-up fails is an error
+    /// here, not a surprise at the first request. Gives one `Filter` per plugin.
     pub fn load(
         engine: &Engine,
         path: &Path,
-        config: FilterConfig,
+        vm: VmConfig,
+        mut plugins: Vec<PluginConfig>,
         shared: Arc<Shared>,
         callouts: Option<Arc<dyn Callouts>>,
-    ) -> Result<Filter, FilterError> {
+    ) -> Result<Vec<Filter>, FilterError> {
         let err = |message: String| FilterError {
             path: path.display().to_string(),
             message,
         };
+        let stem: String = path
+            .file_stem()
+            .map_or("filter".into(), |s| s.to_string_lossy().into());
+        for plugin in &mut plugins {
+            if plugin.name.is_empty() {
+                plugin.name.clone_from(&stem);
+            }
+        }
+        for (i, a) in plugins.iter().enumerate() {
+            if let Some(b) = plugins[..i].iter().find(|b| b.root_id == a.root_id) {
+                return Err(err(format!(
+                    "plugins {} and {} share VM {:?} with the same root id {:?}: give each its own root id",
+                    b.name, a.name, vm.vm_id, a.root_id
+                )));
+            }
+        }
+        if plugins.is_empty() {
+            return Err(err("no plugin to run".into()));
+        }
         let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read it: {e}")))?;
         let module = Module::new(engine, &bytes)
             .map_err(|e| err(format!("not a valid core WebAssembly module: {e:#}")))?;
         let abi = abi::detect(&module).map_err(err)?;
-        let name: Arc<str> = path
-            .file_stem()
-            .map_or("filter".into(), |s| s.to_string_lossy().into());
-        let vms = config.vms.max(1);
-        let plugin = Arc::new(Plugin::new(
-            name,
+        let vms = vm.vms.max(1);
+        let code = Arc::new(Code::new(
             abi,
             engine.clone(),
             module,
-            config,
+            vm,
+            plugins,
             shared,
             callouts,
         ));
-        let slots: Vec<Arc<Slot>> = (0..vms).map(|_| Slot::new(plugin.clone())).collect();
-        for slot in &slots {
+        let slots: Arc<[Arc<Slot>]> = (0..vms).map(|_| Slot::new(code.clone())).collect();
+        for slot in slots.iter() {
             slot.start().map_err(|e| {
                 err(format!(
                     "start-up failed: {}",
@@ -187,21 +233,26 @@ impl Filter {
                 ))
             })?;
         }
-        Ok(Filter {
-            plugin,
-            slots,
-            next: AtomicUsize::new(0),
-        })
+        Ok(code
+            .roots
+            .iter()
+            .map(|root| Filter {
+                root: root.clone(),
+                code: code.clone(),
+                slots: slots.clone(),
+                next: AtomicUsize::new(0),
+            })
+            .collect())
     }
 
     /// The ABI the filter was built for.
     pub fn abi(&self) -> AbiVersion {
-        self.plugin.abi
+        self.code.abi
     }
 
-    /// The filter's name in the log.
+    /// The plugin's name in the log.
     pub fn name(&self) -> &str {
-        &self.plugin.name
+        &self.root.name
     }
 
     /// The request-headers phase of a new stream: `headers` (pseudo-headers first) may be
@@ -225,8 +276,9 @@ impl Filter {
         let mut state = StreamState::new(info);
         state.wake = wake.clone();
         state.request_headers = headers.clone();
+        let root = self.root.context;
         let entered = slot.enter(None, |vm, generation| {
-            let context = vm.open_stream(state)?;
+            let context = vm.open_stream(state, root)?;
             let count = stream_of(vm, context).request_headers.len() as i32;
             let paused = vm.on_headers(Direction::Request, context, count, end_of_stream)?;
             pause(vm, context, Direction::Request, paused);
@@ -234,9 +286,10 @@ impl Filter {
         });
         let (context, generation, settled) = match entered {
             Entered::Ran(ran) => ran,
-            Entered::Failed | Entered::Gone => return (self.plugin.failed(), None),
+            Entered::Failed | Entered::Gone => return (self.root.failed(), None),
         };
         let stream = Arc::new(Stream {
+            root: self.root.clone(),
             slot: slot.clone(),
             generation,
             context,
@@ -300,10 +353,10 @@ fn settle(vm: &mut Vm, context: i32, direction: Direction) -> Settled {
     }))
 }
 
-impl Plugin {
-    /// The outcome of a failed filter under its policy.
+impl Root {
+    /// The outcome of a failed filter under this plugin's policy.
     fn failed(&self) -> Outcome {
-        match self.config.failure {
+        match self.failure() {
             FailurePolicy::FailOpen => Outcome::Continue { changed: false },
             FailurePolicy::FailClosed => Outcome::Respond(LocalResponse {
                 status: 503,
@@ -323,6 +376,7 @@ impl Plugin {
 /// One request's context in one filter: pinned to the VM that created it, ended (`on_done`,
 /// `on_log`, `on_delete`) when the last phase lets go of it, after the response.
 pub struct Stream {
+    root: Arc<Root>,
     slot: Arc<Slot>,
     generation: u64,
     context: i32,
@@ -330,8 +384,8 @@ pub struct Stream {
 }
 
 impl Stream {
-    fn plugin(&self) -> &Plugin {
-        &self.slot.plugin
+    fn plugin(&self) -> &Root {
+        &self.root
     }
 
     /// Waits out a pause, then turns where the phase stands into its outcome; `headers` get
@@ -543,7 +597,7 @@ impl Stream {
 
     /// A body phase of a stream whose filter failed: pass through when failing open.
     fn lost(&self) -> BodyStep {
-        match self.plugin().config.failure {
+        match self.plugin().failure() {
             FailurePolicy::FailOpen => BodyStep::Continue,
             FailurePolicy::FailClosed => BodyStep::Abort,
         }
@@ -551,13 +605,13 @@ impl Stream {
 
     /// Whether the filter looks at request bodies or trailers.
     pub fn filters_request_body(&self) -> bool {
-        let e = self.plugin().exports;
+        let e = self.slot.code.exports;
         e.request_body || e.request_trailers
     }
 
     /// Whether the filter looks at response bodies or trailers.
     pub fn filters_response_body(&self) -> bool {
-        let e = self.plugin().exports;
+        let e = self.slot.code.exports;
         e.response_body || e.response_trailers
     }
 

@@ -161,8 +161,8 @@ pub fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             code((|| {
                 let name =
                     String::from_utf8(read(&mut c, np, nl)?).map_err(|_| Status::BadArgument)?;
-                let plugin = c.data().plugin.clone();
-                let id = plugin.shared.metrics.define(&plugin.name, kind, name)?;
+                let (code, root) = (c.data().code.clone(), c.data().root().clone());
+                let id = code.shared.metrics.define(&root.name, kind, name)?;
                 write(&mut c, ret, &id.to_le_bytes())
             })())
         },
@@ -171,14 +171,14 @@ pub fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_increment_metric",
         |c: Caller<'_, VmState>, id: i32, delta: i64| -> i32 {
-            code(c.data().plugin.shared.metrics.increment(id as u32, delta))
+            code(c.data().code.shared.metrics.increment(id as u32, delta))
         },
     )?;
     linker.func_wrap(
         "env",
         "proxy_record_metric",
         |c: Caller<'_, VmState>, id: i32, value: i64| -> i32 {
-            code(c.data().plugin.shared.metrics.record(id as u32, value))
+            code(c.data().code.shared.metrics.record(id as u32, value))
         },
     )?;
     linker.func_wrap(
@@ -186,7 +186,7 @@ pub fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "proxy_get_metric",
         |mut c: Caller<'_, VmState>, id: i32, ret: i32| -> i32 {
             code((|| {
-                let value = c.data().plugin.shared.metrics.get(id as u32)?;
+                let value = c.data().code.shared.metrics.get(id as u32)?;
                 write(&mut c, ret, &(value as u64).to_le_bytes())
             })())
         },

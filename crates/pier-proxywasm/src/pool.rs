@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::plugin::Plugin;
+use crate::plugin::Code;
 use crate::vm::{Home, Vm};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -14,8 +14,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// One VM's place in the pool.
 pub struct Slot {
-    /// The filter.
-    pub plugin: Arc<Plugin>,
+    /// The filter module and its plugins.
+    pub code: Arc<Code>,
     state: Mutex<SlotState>,
     /// When the slot takes new streams again (ms on `clock()`): later while it backs off after
     /// a failure.
@@ -53,10 +53,10 @@ pub enum Entered<T> {
 }
 
 impl Slot {
-    /// An empty slot for `plugin`.
-    pub fn new(plugin: Arc<Plugin>) -> Arc<Slot> {
+    /// An empty slot for `code`.
+    pub fn new(code: Arc<Code>) -> Arc<Slot> {
         Arc::new(Slot {
-            plugin,
+            code,
             state: Mutex::new(SlotState {
                 vm: None,
                 generation: 0,
@@ -83,7 +83,7 @@ impl Slot {
     /// Starts the slot's VM now, for start-up: an error is the filter's start-up error.
     pub fn start(self: &Arc<Self>) -> wasmtime::Result<()> {
         let mut state = self.lock();
-        let vm = Vm::start(self.plugin.clone(), self.home(state.generation + 1))?;
+        let vm = Vm::start(self.code.clone(), self.home(state.generation + 1))?;
         state.generation += 1;
         state.vm = Some(vm);
         self.after(&mut state);
@@ -121,7 +121,7 @@ impl Slot {
                 if state.retry_at.is_some_and(|at| Instant::now() < at) {
                     return Entered::Failed;
                 }
-                match Vm::start(self.plugin.clone(), self.home(state.generation + 1)) {
+                match Vm::start(self.code.clone(), self.home(state.generation + 1)) {
                     Ok(vm) => {
                         state.vm = Some(vm);
                         state.generation += 1;
@@ -180,7 +180,7 @@ impl Slot {
                 vm.wake_all();
                 let report = pier_engine::describe_guest_error(&e);
                 tracing::error!(
-                    filter = &*self.plugin.name,
+                    filter = &*self.code.label,
                     "filter failed in a retiring VM, which is discarded: {report}"
                 );
                 Entered::Failed
@@ -191,7 +191,7 @@ impl Slot {
     fn failed(&self, state: &mut SlotState, what: &str, error: &wasmtime::Error) {
         let report = pier_engine::describe_guest_error(error);
         tracing::error!(
-            filter = &*self.plugin.name,
+            filter = &*self.code.label,
             "{what} (next start in {:?} at the earliest): {report}",
             state.backoff
         );
@@ -209,10 +209,12 @@ impl Slot {
     fn after(self: &Arc<Self>, state: &mut SlotState) {
         let generation = state.generation;
         let Some(vm) = state.vm.as_mut() else { return };
-        if vm.state().tick_period.is_some() && !vm.state().ticking {
-            vm.state().ticking = crate::timer::spawn(self.home(generation));
+        for i in 0..vm.state().ticking.len() {
+            if vm.state().tick_periods[i].is_some() && !vm.state().ticking[i] {
+                vm.state().ticking[i] = crate::timer::spawn(self.home(generation), i as i32 + 1);
+            }
         }
-        let cap = self.plugin.config.max_memory;
+        let cap = self.code.config.max_memory;
         let size = vm.memory_size();
         if size <= vm.initial_memory || size <= cap / 5 * 4 {
             return;
@@ -223,7 +225,7 @@ impl Slot {
             return;
         }
         tracing::info!(
-            filter = &*self.plugin.name,
+            filter = &*self.code.label,
             "filter VM grew to {size} bytes (cap {cap}); a fresh VM takes new requests"
         );
         let vm = state.vm.take().expect("checked above");

@@ -11,7 +11,7 @@ use crate::memory::{give, read, write_u32};
 use crate::metrics::Metrics;
 use crate::pool::Entered;
 use crate::status::{Status, code};
-use crate::vm::{Home, ROOT_CONTEXT, VmState};
+use crate::vm::{Home, VmState};
 
 /// Largest value stored in shared data or a queue.
 const MAX_VALUE: usize = 1 << 20;
@@ -44,11 +44,18 @@ struct Queues {
 
 struct Queue {
     items: VecDeque<Vec<u8>>,
-    /// The VMs that registered the queue, one per pool slot: told when an item arrives (the
-    /// first whose VM is still the one that registered).
-    owners: Vec<Home>,
+    /// The root contexts that registered the queue, one per pool slot and plugin: told when
+    /// an item arrives (the first whose VM is still the one that registered).
+    owners: Vec<Owner>,
     /// A notification is on its way: more items do not need another.
     notifying: bool,
+}
+
+/// A root context that registered a queue, in the VM living at `home`.
+#[derive(Clone)]
+struct Owner {
+    home: Home,
+    root: i32,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -83,7 +90,7 @@ impl Shared {
         }
     }
 
-    fn register(&self, vm: &Arc<str>, name: Vec<u8>, owner: Home) -> Result<u32, Status> {
+    fn register(&self, vm: &Arc<str>, name: Vec<u8>, owner: Owner) -> Result<u32, Status> {
         if name.len() > MAX_NAME {
             return Err(Status::BadArgument);
         }
@@ -105,10 +112,11 @@ impl Shared {
             }
         };
         let queue = &mut queues.queues[id as usize - 1];
-        // A slot's new VM replaces its old one as an owner.
-        queue
-            .owners
-            .retain(|h| h.slot.strong_count() > 0 && !Weak::ptr_eq(&h.slot, &owner.slot));
+        // A slot's new VM replaces its old one as an owner (for the same plugin).
+        queue.owners.retain(|o| {
+            o.home.slot.strong_count() > 0
+                && !(Weak::ptr_eq(&o.home.slot, &owner.home.slot) && o.root == owner.root)
+        });
         queue.owners.push(owner);
         Ok(id)
     }
@@ -167,16 +175,13 @@ fn notify(shared: Arc<Shared>, id: u32) {
             queue.owners.clone()
         };
         for owner in owners {
-            let Some(slot) = owner.slot.upgrade() else {
+            let Some(slot) = owner.home.slot.upgrade() else {
                 continue;
             };
-            let told = slot.enter(Some(owner.generation), |vm, _| {
+            let root = owner.root;
+            let told = slot.enter(Some(owner.home.generation), |vm, _| {
                 if vm.has("proxy_on_queue_ready") {
-                    vm.call::<(i32, i32), ()>(
-                        ROOT_CONTEXT,
-                        "proxy_on_queue_ready",
-                        (ROOT_CONTEXT, id as i32),
-                    )?;
+                    vm.call::<(i32, i32), ()>(root, "proxy_on_queue_ready", (root, id as i32))?;
                 }
                 Ok(())
             });
@@ -201,11 +206,8 @@ pub fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
          -> i32 {
             code((|| {
                 let key = read(&mut c, kp, kl)?;
-                let plugin = c.data().plugin.clone();
-                let (value, cas) = plugin
-                    .shared
-                    .get(&plugin.name, &key)
-                    .ok_or(Status::NotFound)?;
+                let code = c.data().code.clone();
+                let (value, cas) = code.shared.get(&code.label, &key).ok_or(Status::NotFound)?;
                 write_u32(&mut c, ret_cas, cas)?;
                 give(&mut c, &value, ret_ptr, ret_len)
             })())
@@ -217,8 +219,8 @@ pub fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         |mut c: Caller<'_, VmState>, kp: i32, kl: i32, vp: i32, vl: i32, cas: i32| -> i32 {
             code((|| {
                 let (key, value) = (read(&mut c, kp, kl)?, read(&mut c, vp, vl)?);
-                let plugin = c.data().plugin.clone();
-                plugin.shared.set(&plugin.name, key, value, cas as u32)
+                let code = c.data().code.clone();
+                code.shared.set(&code.label, key, value, cas as u32)
             })())
         },
     )?;
@@ -228,8 +230,13 @@ pub fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         |mut c: Caller<'_, VmState>, np: i32, nl: i32, ret: i32| -> i32 {
             code((|| {
                 let name = read(&mut c, np, nl)?;
-                let (plugin, home) = (c.data().plugin.clone(), c.data().home.clone());
-                let id = plugin.shared.register(&plugin.name, name, home)?;
+                let state = c.data();
+                let (code, root) = (state.code.clone(), state.root().context);
+                let owner = Owner {
+                    home: state.home.clone(),
+                    root,
+                };
+                let id = code.shared.register(&code.label, name, owner)?;
                 write_u32(&mut c, ret, id)
             })())
         },
@@ -240,14 +247,14 @@ pub fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         |mut c: Caller<'_, VmState>, vp: i32, vl: i32, np: i32, nl: i32, ret: i32| -> i32 {
             code((|| {
                 let (vm_id, name) = (read(&mut c, vp, vl)?, read(&mut c, np, nl)?);
-                let plugin = c.data().plugin.clone();
+                let code = c.data().code.clone();
                 // An empty VM id means the caller's own.
                 let vm: Arc<str> = if vm_id.is_empty() {
-                    plugin.name.clone()
+                    code.label.clone()
                 } else {
                     String::from_utf8_lossy(&vm_id).into()
                 };
-                let id = plugin.shared.resolve(&vm, name).ok_or(Status::NotFound)?;
+                let id = code.shared.resolve(&vm, name).ok_or(Status::NotFound)?;
                 write_u32(&mut c, ret, id)
             })())
         },
@@ -258,7 +265,7 @@ pub fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         |mut c: Caller<'_, VmState>, id: i32, vp: i32, vl: i32| -> i32 {
             code((|| {
                 let value = read(&mut c, vp, vl)?;
-                c.data().plugin.shared.enqueue(id as u32, value)
+                c.data().code.shared.enqueue(id as u32, value)
             })())
         },
     )?;
@@ -267,7 +274,7 @@ pub fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "proxy_dequeue_shared_queue",
         |mut c: Caller<'_, VmState>, id: i32, ret_ptr: i32, ret_len: i32| -> i32 {
             code((|| {
-                let value = c.data().plugin.shared.dequeue(id as u32)?;
+                let value = c.data().code.shared.dequeue(id as u32)?;
                 give(&mut c, &value, ret_ptr, ret_len)
             })())
         },
@@ -301,13 +308,16 @@ mod tests {
     fn queues_by_name_and_id() {
         let shared = Arc::new(Shared::default());
         let vm: Arc<str> = "f".into();
-        let home = Home {
-            slot: std::sync::Weak::new(),
-            generation: 1,
+        let owner = Owner {
+            home: Home {
+                slot: std::sync::Weak::new(),
+                generation: 1,
+            },
+            root: 1,
         };
-        let id = shared.register(&vm, b"q".to_vec(), home.clone()).unwrap();
+        let id = shared.register(&vm, b"q".to_vec(), owner.clone()).unwrap();
         assert_eq!(
-            shared.register(&vm, b"q".to_vec(), home).unwrap(),
+            shared.register(&vm, b"q".to_vec(), owner).unwrap(),
             id,
             "same name, same id"
         );

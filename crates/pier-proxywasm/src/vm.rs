@@ -12,12 +12,9 @@ use wasmtime::{
 
 use crate::callout::CalloutReply;
 use crate::context::{Direction, StreamState};
-use crate::plugin::Plugin;
+use crate::plugin::{Code, Root};
 use crate::pool::Slot;
 use crate::status::Status;
-
-/// The root context's id; stream contexts count up from it.
-pub const ROOT_CONTEXT: i32 = 1;
 
 /// Header maps by id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,8 +60,8 @@ pub struct Home {
 
 /// What hostcalls can see of the host.
 pub struct VmState {
-    /// The filter.
-    pub plugin: Arc<Plugin>,
+    /// The filter module and its plugins.
+    pub code: Arc<Code>,
     /// Where this VM lives.
     pub home: Home,
     /// Live stream contexts by id.
@@ -74,10 +71,10 @@ pub struct VmState {
     pub effective: i32,
     /// The reply `proxy_on_http_call_response` is reading (map 6, 7, buffer 4, get_status).
     pub callout: Option<CalloutReply>,
-    /// Set by `proxy_set_tick_period_milliseconds`.
-    pub tick_period: Option<Duration>,
-    /// Whether this VM's tick task runs.
-    pub ticking: bool,
+    /// Set by `proxy_set_tick_period_milliseconds`, per root context (index `context - 1`).
+    pub tick_periods: Vec<Option<Duration>>,
+    /// Whether the tick task of each root context runs.
+    pub ticking: Vec<bool>,
     /// Properties set outside any stream.
     pub root_properties: HashMap<Vec<u8>, Vec<u8>>,
     /// The VM's memory cap.
@@ -92,6 +89,25 @@ pub struct VmState {
 }
 
 impl VmState {
+    /// The root context `context` belongs to: itself, or the one its stream was created for.
+    pub fn root_of(&self, context: i32) -> &Arc<Root> {
+        let root = match self.streams.get(&context) {
+            Some(stream) => stream.root,
+            None => context,
+        };
+        self.code.root(root).unwrap_or_else(|| &self.code.roots[0])
+    }
+
+    /// The plugin whose context hostcalls act on.
+    pub fn root(&self) -> &Arc<Root> {
+        self.root_of(self.effective)
+    }
+
+    /// Whether `context` is one of this VM's root contexts.
+    pub fn is_root(&self, context: i32) -> bool {
+        self.code.root(context).is_some()
+    }
+
     /// The stream hostcalls act on.
     pub fn stream(&self) -> Result<&StreamState, Status> {
         self.streams.get(&self.effective).ok_or(Status::BadArgument)
@@ -152,8 +168,8 @@ impl VmState {
             0 => Ok(&self.stream()?.request_body),
             1 => Ok(&self.stream()?.response_body),
             4 => Ok(&self.callout.as_ref().ok_or(Status::NotFound)?.body),
-            6 => Ok(&self.plugin.config.vm_config),
-            7 => Ok(&self.plugin.config.plugin_config),
+            6 => Ok(&self.code.config.configuration),
+            7 => Ok(self.root().configuration()),
             2 | 3 | 5 | 8 => Err(Status::NotFound),
             _ => Err(Status::BadArgument),
         }
@@ -171,10 +187,10 @@ impl VmState {
 
     /// A property by its NUL-separated path: the filter's own, then the stream's.
     pub fn property(&self, path: &[u8]) -> Option<Vec<u8>> {
-        let name = self.plugin.name.as_bytes();
         match path {
-            b"plugin_name" | b"plugin_vm_id" => return Some(name.to_vec()),
-            b"plugin_root_id" => return Some(Vec::new()),
+            b"plugin_name" => return Some(self.root().name.as_bytes().to_vec()),
+            b"plugin_root_id" => return Some(self.root().root_id.as_bytes().to_vec()),
+            b"plugin_vm_id" => return Some(self.code.config.vm_id.as_bytes().to_vec()),
             _ => {}
         }
         if let Ok(stream) = self.stream() {
@@ -280,6 +296,8 @@ pub struct Vm {
     /// The exported memory, if any (read after every entry, for the memory cap).
     memory: Option<Memory>,
     next_context: i32,
+    /// The first stream context id (past the root contexts).
+    first_stream: i32,
     /// The epoch deadline of one callback, in ticks.
     deadline_ticks: u64,
     /// Bytes of memory once started: a VM is only retired for memory it grew.
@@ -287,9 +305,10 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Instantiates the filter, runs its start functions and configures the root context.
-    pub fn start(plugin: Arc<Plugin>, home: Home) -> wasmtime::Result<Vm> {
-        let engine = plugin.engine.clone();
+    /// Instantiates the filter, runs its start functions and starts every plugin's root
+    /// context (`proxy_on_context_create`, `proxy_on_vm_start`, `proxy_on_configure`).
+    pub fn start(code: Arc<Code>, home: Home) -> wasmtime::Result<Vm> {
+        let engine = code.engine.clone();
         let mut linker = Linker::new(&engine);
         crate::hostcalls::link(&mut linker)?;
         crate::wasi::link(&mut linker)?;
@@ -299,23 +318,23 @@ impl Vm {
         crate::timer::link(&mut linker)?;
         // Anything else a filter imports (gRPC streams, TCP-only calls, hostcalls from a newer
         // ABI) traps with its name when called: the filter fails by its policy, visibly.
-        linker.define_unknown_imports_as_traps(&plugin.module)?;
-        let vm_config_len = plugin.config.vm_config.len() as i32;
-        let plugin_config_len = plugin.config.plugin_config.len() as i32;
+        linker.define_unknown_imports_as_traps(&code.module)?;
         let limits = StoreLimitsBuilder::new()
-            .memory_size(plugin.config.max_memory)
+            .memory_size(code.config.max_memory)
             .build();
         let tick = pier_engine::EPOCH_TICK.as_nanos().max(1);
-        let deadline_ticks = (plugin.callback_limit().as_nanos() / tick).max(1) as u64;
-        let module = plugin.module.clone();
+        let deadline_ticks = (code.callback_limit().as_nanos() / tick).max(1) as u64;
+        let module = code.module.clone();
+        let first_stream = code.first_stream_context();
+        let roots = code.roots.clone();
         let state = VmState {
-            plugin,
+            tick_periods: vec![None; roots.len()],
+            ticking: vec![false; roots.len()],
+            code,
             home,
             streams: HashMap::new(),
-            effective: ROOT_CONTEXT,
+            effective: 1,
             callout: None,
-            tick_period: None,
-            ticking: false,
             root_properties: HashMap::new(),
             limits,
             next_call: 0,
@@ -336,53 +355,80 @@ impl Vm {
             instance,
             callbacks,
             memory,
-            next_context: ROOT_CONTEXT + 1,
+            next_context: first_stream,
+            first_stream,
             deadline_ticks,
             initial_memory: 0,
         };
         if vm.has("_initialize") {
-            vm.call::<(), ()>(ROOT_CONTEXT, "_initialize", ())?;
+            vm.call::<(), ()>(1, "_initialize", ())?;
             if vm.has("main") {
-                vm.call::<(i32, i32), i32>(ROOT_CONTEXT, "main", (0, 0))?;
+                vm.call::<(i32, i32), i32>(1, "main", (0, 0))?;
             }
         } else if vm.has("_start") {
-            vm.call::<(), ()>(ROOT_CONTEXT, "_start", ())?;
+            vm.call::<(), ()>(1, "_start", ())?;
         }
-        let create = vm.callbacks.context_create.clone();
-        vm.enter(ROOT_CONTEXT, |store| create.call(store, (ROOT_CONTEXT, 0)))?;
-        if vm.has("proxy_on_vm_start")
-            && vm.call::<(i32, i32), i32>(
-                ROOT_CONTEXT,
-                "proxy_on_vm_start",
-                (ROOT_CONTEXT, vm_config_len),
-            )? == 0
-        {
-            wasmtime::bail!("proxy_on_vm_start returned false (bad --filter-vm-config?)");
-        }
-        if vm.has("proxy_on_configure")
-            && vm.call::<(i32, i32), i32>(
-                ROOT_CONTEXT,
-                "proxy_on_configure",
-                (ROOT_CONTEXT, plugin_config_len),
-            )? == 0
-        {
-            wasmtime::bail!("proxy_on_configure returned false (bad --filter-config?)");
+        let vm_config_len = vm.state().code.config.configuration.len() as i32;
+        let several = roots.len() > 1;
+        for root in roots {
+            let id = root.context;
+            // Who a failure belongs to, when several plugins share the VM.
+            let plugin = || {
+                if several {
+                    format!("plugin {}: ", root.name)
+                } else {
+                    String::new()
+                }
+            };
+            let create = vm.callbacks.context_create.clone();
+            vm.enter(id, |store| create.call(store, (id, 0))).map_err(|e| {
+                let hint = if root.root_id.is_empty() {
+                    " (if the filter registers its root context under a name, give that name as \
+                     the plugin's root id: --filter-root-id)"
+                } else {
+                    ""
+                };
+                e.context(format!(
+                    "{}creating the root context {:?} failed{hint}",
+                    plugin(),
+                    &*root.root_id
+                ))
+            })?;
+            if vm.has("proxy_on_vm_start")
+                && vm.call::<(i32, i32), i32>(id, "proxy_on_vm_start", (id, vm_config_len))? == 0
+            {
+                wasmtime::bail!(
+                    "{}proxy_on_vm_start returned false (bad VM configuration?)",
+                    plugin()
+                );
+            }
+            let config_len = root.configuration().len() as i32;
+            if vm.has("proxy_on_configure")
+                && vm.call::<(i32, i32), i32>(id, "proxy_on_configure", (id, config_len))? == 0
+            {
+                wasmtime::bail!(
+                    "{}proxy_on_configure returned false (bad plugin configuration?)",
+                    plugin()
+                );
+            }
         }
         vm.initial_memory = vm.memory_size();
         Ok(vm)
     }
 
-    /// Opens a stream context for a new request.
-    pub fn open_stream(&mut self, stream: StreamState) -> wasmtime::Result<i32> {
+    /// Opens a stream context for a new request of the plugin with root context `root`.
+    pub fn open_stream(&mut self, mut stream: StreamState, root: i32) -> wasmtime::Result<i32> {
         // Ids wrap after 2^31 streams; one still in use is passed over.
+        let first = self.first_stream;
         let mut id = self.next_context;
         while self.store.data().streams.contains_key(&id) {
-            id = id.checked_add(1).unwrap_or(ROOT_CONTEXT + 1);
+            id = id.checked_add(1).unwrap_or(first);
         }
-        self.next_context = id.checked_add(1).unwrap_or(ROOT_CONTEXT + 1);
+        self.next_context = id.checked_add(1).unwrap_or(first);
+        stream.root = root;
         self.state().streams.insert(id, stream);
         let create = self.callbacks.context_create.clone();
-        self.enter(id, |store| create.call(store, (id, ROOT_CONTEXT)))?;
+        self.enter(id, |store| create.call(store, (id, root)))?;
         Ok(id)
     }
 
@@ -415,7 +461,7 @@ impl Vm {
         self.store.set_epoch_deadline(self.deadline_ticks);
         let result = f(&mut self.store);
         let state = self.store.data_mut();
-        state.effective = ROOT_CONTEXT;
+        state.effective = 1;
         match state.trap.take() {
             Some(trap) => Err(trap),
             None => result,

@@ -1,6 +1,7 @@
 //! The WASI preview1 calls filters make (`wasi_snapshot_preview1`, or `wasi_unstable` for old
-//! SDKs): stdout and stderr to the log, clocks, random, an empty environment and argument list,
-//! and `proc_exit` as a trap. Filters get no files, sockets or environment.
+//! SDKs): stdout and stderr to the log, clocks, random, the environment variables the filter was
+//! given (Envoy's `environment_variables`; none by default), an empty argument list, and
+//! `proc_exit` as a trap. Filters get no files or sockets.
 
 use wasmtime::{Caller, Linker};
 
@@ -11,6 +12,17 @@ const EBADF: i32 = 8;
 const EFAULT: i32 = 21;
 const ESPIPE: i32 = 70;
 
+/// The filter's environment as `NAME=VALUE\0` entries: only the variables it was given.
+fn environ(state: &VmState) -> Vec<Vec<u8>> {
+    state
+        .code
+        .config
+        .env
+        .iter()
+        .map(|(name, value)| format!("{name}={value}\0").into_bytes())
+        .collect()
+}
+
 /// Adds the WASI subset under both module names.
 pub fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     for module in ["wasi_snapshot_preview1", "wasi_unstable"] {
@@ -19,8 +31,8 @@ pub fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     Ok(())
 }
 
-/// The WASI preview1 calls filters make: stdout/stderr to the log, clocks, random, an empty
-/// environment and argument list, and `proc_exit` as a trap.
+/// The WASI preview1 calls filters make: stdout/stderr to the log, clocks, random, the granted
+/// environment, an empty argument list, and `proc_exit` as a trap.
 fn link_module(linker: &mut Linker<VmState>, module: &str) -> wasmtime::Result<()> {
     linker.func_wrap(module, "fd_write", |mut c: Caller<'_, VmState>, fd: i32, iovs: i32, count: i32, ret: i32| -> i32 {
         let result = (|| {
@@ -39,7 +51,7 @@ fn link_module(linker: &mut Linker<VmState>, module: &str) -> wasmtime::Result<(
                     text.extend(read(&mut c, ptr, room as i32)?);
                 }
             }
-            let filter = c.data().plugin.name.clone();
+            let filter = c.data().root().name.clone();
             let line = String::from_utf8_lossy(&text);
             let line = line.trim_end();
             match fd {
@@ -83,26 +95,54 @@ fn link_module(linker: &mut Linker<VmState>, module: &str) -> wasmtime::Result<(
             }
         },
     )?;
-    for name in ["environ_sizes_get", "args_sizes_get"] {
-        linker.func_wrap(
-            module,
-            name,
-            |mut c: Caller<'_, VmState>, count: i32, size: i32| -> i32 {
-                if write_u32(&mut c, count, 0).is_ok() && write_u32(&mut c, size, 0).is_ok() {
-                    0
-                } else {
-                    EFAULT
+    linker.func_wrap(
+        module,
+        "environ_sizes_get",
+        |mut c: Caller<'_, VmState>, count: i32, size: i32| -> i32 {
+            let env = environ(c.data());
+            let bytes: usize = env.iter().map(Vec::len).sum();
+            if write_u32(&mut c, count, env.len() as u32).is_ok()
+                && write_u32(&mut c, size, bytes as u32).is_ok()
+            {
+                0
+            } else {
+                EFAULT
+            }
+        },
+    )?;
+    linker.func_wrap(
+        module,
+        "environ_get",
+        |mut c: Caller<'_, VmState>, pointers: i32, buffer: i32| -> i32 {
+            let env = environ(c.data());
+            let mut at = buffer;
+            for (i, entry) in env.iter().enumerate() {
+                let slot = pointers.wrapping_add((i as i32).wrapping_mul(4));
+                if write_u32(&mut c, slot, at as u32).is_err() || write(&mut c, at, entry).is_err()
+                {
+                    return EFAULT;
                 }
-            },
-        )?;
-    }
-    for name in ["environ_get", "args_get"] {
-        linker.func_wrap(
-            module,
-            name,
-            |_: Caller<'_, VmState>, _: i32, _: i32| -> i32 { 0 },
-        )?;
-    }
+                at = at.wrapping_add(entry.len() as i32);
+            }
+            0
+        },
+    )?;
+    linker.func_wrap(
+        module,
+        "args_sizes_get",
+        |mut c: Caller<'_, VmState>, count: i32, size: i32| -> i32 {
+            if write_u32(&mut c, count, 0).is_ok() && write_u32(&mut c, size, 0).is_ok() {
+                0
+            } else {
+                EFAULT
+            }
+        },
+    )?;
+    linker.func_wrap(
+        module,
+        "args_get",
+        |_: Caller<'_, VmState>, _: i32, _: i32| -> i32 { 0 },
+    )?;
     // stdio descriptors are character devices; anything else is not open.
     linker.func_wrap(
         module,

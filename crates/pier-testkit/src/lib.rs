@@ -120,12 +120,21 @@ impl PierServer {
             let log = log.clone();
             std::thread::spawn(move || {
                 let mut tx = Some(tx);
+                let mut first = true;
                 for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
-                    if let Some(url) = line.strip_prefix("pier: serving ")
-                        && let Some(tx) = tx.take()
-                    {
-                        let _ = tx.send(url.to_string());
+                    // The serving line is the first line pier writes (harnesses wait for
+                    // it); anything before it fails the start.
+                    if let Some(tx) = tx.take() {
+                        match line.strip_prefix("pier: serving ") {
+                            Some(url) if first => {
+                                let _ = tx.send(Ok(url.to_string()));
+                            }
+                            _ => {
+                                let _ = tx.send(Err(line.clone()));
+                            }
+                        }
                     }
+                    first = false;
                     if line.starts_with("pier: admin on ") {
                         let _ = admin_tx.send(line["pier: admin on http://".len()..].to_string());
                     }
@@ -143,15 +152,25 @@ impl PierServer {
             log,
         };
         match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(url) => {
+            Ok(Ok(url)) => {
                 server.addr = url
                     .trim_start_matches("http://")
                     .trim_start_matches("https://")
                     .to_string();
                 server.url = url;
-                // The admin line, when there is one, comes before the serving line.
-                server.admin_addr = admin_rx.try_recv().ok();
+                // The admin line, when there is one, comes right after the serving line.
+                if args.contains(&"--admin-addr") {
+                    server.admin_addr = admin_rx.recv_timeout(Duration::from_secs(10)).ok();
+                }
                 Ok(server)
+            }
+            Ok(Err(line)) => {
+                // Let the rest of a failed start arrive, for the message.
+                std::thread::sleep(Duration::from_millis(300));
+                bail!(
+                    "pier's first line was not its serving line but {line:?}; its log:\n{}",
+                    server.log()
+                )
             }
             Err(_) => {
                 let status = server.child.as_mut().unwrap().try_wait()?;

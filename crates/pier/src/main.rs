@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use pier_config::{
-    CacheConfig, DEFAULT_ADDR, DirGrant, EnvGrant, Grants, Limits, OutboundConfig, OutboundPattern,
-    OutboundPolicy, RunConfig, ServeConfig, parse_duration, parse_size,
+    CacheConfig, DEFAULT_ADDR, DirGrant, EnvGrant, FilterFailure, FilterSpec, Grants, Limits,
+    OutboundConfig, OutboundPattern, OutboundPolicy, RunConfig, ServeConfig, parse_duration,
+    parse_listen_addr, parse_size,
 };
 use pier_engine::{
     CacheOutcome, CompileCache, EngineKind, MemoryReset, PoolSizes, ProxyApp, RunOutcome,
@@ -17,6 +18,7 @@ use pier_engine::{
 };
 use pier_http::Listen;
 
+mod logs;
 mod workers;
 
 /// Per-request allocations (stores, resource tables, HTTP buffers) are many and short-lived;
@@ -53,8 +55,8 @@ enum Command {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// Address to listen on; port 0 picks a free port.
-    #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_ADDR)]
+    /// Address to listen on (an IP address or a host name); port 0 picks a free port.
+    #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_ADDR, value_parser = parse_listen_addr)]
     addr: SocketAddr,
     /// Serve HTTPS with this PEM certificate chain (needs --tls-key); ALPN offers h2 and http/1.1.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
@@ -63,20 +65,12 @@ struct ServeArgs {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
     /// Serve Prometheus metrics (/metrics) and /healthz on this address.
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_listen_addr)]
     admin_addr: Option<SocketAddr>,
-    /// Fresh instances kept made ahead of their requests, so a request does not wait for
-    /// instantiation; each serves one request only. Off by default: on two cores it does not pay
-    /// (see bench/RESULTS.md).
+    /// Fresh instances made ahead of their requests (each still serves one request).
     #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16))]
     prewarm: u32,
-    /// Worker processes serving together on one port (a listening socket each, SO_REUSEPORT),
-    /// each running its guests on one thread. Guests that touch many pages (Python, JavaScript)
-    /// cost about half the CPU per request this way: in one multi-threaded process every
-    /// copy-on-write fault interrupts the other cores. One per core serves most. Limits
-    /// (--max-concurrency, ...) apply per worker, and --admin-addr shows each worker's metrics
-    /// labelled `worker`; not yet with --filter, whose shared data would be split between
-    /// workers.
+    /// Worker processes serving together on one port; one per core serves most.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     workers: u32,
     /// Run as one of the workers of `--workers`, serving on the listening socket the supervisor
@@ -97,8 +91,7 @@ struct ServeArgs {
     grants: GrantArgs,
     #[command(flatten)]
     cache: CacheArgs,
-    /// Proxy every request to this origin (http://HOST:PORT or https://...) instead of a
-    /// component; filters apply the same way.
+    /// Proxy every request to this origin (http://HOST:PORT or https://...), not a component.
     #[arg(long, value_name = "URL", conflicts_with = "app", value_parser = parse_origin)]
     upstream: Option<http::Uri>,
     /// The component to serve.
@@ -158,8 +151,7 @@ struct LimitArgs {
     /// Most request header fields: 431.
     #[arg(long, value_name = "N", default_value_t = 100)]
     max_headers: usize,
-    /// Time a client has to send request headers (slowloris); on HTTP/1.1 this also bounds the
-    /// wait for the next request on a keep-alive connection.
+    /// Time a client has to send a request head (and an HTTP/1.1 client its next one); 0 disables.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     header_timeout: Duration,
     /// Close connections idle this long; 0 disables.
@@ -200,8 +192,7 @@ impl LimitArgs {
 /// Proxy-Wasm filters in front of the component.
 #[derive(Args)]
 struct FilterArgs {
-    /// A Proxy-Wasm filter (ABI 0.1.0, 0.2.0 or 0.2.1) to run on every request; repeatable,
-    /// applied in order on requests and in reverse on responses.
+    /// A Proxy-Wasm filter to run on every request (repeatable, applied in order).
     #[arg(long = "filter", value_name = "FILE.wasm")]
     filters: Vec<PathBuf>,
     /// Plugin configuration for the filter in the same position: TEXT, or @FILE to read it.
@@ -210,12 +201,25 @@ struct FilterArgs {
     /// VM configuration for the filter in the same position: TEXT, or @FILE to read it.
     #[arg(long = "filter-vm-config", value_name = "TEXT|@FILE")]
     vm_configs: Vec<String>,
-    /// What a failing filter does to requests: fail-closed answers 503, fail-open skips it.
-    /// Given once, for every filter; repeated, for the filter in the same position.
+    /// Root id (plugin_root_id) of the filter in the same position.
+    #[arg(long = "filter-root-id", value_name = "ID")]
+    root_ids: Vec<String>,
+    /// Name (plugin_name) of the filter in the same position; default: its file name.
+    #[arg(long = "filter-name", value_name = "NAME")]
+    names: Vec<String>,
+    /// VM id of the filter in the same position: filters on one VM id and file share VMs.
+    #[arg(long = "filter-vm-id", value_name = "ID")]
+    vm_ids: Vec<String>,
+    /// An environment variable for the --filter before it: NAME=VALUE, or NAME for the host's.
+    #[arg(long = "filter-env", value_name = "NAME[=VALUE]")]
+    envs: Vec<EnvGrant>,
+    /// Filters from an Envoy Wasm filter config or Istio WasmPlugins (YAML/JSON), after --filter's.
+    #[arg(long = "filter-envoy-config", value_name = "FILE")]
+    envoy_configs: Vec<PathBuf>,
+    /// What a failing filter does: fail-closed answers 503, fail-open skips it (once, or per filter).
     #[arg(long = "filter-failure", value_name = "POLICY", value_parser = ["fail-closed", "fail-open"])]
     failures: Vec<String>,
-    /// VMs per filter: requests are spread over them, so filters run on every core
-    /// (default: one per CPU).
+    /// VMs per filter (default: one per CPU).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     filter_vms: Option<u16>,
     /// Linear memory one filter VM may use; a VM that grows to it is replaced.
@@ -227,6 +231,9 @@ struct FilterArgs {
     /// An upstream filters may call with proxy_http_call, by NAME. Repeatable.
     #[arg(long = "filter-upstream", value_name = "NAME=URL", value_parser = parse_named_upstream)]
     upstreams: Vec<(String, http::Uri)>,
+    /// Which --filter each --filter-env follows (filled from the command line's order).
+    #[arg(skip)]
+    env_owners: Vec<usize>,
 }
 
 fn parse_named_upstream(s: &str) -> Result<(String, http::Uri), String> {
@@ -244,6 +251,30 @@ fn parse_named_upstream(s: &str) -> Result<(String, http::Uri), String> {
 }
 
 impl FilterArgs {
+    /// Notes which `--filter` each `--filter-env` follows, from where they stand in `matches`
+    /// (the `serve` subcommand's).
+    fn place_envs(&mut self, matches: &clap::ArgMatches) -> anyhow::Result<()> {
+        let filters: Vec<usize> = matches
+            .indices_of("filters")
+            .map(Iterator::collect)
+            .unwrap_or_default();
+        let envs: Vec<usize> = matches
+            .indices_of("envs")
+            .map(Iterator::collect)
+            .unwrap_or_default();
+        self.env_owners = envs
+            .iter()
+            .map(|at| {
+                filters.iter().rposition(|f| f < at).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--filter-env applies to the --filter given before it; give that first"
+                    )
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(())
+    }
+
     /// VMs per filter: `--filter-vms`, or one per core.
     fn vms(&self) -> usize {
         self.filter_vms.map_or_else(
@@ -252,27 +283,20 @@ impl FilterArgs {
         )
     }
 
-    /// Filter VMs alive at once, at most: each filter's, and as many again for VMs replaced
-    /// (after a failure, or grown past their memory cap) that still finish their streams.
-    fn max_live_vms(&self) -> u32 {
-        let vms = self
-            .filters
-            .len()
-            .saturating_mul(self.vms())
-            .saturating_mul(2);
-        u32::try_from(vms).unwrap_or(u32::MAX)
+    /// Whether any filter is configured.
+    fn any(&self) -> bool {
+        !self.filters.is_empty() || !self.envoy_configs.is_empty()
     }
 
-    fn load(
-        &self,
-        engine: &pier_engine::Engine,
-        limits: &pier_config::Limits,
-        outbound: &pier_config::OutboundConfig,
-    ) -> anyhow::Result<pier_http::FilterChain> {
+    /// Every filter, from the flags then the Envoy/Istio files, as one list of plugins.
+    fn specs(&self) -> anyhow::Result<Vec<FilterSpec>> {
         // Values go to the filter in the same position: a value without its filter is a mistake.
         for (flag, given) in [
             ("--filter-config", self.configs.len()),
             ("--filter-vm-config", self.vm_configs.len()),
+            ("--filter-root-id", self.root_ids.len()),
+            ("--filter-name", self.names.len()),
+            ("--filter-vm-id", self.vm_ids.len()),
         ] {
             if given > self.filters.len() {
                 anyhow::bail!(
@@ -288,7 +312,55 @@ impl FilterArgs {
                 self.filters.len()
             );
         }
-        let shared = Arc::new(pier_proxywasm::Shared::default());
+        let mut specs = Vec::new();
+        for (i, path) in self.filters.iter().enumerate() {
+            let failure = match self
+                .failures
+                .get(i)
+                .or(self.failures.first())
+                .map(String::as_str)
+            {
+                Some("fail-open") => FilterFailure::FailOpen,
+                _ => FilterFailure::FailClosed,
+            };
+            specs.push(FilterSpec {
+                path: path.clone(),
+                name: self.names.get(i).cloned().filter(|n| !n.is_empty()),
+                root_id: self.root_ids.get(i).cloned().unwrap_or_default(),
+                vm_id: self.vm_ids.get(i).cloned().unwrap_or_default(),
+                config: text_or_file(self.configs.get(i), "--filter-config")?,
+                vm_config: text_or_file(self.vm_configs.get(i), "--filter-vm-config")?,
+                env: self
+                    .envs
+                    .iter()
+                    .zip(&self.env_owners)
+                    .filter(|(_, owner)| **owner == i)
+                    .map(|(env, _)| env.clone())
+                    .collect(),
+                failure,
+            });
+        }
+        for file in &self.envoy_configs {
+            specs.extend(pier_config::load_filters(file)?);
+        }
+        Ok(specs)
+    }
+
+    /// Filter VMs alive at once, at most: each filter's, and as many again for VMs replaced
+    /// (after a failure, or grown past their memory cap) that still finish their streams.
+    fn max_live_vms(&self) -> anyhow::Result<u32> {
+        let modules = pier_config::vm_groups(&self.specs()?).len();
+        let vms = modules.saturating_mul(self.vms()).saturating_mul(2);
+        Ok(u32::try_from(vms).unwrap_or(u32::MAX))
+    }
+
+    fn load(
+        &self,
+        engine: &pier_engine::Engine,
+        limits: &pier_config::Limits,
+        outbound: &pier_config::OutboundConfig,
+    ) -> anyhow::Result<pier_http::FilterChain> {
+        let specs = self.specs()?;
         let callouts: Option<Arc<dyn pier_proxywasm::Callouts>> = if self.upstreams.is_empty() {
             None
         } else {
@@ -297,43 +369,22 @@ impl FilterArgs {
                 outbound,
             )?))
         };
-        let vms = self.vms();
-        let mut chain = Vec::new();
-        for (i, path) in self.filters.iter().enumerate() {
-            let failure = match self
-                .failures
-                .get(i)
-                .or(self.failures.first())
-                .map(String::as_str)
-            {
-                Some("fail-open") => pier_proxywasm::FailurePolicy::FailOpen,
-                _ => pier_proxywasm::FailurePolicy::FailClosed,
-            };
-            let config = pier_proxywasm::FilterConfig {
-                plugin_config: text_or_file(self.configs.get(i), "--filter-config")?.into(),
-                vm_config: text_or_file(self.vm_configs.get(i), "--filter-vm-config")?.into(),
-                failure,
-                vms,
-                max_memory: self.filter_max_memory,
-                callback_timeout: self.filter_callback_timeout,
-                // A paused request waits at most as long as a guest may run (an hour when
-                // --timeout 0 turns that off).
-                pause_timeout: if limits.timeout.is_zero() {
-                    Duration::from_secs(3600)
-                } else {
-                    limits.timeout
-                },
-                max_buffered: usize::try_from(limits.max_body).unwrap_or(usize::MAX),
-            };
-            chain.push(Arc::new(pier_proxywasm::Filter::load(
-                engine,
-                path,
-                config,
-                shared.clone(),
-                callouts.clone(),
-            )?));
-        }
-        Ok(pier_http::FilterChain(chain))
+        let settings = pier_http::FilterSettings {
+            vms: self.vms(),
+            max_memory: self.filter_max_memory,
+            callback_timeout: self.filter_callback_timeout,
+            // A paused request waits at most as long as a guest may run (an hour when
+            // --timeout 0 turns that off).
+            pause_timeout: if limits.timeout.is_zero() {
+                Duration::from_secs(3600)
+            } else {
+                limits.timeout
+            },
+            max_buffered: usize::try_from(limits.max_body).unwrap_or(usize::MAX),
+        };
+        Ok(pier_http::FilterChain::load(
+            engine, &specs, &settings, callouts,
+        )?)
     }
 }
 
@@ -351,13 +402,10 @@ fn text_or_file(value: Option<&String>, flag: &str) -> anyhow::Result<Vec<u8>> {
 /// Outgoing HTTP from guests: denied unless a pattern allows it.
 #[derive(Args)]
 struct OutboundArgs {
-    /// Let guests reach URLs matching a pattern: scheme://host[:port], with * for scheme, host
-    /// or port, *.domain, CIDR ranges and port ranges (8000..8010). Loopback, private and
-    /// link-local addresses need a pattern naming them. Repeatable.
+    /// Let guests reach URLs matching this pattern, e.g. https://*.example.com (repeatable).
     #[arg(long = "allow-outbound", value_name = "PATTERN")]
     allow: Vec<OutboundPattern>,
-    /// Trust this PEM CA certificate for outgoing TLS, besides the system's and the bundled
-    /// webpki roots. Repeatable.
+    /// Also trust this PEM CA certificate for outgoing TLS (repeatable).
     #[arg(long = "ca-cert", value_name = "FILE")]
     ca_certs: Vec<PathBuf>,
     /// Cap on the time to connect (DNS, TCP, TLS): connection-timeout.
@@ -409,11 +457,10 @@ struct GrantArgs {
 
 #[derive(Args)]
 struct CacheArgs {
-    /// Do not read or write the compile cache ($PIER_CACHE_DIR, default: the user cache dir).
+    /// Neither read nor write the compile cache ($PIER_CACHE_DIR, or the user cache dir).
     #[arg(long)]
     no_cache: bool,
-    /// Compile components as they are: do not merge the core modules of a dynamically linked
-    /// component (componentize-py) into one.
+    /// Compile components as they are, without the load-time optimiser.
     #[arg(long)]
     no_optimize: bool,
 }
@@ -437,13 +484,29 @@ impl CacheArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let mut cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    if let (Command::Serve(args), Some(serve)) =
+        (&mut cli.command, matches.subcommand_matches("serve"))
+        && let Err(e) = args.filters.place_envs(serve)
+    {
+        eprintln!("pier: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let default_log = match cli.command {
         // A program's own output is what `pier run` shows; pier speaks only of problems.
         Command::Run(_) => "warn",
         _ => "info",
     };
-    init_logging(default_log, cli.log_format);
+    // A server's start-up log waits for its serving line (see `logs`).
+    logs::init(
+        default_log,
+        cli.log_format,
+        matches!(cli.command, Command::Serve(_)),
+    );
     let mut runtime = match &cli.command {
         // A worker does everything on its one thread (see `--workers`): accepting, its
         // connections, its guests and their outgoing requests, so no task is ever woken from
@@ -469,25 +532,15 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(code) => code,
-        Err(e) if e.is::<workers::Reported>() => ExitCode::FAILURE,
+        Err(e) if e.is::<workers::Reported>() => {
+            logs::release();
+            ExitCode::FAILURE
+        }
         Err(e) => {
+            logs::release();
             eprintln!("pier: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_logging(default: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PIER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
     }
 }
 
@@ -530,7 +583,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .unwrap_or(u32::MAX)
         .saturating_add(args.prewarm)
         .saturating_add(16);
-    let pool = PoolSizes::guessed(instances, args.filters.max_live_vms());
+    let pool = PoolSizes::guessed(instances, args.filters.max_live_vms()?);
     let (engine, handler) = match (&config.app, &args.upstream) {
         (Some(app), _) => {
             let wasm = WasmFile::read(app)?;
@@ -554,10 +607,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         (None, None) => anyhow::bail!("give a component to serve, or --upstream URL"),
     };
     pier_engine::start_epoch_ticker(&engine);
+    let mut admin_line = None;
     if let Some(listener) = admin {
         let handle = pier_http::metrics::install_recorder()?;
         if args.worker_admin_fd.is_none() {
-            eprintln!("pier: admin on http://{}", listener.local_addr()?);
+            admin_line = Some(format!("pier: admin on http://{}", listener.local_addr()?));
         }
         let admin = pier_http::admin::Admin::Process(handle, engine.clone());
         tokio::spawn(pier_http::admin::serve(listener, admin));
@@ -575,7 +629,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.worker_fd.is_some() {
         workers::ready()?;
     } else {
+        // The first line: what harnesses wait for. Then the admin line and the start-up log.
         eprintln!("pier: serving {}", server.url());
+        if let Some(line) = admin_line {
+            eprintln!("{line}");
+        }
+        logs::release();
     }
     server.serve(shutdown).await;
     Ok(())
@@ -651,6 +710,25 @@ mod tests {
         assert_eq!(args.limits.limits(), Limits::default());
         assert_eq!(args.outbound.config(), OutboundConfig::default());
         assert_eq!(args.addr.to_string(), DEFAULT_ADDR);
+    }
+
+    #[test]
+    fn help_speaks_to_users_in_one_line_per_flag() {
+        let command = <Cli as clap::CommandFactory>::command();
+        for sub in command.get_subcommands() {
+            for arg in sub.get_arguments().filter(|a| !a.is_hide_set()) {
+                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                let long = arg.get_long_help().map(|h| h.to_string());
+                let name = arg.get_id();
+                assert!(!help.is_empty(), "{name}: no help");
+                assert!(long.is_none() && !help.contains('\n'), "{name}: one line");
+                assert!(
+                    !help.contains("RESULTS") && !help.contains("bench/"),
+                    "{name}: {help}"
+                );
+                assert!(help.len() <= 100, "{name}: {help}");
+            }
+        }
     }
 
     #[test]

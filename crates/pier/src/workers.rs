@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -49,7 +49,7 @@ const WORKER_INDEX: &str = "PIER_WORKER";
 /// Runs `pier serve --workers N` until SIGTERM or Ctrl-C.
 pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
     let n = args.workers;
-    if !args.filters.filters.is_empty() {
+    if args.filters.any() {
         bail!(
             "--workers {n} with --filter is not supported yet: filter VMs share data and queues within one process only; give one of them"
         );
@@ -60,6 +60,7 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
     let port = pier_http::SharedPort::bind(args.addr, n as usize, "--addr")?;
     // The supervisor's admin listener shows every worker's metrics; each worker serves its own
     // on a loopback socket made here, which its replacements inherit too.
+    let mut admin_addr = None;
     let admin = match args.admin_addr {
         Some(addr) => {
             let listener = pier_http::admin::bind(addr).await?;
@@ -67,7 +68,7 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
                 pier_http::admin::Workers::bind(n as usize)
                     .context("cannot listen on loopback for the workers' metrics")?,
             );
-            eprintln!("pier: admin on http://{}", listener.local_addr()?);
+            admin_addr = Some(listener.local_addr()?);
             let admin = pier_http::admin::Admin::Workers(workers.clone());
             tokio::spawn(pier_http::admin::serve(listener, admin));
             Some(workers)
@@ -80,6 +81,9 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
     };
     let (stop, stopping) = watch::channel(false);
     let mut running = JoinSet::new();
+    // Each worker's start-up log waits until the serving line is out: closing its stdin lets
+    // it go.
+    let mut held_logs = Vec::new();
     let startup = async {
         // Compile once, rather than in every worker at the same time; in a process of its own,
         // so the supervisor never holds a component's memory. Its errors are worker 0's to
@@ -100,7 +104,8 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
                 .await;
         }
         for index in 0..n {
-            let (child, stdout) = start(index, &sockets).await?;
+            let (child, stdout, log) = start(index, &sockets).await?;
+            held_logs.push(log);
             running.spawn(watch(index, child, stdout, stopping.clone(), admin.clone()));
         }
         anyhow::Ok(())
@@ -123,8 +128,13 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
         } else {
             "http"
         };
-        tracing::info!(workers = n, "every worker listens");
         eprintln!("pier: serving {scheme}://{}", port.addr());
+        if let Some(addr) = &admin_addr {
+            eprintln!("pier: admin on http://{addr}");
+        }
+        crate::logs::release();
+        drop(held_logs);
+        tracing::info!(workers = n, "every worker listens");
         loop {
             let ended = tokio::select! {
                 biased;
@@ -207,7 +217,11 @@ async fn replace(index: u32, sockets: &Sockets<'_>) -> anyhow::Result<(Child, Ch
     let mut wait = Duration::from_secs(1);
     let mut attempt = 1;
     loop {
-        match start(index, sockets).await {
+        // Serving has begun: the replacement logs at once.
+        match start(index, sockets)
+            .await
+            .map(|(child, stdout, _log)| (child, stdout))
+        {
             Err(e) if attempt < REPLACEMENT_ATTEMPTS => {
                 tracing::error!(
                     worker = index,
@@ -242,14 +256,18 @@ impl Sockets<'_> {
 }
 
 /// Starts worker `index` on its sockets and waits until it is ready.
-async fn start(index: u32, sockets: &Sockets<'_>) -> anyhow::Result<(Child, ChildStdout)> {
+async fn start(
+    index: u32,
+    sockets: &Sockets<'_>,
+) -> anyhow::Result<(Child, ChildStdout, ChildStdin)> {
     let (socket, admin) = sockets.of(index);
     let mut command = pier_command();
     command
         .args(worker_args(std::env::args_os().skip(1), socket, admin))
         .env(SUPERVISOR_PID, std::process::id().to_string())
         .env(WORKER_INDEX, index.to_string())
-        .stdin(Stdio::null())
+        // Closed when the worker may write its start-up log (see `release_log`).
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true);
     // The worker inherits its sockets at the same numbers; every other descriptor stays
@@ -268,6 +286,7 @@ async fn start(index: u32, sockets: &Sockets<'_>) -> anyhow::Result<(Child, Chil
         });
     }
     let mut child = command.spawn().context("cannot start a worker")?;
+    let stdin = child.stdin.take().expect("stdin is piped");
     let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
     let mut line = String::new();
     loop {
@@ -290,7 +309,7 @@ async fn start(index: u32, sockets: &Sockets<'_>) -> anyhow::Result<(Child, Chil
         print!("{line}");
     }
     // Nothing else is buffered: the worker wrote the ready line last.
-    Ok((child, stdout.into_inner()))
+    Ok((child, stdout.into_inner(), stdin))
 }
 
 /// A command running this pier executable, under the name it was started with.
@@ -438,12 +457,17 @@ pub fn inherited_listener(fd: RawFd, flag: &str) -> anyhow::Result<std::net::Tcp
     Ok(listener)
 }
 
-/// In a worker: tells the supervisor it listens.
+/// In a worker: tells the supervisor it listens, and writes the start-up log once the
+/// supervisor closes the worker's stdin (after its serving line).
 pub fn ready() -> anyhow::Result<()> {
-    use std::io::Write;
+    use std::io::{Read, Write};
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{READY}")?;
     stdout.flush()?;
+    std::thread::spawn(|| {
+        let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        crate::logs::release();
+    });
     Ok(())
 }
 

@@ -20,6 +20,9 @@ fn start(app: &Path, cache: &Path) -> PierServer {
     .unwrap()
 }
 
+/// How long a start-up log line may take to follow the serving line.
+const WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn entries(dir: &Path) -> usize {
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
 }
@@ -28,11 +31,13 @@ fn entries(dir: &Path) -> usize {
 async fn the_second_start_loads_compiled_code_from_the_cache() {
     let cache = tempfile::tempdir().unwrap();
     let first = start(&guest("hello"), cache.path());
-    assert!(first.log().contains("compiled in"), "{}", first.log());
+    // The start-up log follows the serving line.
+    assert!(first.wait_for_log("compiled in", WAIT), "{}", first.log());
     drop(first);
     assert_eq!(entries(cache.path()), 1, "one entry written");
 
     let second = start(&guest("hello"), cache.path());
+    second.wait_for_log("loaded compiled code from cache", WAIT);
     let log = second.log();
     assert!(
         log.contains("loaded compiled code from cache") && !log.contains("compiled in"),
@@ -59,6 +64,7 @@ async fn pier_compile_warms_the_cache_for_serve_and_run() {
     assert_eq!(entries(cache.path()), 2);
 
     let server = start(&guest("hello"), cache.path());
+    server.wait_for_log("memories are reset", WAIT);
     assert!(
         !server.log().contains("compiled in"),
         "serve used the warmed cache: {}",
@@ -92,7 +98,7 @@ async fn a_corrupt_entry_is_recompiled_and_replaced() {
     std::fs::write(&entry, b"not compiled code").unwrap();
     let server = start(&guest("hello"), cache.path());
     assert!(
-        server.log().contains("ignoring unusable cache entry"),
+        server.wait_for_log("ignoring unusable cache entry", WAIT),
         "{}",
         server.log()
     );
@@ -100,7 +106,7 @@ async fn a_corrupt_entry_is_recompiled_and_replaced() {
     drop(server);
     let again = start(&guest("hello"), cache.path());
     assert!(
-        again.log().contains("loaded compiled code from cache"),
+        again.wait_for_log("loaded compiled code from cache", WAIT),
         "the entry was replaced: {}",
         again.log()
     );

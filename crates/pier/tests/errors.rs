@@ -42,11 +42,70 @@ fn guest(name: &str) -> String {
 #[test]
 fn a_missing_file() {
     for cmd in ["serve", "run", "compile"] {
-        assert_one_line_error(
+        let line = pier_testkit::assert_one_line_error(
+            std::path::Path::new(env!("CARGO_BIN_EXE_pier")),
             &[cmd, "no/such/app.wasm"],
             &["cannot read no/such/app.wasm", "No such file"],
         );
+        assert_eq!(
+            line.matches("No such file").count(),
+            1,
+            "the cause once: {line}"
+        );
     }
+}
+
+/// A component that does not compile is said once, and nothing claims it compiled.
+#[test]
+fn a_component_that_does_not_compile() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.wasm");
+    // A component header, then a section that is not one.
+    std::fs::write(&path, b"\0asm\x0d\x00\x01\x00\x7f\x05junk!").unwrap();
+    let path = path.display().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_pier"))
+        .args(["serve", "--no-cache", &path])
+        .env("PIER_LOG", "info")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "only what happened: {stderr}");
+    assert!(
+        lines[0].starts_with("pier: ") && lines[0].contains("does not compile"),
+        "{stderr}"
+    );
+}
+
+/// `--addr` takes host names; the serving line is the first line and gives the address.
+#[test]
+fn an_address_may_be_a_host_name() {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pier"))
+        .args([
+            "serve",
+            "--no-cache",
+            "--addr",
+            "localhost:0",
+            &guest("hello"),
+        ])
+        .env("PIER_LOG", "info")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        first.starts_with("pier: serving http://127.0.0.1:"),
+        "{first}"
+    );
 }
 
 #[test]
@@ -150,7 +209,19 @@ fn malformed_flags_are_named() {
         stderr.contains("invalid --env \"=x\": expected NAME=VALUE or NAME"),
         "{stderr}"
     );
-    let (code, stderr) = pier(&["serve", "--addr", "localhost", &guest("hello")]);
-    assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains("--addr"), "{stderr}");
+    for (addr, says) in [
+        ("localhost", "expected HOST:PORT"),
+        ("localhost:http", "is not a number"),
+        (
+            "no-such-host.invalid:80",
+            "cannot resolve no-such-host.invalid",
+        ),
+    ] {
+        let (code, stderr) = pier(&["serve", "--addr", addr, &guest("hello")]);
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(
+            stderr.contains("--addr") && stderr.contains(says),
+            "{stderr}"
+        );
+    }
 }

@@ -25,7 +25,7 @@ fn serve(flags: &[&str]) -> PierServer {
 async fn a_filter_changes_request_and_response_headers() {
     let server = serve(&[]);
     assert!(
-        server.log().contains("filter started"),
+        server.wait_for_log("filter started", std::time::Duration::from_secs(5)),
         "on_vm_start ran at start-up: {}",
         server.log()
     );

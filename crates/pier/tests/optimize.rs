@@ -15,10 +15,12 @@ async fn a_linked_component_is_merged_and_every_request_finds_it_pristine() {
     // its counters live in a library's mutable global, its data and its table entries.
     let probe = guest("linked-counter");
     let probe = probe.to_str().unwrap();
+    // The start-up log follows the serving line.
+    let wait = std::time::Duration::from_secs(5);
     let merged = PierServer::start(pier(), &[probe]).expect("pier starts");
-    let log = merged.log();
-    assert!(log.contains(MERGED), "{log}");
+    assert!(merged.wait_for_log(MERGED, wait), "{}", merged.log());
     let plain = PierServer::start(pier(), &["--no-optimize", probe]).expect("pier starts");
+    plain.wait_for_log("memories are reset", wait);
     assert!(!plain.log().contains(MERGED), "{}", plain.log());
     // Worker processes load what the supervisor compiled into the cache: merged.
     let cache = tempfile::tempdir().unwrap();
@@ -32,7 +34,7 @@ async fn a_linked_component_is_merged_and_every_request_finds_it_pristine() {
     )
     .expect("pier starts");
     assert!(
-        workers.log().contains("loaded compiled code from cache"),
+        workers.wait_for_log("loaded compiled code from cache", wait),
         "{}",
         workers.log()
     );

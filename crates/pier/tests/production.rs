@@ -262,6 +262,55 @@ async fn too_many_or_too_large_headers_are_431() {
     }
 }
 
+/// A header section beyond what pier buffers (twice --max-header-size) is still pier's 431 on
+/// HTTP/1.1: its body, `server: pier`, the access log; and a head that does not parse is pier's
+/// 400. (HTTP/2's oversized sections are in h2_frames.rs.)
+#[tokio::test]
+async fn heads_the_parser_refuses_are_pier_errors_too() {
+    let server = serve("hello", &[]);
+    let big = format!(
+        "GET / HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+        "v".repeat(200_000)
+    );
+    for (request, status, body) in [
+        (big.as_str(), "431", "request header section too large\n"),
+        (
+            "GET / HTTP/1.1\r\nbad header\r\n\r\n",
+            "400",
+            "malformed request head\n",
+        ),
+    ] {
+        let stream = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+        let (mut read, mut write) = stream.into_split();
+        let request = request.as_bytes().to_vec();
+        // The server answers before it has read it all: write on the side.
+        let writer = tokio::spawn(async move {
+            let _ = write.write_all(&request).await;
+            write
+        });
+        let mut answer = Vec::new();
+        let _ = read.read_to_end(&mut answer).await;
+        drop(writer.await);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{answer}"
+        );
+        assert!(answer.contains("\r\nserver: pier\r\n"), "{answer}");
+        assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+        assert!(answer.ends_with(&format!("\r\n\r\n{body}")), "{answer}");
+        assert!(
+            server.wait_for_log(&format!("status={status}"), Duration::from_secs(5)),
+            "{}",
+            server.log()
+        );
+    }
+    assert_eq!(
+        get(&server.addr, Proto::H1, "/").await.unwrap().status,
+        StatusCode::OK
+    );
+}
+
 #[tokio::test]
 async fn bodies_over_the_limit_are_413_up_front_and_mid_stream() {
     let server = serve("faults", &["--max-body", "1KiB"]);

@@ -23,6 +23,9 @@ async fn check(sdk: &str) {
         &[
             "--filter",
             filter.to_str().unwrap(),
+            // Both filters register their root context under the SDK's name.
+            "--filter-root-id",
+            sdk,
             "--filter-upstream",
             &backend,
             "--filter-config",
@@ -83,6 +86,26 @@ async fn check(sdk: &str) {
 #[tokio::test]
 async fn solo_io_proxy_runtime_abi_0_2_0() {
     check("solo").await;
+}
+
+/// A filter that registers its root context under a name finds none without that name: pier
+/// refuses to start, and says which flag would fix it.
+#[test]
+fn a_named_root_context_needs_its_root_id() {
+    let Some(filter) = toolchain_guest("filter-solo.wasm") else {
+        return;
+    };
+    let app = guest("echo");
+    pier_testkit::assert_one_line_error(
+        pier(),
+        &[
+            "serve",
+            "--filter",
+            filter.to_str().unwrap(),
+            app.to_str().unwrap(),
+        ],
+        &["creating the root context \"\" failed", "--filter-root-id"],
+    );
 }
 
 #[tokio::test]

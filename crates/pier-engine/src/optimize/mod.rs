@@ -38,7 +38,7 @@ pub const VERSION: u32 = 2;
 pub enum OptimizeError {
     /// The bytes do not parse.
     #[error("cannot parse: {0}")]
-    Parse(#[from] wasmparser::BinaryReaderError),
+    Parse(wasmparser::BinaryReaderError),
     /// A construct the optimiser does not rewrite.
     #[error("not supported: {0}")]
     Unsupported(&'static str),
@@ -51,6 +51,14 @@ pub enum OptimizeError {
     /// The rewritten component does not validate (a bug in the optimiser, never used).
     #[error("the rewritten component does not validate: {0}")]
     Invalid(String),
+}
+
+// By hand rather than `#[from]`, which would also make the parse error the source: the message
+// already says it, and a chain printed whole would say it twice.
+impl From<wasmparser::BinaryReaderError> for OptimizeError {
+    fn from(e: wasmparser::BinaryReaderError) -> Self {
+        OptimizeError::Parse(e)
+    }
 }
 
 impl From<reencode::Error<OptimizeError>> for OptimizeError {

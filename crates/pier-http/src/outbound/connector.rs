@@ -42,8 +42,8 @@ pub enum ConnectError {
     #[error("{0}")]
     Denied(Denied),
     /// Name resolution failed.
-    #[error("DNS lookup of {host} failed: {source}")]
-    Dns { host: String, source: io::Error },
+    #[error("DNS lookup of {host} failed: {error}")]
+    Dns { host: String, error: io::Error },
     /// Name resolution gave no address.
     #[error("{0} has no address")]
     NoAddress(String),
@@ -51,11 +51,11 @@ pub enum ConnectError {
     #[error("connecting to {0} timed out")]
     Timeout(String),
     /// TCP connect failed.
-    #[error("connecting to {addr} failed: {source}")]
-    Connect { addr: SocketAddr, source: io::Error },
+    #[error("connecting to {addr} failed: {error}")]
+    Connect { addr: SocketAddr, error: io::Error },
     /// The TLS handshake failed.
-    #[error("TLS with {host} failed: {source}")]
-    Tls { host: String, source: io::Error },
+    #[error("TLS with {host} failed: {error}")]
+    Tls { host: String, error: io::Error },
     /// The URI has no host.
     #[error("the URL has no host")]
     NoHost,
@@ -112,7 +112,7 @@ impl tower_service::Service<Uri> for Connector {
                     .await
                     .map_err(|source| ConnectError::Dns {
                         host: host.clone(),
-                        source,
+                        error: source,
                     })?
                     .collect();
                 if addrs.is_empty() {
@@ -132,7 +132,12 @@ impl tower_service::Service<Uri> for Connector {
                             let _ = stream.set_nodelay(true);
                             return Ok(stream);
                         }
-                        Err(source) => last_err = Some(ConnectError::Connect { addr, source }),
+                        Err(source) => {
+                            last_err = Some(ConnectError::Connect {
+                                addr,
+                                error: source,
+                            })
+                        }
                     }
                 }
                 Err(last_err
@@ -155,14 +160,14 @@ impl tower_service::Service<Uri> for Connector {
             }
             let name = ServerName::try_from(host.clone()).map_err(|e| ConnectError::Tls {
                 host: host.clone(),
-                source: io::Error::new(io::ErrorKind::InvalidInput, e),
+                error: io::Error::new(io::ErrorKind::InvalidInput, e),
             })?;
             let stream = tokio::time::timeout(timeout, this.tls.connect(name, tcp))
                 .await
                 .map_err(|_| ConnectError::Timeout(host.clone()))?
                 .map_err(|source| ConnectError::Tls {
                     host: host.clone(),
-                    source,
+                    error: source,
                 })?;
             connected(Stream::Tls(Box::new(stream)))
         })

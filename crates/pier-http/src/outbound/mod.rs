@@ -215,12 +215,12 @@ fn map_connect_error(e: &ConnectError) -> Error {
             info_code: None,
         },
         ConnectError::Timeout(_) => Error::ConnectionTimeout,
-        ConnectError::Connect { source, .. } => match source.kind() {
+        ConnectError::Connect { error: source, .. } => match source.kind() {
             std::io::ErrorKind::ConnectionRefused => Error::ConnectionRefused,
             std::io::ErrorKind::TimedOut => Error::ConnectionTimeout,
             _ => Error::DestinationUnavailable,
         },
-        ConnectError::Tls { source, .. } => match source
+        ConnectError::Tls { error: source, .. } => match source
             .get_ref()
             .and_then(|e| e.downcast_ref::<rustls::Error>())
         {

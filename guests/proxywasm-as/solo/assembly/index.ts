@@ -190,6 +190,6 @@ class SdkFilter extends Context {
   }
 }
 
-// pier answers plugin_root_id with an empty value; other hosts may send the filter's name.
-registerRootContext((context_id: u32): RootContext => { return new SdkRoot(context_id); }, "");
+// Registered under a name, as published filters are: the host must be told the root id
+// (pier: --filter-root-id solo), or this SDK finds no root context and exits.
 registerRootContext((context_id: u32): RootContext => { return new SdkRoot(context_id); }, NAME);
