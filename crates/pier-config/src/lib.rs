@@ -3,6 +3,7 @@
 //! The binary turns flags into these types; the engine and the server only ever see them. Nothing
 //! here depends on wasmtime, so every rule can be tested on its own.
 
+mod app;
 mod envoy;
 mod filters;
 mod grants;
@@ -11,6 +12,7 @@ mod listen;
 mod outbound;
 mod units;
 
+pub use app::{App, CompileOptions, ComponentSpec, FilterOptions, HandlerSpec};
 pub use envoy::{ImportError, load_filters, parse_filters};
 pub use filters::{FilterFailure, FilterSpec, vm_groups};
 pub use grants::{DirGrant, EnvGrant, GrantError, Grants};
@@ -19,7 +21,6 @@ pub use listen::parse_listen_addr;
 pub use outbound::{Denied, OutboundPattern, OutboundPolicy, PatternError, is_special_purpose};
 pub use units::{UnitError, parse_duration, parse_size};
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// The address `pier serve` listens on when `--addr` is not given.
@@ -49,25 +50,6 @@ impl CacheConfig {
             None => CacheConfig::Disabled,
         }
     }
-}
-
-/// Everything `pier serve` needs to start.
-#[derive(Debug, Clone)]
-pub struct ServeConfig {
-    /// Address to listen on (port 0 picks a free port).
-    pub addr: SocketAddr,
-    /// The `wasi:http/proxy` component to serve (absent with `--upstream`).
-    pub app: Option<PathBuf>,
-    /// What the component may see of the host.
-    pub grants: Grants,
-    /// Compiled-code cache.
-    pub cache: CacheConfig,
-    /// Merge dynamically linked core modules when compiling a component (`--no-optimize`: no).
-    pub optimize: bool,
-    /// Protections: memory, time, sizes, concurrency, connections.
-    pub limits: Limits,
-    /// What guests may reach through `wasi:http/outgoing-handler`, and how.
-    pub outbound: OutboundConfig,
 }
 
 /// The outbound HTTP client's settings.

@@ -6,9 +6,9 @@ mod cache;
 mod dirty;
 mod engine;
 mod host;
+mod http_app;
 mod load;
 pub mod optimize;
-mod proxy;
 mod report;
 mod run;
 
@@ -18,8 +18,8 @@ pub use engine::{
     EPOCH_TICK, EngineKind, MemoryReset, PoolSizes, new_engine, start_epoch_ticker, swap_is_on,
 };
 pub use host::{DenyAll, GuestLog, HostState, Outbound};
+pub use http_app::{AppError, HttpApp, Ready, StoreSettings};
 pub use load::{LoadError, WasmFile, WasmKind, kind_of};
-pub use proxy::{AppError, ProxyApp, Ready, StoreSettings};
 pub use report::{FailureKind, describe_guest_error};
 pub use run::{RunOutcome, TRAP_EXIT_CODE, run};
 pub use wasmtime::Engine;

@@ -13,8 +13,8 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 use crate::cache::CompileCache;
 use crate::engine::{EngineKind, new_engine};
 use crate::host::{DenyAll, HostState};
+use crate::http_app::{AppError, check_dir, export_names, exports_list, link_wasi};
 use crate::load::{WasmFile, WasmKind};
-use crate::proxy::{AppError, check_dir, export_names, exports_list, link_wasi};
 
 /// Exit code for a guest that trapped, as a process killed by SIGABRT (what `wasmtime run` does).
 pub const TRAP_EXIT_CODE: i32 = 128 + 6;

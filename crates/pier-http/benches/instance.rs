@@ -12,7 +12,7 @@ use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http_body_util::{BodyExt, Empty};
 use pier_config::{CacheConfig, Grants};
-use pier_engine::{CompileCache, ProxyApp, StoreSettings, WasmFile};
+use pier_engine::{CompileCache, HttpApp, StoreSettings, WasmFile};
 
 /// Each guest, and whether the load-time optimiser runs on it (`python-hello-unmerged`: the
 /// component as componentize-py linked it).
@@ -44,7 +44,7 @@ fn fresh_instance(c: &mut Criterion) {
         let wasm = WasmFile::read(&path).unwrap();
         let cache = cache.clone().optimize(optimize);
         // The engine each guest gets from `pier serve`: its pool fitted to the component.
-        let (_engine, app) = ProxyApp::load_for_serving(
+        let (_engine, app) = HttpApp::load_for_serving(
             &wasm,
             &Grants::default(),
             &cache,

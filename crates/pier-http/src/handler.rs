@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body::Body;
-use pier_engine::{FailureKind, ProxyApp, Ready};
+use pier_engine::{FailureKind, HttpApp, Ready};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
@@ -52,7 +52,7 @@ enum Head {
 /// 413 if it failed reading a body over the limit); if it fails after, the response body is
 /// aborted. `permit` (a slot of `--max-concurrency`) is held until the guest is done.
 pub async fn handle<B>(
-    app: Arc<ProxyApp>,
+    app: Arc<HttpApp>,
     req: Request<B>,
     body_limit: Option<BodyLimit>,
     permit: Option<OwnedSemaphorePermit>,

@@ -1,6 +1,7 @@
 //! pier's HTTP side: the server, the request path, and the handlers that answer requests.
 
 pub mod admin;
+mod app;
 mod body;
 mod callouts;
 mod conn;
@@ -16,6 +17,7 @@ mod service;
 mod tls;
 mod upstream;
 
+pub use app::{Built, build};
 pub use body::{BodyError, ResponseBody, error_response};
 pub use callouts::NamedUpstreams;
 pub use filters::{FilterChain, FilterSettings};

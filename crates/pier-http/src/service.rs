@@ -8,7 +8,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use pier_config::Limits;
-use pier_engine::ProxyApp;
+use pier_engine::HttpApp;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::body::{
@@ -23,7 +23,7 @@ use crate::upstream::Upstream;
 /// What answers requests once the filters have let them through.
 pub enum Handler {
     /// A `wasi:http/proxy` component, a fresh instance per request.
-    Component(Arc<ProxyApp>),
+    Component(Arc<HttpApp>),
     /// A reverse proxy to one origin.
     Upstream(Arc<Upstream>),
 }

@@ -3,19 +3,15 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use pier_config::{
-    CacheConfig, DEFAULT_ADDR, DirGrant, EnvGrant, FilterFailure, FilterSpec, Grants, Limits,
-    OutboundConfig, OutboundPattern, OutboundPolicy, RunConfig, ServeConfig, parse_duration,
-    parse_listen_addr, parse_size,
+    App, CacheConfig, CompileOptions, ComponentSpec, DEFAULT_ADDR, DirGrant, EnvGrant,
+    FilterFailure, FilterOptions, FilterSpec, Grants, HandlerSpec, Limits, OutboundConfig,
+    OutboundPattern, OutboundPolicy, RunConfig, parse_duration, parse_listen_addr, parse_size,
 };
-use pier_engine::{
-    CacheOutcome, CompileCache, EngineKind, MemoryReset, PoolSizes, ProxyApp, RunOutcome,
-    StoreSettings, WasmFile, WasmKind,
-};
+use pier_engine::{CacheOutcome, CompileCache, EngineKind, RunOutcome, WasmFile, WasmKind};
 use pier_http::Listen;
 
 mod logs;
@@ -97,6 +93,29 @@ struct ServeArgs {
     /// The component to serve.
     #[arg(value_name = "APP.wasm", required_unless_present = "upstream")]
     app: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    /// The application the flags describe.
+    fn app(&self) -> anyhow::Result<App> {
+        let handler = match (&self.app, &self.upstream) {
+            (Some(source), _) => HandlerSpec::Component(ComponentSpec {
+                source: source.clone(),
+                grants: self.grants.grants(),
+            }),
+            (None, Some(origin)) => HandlerSpec::Upstream(origin.to_string()),
+            (None, None) => anyhow::bail!("give a component to serve, or --upstream URL"),
+        };
+        Ok(App {
+            handler,
+            filters: self.filters.specs()?,
+            filter_options: self.filters.options(),
+            limits: self.limits.limits(),
+            outbound: self.outbound.config(),
+            compile: self.cache.options(),
+            prewarm: self.prewarm,
+        })
+    }
 }
 
 fn parse_origin(s: &str) -> Result<http::Uri, String> {
@@ -346,45 +365,18 @@ impl FilterArgs {
         Ok(specs)
     }
 
-    /// Filter VMs alive at once, at most: each filter's, and as many again for VMs replaced
-    /// (after a failure, or grown past their memory cap) that still finish their streams.
-    fn max_live_vms(&self) -> anyhow::Result<u32> {
-        let modules = pier_config::vm_groups(&self.specs()?).len();
-        let vms = modules.saturating_mul(self.vms()).saturating_mul(2);
-        Ok(u32::try_from(vms).unwrap_or(u32::MAX))
-    }
-
-    fn load(
-        &self,
-        engine: &pier_engine::Engine,
-        limits: &pier_config::Limits,
-        outbound: &pier_config::OutboundConfig,
-    ) -> anyhow::Result<pier_http::FilterChain> {
-        let specs = self.specs()?;
-        let callouts: Option<Arc<dyn pier_proxywasm::Callouts>> = if self.upstreams.is_empty() {
-            None
-        } else {
-            Some(Arc::new(pier_http::NamedUpstreams::new(
-                self.upstreams.clone(),
-                outbound,
-            )?))
-        };
-        let settings = pier_http::FilterSettings {
+    /// How filter VMs run, and the upstreams filters may call.
+    fn options(&self) -> FilterOptions {
+        FilterOptions {
             vms: self.vms(),
             max_memory: self.filter_max_memory,
             callback_timeout: self.filter_callback_timeout,
-            // A paused request waits at most as long as a guest may run (an hour when
-            // --timeout 0 turns that off).
-            pause_timeout: if limits.timeout.is_zero() {
-                Duration::from_secs(3600)
-            } else {
-                limits.timeout
-            },
-            max_buffered: usize::try_from(limits.max_body).unwrap_or(usize::MAX),
-        };
-        Ok(pier_http::FilterChain::load(
-            engine, &specs, &settings, callouts,
-        )?)
+            upstreams: self
+                .upstreams
+                .iter()
+                .map(|(name, uri)| (name.clone(), uri.to_string()))
+                .collect(),
+        }
     }
 }
 
@@ -466,15 +458,22 @@ struct CacheArgs {
 }
 
 impl GrantArgs {
-    fn into_grants(self) -> Grants {
+    fn grants(&self) -> Grants {
         Grants {
-            env: self.env,
-            dirs: self.dirs,
+            env: self.env.clone(),
+            dirs: self.dirs.clone(),
         }
     }
 }
 
 impl CacheArgs {
+    fn options(&self) -> CompileOptions {
+        CompileOptions {
+            cache: self.config(),
+            optimize: !self.no_optimize,
+        }
+    }
+
     fn config(&self) -> CacheConfig {
         let env_dir = std::env::var_os("PIER_CACHE_DIR")
             .filter(|d| !d.is_empty())
@@ -555,15 +554,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => Listen::Addr(args.addr),
     };
-    let config = ServeConfig {
-        addr: args.addr,
-        app: args.app,
-        cache: args.cache.config(),
-        optimize: !args.cache.no_optimize,
-        grants: args.grants.into_grants(),
-        limits: args.limits.limits(),
-        outbound: args.outbound.config(),
-    };
+    let app = args.app()?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(pier_http::tls_acceptor(cert, key)?),
         _ => None,
@@ -577,49 +568,26 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         (None, Some(addr)) => Some(pier_http::admin::bind(addr).await?),
         (None, None) => None,
     };
-    // One pool slot per request in a guest, plus the instances made ahead, plus slack for
-    // instances still being torn down.
-    let instances = u32::try_from(config.limits.max_concurrency)
-        .unwrap_or(u32::MAX)
-        .saturating_add(args.prewarm)
-        .saturating_add(16);
-    let pool = PoolSizes::guessed(instances, args.filters.max_live_vms()?);
-    let (engine, handler) = match (&config.app, &args.upstream) {
-        (Some(app), _) => {
-            let wasm = WasmFile::read(app)?;
-            let settings = StoreSettings {
-                max_memory: config.limits.max_memory,
-                timeout: config.limits.timeout,
-                prewarm: args.prewarm as usize,
-            };
-            let cache = CompileCache::new(&config.cache).optimize(config.optimize);
-            let (engine, mut app) =
-                ProxyApp::load_for_serving(&wasm, &config.grants, &cache, settings, pool)?;
-            app.set_outbound(Arc::new(pier_http::OutboundClient::new(&config.outbound)?));
-            (engine, pier_http::Handler::Component(Arc::new(app)))
-        }
-        (None, Some(origin)) => {
-            let reset = MemoryReset::large(pier_engine::swap_is_on());
-            let engine = pier_engine::new_engine(EngineKind::Serve { pool, reset })?;
-            let upstream = pier_http::Upstream::new(origin.clone(), &config.outbound)?;
-            (engine, pier_http::Handler::Upstream(Arc::new(upstream)))
-        }
-        (None, None) => anyhow::bail!("give a component to serve, or --upstream URL"),
-    };
+    // Before building: filters define their metrics as they start.
+    let recorder = admin
+        .as_ref()
+        .map(|_| pier_http::metrics::install_recorder())
+        .transpose()?;
+    let pier_http::Built {
+        engine,
+        handler,
+        filters,
+    } = pier_http::build(&app)?;
     pier_engine::start_epoch_ticker(&engine);
     let mut admin_line = None;
-    if let Some(listener) = admin {
-        let handle = pier_http::metrics::install_recorder()?;
+    if let (Some(listener), Some(handle)) = (admin, recorder) {
         if args.worker_admin_fd.is_none() {
             admin_line = Some(format!("pier: admin on http://{}", listener.local_addr()?));
         }
         let admin = pier_http::admin::Admin::Process(handle, engine.clone());
         tokio::spawn(pier_http::admin::serve(listener, admin));
     }
-    let filters = args
-        .filters
-        .load(&engine, &config.limits, &config.outbound)?;
-    let server = pier_http::Server::bind(listen, handler, config.limits, tls, filters).await?;
+    let server = pier_http::Server::bind(listen, handler, app.limits, tls, filters).await?;
     // Loading read whole files (the component, its compiled code) into memory and freed them;
     // hand those pages back now rather than carry them, resident, for the server's lifetime.
     // SAFETY: mi_collect only frees memory mimalloc itself holds unused.
@@ -647,7 +615,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         args: command.collect(),
         cache: args.cache.config(),
         optimize: !args.cache.no_optimize,
-        grants: args.grants.into_grants(),
+        grants: args.grants.grants(),
     };
     match pier_engine::run(&config).await? {
         RunOutcome::Exit(code) => Ok(ExitCode::from(code as u8)),

@@ -151,7 +151,7 @@ struct Warm {
 }
 
 /// A `wasi:http/proxy` component ready to serve.
-pub struct ProxyApp {
+pub struct HttpApp {
     pre: InstancePre<HostState>,
     /// Where the `wasi:http` exports are, checked once.
     indices: ProxyIndices,
@@ -169,7 +169,7 @@ pub struct ProxyApp {
     warm: Arc<Warm>,
 }
 
-impl ProxyApp {
+impl HttpApp {
     /// Compiles (or loads from the cache), checks and pre-instantiates `wasm`.
     pub fn load(
         engine: &Engine,
@@ -177,7 +177,7 @@ impl ProxyApp {
         grants: &Grants,
         cache: &CompileCache,
         settings: StoreSettings,
-    ) -> Result<ProxyApp, AppError> {
+    ) -> Result<HttpApp, AppError> {
         let path = wasm.display().to_string();
         if wasm.kind == WasmKind::Module {
             return Err(AppError::CoreModule { path });
@@ -219,7 +219,7 @@ impl ProxyApp {
             check_dir(dir)?;
         }
         let name: Arc<str> = wasm.name.as_str().into();
-        Ok(ProxyApp {
+        Ok(HttpApp {
             pre,
             indices,
             hint,
@@ -249,10 +249,10 @@ impl ProxyApp {
         cache: &CompileCache,
         settings: StoreSettings,
         pool: PoolSizes,
-    ) -> anyhow::Result<(Engine, ProxyApp)> {
-        let load = |pool, reset| -> anyhow::Result<(Engine, ProxyApp)> {
+    ) -> anyhow::Result<(Engine, HttpApp)> {
+        let load = |pool, reset| -> anyhow::Result<(Engine, HttpApp)> {
             let engine = new_engine(EngineKind::Serve { pool, reset })?;
-            let app = ProxyApp::load(&engine, wasm, grants, cache, settings)?;
+            let app = HttpApp::load(&engine, wasm, grants, cache, settings)?;
             Ok((engine, app))
         };
         let swap = swap_is_on();
@@ -339,7 +339,7 @@ impl ProxyApp {
     /// Keeps `settings.prewarm` instances ready, making one whenever one is taken, until the
     /// app is dropped. A failure to instantiate is left for the request path to report.
     fn start_warming(self: &Arc<Self>) {
-        let app: Weak<ProxyApp> = Arc::downgrade(self);
+        let app: Weak<HttpApp> = Arc::downgrade(self);
         let warm = self.warm.clone();
         tokio::spawn(async move {
             loop {
@@ -467,7 +467,7 @@ fn ticks_to_next_check(deadline: Option<Instant>, now: Instant) -> u64 {
         .clamp(1, YIELD_TICKS)
 }
 
-impl Drop for ProxyApp {
+impl Drop for HttpApp {
     /// Ends the task that makes instances ahead (it holds no reference to the app).
     fn drop(&mut self) {
         self.warm.wake.notify_one();
@@ -561,7 +561,7 @@ mod tests {
         let engine = new_engine(EngineKind::Run).unwrap();
         let wasm = WasmFile::read(&pier_testkit::guest(guest)).unwrap();
         let cache = CompileCache::new(&pier_config::CacheConfig::Disabled);
-        let app = ProxyApp::load(&engine, &wasm, grants, &cache, StoreSettings::default()).unwrap();
+        let app = HttpApp::load(&engine, &wasm, grants, &cache, StoreSettings::default()).unwrap();
         let mut store = app.new_store();
         let (proxy, _) = app.instantiate(&mut store).await.unwrap();
         let (sender, receiver) = tokio::sync::oneshot::channel();

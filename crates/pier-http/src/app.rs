@@ -1,0 +1,100 @@
+//! The builder: an application's description ([`pier_config::App`]) into the parts of a running
+//! server: the engine its guests and filters run on, the handler, and the filter chain. What
+//! the command line (or a manifest) says is decided here, not in `main.rs`: pool sizes from the
+//! concurrency limit and the filters, the store settings from the limits, the outbound client,
+//! the filters' VMs and the upstreams they may call.
+
+use std::sync::Arc;
+
+use pier_config::{App, HandlerSpec};
+use pier_engine::{
+    CompileCache, EngineKind, HttpApp, MemoryReset, PoolSizes, StoreSettings, WasmFile,
+};
+
+use crate::{FilterChain, FilterSettings, Handler, NamedUpstreams, OutboundClient, Upstream};
+
+/// A built application, ready for a [`crate::Server`].
+pub struct Built {
+    /// The engine its guests and filters run on (start its epoch ticker).
+    pub engine: pier_engine::Engine,
+    /// What answers requests.
+    pub handler: Handler,
+    /// The filters in front of it.
+    pub filters: FilterChain,
+}
+
+/// Builds `app`: compiles (or loads from the cache) its component, starts its filters' VMs.
+pub fn build(app: &App) -> anyhow::Result<Built> {
+    // One pool slot per request in a guest, plus the instances made ahead, plus slack for
+    // instances still being torn down.
+    let instances = u32::try_from(app.limits.max_concurrency)
+        .unwrap_or(u32::MAX)
+        .saturating_add(app.prewarm)
+        .saturating_add(16);
+    let pool = PoolSizes::guessed(instances, app.max_live_filter_vms());
+    let (engine, handler) = match &app.handler {
+        HandlerSpec::Component(component) => {
+            let wasm = WasmFile::read(&component.source)?;
+            let settings = StoreSettings {
+                max_memory: app.limits.max_memory,
+                timeout: app.limits.timeout,
+                prewarm: app.prewarm as usize,
+            };
+            let cache = CompileCache::new(&app.compile.cache).optimize(app.compile.optimize);
+            let (engine, mut proxy) =
+                HttpApp::load_for_serving(&wasm, &component.grants, &cache, settings, pool)?;
+            proxy.set_outbound(Arc::new(OutboundClient::new(&app.outbound)?));
+            (engine, Handler::Component(Arc::new(proxy)))
+        }
+        HandlerSpec::Upstream(origin) => {
+            let reset = MemoryReset::large(pier_engine::swap_is_on());
+            let engine = pier_engine::new_engine(EngineKind::Serve { pool, reset })?;
+            let origin = origin
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--upstream {origin}: {e}"))?;
+            let upstream = Upstream::new(origin, &app.outbound)?;
+            (engine, Handler::Upstream(Arc::new(upstream)))
+        }
+    };
+    let filters = filters(&engine, app)?;
+    Ok(Built {
+        engine,
+        handler,
+        filters,
+    })
+}
+
+/// The filter chain of `app` on `engine`.
+fn filters(engine: &pier_engine::Engine, app: &App) -> anyhow::Result<FilterChain> {
+    if app.filters.is_empty() {
+        return Ok(FilterChain::default());
+    }
+    let options = &app.filter_options;
+    let callouts: Option<Arc<dyn pier_proxywasm::Callouts>> = if options.upstreams.is_empty() {
+        None
+    } else {
+        let upstreams = options
+            .upstreams
+            .iter()
+            .map(|(name, url)| {
+                url.parse()
+                    .map(|uri| (name.clone(), uri))
+                    .map_err(|e| anyhow::anyhow!("--filter-upstream {name}={url}: {e}"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Some(Arc::new(NamedUpstreams::new(upstreams, &app.outbound)?))
+    };
+    let settings = FilterSettings {
+        vms: options.vms,
+        max_memory: options.max_memory,
+        callback_timeout: options.callback_timeout,
+        pause_timeout: app.filter_pause_timeout(),
+        max_buffered: usize::try_from(app.limits.max_body).unwrap_or(usize::MAX),
+    };
+    Ok(FilterChain::load(
+        engine,
+        &app.filters,
+        &settings,
+        callouts,
+    )?)
+}
