@@ -9,6 +9,7 @@ mod filters;
 mod grants;
 mod limits;
 mod listen;
+mod manifest;
 mod outbound;
 mod units;
 
@@ -18,6 +19,10 @@ pub use filters::{FilterFailure, FilterSpec, vm_groups};
 pub use grants::{DirGrant, EnvGrant, GrantError, Grants};
 pub use limits::Limits;
 pub use listen::parse_listen_addr;
+pub use manifest::{
+    Component, ComponentLimits, MANIFEST_VERSION, Manifest, ManifestError, Route, RoutePath,
+    Target, Variable, load_manifest, parse_manifest,
+};
 pub use outbound::{Denied, OutboundPattern, OutboundPolicy, PatternError, is_special_purpose};
 pub use units::{UnitError, parse_duration, parse_size};
 

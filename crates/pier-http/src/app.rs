@@ -98,3 +98,60 @@ fn filters(engine: &pier_engine::Engine, app: &App) -> anyhow::Result<FilterChai
         callouts,
     )?)
 }
+
+/// What `pier check` found in a manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    /// Routes.
+    pub routes: usize,
+    /// Components, each compiled and linked.
+    pub components: usize,
+    /// Filters, each started.
+    pub filters: usize,
+    /// Variables declared (their values are never shown).
+    pub variables: usize,
+}
+
+/// Checks everything a manifest names as serving it would, without serving: every component
+/// compiles, is a `wasi:http` handler, and imports nothing pier cannot provide, with its
+/// directories granted; every filter starts (`proxy_on_vm_start`, `proxy_on_configure`).
+pub fn check(
+    manifest: &pier_config::Manifest,
+    compile: &pier_config::CompileOptions,
+) -> anyhow::Result<Checked> {
+    let engine = pier_engine::new_engine(EngineKind::Run)?;
+    let cache = CompileCache::new(&compile.cache).optimize(compile.optimize);
+    for (name, component) in &manifest.components {
+        let grants = pier_config::Grants {
+            env: component.env.clone(),
+            dirs: component
+                .dirs
+                .iter()
+                .map(|(guest, host)| pier_config::DirGrant {
+                    host: host.clone(),
+                    guest: guest.clone(),
+                })
+                .collect(),
+        };
+        let wasm = WasmFile::read(&component.source)?;
+        HttpApp::load(&engine, &wasm, &grants, &cache, StoreSettings::default())
+            .map_err(|e| anyhow::anyhow!("component {name}: {e}"))?;
+    }
+    let specs: Vec<_> = manifest.filters.values().cloned().collect();
+    if !specs.is_empty() {
+        let settings = FilterSettings {
+            vms: 1,
+            max_memory: 64 << 20,
+            callback_timeout: std::time::Duration::from_secs(1),
+            pause_timeout: std::time::Duration::from_secs(30),
+            max_buffered: 64 << 20,
+        };
+        FilterChain::load(&engine, &specs, &settings, None)?;
+    }
+    Ok(Checked {
+        routes: manifest.routes.len(),
+        components: manifest.components.len(),
+        filters: manifest.filters.len(),
+        variables: manifest.variables.len(),
+    })
+}

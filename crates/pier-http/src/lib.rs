@@ -17,7 +17,7 @@ mod service;
 mod tls;
 mod upstream;
 
-pub use app::{Built, build};
+pub use app::{Built, Checked, build, check};
 pub use body::{BodyError, ResponseBody, error_response};
 pub use callouts::NamedUpstreams;
 pub use filters::{FilterChain, FilterSettings};

@@ -47,6 +47,17 @@ enum Command {
     Run(RunArgs),
     /// Compile a component or module into the cache, so the next start is fast.
     Compile(CompileArgs),
+    /// Check a pier.toml manifest and everything it names, without serving it.
+    Check(CheckArgs),
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    cache: CacheArgs,
+    /// The manifest to check.
+    #[arg(value_name = "PIER.toml", default_value = "pier.toml")]
+    manifest: PathBuf,
 }
 
 #[derive(Args)]
@@ -99,6 +110,13 @@ impl ServeArgs {
     /// The application the flags describe.
     fn app(&self) -> anyhow::Result<App> {
         let handler = match (&self.app, &self.upstream) {
+            (Some(source), _) if source.extension().is_some_and(|e| e == "toml") => {
+                anyhow::bail!(
+                    "{}: pier serve does not serve manifests yet; `pier check {}` checks one",
+                    source.display(),
+                    source.display()
+                )
+            }
             (Some(source), _) => HandlerSpec::Component(ComponentSpec {
                 source: source.clone(),
                 grants: self.grants.grants(),
@@ -497,7 +515,7 @@ fn main() -> ExitCode {
     }
     let default_log = match cli.command {
         // A program's own output is what `pier run` shows; pier speaks only of problems.
-        Command::Run(_) => "warn",
+        Command::Run(_) | Command::Check(_) => "warn",
         _ => "info",
     };
     // A server's start-up log waits for its serving line (see `logs`).
@@ -527,6 +545,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(*args).await.map(|()| ExitCode::SUCCESS),
             Command::Run(args) => run(args).await,
             Command::Compile(args) => compile(args).map(|()| ExitCode::SUCCESS),
+            Command::Check(args) => check(args).map(|()| ExitCode::SUCCESS),
         }
     });
     match result {
@@ -646,6 +665,22 @@ fn compile(args: CompileArgs) -> anyhow::Result<()> {
         CacheOutcome::Disabled => "compiles (the cache is off, nothing was stored)",
     };
     eprintln!("pier: {} {what}", wasm.display());
+    Ok(())
+}
+
+fn check(args: CheckArgs) -> anyhow::Result<()> {
+    let manifest = pier_config::load_manifest(&args.manifest)?;
+    let checked = pier_http::check(&manifest, &args.cache.options())
+        .map_err(|e| anyhow::anyhow!("{}: {e:#}", args.manifest.display()))?;
+    let count = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    eprintln!(
+        "pier: {} is valid: {}, {}, {}, {}",
+        args.manifest.display(),
+        count(checked.routes, "route"),
+        count(checked.components, "component"),
+        count(checked.filters, "filter"),
+        count(checked.variables, "variable"),
+    );
     Ok(())
 }
 

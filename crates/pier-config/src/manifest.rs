@@ -1,0 +1,824 @@
+//! `pier.toml`: an application as a file (schema version 1). Every key is checked; any mistake
+//! is one error naming the manifest, the line and column, and what is wrong there: an unknown
+//! key, a value of the wrong type, a route to a component or filter that is not declared, two
+//! routes that collide, a file that does not exist, a template naming an undeclared variable.
+//! Paths are relative to the manifest's directory.
+//!
+//! ```toml
+//! manifest_version = 1
+//! [app]
+//! name = "shop"
+//!
+//! [[route]]
+//! path = "/api/..."            # "/..." suffix: a prefix; otherwise exact
+//! component = "api"
+//! filters = ["auth"]
+//!
+//! [component.api]
+//! source = "api.wasm"
+//! env = { MODE = "prod" }
+//! dirs = { "/data" = "./data" }
+//! allowed_outbound = ["https://payments.example.com"]
+//! variables = { db_url = "{{ database_url }}" }
+//! limits = { memory = "64MiB", timeout = "5s", concurrency = 100 }
+//!
+//! [filter.auth]
+//! source = "auth.wasm"
+//! config = '{"realm":"api"}'
+//!
+//! [variables]
+//! database_url = { default = "sqlite://x" }
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::filters::{FilterFailure, FilterSpec};
+use crate::grants::EnvGrant;
+use crate::outbound::OutboundPattern;
+
+/// The schema version this pier reads.
+pub const MANIFEST_VERSION: i64 = 1;
+
+/// A manifest that cannot be taken, with where in it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}:{column}: {message}")]
+pub struct ManifestError {
+    /// The manifest.
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// An application described by a manifest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest {
+    /// The manifest file.
+    pub file: PathBuf,
+    /// `[app] name` (the manifest's directory name by default).
+    pub name: String,
+    /// `[app] description`.
+    pub description: Option<String>,
+    /// The routes, in the manifest's order (matching picks the most specific).
+    pub routes: Vec<Route>,
+    /// `[component.NAME]`.
+    pub components: BTreeMap<String, Component>,
+    /// `[filter.NAME]`.
+    pub filters: BTreeMap<String, FilterSpec>,
+    /// `[variables]`.
+    pub variables: BTreeMap<String, Variable>,
+}
+
+/// One `[[route]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Only requests for this host (its `Host` or `:authority`, without the port).
+    pub host: Option<String>,
+    /// The path it matches.
+    pub path: RoutePath,
+    /// What answers it.
+    pub target: Target,
+    /// Filters in front of it, by name, in order.
+    pub filters: Vec<String>,
+}
+
+/// A route's path pattern.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RoutePath {
+    /// This path only.
+    Exact(String),
+    /// This prefix (without its trailing `/...`), on a segment boundary.
+    Prefix(String),
+}
+
+impl RoutePath {
+    fn parse(pattern: &str) -> Result<RoutePath, String> {
+        if !pattern.starts_with('/') {
+            return Err(format!("path {pattern:?} must start with /"));
+        }
+        match pattern.strip_suffix("/...") {
+            Some(prefix) if !prefix.contains("...") => Ok(RoutePath::Prefix(prefix.to_string())),
+            _ if pattern.contains("...") => Err(format!(
+                "path {pattern:?}: \"...\" may only end a path, as \"/...\""
+            )),
+            _ => Ok(RoutePath::Exact(pattern.to_string())),
+        }
+    }
+}
+
+/// What answers a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A component, by name.
+    Component(String),
+    /// An origin to proxy to.
+    Upstream(String),
+    /// Static files under this directory.
+    Files(PathBuf),
+}
+
+/// One `[component.NAME]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Component {
+    /// The component file.
+    pub source: PathBuf,
+    /// Environment variables it is given.
+    pub env: Vec<EnvGrant>,
+    /// Host directories it is given: guest path to host directory.
+    pub dirs: BTreeMap<String, PathBuf>,
+    /// URL patterns it may reach (`http://self` for the app's own routes).
+    pub allowed_outbound: Vec<OutboundPattern>,
+    /// Whether it may call the app's own routes (`http://self`).
+    pub allow_self: bool,
+    /// Its variables: name to template (`{{ app_variable }}` parts).
+    pub variables: BTreeMap<String, String>,
+    /// Its limits (the server's where not given).
+    pub limits: ComponentLimits,
+}
+
+/// A component's own limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ComponentLimits {
+    /// Largest linear memory.
+    pub memory: Option<u64>,
+    /// Time a request may spend in it.
+    pub timeout: Option<Duration>,
+    /// Requests in it at once.
+    pub concurrency: Option<usize>,
+}
+
+/// One of the app's `[variables]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Variable {
+    /// Its value unless the environment or a variables file gives one.
+    pub default: Option<String>,
+    /// Starting without a value is an error.
+    pub required: bool,
+    /// Never logged or shown.
+    pub secret: bool,
+}
+
+/// Reads and checks the manifest at `file`.
+pub fn load_manifest(file: &Path) -> Result<Manifest, ManifestError> {
+    let text = std::fs::read_to_string(file).map_err(|e| ManifestError {
+        file: file.display().to_string(),
+        line: 1,
+        column: 1,
+        message: format!("cannot read it: {e}"),
+    })?;
+    parse_manifest(&text, file)
+}
+
+/// Checks the manifest `text`, read from `file` (paths in it are relative to its directory).
+pub fn parse_manifest(text: &str, file: &Path) -> Result<Manifest, ManifestError> {
+    let at = |span: std::ops::Range<usize>, message: String| {
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        ManifestError {
+            file: file.display().to_string(),
+            line,
+            column,
+            message,
+        }
+    };
+    let raw: raw::Manifest = toml::from_str(text).map_err(|e| {
+        at(
+            e.span().unwrap_or(0..0),
+            e.message().trim_end().replace('\n', " "),
+        )
+    })?;
+    let base = file.parent().unwrap_or(Path::new(""));
+    Checker { base, at: &at }.check(raw, file)
+}
+
+/// The manifest as written: every table denies keys it does not know.
+mod raw {
+    use super::*;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Manifest {
+        pub manifest_version: Spanned<i64>,
+        pub app: Option<App>,
+        #[serde(default)]
+        pub route: Vec<Route>,
+        #[serde(default)]
+        pub component: BTreeMap<Spanned<String>, Component>,
+        #[serde(default)]
+        pub filter: BTreeMap<Spanned<String>, Filter>,
+        #[serde(default)]
+        pub variables: BTreeMap<Spanned<String>, Variable>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct App {
+        pub name: Option<String>,
+        pub description: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Route {
+        pub path: Spanned<String>,
+        pub host: Option<Spanned<String>>,
+        pub component: Option<Spanned<String>>,
+        pub upstream: Option<Spanned<String>>,
+        pub files: Option<Spanned<String>>,
+        #[serde(default)]
+        pub filters: Vec<Spanned<String>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Component {
+        pub source: Spanned<String>,
+        #[serde(default)]
+        pub env: BTreeMap<String, String>,
+        #[serde(default)]
+        pub dirs: BTreeMap<String, Spanned<String>>,
+        #[serde(default)]
+        pub allowed_outbound: Vec<Spanned<String>>,
+        #[serde(default)]
+        pub variables: BTreeMap<String, Spanned<String>>,
+        #[serde(default)]
+        pub limits: Limits,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Limits {
+        pub memory: Option<Spanned<String>>,
+        pub timeout: Option<Spanned<String>>,
+        pub concurrency: Option<Spanned<i64>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Filter {
+        pub source: Spanned<String>,
+        pub config: Option<String>,
+        pub vm_config: Option<String>,
+        pub root_id: Option<String>,
+        pub vm_id: Option<String>,
+        #[serde(default)]
+        pub env: BTreeMap<String, String>,
+        pub failure: Option<Spanned<String>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Variable {
+        pub default: Option<String>,
+        #[serde(default)]
+        pub required: bool,
+        #[serde(default)]
+        pub secret: bool,
+    }
+}
+
+struct Checker<'a, F: Fn(std::ops::Range<usize>, String) -> ManifestError> {
+    base: &'a Path,
+    at: &'a F,
+}
+
+impl<F: Fn(std::ops::Range<usize>, String) -> ManifestError> Checker<'_, F> {
+    fn check(&self, raw: raw::Manifest, file: &Path) -> Result<Manifest, ManifestError> {
+        let at = self.at;
+        if *raw.manifest_version.get_ref() != MANIFEST_VERSION {
+            return Err(at(
+                raw.manifest_version.span(),
+                format!(
+                    "manifest_version = {}: this pier reads version {MANIFEST_VERSION}",
+                    raw.manifest_version.get_ref()
+                ),
+            ));
+        }
+        let (name, description) = match raw.app {
+            Some(app) => (app.name, app.description),
+            None => (None, None),
+        };
+        let name = name
+            .or_else(|| {
+                file.parent()
+                    .and_then(|d| d.file_name())
+                    .map(|n| n.to_string_lossy().into_owned())
+            })
+            .unwrap_or_else(|| "app".into());
+
+        let mut variables = BTreeMap::new();
+        for (name, var) in raw.variables {
+            check_name(&name, "variable").map_err(|e| at(name.span(), e))?;
+            variables.insert(
+                name.into_inner(),
+                Variable {
+                    default: var.default,
+                    required: var.required,
+                    secret: var.secret,
+                },
+            );
+        }
+
+        let mut components = BTreeMap::new();
+        for (name, raw) in raw.component {
+            check_name(&name, "component").map_err(|e| at(name.span(), e))?;
+            let component = self.component(raw, &variables)?;
+            components.insert(name.into_inner(), component);
+        }
+
+        let mut filters = BTreeMap::new();
+        for (name, raw) in raw.filter {
+            check_name(&name, "filter").map_err(|e| at(name.span(), e))?;
+            let spec = self.filter(raw, name.get_ref())?;
+            filters.insert(name.into_inner(), spec);
+        }
+
+        let mut routes: Vec<Route> = Vec::new();
+        let mut seen: Vec<(Option<String>, RoutePath, std::ops::Range<usize>)> = Vec::new();
+        for raw in raw.route {
+            let path_span = raw.path.span();
+            let path =
+                RoutePath::parse(raw.path.get_ref()).map_err(|e| at(path_span.clone(), e))?;
+            let host = match raw.host {
+                Some(host) => {
+                    let h = host.get_ref();
+                    if h.is_empty() || h.contains(['/', ':', ' ']) {
+                        return Err(at(
+                            host.span(),
+                            format!("host {h:?}: a host name, without scheme, port or path"),
+                        ));
+                    }
+                    Some(h.to_ascii_lowercase())
+                }
+                None => None,
+            };
+            let targets: Vec<_> = [
+                raw.component.as_ref().map(|c| ("component", c)),
+                raw.upstream.as_ref().map(|u| ("upstream", u)),
+                raw.files.as_ref().map(|f| ("files", f)),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            let target = match targets.as_slice() {
+                [(kind, value)] => self.target(kind, value, &components)?,
+                [] => {
+                    return Err(at(
+                        path_span,
+                        format!(
+                            "route {:?} needs one of component, upstream or files",
+                            raw.path.get_ref()
+                        ),
+                    ));
+                }
+                [_, (kind, value), ..] => {
+                    return Err(at(
+                        value.span(),
+                        format!(
+                            "route {:?}: {kind} as well: give one of component, upstream or files",
+                            raw.path.get_ref()
+                        ),
+                    ));
+                }
+            };
+            let mut names = Vec::new();
+            for filter in raw.filters {
+                if !filters.contains_key(filter.get_ref()) {
+                    return Err(at(
+                        filter.span(),
+                        format!(
+                            "filter {:?} is not declared: add a [filter.{}] table",
+                            filter.get_ref(),
+                            filter.get_ref()
+                        ),
+                    ));
+                }
+                names.push(filter.into_inner());
+            }
+            if let Some((_, _, first)) = seen.iter().find(|(h, p, _)| *h == host && *p == path) {
+                let first = at(first.clone(), String::new());
+                return Err(at(
+                    path_span,
+                    format!(
+                        "route {:?}{} collides with the route at line {}",
+                        raw.path.get_ref(),
+                        host.as_deref()
+                            .map(|h| format!(" on host {h}"))
+                            .unwrap_or_default(),
+                        first.line
+                    ),
+                ));
+            }
+            seen.push((host.clone(), path.clone(), path_span));
+            routes.push(Route {
+                host,
+                path,
+                target,
+                filters: names,
+            });
+        }
+        Ok(Manifest {
+            file: file.to_path_buf(),
+            name,
+            description,
+            routes,
+            components,
+            filters,
+            variables,
+        })
+    }
+
+    /// A file or directory named in the manifest, relative to its directory, which must exist.
+    fn existing(&self, value: &Spanned<String>, what: &str) -> Result<PathBuf, ManifestError> {
+        let path = self.base.join(value.get_ref());
+        if path.exists() {
+            Ok(path)
+        } else {
+            Err((self.at)(
+                value.span(),
+                format!(
+                    "{what} {:?}: {} does not exist",
+                    value.get_ref(),
+                    path.display()
+                ),
+            ))
+        }
+    }
+
+    fn target(
+        &self,
+        kind: &str,
+        value: &Spanned<String>,
+        components: &BTreeMap<String, Component>,
+    ) -> Result<Target, ManifestError> {
+        let v = value.get_ref();
+        match kind {
+            "component" if components.contains_key(v) => Ok(Target::Component(v.clone())),
+            "component" => Err((self.at)(
+                value.span(),
+                format!("component {v:?} is not declared: add a [component.{v}] table"),
+            )),
+            "upstream" => {
+                let ok = ["http://", "https://"]
+                    .iter()
+                    .any(|s| v.strip_prefix(s).is_some_and(|rest| !rest.is_empty()));
+                if ok {
+                    Ok(Target::Upstream(v.clone()))
+                } else {
+                    Err((self.at)(
+                        value.span(),
+                        format!("upstream {v:?}: expected http://HOST[:PORT] or https://..."),
+                    ))
+                }
+            }
+            _ => {
+                let dir = self.existing(value, "files")?;
+                if dir.is_dir() {
+                    Ok(Target::Files(dir))
+                } else {
+                    Err((self.at)(
+                        value.span(),
+                        format!("files {v:?}: {} is not a directory", dir.display()),
+                    ))
+                }
+            }
+        }
+    }
+
+    fn component(
+        &self,
+        raw: raw::Component,
+        variables: &BTreeMap<String, Variable>,
+    ) -> Result<Component, ManifestError> {
+        let at = self.at;
+        let source = self.existing(&raw.source, "source")?;
+        let mut dirs = BTreeMap::new();
+        for (guest, host) in raw.dirs {
+            let dir = self.existing(&host, "dir")?;
+            dirs.insert(guest, dir);
+        }
+        let mut allowed_outbound = Vec::new();
+        let mut allow_self = false;
+        for pattern in raw.allowed_outbound {
+            if pattern.get_ref() == "http://self" {
+                allow_self = true;
+                continue;
+            }
+            let parsed = pattern
+                .get_ref()
+                .parse::<OutboundPattern>()
+                .map_err(|e| at(pattern.span(), e.to_string()))?;
+            allowed_outbound.push(parsed);
+        }
+        let mut templates = BTreeMap::new();
+        for (name, template) in raw.variables {
+            for used in template_names(template.get_ref()).map_err(|e| at(template.span(), e))? {
+                if !variables.contains_key(&used) {
+                    return Err(at(
+                        template.span(),
+                        format!("variable {used:?} is not declared: add it to [variables]"),
+                    ));
+                }
+            }
+            templates.insert(name, template.into_inner());
+        }
+        let limits = &raw.limits;
+        let memory = limits
+            .memory
+            .as_ref()
+            .map(|m| crate::parse_size(m.get_ref()).map_err(|e| at(m.span(), e.to_string())))
+            .transpose()?;
+        let timeout = limits
+            .timeout
+            .as_ref()
+            .map(|t| crate::parse_duration(t.get_ref()).map_err(|e| at(t.span(), e.to_string())))
+            .transpose()?;
+        let concurrency = match &limits.concurrency {
+            Some(c) if *c.get_ref() < 1 => {
+                return Err(at(c.span(), "concurrency: at least 1".into()));
+            }
+            Some(c) => Some(*c.get_ref() as usize),
+            None => None,
+        };
+        Ok(Component {
+            source,
+            env: raw
+                .env
+                .into_iter()
+                .map(|(name, value)| EnvGrant::Set { name, value })
+                .collect(),
+            dirs,
+            allowed_outbound,
+            allow_self,
+            variables: templates,
+            limits: ComponentLimits {
+                memory,
+                timeout,
+                concurrency,
+            },
+        })
+    }
+
+    fn filter(&self, raw: raw::Filter, name: &str) -> Result<FilterSpec, ManifestError> {
+        let path = self.existing(&raw.source, "source")?;
+        let failure = match raw.failure.as_ref().map(|f| (f.get_ref().as_str(), f)) {
+            None | Some(("fail-closed", _)) => FilterFailure::FailClosed,
+            Some(("fail-open", _)) => FilterFailure::FailOpen,
+            Some((other, f)) => {
+                return Err((self.at)(
+                    f.span(),
+                    format!("failure {other:?}: expected \"fail-closed\" or \"fail-open\""),
+                ));
+            }
+        };
+        Ok(FilterSpec {
+            path,
+            name: Some(name.to_string()),
+            root_id: raw.root_id.unwrap_or_default(),
+            vm_id: raw.vm_id.unwrap_or_default(),
+            config: raw.config.unwrap_or_default().into_bytes(),
+            vm_config: raw.vm_config.unwrap_or_default().into_bytes(),
+            env: raw
+                .env
+                .into_iter()
+                .map(|(name, value)| EnvGrant::Set { name, value })
+                .collect(),
+            failure,
+        })
+    }
+}
+
+/// Names of components, filters and variables: lower-case letters, digits, `_` and `-`,
+/// starting with a letter.
+fn check_name(name: &Spanned<String>, what: &str) -> Result<(), String> {
+    let n = name.get_ref();
+    let ok = n.starts_with(|c: char| c.is_ascii_lowercase())
+        && n.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} name {n:?}: lower-case letters, digits, _ and -, starting with a letter"
+        ))
+    }
+}
+
+/// The variables a template refers to (`{{ name }}`).
+fn template_names(template: &str) -> Result<Vec<String>, String> {
+    let mut names = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find("{{") {
+        let after = &rest[open + 2..];
+        let close = after
+            .find("}}")
+            .ok_or_else(|| format!("template {template:?}: \"{{{{\" without \"}}}}\""))?;
+        names.push(after[..close].trim().to_string());
+        rest = &after[close + 2..];
+    }
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory with the files the example manifest names.
+    fn app_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for file in ["api.wasm", "auth.wasm"] {
+            std::fs::write(dir.path().join(file), b"\0asm").unwrap();
+        }
+        std::fs::create_dir(dir.path().join("public")).unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        dir
+    }
+
+    const EXAMPLE: &str = r#"manifest_version = 1
+[app]
+name = "shop"
+
+[[route]]
+path = "/api/..."
+component = "api"
+
+[[route]]
+path = "/"
+files = "public/"
+
+[[route]]
+host = "admin.example.com"
+path = "/..."
+upstream = "http://127.0.0.1:9000"
+filters = ["auth"]
+
+[component.api]
+source = "api.wasm"
+env = { MODE = "prod" }
+dirs = { "/data" = "./data" }
+allowed_outbound = ["https://payments.example.com", "http://self"]
+variables = { db_url = "{{ database_url }}" }
+limits = { memory = "64MiB", timeout = "5s", concurrency = 100 }
+
+[filter.auth]
+source = "auth.wasm"
+config = '{"realm":"api"}'
+failure = "fail-closed"
+
+[variables]
+database_url = { default = "sqlite://x" }
+api_token = { required = true, secret = true }
+"#;
+
+    fn parse(dir: &Path, text: &str) -> Result<Manifest, ManifestError> {
+        parse_manifest(text, &dir.join("pier.toml"))
+    }
+
+    #[test]
+    fn the_example_parses_into_routes_components_filters_and_variables() {
+        let dir = app_dir();
+        let m = parse(dir.path(), EXAMPLE).unwrap();
+        assert_eq!(m.name, "shop");
+        assert_eq!(
+            m.routes
+                .iter()
+                .map(|r| (r.host.clone(), r.path.clone()))
+                .collect::<Vec<_>>(),
+            vec![
+                (None, RoutePath::Prefix("/api".into())),
+                (None, RoutePath::Exact("/".into())),
+                (
+                    Some("admin.example.com".into()),
+                    RoutePath::Prefix("".into())
+                ),
+            ]
+        );
+        assert_eq!(m.routes[0].target, Target::Component("api".into()));
+        assert_eq!(
+            m.routes[1].target,
+            Target::Files(dir.path().join("public/"))
+        );
+        assert_eq!(m.routes[2].filters, ["auth"]);
+        let api = &m.components["api"];
+        assert_eq!(api.source, dir.path().join("api.wasm"));
+        assert_eq!(api.dirs["/data"], dir.path().join("./data"));
+        assert!(api.allow_self);
+        assert_eq!(api.allowed_outbound.len(), 1);
+        assert_eq!(
+            api.limits,
+            ComponentLimits {
+                memory: Some(64 << 20),
+                timeout: Some(Duration::from_secs(5)),
+                concurrency: Some(100)
+            }
+        );
+        assert_eq!(m.filters["auth"].config, br#"{"realm":"api"}"#);
+        assert_eq!(m.filters["auth"].name.as_deref(), Some("auth"));
+        assert!(m.variables["api_token"].required && m.variables["api_token"].secret);
+    }
+
+    #[test]
+    fn every_mistake_is_one_error_with_its_line_and_column() {
+        let dir = app_dir();
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "source = \"api.wasm\"",
+                "sourc = \"api.wasm\"",
+                ":20:1: unknown field `sourc`",
+            ),
+            (
+                "component = \"api\"",
+                "component = \"apii\"",
+                ":7:13: component \"apii\" is not declared",
+            ),
+            (
+                "filters = [\"auth\"]",
+                "filters = [\"nope\"]",
+                ":17:12: filter \"nope\" is not declared",
+            ),
+            (
+                "path = \"/\"",
+                "path = \"/api/...\"",
+                ":10:8: route \"/api/...\" collides with the route at line 6",
+            ),
+            (
+                "source = \"auth.wasm\"",
+                "source = \"gone.wasm\"",
+                ":28:10: source \"gone.wasm\":",
+            ),
+            (
+                "files = \"public/\"",
+                "files = \"nowhere/\"",
+                "files \"nowhere/\"",
+            ),
+            (
+                "{{ database_url }}",
+                "{{ databse_url }}",
+                "variable \"databse_url\" is not declared",
+            ),
+            ("memory = \"64MiB\"", "memory = \"64 lots\"", ":25:21:"),
+            (
+                "manifest_version = 1",
+                "manifest_version = 2",
+                ":1:20: manifest_version = 2",
+            ),
+            (
+                "upstream = \"http://127.0.0.1:9000\"",
+                "upstream = \"127.0.0.1:9000\"",
+                "expected http://HOST",
+            ),
+            ("path = \"/api/...\"", "path = \"api\"", "must start with /"),
+            (
+                "path = \"/api/...\"",
+                "path = \"/api/.../x\"",
+                "may only end a path",
+            ),
+            (
+                "failure = \"fail-closed\"",
+                "failure = \"sometimes\"",
+                "expected \"fail-closed\" or \"fail-open\"",
+            ),
+            ("concurrency = 100", "concurrency = 0", "at least 1"),
+            (
+                "component = \"api\"",
+                "component = \"api\"\nupstream = \"http://x\"",
+                "upstream as well",
+            ),
+            (
+                "[component.api]",
+                "[component.Api]",
+                "component name \"Api\"",
+            ),
+            ("name = \"shop\"", "name = 5", ":3:8: invalid type"),
+        ];
+        let mut wrong = Vec::new();
+        for (from, to, expected) in cases {
+            assert!(EXAMPLE.contains(from), "{from}");
+            let text = EXAMPLE.replacen(from, to, 1);
+            let e = parse(dir.path(), &text).unwrap_err().to_string();
+            let file = dir.path().join("pier.toml").display().to_string();
+            if !e.contains(expected) || e.contains('\n') || !e.starts_with(&file) {
+                wrong.push(format!("{to}: {expected:?} not in {e:?}"));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn templates_name_their_variables() {
+        assert_eq!(
+            template_names("a{{ x }}b{{y}}").unwrap(),
+            vec!["x".to_string(), "y".to_string()]
+        );
+        assert!(template_names("{{ x").is_err());
+    }
+}
