@@ -1,19 +1,25 @@
-//! What `pier serve` serves, as one typed description: flags (and, next, `pier.toml`) parse
-//! into an [`App`]; the library's builder (`pier_http::build`) turns it into a running server's
-//! parts. The process-level settings (listening address, TLS, admin listener, workers) stay
-//! with the command line.
+//! What `pier serve` serves, as one typed description: flags and `pier.toml` parse into an
+//! [`App`]; the library's builder (`pier_http::build`) turns it into a running server's parts.
+//! The single-wasm and `--upstream` command lines are an app with one route, `/...`. The
+//! process-level settings (listening address, TLS, admin listener, workers) stay with the
+//! command line.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::{CacheConfig, FilterSpec, Grants, Limits, OutboundConfig};
+use crate::manifest::{Manifest, RoutePath, Target};
+use crate::{CacheConfig, DirGrant, FilterSpec, Grants, Limits, OutboundConfig, OutboundPolicy};
 
-/// An application: what answers requests, the filters in front of it, and its limits.
+/// An application: its components, the routes to them (or to upstreams), the filters in front,
+/// and its limits.
 #[derive(Debug, Clone)]
 pub struct App {
-    /// What answers every request (the single route `/...`).
-    pub handler: HandlerSpec,
-    /// Proxy-Wasm plugins in front of it, in order.
+    /// Components by name.
+    pub components: BTreeMap<String, ComponentSpec>,
+    /// Routes; a request takes the most specific that matches (see `pier_http`'s router).
+    pub routes: Vec<RouteSpec>,
+    /// Proxy-Wasm plugins; routes name them by index, in the order they run.
     pub filters: Vec<FilterSpec>,
     /// How filter VMs run, and the upstreams filters may call.
     pub filter_options: FilterOptions,
@@ -27,22 +33,93 @@ pub struct App {
     pub prewarm: u32,
 }
 
-/// What answers requests.
-#[derive(Debug, Clone)]
-pub enum HandlerSpec {
-    /// A `wasi:http` component, a fresh instance per request.
-    Component(ComponentSpec),
+/// One route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    /// Only requests for this host (lower-case, no port).
+    pub host: Option<String>,
+    /// The path it matches.
+    pub path: RoutePath,
+    /// What answers it.
+    pub target: TargetSpec,
+    /// The filters in front of it: indices into [`App::filters`], in order.
+    pub filters: Vec<usize>,
+    /// Whether the guest is told the route (`x-pier-route`, `x-pier-path-info`): for a
+    /// manifest's routes, not for the single route of a command line.
+    pub announce: bool,
+}
+
+impl RouteSpec {
+    /// The path pattern as written (`/api/...`, `/`): the `x-pier-route` request header.
+    pub fn pattern(&self) -> String {
+        match &self.path {
+            RoutePath::Exact(path) => path.clone(),
+            RoutePath::Prefix(prefix) => format!("{prefix}/..."),
+        }
+    }
+}
+
+/// What answers a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetSpec {
+    /// A component of the app, by name: a fresh instance per request.
+    Component(String),
     /// A reverse proxy to one origin (`http://HOST:PORT` or `https://...`).
     Upstream(String),
 }
 
-/// A component and what it is granted.
+/// A component, what it is granted, and its own limits.
 #[derive(Debug, Clone)]
 pub struct ComponentSpec {
     /// The component file.
     pub source: PathBuf,
     /// What it may see of the host.
     pub grants: Grants,
+    /// The URLs it may reach, when not the app's (`--allow-outbound`).
+    pub outbound: Option<OutboundPolicy>,
+    /// Largest linear memory, when not the app's.
+    pub max_memory: Option<u64>,
+    /// Time a request may spend in it, when not the app's.
+    pub timeout: Option<Duration>,
+    /// Requests in it at once, beside the app's limit.
+    pub concurrency: Option<usize>,
+}
+
+impl ComponentSpec {
+    /// A component with `grants` and the app's policy and limits.
+    pub fn new(source: PathBuf, grants: Grants) -> ComponentSpec {
+        ComponentSpec {
+            source,
+            grants,
+            outbound: None,
+            max_memory: None,
+            timeout: None,
+            concurrency: None,
+        }
+    }
+}
+
+/// What the command line sets for any app: everything but its components, routes and filters.
+#[derive(Debug, Clone)]
+pub struct AppSettings {
+    /// How filter VMs run, and the upstreams filters may call.
+    pub filter_options: FilterOptions,
+    /// Protections.
+    pub limits: Limits,
+    /// Outgoing HTTP: the policy of components that have none of their own, the client's
+    /// settings for all.
+    pub outbound: OutboundConfig,
+    /// How components are compiled.
+    pub compile: CompileOptions,
+    /// Instances made ahead of their requests.
+    pub prewarm: u32,
+}
+
+fn route_pattern(path: &RoutePath) -> String {
+    match path {
+        RoutePath::Exact(path) => path.clone(),
+        RoutePath::Prefix(prefix) => format!("{prefix}/..."),
+    }
 }
 
 /// How compiled code is made and kept.
@@ -68,6 +145,133 @@ pub struct FilterOptions {
 }
 
 impl App {
+    /// The app of the single-wasm command line: `component` on every path, behind every filter.
+    pub fn one_component(
+        component: ComponentSpec,
+        filters: Vec<FilterSpec>,
+        rest: AppSettings,
+    ) -> App {
+        let mut components = BTreeMap::new();
+        components.insert("app".to_string(), component);
+        App::one_route(
+            components,
+            TargetSpec::Component("app".into()),
+            filters,
+            rest,
+        )
+    }
+
+    /// The app of `--upstream URL`: a proxy to `origin` on every path, behind every filter.
+    pub fn one_upstream(origin: String, filters: Vec<FilterSpec>, rest: AppSettings) -> App {
+        App::one_route(BTreeMap::new(), TargetSpec::Upstream(origin), filters, rest)
+    }
+
+    fn one_route(
+        components: BTreeMap<String, ComponentSpec>,
+        target: TargetSpec,
+        filters: Vec<FilterSpec>,
+        rest: AppSettings,
+    ) -> App {
+        let route = RouteSpec {
+            host: None,
+            path: RoutePath::Prefix(String::new()),
+            target,
+            filters: (0..filters.len()).collect(),
+            announce: false,
+        };
+        App {
+            components,
+            routes: vec![route],
+            filters,
+            filter_options: rest.filter_options,
+            limits: rest.limits,
+            outbound: rest.outbound,
+            compile: rest.compile,
+            prewarm: rest.prewarm,
+        }
+    }
+
+    /// The app a manifest describes, with `rest` (the command line's) for what the manifest
+    /// leaves to the server. Says what the manifest asks for that pier does not serve yet.
+    pub fn from_manifest(manifest: &Manifest, rest: AppSettings) -> Result<App, String> {
+        let mut components = BTreeMap::new();
+        for (name, c) in &manifest.components {
+            if c.allow_self {
+                return Err(format!(
+                    "component {name}: http://self is not served yet (calling the app's own routes)"
+                ));
+            }
+            if !c.variables.is_empty() {
+                return Err(format!(
+                    "component {name}: variables (wasi:config) are not served yet"
+                ));
+            }
+            let grants = Grants {
+                env: c.env.clone(),
+                dirs: c
+                    .dirs
+                    .iter()
+                    .map(|(guest, host)| DirGrant {
+                        host: host.clone(),
+                        guest: guest.clone(),
+                    })
+                    .collect(),
+            };
+            let spec = ComponentSpec {
+                source: c.source.clone(),
+                grants,
+                outbound: Some(OutboundPolicy::new(c.allowed_outbound.clone())),
+                max_memory: c.limits.memory,
+                timeout: c.limits.timeout,
+                concurrency: c.limits.concurrency,
+            };
+            components.insert(name.clone(), spec);
+        }
+        let names: Vec<&String> = manifest.filters.keys().collect();
+        let filters: Vec<FilterSpec> = manifest.filters.values().cloned().collect();
+        let mut routes = Vec::new();
+        for route in &manifest.routes {
+            let target = match &route.target {
+                Target::Component(name) => TargetSpec::Component(name.clone()),
+                Target::Upstream(url) => TargetSpec::Upstream(url.clone()),
+                Target::Files(dir) => {
+                    return Err(format!(
+                        "route {:?}: static files ({}) are not served yet",
+                        route_pattern(&route.path),
+                        dir.display()
+                    ));
+                }
+            };
+            let filters = route
+                .filters
+                .iter()
+                .map(|f| {
+                    names
+                        .iter()
+                        .position(|n| *n == f)
+                        .expect("checked by the manifest")
+                })
+                .collect();
+            routes.push(RouteSpec {
+                host: route.host.clone(),
+                path: route.path.clone(),
+                target,
+                filters,
+                announce: true,
+            });
+        }
+        Ok(App {
+            components,
+            routes,
+            filters,
+            filter_options: rest.filter_options,
+            limits: rest.limits,
+            outbound: rest.outbound,
+            compile: rest.compile,
+            prewarm: rest.prewarm,
+        })
+    }
+
     /// Filter VMs alive at once, at most: each filter module's, and as many again for VMs
     /// replaced (after a failure, or grown past their memory cap) that still finish their
     /// streams.

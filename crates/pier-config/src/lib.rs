@@ -13,7 +13,9 @@ mod manifest;
 mod outbound;
 mod units;
 
-pub use app::{App, CompileOptions, ComponentSpec, FilterOptions, HandlerSpec};
+pub use app::{
+    App, AppSettings, CompileOptions, ComponentSpec, FilterOptions, RouteSpec, TargetSpec,
+};
 pub use envoy::{ImportError, load_filters, parse_filters};
 pub use filters::{FilterFailure, FilterSpec, vm_groups};
 pub use grants::{DirGrant, EnvGrant, GrantError, Grants};

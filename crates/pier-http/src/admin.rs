@@ -18,8 +18,9 @@ use tokio::net::TcpListener;
 /// What an admin listener reports on.
 #[derive(Clone)]
 pub enum Admin {
-    /// This process's own metrics, with the state of `engine`'s instance pool as of the scrape.
-    Process(PrometheusHandle, wasmtime::Engine),
+    /// This process's own metrics, with the state of its engines' instance pools as of the
+    /// scrape.
+    Process(PrometheusHandle, Vec<wasmtime::Engine>),
     /// The metrics of a supervisor's workers.
     Workers(Arc<Workers>),
 }
@@ -29,8 +30,8 @@ impl Admin {
     async fn respond(&self, path: &str) -> (StatusCode, &'static str, String) {
         const EXPOSITION: &str = "text/plain; version=0.0.4";
         match (path, self) {
-            ("/metrics", Admin::Process(handle, engine)) => {
-                crate::metrics::record_pool(engine);
+            ("/metrics", Admin::Process(handle, engines)) => {
+                crate::metrics::record_pool(engines);
                 (StatusCode::OK, EXPOSITION, handle.render())
             }
             ("/metrics", Admin::Workers(workers)) => {

@@ -4,26 +4,31 @@
 //! concurrency limit and the filters, the store settings from the limits, the outbound client,
 //! the filters' VMs and the upstreams they may call.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use pier_config::{App, HandlerSpec};
+use pier_config::{App, OutboundConfig, TargetSpec};
 use pier_engine::{
     CompileCache, EngineKind, HttpApp, MemoryReset, PoolSizes, StoreSettings, WasmFile,
 };
+use tokio::sync::Semaphore;
 
-use crate::{FilterChain, FilterSettings, Handler, NamedUpstreams, OutboundClient, Upstream};
+use crate::{
+    FilterChain, FilterSettings, Handler, NamedUpstreams, OutboundClient, Routed, Upstream,
+};
 
 /// A built application, ready for a [`crate::Server`].
 pub struct Built {
-    /// The engine its guests and filters run on (start its epoch ticker).
-    pub engine: pier_engine::Engine,
-    /// What answers requests.
-    pub handler: Handler,
-    /// The filters in front of it.
-    pub filters: FilterChain,
+    /// The engines its guests and filters run on, one per component (start each one's epoch
+    /// ticker); the first also runs the filters.
+    pub engines: Vec<pier_engine::Engine>,
+    /// Its routes.
+    pub routes: Vec<Routed>,
 }
 
-/// Builds `app`: compiles (or loads from the cache) its component, starts its filters' VMs.
+/// Builds `app`: compiles (or loads from the cache) each component on an engine fitted to it,
+/// with its grants, outbound policy and limits; starts the filters' VMs; and gives each route
+/// its handler and filter chain.
 pub fn build(app: &App) -> anyhow::Result<Built> {
     // One pool slot per request in a guest, plus the instances made ahead, plus slack for
     // instances still being torn down.
@@ -32,42 +37,72 @@ pub fn build(app: &App) -> anyhow::Result<Built> {
         .saturating_add(app.prewarm)
         .saturating_add(16);
     let pool = PoolSizes::guessed(instances, app.max_live_filter_vms());
-    let (engine, handler) = match &app.handler {
-        HandlerSpec::Component(component) => {
-            let wasm = WasmFile::read(&component.source)?;
-            let settings = StoreSettings {
-                max_memory: app.limits.max_memory,
-                timeout: app.limits.timeout,
-                prewarm: app.prewarm as usize,
-            };
-            let cache = CompileCache::new(&app.compile.cache).optimize(app.compile.optimize);
-            let (engine, mut proxy) =
-                HttpApp::load_for_serving(&wasm, &component.grants, &cache, settings, pool)?;
-            proxy.set_outbound(Arc::new(OutboundClient::new(&app.outbound)?));
-            (engine, Handler::Component(Arc::new(proxy)))
-        }
-        HandlerSpec::Upstream(origin) => {
-            let reset = MemoryReset::large(pier_engine::swap_is_on());
-            let engine = pier_engine::new_engine(EngineKind::Serve { pool, reset })?;
-            let origin = origin
-                .parse()
-                .map_err(|e| anyhow::anyhow!("--upstream {origin}: {e}"))?;
-            let upstream = Upstream::new(origin, &app.outbound)?;
-            (engine, Handler::Upstream(Arc::new(upstream)))
-        }
-    };
-    let filters = filters(&engine, app)?;
-    Ok(Built {
-        engine,
-        handler,
-        filters,
-    })
+    let cache = CompileCache::new(&app.compile.cache).optimize(app.compile.optimize);
+    let mut engines = Vec::new();
+    let mut components = BTreeMap::new();
+    for (name, component) in &app.components {
+        let wasm = WasmFile::read(&component.source)?;
+        let settings = StoreSettings {
+            max_memory: component.max_memory.unwrap_or(app.limits.max_memory),
+            timeout: component.timeout.unwrap_or(app.limits.timeout),
+            prewarm: app.prewarm as usize,
+        };
+        let (engine, mut http) =
+            HttpApp::load_for_serving(&wasm, &component.grants, &cache, settings, pool)?;
+        let outbound = match &component.outbound {
+            Some(policy) => OutboundConfig {
+                policy: policy.clone(),
+                ..app.outbound.clone()
+            },
+            None => app.outbound.clone(),
+        };
+        http.set_outbound(Arc::new(OutboundClient::new(&outbound)?));
+        let limit = component.concurrency.map(|n| Arc::new(Semaphore::new(n)));
+        components.insert(name.clone(), (Arc::new(http), limit));
+        engines.push(engine);
+    }
+    if engines.is_empty() {
+        // Upstreams only: an engine for the filters.
+        let reset = MemoryReset::large(pier_engine::swap_is_on());
+        engines.push(pier_engine::new_engine(EngineKind::Serve { pool, reset })?);
+    }
+    let filters = filters(&engines[0], app)?;
+    let mut routes = Vec::new();
+    for route in &app.routes {
+        let (handler, component_limit) = match &route.target {
+            TargetSpec::Component(name) => {
+                let (http, limit) = components
+                    .get(name)
+                    .ok_or_else(|| anyhow::anyhow!("route to an unknown component {name}"))?;
+                (Handler::Component(http.clone()), limit.clone())
+            }
+            TargetSpec::Upstream(origin) => {
+                let uri = origin
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("upstream {origin}: {e}"))?;
+                let upstream = Upstream::new(uri, &app.outbound)?;
+                (Handler::Upstream(Arc::new(upstream)), None)
+            }
+        };
+        routes.push(Routed {
+            host: route.host.clone(),
+            path: route.path.clone(),
+            handler,
+            filters: FilterChain(route.filters.iter().map(|&i| filters[i].clone()).collect()),
+            component_limit,
+            announce: route.announce,
+        });
+    }
+    Ok(Built { engines, routes })
 }
 
-/// The filter chain of `app` on `engine`.
-fn filters(engine: &pier_engine::Engine, app: &App) -> anyhow::Result<FilterChain> {
+/// Every filter of `app`, started on `engine`, in the app's order.
+fn filters(
+    engine: &pier_engine::Engine,
+    app: &App,
+) -> anyhow::Result<Vec<Arc<pier_proxywasm::Filter>>> {
     if app.filters.is_empty() {
-        return Ok(FilterChain::default());
+        return Ok(Vec::new());
     }
     let options = &app.filter_options;
     let callouts: Option<Arc<dyn pier_proxywasm::Callouts>> = if options.upstreams.is_empty() {
@@ -91,12 +126,7 @@ fn filters(engine: &pier_engine::Engine, app: &App) -> anyhow::Result<FilterChai
         pause_timeout: app.filter_pause_timeout(),
         max_buffered: usize::try_from(app.limits.max_body).unwrap_or(usize::MAX),
     };
-    Ok(FilterChain::load(
-        engine,
-        &app.filters,
-        &settings,
-        callouts,
-    )?)
+    Ok(FilterChain::load(engine, &app.filters, &settings, callouts)?.0)
 }
 
 /// What `pier check` found in a manifest.

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body::Body;
 use pier_engine::{FailureKind, HttpApp, Ready};
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::sync::oneshot;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
@@ -55,7 +55,7 @@ pub async fn handle<B>(
     app: Arc<HttpApp>,
     req: Request<B>,
     body_limit: Option<BodyLimit>,
-    permit: Option<OwnedSemaphorePermit>,
+    permit: Option<crate::service::Permits>,
 ) -> (Response<ResponseBody>, Option<Arc<GuestOutcome>>)
 where
     B: Body<Data = Bytes> + Send + 'static,

@@ -139,25 +139,18 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
-/// Sets the pool gauges from `engine`'s pooling allocator, as of now (called on each scrape).
-pub fn record_pool(engine: &wasmtime::Engine) {
-    let Some(pool) = engine.pooling_allocator_metrics() else {
-        return;
-    };
-    let slots = [
-        (
-            "memory",
-            pool.unused_warm_memories(),
-            pool.unused_memory_bytes_resident(),
-        ),
-        (
-            "table",
-            pool.unused_warm_tables(),
-            pool.unused_table_bytes_resident(),
-        ),
-    ];
-    for (kind, warm, resident) in slots {
-        metrics::gauge!(POOL_WARM_SLOTS, "kind" => kind).set(f64::from(warm));
-        metrics::gauge!(POOL_RESIDENT_BYTES, "kind" => kind).set(resident as f64);
+/// Sets the pool gauges from the engines' pooling allocators, summed, as of now (called on each
+/// scrape).
+pub fn record_pool(engines: &[wasmtime::Engine]) {
+    let (mut warm, mut resident) = ([0u64; 2], [0u64; 2]);
+    for pool in engines.iter().filter_map(|e| e.pooling_allocator_metrics()) {
+        warm[0] += u64::from(pool.unused_warm_memories());
+        resident[0] += pool.unused_memory_bytes_resident() as u64;
+        warm[1] += u64::from(pool.unused_warm_tables());
+        resident[1] += pool.unused_table_bytes_resident() as u64;
+    }
+    for (i, kind) in ["memory", "table"].into_iter().enumerate() {
+        metrics::gauge!(POOL_WARM_SLOTS, "kind" => kind).set(warm[i] as f64);
+        metrics::gauge!(POOL_RESIDENT_BYTES, "kind" => kind).set(resident[i] as f64);
     }
 }

@@ -17,12 +17,29 @@ use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::conn::{Activity, Expired, Tracked};
+use crate::router::{Entry, Router};
 use crate::service::Pipeline;
+
+/// One route as the server takes it: where, what answers, the filters in front.
+pub struct Routed {
+    /// Only requests for this host.
+    pub host: Option<String>,
+    /// The path it matches.
+    pub path: pier_config::RoutePath,
+    /// What answers it.
+    pub handler: crate::Handler,
+    /// The filters in front of it.
+    pub filters: crate::FilterChain,
+    /// Its component's own concurrency limit (shared by the routes to that component).
+    pub component_limit: Option<Arc<Semaphore>>,
+    /// Whether the guest is told the route (`x-pier-route`, `x-pier-path-info`).
+    pub announce: bool,
+}
 
 /// A listening server that has not started accepting yet.
 pub struct Server {
     listener: TcpListener,
-    pipeline: Arc<Pipeline>,
+    router: Arc<Router>,
     limits: Limits,
     tls: Option<TlsAcceptor>,
 }
@@ -136,14 +153,12 @@ pub enum Listen {
 }
 
 impl Server {
-    /// Listens as `listen` says for `handler` behind `filters`, with TLS when an acceptor is
-    /// given.
+    /// Listens as `listen` says for `routes`, with TLS when an acceptor is given.
     pub async fn bind(
         listen: Listen,
-        handler: crate::Handler,
+        routes: Vec<Routed>,
         limits: Limits,
         tls: Option<TlsAcceptor>,
-        filters: crate::FilterChain,
     ) -> Result<Server, ServeError> {
         let listener = match listen {
             Listen::Addr(addr) => bind(addr, "--addr").await?,
@@ -152,10 +167,37 @@ impl Server {
                 .and_then(|()| TcpListener::from_std(listener))
                 .map_err(|source| ServeError::Inherited { error: source })?,
         };
-        let pipeline = Pipeline::new(handler, limits.clone(), filters, listener.local_addr().ok());
+        let local = listener.local_addr().ok();
+        let concurrency = Arc::new(Semaphore::new(limits.max_concurrency));
+        let pipeline = |handler, filters, component_limit| {
+            Pipeline::new(
+                handler,
+                limits.clone(),
+                filters,
+                local,
+                concurrency.clone(),
+                component_limit,
+            )
+        };
+        let entries = routes
+            .into_iter()
+            .map(|r| {
+                Entry::new(
+                    r.host,
+                    r.path,
+                    pipeline(r.handler, r.filters, r.component_limit),
+                    r.announce,
+                )
+            })
+            .collect();
+        let not_found = pipeline(
+            crate::Handler::NotFound,
+            crate::FilterChain::default(),
+            None,
+        );
         Ok(Server {
             listener,
-            pipeline,
+            router: Arc::new(Router::new(entries, not_found)),
             limits,
             tls,
         })
@@ -180,7 +222,7 @@ impl Server {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let Server {
             listener,
-            pipeline,
+            router,
             limits,
             tls,
         } = self;
@@ -209,7 +251,7 @@ impl Server {
             let _ = stream.set_nodelay(true);
             let conn = Connection {
                 builder: builder.clone(),
-                pipeline: pipeline.clone(),
+                router: router.clone(),
                 idle_timeout: limits.idle_timeout,
                 header_timeout: limits.header_timeout,
                 draining: draining.clone(),
@@ -279,7 +321,7 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 /// One accepted connection.
 struct Connection {
     builder: Arc<auto::Builder<TokioExecutor>>,
-    pipeline: Arc<Pipeline>,
+    router: Arc<Router>,
     idle_timeout: Duration,
     header_timeout: Duration,
     draining: watch::Receiver<bool>,
@@ -297,15 +339,15 @@ impl Connection {
     async fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(mut self, stream: S) {
         let activity = Activity::new(self.peer);
         let io = TokioIo::new(Tracked::new(stream, activity.clone()));
-        let pipeline = self.pipeline.clone();
+        let router = self.router.clone();
         let requests = activity.clone();
         let service = service_fn(move |req| {
             // Marked as begun here, as soon as hyper has the head, not when the response
             // future first runs: the watchdog must never see a request that has arrived as a
             // slow client's missing head.
             let in_flight = requests.begin();
-            let pipeline = pipeline.clone();
-            async move { Ok::<_, Infallible>(pipeline.serve(req, in_flight).await) }
+            let router = router.clone();
+            async move { Ok::<_, Infallible>(router.serve(req, in_flight).await) }
         });
         let conn = self.builder.serve_connection(io, service);
         tokio::pin!(conn);

@@ -26,34 +26,56 @@ pub enum Handler {
     Component(Arc<HttpApp>),
     /// A reverse proxy to one origin.
     Upstream(Arc<Upstream>),
+    /// No route: 404.
+    NotFound,
 }
 
-/// What every request on a server shares.
+/// What the requests of one route share: its handler, its filters, and the limits on them.
 pub struct Pipeline {
     handler: Handler,
     limits: Limits,
+    /// The server's `--max-concurrency`, shared by every route.
     concurrency: Arc<Semaphore>,
+    /// The component's own concurrency limit, shared by every route to it.
+    component_limit: Option<Arc<Semaphore>>,
     filters: FilterChain,
     local: Option<std::net::SocketAddr>,
 }
 
 impl Pipeline {
     /// The pipeline for `handler` behind `filters` under `limits`, on a server listening at
-    /// `local`.
+    /// `local`; requests take a permit of `concurrency` (and of `component_limit`) or get 503.
     pub fn new(
         handler: Handler,
         limits: Limits,
         filters: FilterChain,
         local: Option<std::net::SocketAddr>,
+        concurrency: Arc<Semaphore>,
+        component_limit: Option<Arc<Semaphore>>,
     ) -> Arc<Pipeline> {
-        let concurrency = Arc::new(Semaphore::new(limits.max_concurrency));
         Arc::new(Pipeline {
             handler,
             limits,
             concurrency,
+            component_limit,
             filters,
             local,
         })
+    }
+
+    /// A 404 pipeline, for tests of what routes where.
+    #[cfg(test)]
+    pub fn not_found_for_tests() -> Arc<Pipeline> {
+        let limits = Limits::default();
+        let concurrency = Arc::new(Semaphore::new(limits.max_concurrency));
+        Pipeline::new(
+            Handler::NotFound,
+            limits,
+            FilterChain::default(),
+            None,
+            concurrency,
+            None,
+        )
     }
 
     /// Answers one request, which keeps its connection busy (`in_flight`) until the response
@@ -90,12 +112,34 @@ impl Pipeline {
                 "body_too_large",
             );
         }
+        if let Handler::NotFound = self.handler {
+            let message = format!("no route for {}", record.uri.path());
+            return reject(record, StatusCode::NOT_FOUND, &message, "no_route");
+        }
         // Admission: answer at once rather than queue without bound.
         let Ok(permit) = self.concurrency.clone().try_acquire_owned() else {
             metrics::counter!(crate::metrics::REJECTED, "reason" => "overload").increment(1);
             let response =
                 busy_response("server busy: too many requests in progress, retry shortly");
             return record.attach(response);
+        };
+        let component_permit = match &self.component_limit {
+            None => None,
+            Some(limit) => match limit.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    metrics::counter!(crate::metrics::REJECTED, "reason" => "overload")
+                        .increment(1);
+                    let response = busy_response(
+                        "component busy: too many requests in progress, retry shortly",
+                    );
+                    return record.attach(response);
+                }
+            },
+        };
+        let permit = Permits {
+            _server: permit,
+            _component: component_permit,
         };
 
         let limit = BodyLimit::new(limits.max_body);
@@ -131,7 +175,7 @@ impl Pipeline {
         req: Request<RequestBody>,
         peer: std::net::SocketAddr,
         limit: BodyLimit,
-        permit: OwnedSemaphorePermit,
+        permit: Permits,
     ) -> (Response<ResponseBody>, Option<Arc<GuestOutcome>>) {
         match &self.handler {
             Handler::Component(app) => {
@@ -142,8 +186,16 @@ impl Pipeline {
                 drop(permit);
                 (response, None)
             }
+            Handler::NotFound => unreachable!("answered before admission"),
         }
     }
+}
+
+/// The permits a request in a guest holds: the server's, and its component's if it has a limit
+/// of its own.
+pub struct Permits {
+    _server: OwnedSemaphorePermit,
+    _component: Option<OwnedSemaphorePermit>,
 }
 
 fn reject(

@@ -120,27 +120,43 @@ impl PierServer {
             let log = log.clone();
             std::thread::spawn(move || {
                 let mut tx = Some(tx);
-                let mut first = true;
-                for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
-                    // The serving line is the first line pier writes (harnesses wait for
-                    // it); anything before it fails the start.
+                let mut reader = BufReader::new(stderr);
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    let text = line.trim_end_matches('\n').to_string();
+                    line.clear();
+                    if text.starts_with("pier: admin on ") {
+                        let _ = admin_tx.send(text["pier: admin on http://".len()..].to_string());
+                    }
+                    {
+                        let mut log = log.lock().unwrap();
+                        log.push_str(&text);
+                        log.push('\n');
+                    }
+                    // The serving line is the first line pier writes (harnesses wait for it),
+                    // with its start-up log in the same write: the start is over once what
+                    // came with it is in the log. Anything before it fails the start.
                     if let Some(tx) = tx.take() {
-                        match line.strip_prefix("pier: serving ") {
-                            Some(url) if first => {
+                        match text.strip_prefix("pier: serving ") {
+                            Some(url) => {
+                                while !reader.buffer().is_empty()
+                                    && reader.read_line(&mut line).is_ok_and(|n| n > 0)
+                                {
+                                    let mut log = log.lock().unwrap();
+                                    if line.starts_with("pier: admin on ") {
+                                        let addr = &line["pier: admin on http://".len()..];
+                                        let _ = admin_tx.send(addr.trim_end().to_string());
+                                    }
+                                    log.push_str(&line);
+                                    line.clear();
+                                }
                                 let _ = tx.send(Ok(url.to_string()));
                             }
-                            _ => {
-                                let _ = tx.send(Err(line.clone()));
+                            None => {
+                                let _ = tx.send(Err(text.clone()));
                             }
                         }
                     }
-                    first = false;
-                    if line.starts_with("pier: admin on ") {
-                        let _ = admin_tx.send(line["pier: admin on http://".len()..].to_string());
-                    }
-                    let mut log = log.lock().unwrap();
-                    log.push_str(&line);
-                    log.push('\n');
                 }
             });
         }
@@ -309,7 +325,8 @@ where
         })
     }
 
-    /// Sends one request; the URI should be a path (the Host header is added for HTTP/1.1).
+    /// Sends one request; the URI should be a path. The host is `localhost`, or the request's
+    /// Host header: the Host header on HTTP/1.1, `:authority` on HTTP/2.
     pub async fn send(&mut self, mut req: Request<B>) -> Result<Response<Incoming>> {
         Ok(match self {
             Client::H1(sender) => {
@@ -321,7 +338,11 @@ where
                 sender.send_request(req).await?
             }
             Client::H2(sender) => {
-                let uri = format!("http://localhost{}", req.uri());
+                let host = match req.headers_mut().remove(http::header::HOST) {
+                    Some(host) => host.to_str()?.to_string(),
+                    None => "localhost".to_string(),
+                };
+                let uri = format!("http://{host}{}", req.uri());
                 *req.uri_mut() = uri.parse()?;
                 sender.ready().await?;
                 sender.send_request(req).await?

@@ -54,8 +54,14 @@ pub fn init(default: &str, format: LogFormat, hold: bool) {
 
 /// Writes the held lines, and every line from now on, to stderr.
 pub fn release() {
+    release_after("");
+}
+
+/// Writes `first` (whole lines), then the held lines, in one write to stderr, so a reader gets
+/// them together; every line from now on goes straight to stderr.
+pub fn release_after(first: &str) {
     let held = HELD.lock().unwrap_or_else(|e| e.into_inner()).take();
-    if let Some(lines) = held {
-        let _ = std::io::stderr().write_all(&lines);
-    }
+    let mut out = first.as_bytes().to_vec();
+    out.extend(held.unwrap_or_default());
+    let _ = std::io::stderr().write_all(&out);
 }

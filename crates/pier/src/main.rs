@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use pier_config::{
-    App, CacheConfig, CompileOptions, ComponentSpec, DEFAULT_ADDR, DirGrant, EnvGrant,
-    FilterFailure, FilterOptions, FilterSpec, Grants, HandlerSpec, Limits, OutboundConfig,
-    OutboundPattern, OutboundPolicy, RunConfig, parse_duration, parse_listen_addr, parse_size,
+    App, AppSettings, CacheConfig, CompileOptions, ComponentSpec, DEFAULT_ADDR, DirGrant, EnvGrant,
+    FilterFailure, FilterOptions, FilterSpec, Grants, Limits, OutboundConfig, OutboundPattern,
+    OutboundPolicy, RunConfig, parse_duration, parse_listen_addr, parse_size,
 };
 use pier_engine::{CacheOutcome, CompileCache, EngineKind, RunOutcome, WasmFile, WasmKind};
 use pier_http::Listen;
@@ -101,39 +101,53 @@ struct ServeArgs {
     /// Proxy every request to this origin (http://HOST:PORT or https://...), not a component.
     #[arg(long, value_name = "URL", conflicts_with = "app", value_parser = parse_origin)]
     upstream: Option<http::Uri>,
-    /// The component to serve.
-    #[arg(value_name = "APP.wasm", required_unless_present = "upstream")]
+    /// The component to serve, or a pier.toml manifest.
+    #[arg(
+        value_name = "APP.wasm|PIER.toml",
+        required_unless_present = "upstream"
+    )]
     app: Option<PathBuf>,
 }
 
 impl ServeArgs {
-    /// The application the flags describe.
+    /// The application the flags (and the manifest, when one is given) describe.
     fn app(&self) -> anyhow::Result<App> {
-        let handler = match (&self.app, &self.upstream) {
-            (Some(source), _) if source.extension().is_some_and(|e| e == "toml") => {
-                anyhow::bail!(
-                    "{}: pier serve does not serve manifests yet; `pier check {}` checks one",
-                    source.display(),
-                    source.display()
-                )
-            }
-            (Some(source), _) => HandlerSpec::Component(ComponentSpec {
-                source: source.clone(),
-                grants: self.grants.grants(),
-            }),
-            (None, Some(origin)) => HandlerSpec::Upstream(origin.to_string()),
-            (None, None) => anyhow::bail!("give a component to serve, or --upstream URL"),
-        };
-        Ok(App {
-            handler,
-            filters: self.filters.specs()?,
+        let settings = AppSettings {
             filter_options: self.filters.options(),
             limits: self.limits.limits(),
             outbound: self.outbound.config(),
             compile: self.cache.options(),
             prewarm: self.prewarm,
-        })
+        };
+        match (&self.app, &self.upstream) {
+            (Some(source), _) if is_manifest(source) => {
+                if self.filters.any() {
+                    anyhow::bail!(
+                        "--filter with a manifest: declare filters as [filter.NAME] and name them on routes"
+                    );
+                }
+                let manifest = pier_config::load_manifest(source)?;
+                App::from_manifest(&manifest, settings)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", source.display()))
+            }
+            (Some(source), _) => Ok(App::one_component(
+                ComponentSpec::new(source.clone(), self.grants.grants()),
+                self.filters.specs()?,
+                settings,
+            )),
+            (None, Some(origin)) => Ok(App::one_upstream(
+                origin.to_string(),
+                self.filters.specs()?,
+                settings,
+            )),
+            (None, None) => anyhow::bail!("give a component to serve, or --upstream URL"),
+        }
     }
+}
+
+/// Whether `path` is a manifest (`pier.toml`) rather than a component.
+fn is_manifest(path: &std::path::Path) -> bool {
+    path.extension().is_some_and(|e| e == "toml")
 }
 
 fn parse_origin(s: &str) -> Result<http::Uri, String> {
@@ -592,21 +606,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .as_ref()
         .map(|_| pier_http::metrics::install_recorder())
         .transpose()?;
-    let pier_http::Built {
-        engine,
-        handler,
-        filters,
-    } = pier_http::build(&app)?;
-    pier_engine::start_epoch_ticker(&engine);
+    let pier_http::Built { engines, routes } = pier_http::build(&app)?;
+    for engine in &engines {
+        pier_engine::start_epoch_ticker(engine);
+    }
     let mut admin_line = None;
     if let (Some(listener), Some(handle)) = (admin, recorder) {
         if args.worker_admin_fd.is_none() {
             admin_line = Some(format!("pier: admin on http://{}", listener.local_addr()?));
         }
-        let admin = pier_http::admin::Admin::Process(handle, engine.clone());
+        let admin = pier_http::admin::Admin::Process(handle, engines.clone());
         tokio::spawn(pier_http::admin::serve(listener, admin));
     }
-    let server = pier_http::Server::bind(listen, handler, app.limits, tls, filters).await?;
+    let server = pier_http::Server::bind(listen, routes, app.limits, tls).await?;
     // Loading read whole files (the component, its compiled code) into memory and freed them;
     // hand those pages back now rather than carry them, resident, for the server's lifetime.
     // SAFETY: mi_collect only frees memory mimalloc itself holds unused.
@@ -617,11 +629,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         workers::ready()?;
     } else {
         // The first line: what harnesses wait for. Then the admin line and the start-up log.
-        eprintln!("pier: serving {}", server.url());
+        let mut first = format!("pier: serving {}\n", server.url());
         if let Some(line) = admin_line {
-            eprintln!("{line}");
+            first.push_str(&line);
+            first.push('\n');
         }
-        logs::release();
+        logs::release_after(&first);
     }
     server.serve(shutdown).await;
     Ok(())

@@ -49,7 +49,13 @@ const WORKER_INDEX: &str = "PIER_WORKER";
 /// Runs `pier serve --workers N` until SIGTERM or Ctrl-C.
 pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
     let n = args.workers;
-    if args.filters.any() {
+    let manifest_filters = match &args.app {
+        Some(app) if crate::is_manifest(app) => {
+            !pier_config::load_manifest(app)?.filters.is_empty()
+        }
+        _ => false,
+    };
+    if args.filters.any() || manifest_filters {
         bail!(
             "--workers {n} with --filter is not supported yet: filter VMs share data and queues within one process only; give one of them"
         );
@@ -88,7 +94,11 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
         // Compile once, rather than in every worker at the same time; in a process of its own,
         // so the supervisor never holds a component's memory. Its errors are worker 0's to
         // report.
-        if let Some(app) = args.app.as_ref().filter(|_| !args.cache.no_cache) {
+        let component = args
+            .app
+            .as_ref()
+            .filter(|app| !args.cache.no_cache && !crate::is_manifest(app));
+        if let Some(app) = component {
             let mut compile = pier_command();
             compile.arg("compile");
             if args.cache.no_optimize {
@@ -128,13 +138,14 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
         } else {
             "http"
         };
-        eprintln!("pier: serving {scheme}://{}", port.addr());
-        if let Some(addr) = &admin_addr {
-            eprintln!("pier: admin on http://{addr}");
-        }
-        crate::logs::release();
-        drop(held_logs);
+        // Held, then written with the serving line.
         tracing::info!(workers = n, "every worker listens");
+        let mut first = format!("pier: serving {scheme}://{}\n", port.addr());
+        if let Some(addr) = &admin_addr {
+            first.push_str(&format!("pier: admin on http://{addr}\n"));
+        }
+        crate::logs::release_after(&first);
+        drop(held_logs);
         loop {
             let ended = tokio::select! {
                 biased;

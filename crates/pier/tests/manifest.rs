@@ -1,10 +1,14 @@
 //! `pier.toml` manifests: `pier check` validates one and everything it names, and says what is
-//! wrong in one line with the manifest's line and column.
+//! wrong in one line with the manifest's line and column; `pier serve pier.toml` routes requests
+//! to several components and upstreams, each component with its own grants and limits.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use pier_testkit::{assert_one_line_error, guest, repo_root};
+use http::{Request, StatusCode};
+use pier_testkit::{
+    PROTOS, PierServer, assert_one_line_error, echo_upstream, get, guest, repo_root, send,
+};
 
 fn pier() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_pier"))
@@ -107,16 +111,231 @@ fn pier_check_names_what_is_wrong() {
         let mut args = vec!["check", manifest.to_str().unwrap()];
         let line = assert_one_line_error(pier(), &args, &needles);
         assert!(!line.contains("do-not-show-me"), "{line}");
+        // Serving reads the manifest the same way (its component's variables are refused
+        // before the component is compiled).
         args[0] = "serve";
-        assert_one_line_error(
-            pier(),
-            &args,
-            &["does not serve manifests yet", "pier check"],
-        );
+        let line = if needles[0].starts_with("component api") {
+            assert_one_line_error(
+                pier(),
+                &args,
+                &["variables (wasi:config) are not served yet"],
+            )
+        } else {
+            assert_one_line_error(pier(), &args, &needles)
+        };
+        assert!(!line.contains("do-not-show-me"), "{line}");
     }
     assert_one_line_error(
         pier(),
         &["check", "/no/such/pier.toml"],
         &["/no/such/pier.toml", "cannot read it"],
+    );
+}
+
+/// The routing table end to end: exact, prefix (on a segment boundary), host, precedence, 404;
+/// the guest learns its route and path info, a client cannot forge them; upstream routes.
+#[tokio::test]
+async fn routes_take_each_request_to_the_most_specific_match() {
+    let upstream = echo_upstream().await;
+    let dir = app("manifest_version = 1\n");
+    std::fs::copy(guest("echo"), dir.path().join("echo.wasm")).unwrap();
+    let manifest = format!(
+        r#"manifest_version = 1
+[[route]]
+path = "/api/..."
+component = "echo"
+[[route]]
+path = "/api/health"
+component = "hello"
+[[route]]
+path = "/"
+component = "hello"
+[[route]]
+path = "/proxied/..."
+upstream = "http://{upstream}"
+[[route]]
+host = "admin.example.com"
+path = "/..."
+upstream = "http://{upstream}"
+
+[component.echo]
+source = "echo.wasm"
+[component.hello]
+source = "hello.wasm"
+"#
+    );
+    std::fs::write(dir.path().join("pier.toml"), manifest).unwrap();
+    let manifest = dir.path().join("pier.toml");
+    let server = PierServer::start(pier(), &[manifest.to_str().unwrap()]).unwrap();
+    for proto in PROTOS {
+        let api = send(
+            &server.addr,
+            proto,
+            Request::get("/api/users/7?x=1")
+                .header("x-pier-route", "/forged/...")
+                .body(Default::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(api.status, StatusCode::OK, "{proto:?}");
+        assert_eq!(api.headers["x-echo-x-pier-route"], "/api/...");
+        assert_eq!(api.headers["x-echo-x-pier-path-info"], "/users/7");
+        assert_eq!(
+            api.headers.get_all("x-echo-x-pier-route").iter().count(),
+            1,
+            "the client's x-pier-route is replaced"
+        );
+        for (path, body) in [
+            ("/", "hello from pier\n"),
+            ("/api/health", "hello from pier\n"),
+        ] {
+            let answer = get(&server.addr, proto, path).await.unwrap();
+            assert_eq!(answer.text(), body, "{path} {proto:?}");
+        }
+        let prefix_root = get(&server.addr, proto, "/api").await.unwrap();
+        assert_eq!(prefix_root.headers["x-echo-x-pier-path-info"], "");
+        let missing = get(&server.addr, proto, "/apix").await.unwrap();
+        assert_eq!(
+            missing.status,
+            StatusCode::NOT_FOUND,
+            "/apix is not under /api/..."
+        );
+        assert_eq!(missing.text(), "no route for /apix\n");
+        assert_eq!(missing.headers["server"], "pier");
+        let proxied = get(&server.addr, proto, "/proxied/a/b").await.unwrap();
+        assert_eq!(
+            proxied.headers["x-upstream-path"], "/proxied/a/b",
+            "the path is kept"
+        );
+        assert_eq!(proxied.headers["x-echo-x-pier-path-info"], "/a/b");
+        let admin = send(
+            &server.addr,
+            proto,
+            Request::get("/api/x")
+                .header("host", "admin.example.com")
+                .body(Default::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            admin
+                .headers
+                .get("x-upstream-path")
+                .map(|v| v.to_str().unwrap()),
+            Some("/api/x"),
+            "{proto:?}: a host route beats a path-only one: {:?}",
+            admin.headers
+        );
+    }
+    assert!(
+        server.wait_for_log("status=404", std::time::Duration::from_secs(5)),
+        "{}",
+        server.log()
+    );
+}
+
+/// Each component sees only its own grants: environment, and its own limits.
+#[tokio::test]
+async fn each_component_has_its_own_grants() {
+    let dir = app("manifest_version = 1\n");
+    std::fs::copy(guest("env"), dir.path().join("env.wasm")).unwrap();
+    std::fs::write(
+        dir.path().join("pier.toml"),
+        r#"manifest_version = 1
+[[route]]
+path = "/a/..."
+component = "a"
+[[route]]
+path = "/b/..."
+component = "b"
+
+[component.a]
+source = "env.wasm"
+env = { WHO = "a", ONLY_A = "1" }
+[component.b]
+source = "env.wasm"
+env = { WHO = "b" }
+limits = { memory = "16MiB", timeout = "5s", concurrency = 2 }
+"#,
+    )
+    .unwrap();
+    let manifest = dir.path().join("pier.toml");
+    let server = PierServer::start(pier(), &[manifest.to_str().unwrap()]).unwrap();
+    let a = get(&server.addr, PROTOS[0], "/a/").await.unwrap().text();
+    let b = get(&server.addr, PROTOS[1], "/b/").await.unwrap().text();
+    assert!(a.contains("WHO=a") && a.contains("ONLY_A=1"), "{a}");
+    assert!(b.contains("WHO=b") && !b.contains("ONLY_A"), "{b}");
+}
+
+#[test]
+fn what_pier_does_not_serve_yet_is_said() {
+    for (extra, says) in [
+        (
+            "[[route]]\npath = \"/files/...\"\nfiles = \"public\"\n",
+            "static files (",
+        ),
+        (
+            "[[route]]\npath = \"/...\"\ncomponent = \"c\"\n[component.c]\nsource = \"hello.wasm\"\nallowed_outbound = [\"http://self\"]\n",
+            "http://self is not served yet",
+        ),
+    ] {
+        let dir = app(&format!("manifest_version = 1\n{extra}"));
+        let manifest = dir.path().join("pier.toml");
+        assert_one_line_error(pier(), &["serve", manifest.to_str().unwrap()], &[says]);
+    }
+}
+
+/// Outgoing requests follow each component's own `allowed_outbound`: one component may reach
+/// the upstream, the other (the same code) may not.
+#[tokio::test]
+async fn each_component_has_its_own_outbound_policy() {
+    let upstream = echo_upstream().await;
+    let dir = app("manifest_version = 1\n");
+    std::fs::copy(guest("forward"), dir.path().join("forward.wasm")).unwrap();
+    std::fs::write(
+        dir.path().join("pier.toml"),
+        format!(
+            r#"manifest_version = 1
+[[route]]
+path = "/allowed/..."
+component = "allowed"
+[[route]]
+path = "/denied/..."
+component = "denied"
+
+[component.allowed]
+source = "forward.wasm"
+allowed_outbound = ["http://{upstream}"]
+[component.denied]
+source = "forward.wasm"
+"#
+        ),
+    )
+    .unwrap();
+    let manifest = dir.path().join("pier.toml");
+    let server = PierServer::start(pier(), &[manifest.to_str().unwrap()]).unwrap();
+    let to = upstream.to_string();
+    for (path, status) in [
+        ("/allowed/x", StatusCode::OK),
+        ("/denied/x", StatusCode::BAD_GATEWAY),
+    ] {
+        let answer = send(
+            &server.addr,
+            PROTOS[0],
+            Request::get(path)
+                .header("x-forward-to", to.as_str())
+                .body(Default::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(answer.status, status, "{path}: {}", answer.text());
+    }
+    assert!(
+        server.wait_for_log("denied", std::time::Duration::from_secs(5)),
+        "{}",
+        server.log()
     );
 }

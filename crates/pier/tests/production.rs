@@ -1015,9 +1015,19 @@ fn the_supervisor_compiles_once_for_all_workers() {
         &[("PIER_CACHE_DIR", cache.path().to_str().unwrap())],
     )
     .unwrap();
-    // Both workers found the code in the cache: neither compiled it.
+    // Both workers found the code in the cache: neither compiled it. (Their start-up logs
+    // follow the serving line.)
+    assert!(
+        server.wait_for_log("every worker listens workers=2", Duration::from_secs(10)),
+        "{}",
+        server.log()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.log().matches("memories are reset").count() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let log = server.log();
-    assert!(log.contains("every worker listens workers=2"), "{log}");
+    assert_eq!(log.matches("memories are reset").count(), 2, "{log}");
     assert!(!log.contains("compiled in"), "a worker compiled:\n{log}");
     let entries = std::fs::read_dir(cache.path()).unwrap().count();
     assert!(entries > 0, "nothing in the compile cache");
