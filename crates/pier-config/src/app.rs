@@ -49,16 +49,6 @@ pub struct RouteSpec {
     pub announce: bool,
 }
 
-impl RouteSpec {
-    /// The path pattern as written (`/api/...`, `/`): the `x-pier-route` request header.
-    pub fn pattern(&self) -> String {
-        match &self.path {
-            RoutePath::Exact(path) => path.clone(),
-            RoutePath::Prefix(prefix) => format!("{prefix}/..."),
-        }
-    }
-}
-
 /// What answers a route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetSpec {
@@ -113,13 +103,6 @@ pub struct AppSettings {
     pub compile: CompileOptions,
     /// Instances made ahead of their requests.
     pub prewarm: u32,
-}
-
-fn route_pattern(path: &RoutePath) -> String {
-    match path {
-        RoutePath::Exact(path) => path.clone(),
-        RoutePath::Prefix(prefix) => format!("{prefix}/..."),
-    }
 }
 
 /// How compiled code is made and kept.
@@ -179,9 +162,18 @@ impl App {
             filters: (0..filters.len()).collect(),
             announce: false,
         };
+        App::with(components, vec![route], filters, rest)
+    }
+
+    fn with(
+        components: BTreeMap<String, ComponentSpec>,
+        routes: Vec<RouteSpec>,
+        filters: Vec<FilterSpec>,
+        rest: AppSettings,
+    ) -> App {
         App {
             components,
-            routes: vec![route],
+            routes,
             filters,
             filter_options: rest.filter_options,
             limits: rest.limits,
@@ -237,7 +229,7 @@ impl App {
                 Target::Files(dir) => {
                     return Err(format!(
                         "route {:?}: static files ({}) are not served yet",
-                        route_pattern(&route.path),
+                        route.path.pattern(),
                         dir.display()
                     ));
                 }
@@ -260,16 +252,7 @@ impl App {
                 announce: true,
             });
         }
-        Ok(App {
-            components,
-            routes,
-            filters,
-            filter_options: rest.filter_options,
-            limits: rest.limits,
-            outbound: rest.outbound,
-            compile: rest.compile,
-            prewarm: rest.prewarm,
-        })
+        Ok(App::with(components, routes, filters, rest))
     }
 
     /// Filter VMs alive at once, at most: each filter module's, and as many again for VMs
@@ -291,5 +274,112 @@ impl App {
         } else {
             self.limits.timeout
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> AppSettings {
+        AppSettings {
+            filter_options: FilterOptions {
+                vms: 1,
+                max_memory: 1 << 20,
+                callback_timeout: Duration::from_secs(1),
+                upstreams: Vec::new(),
+            },
+            limits: Limits::default(),
+            outbound: OutboundConfig::default(),
+            compile: CompileOptions {
+                cache: CacheConfig::Disabled,
+                optimize: true,
+            },
+            prewarm: 0,
+        }
+    }
+
+    fn manifest(dir: &std::path::Path, text: &str) -> Manifest {
+        for file in ["a.wasm", "f.wasm", "g.wasm"] {
+            std::fs::write(dir.join(file), b"").unwrap();
+        }
+        crate::parse_manifest(text, &dir.join("pier.toml")).unwrap()
+    }
+
+    #[test]
+    fn a_manifest_becomes_routes_components_and_filters() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = manifest(
+            dir.path(),
+            r#"manifest_version = 1
+[[route]]
+path = "/a/..."
+component = "a"
+filters = ["g", "f"]
+[[route]]
+path = "/up"
+upstream = "http://127.0.0.1:9"
+[component.a]
+source = "a.wasm"
+env = { X = "1" }
+limits = { timeout = "2s", concurrency = 3 }
+[filter.f]
+source = "f.wasm"
+[filter.g]
+source = "g.wasm"
+"#,
+        );
+        let app = App::from_manifest(&m, settings()).unwrap();
+        assert_eq!(app.routes.len(), 2);
+        let names: Vec<_> = app
+            .filters
+            .iter()
+            .map(|f| f.name.clone().unwrap())
+            .collect();
+        let chain: Vec<_> = app.routes[0]
+            .filters
+            .iter()
+            .map(|&i| names[i].as_str())
+            .collect();
+        assert_eq!(chain, ["g", "f"], "the route's order");
+        assert!(app.routes.iter().all(|r| r.announce));
+        assert_eq!(
+            app.routes[1].target,
+            TargetSpec::Upstream("http://127.0.0.1:9".into())
+        );
+        let a = &app.components["a"];
+        assert_eq!(
+            (a.timeout, a.concurrency),
+            (Some(Duration::from_secs(2)), Some(3))
+        );
+        assert_eq!(
+            a.outbound,
+            Some(OutboundPolicy::new(Vec::new())),
+            "nothing outbound unless the manifest allows it"
+        );
+
+        let one = App::one_component(
+            ComponentSpec::new("a.wasm".into(), Grants::default()),
+            Vec::new(),
+            settings(),
+        );
+        assert_eq!(one.routes.len(), 1);
+        assert_eq!(one.routes[0].path.pattern(), "/...");
+        assert!(
+            !one.routes[0].announce,
+            "a command line's route announces nothing"
+        );
+    }
+
+    #[test]
+    fn what_is_not_served_yet_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("public")).unwrap();
+        let files = manifest(
+            dir.path(),
+            "manifest_version = 1\n[[route]]\npath = \"/...\"\nfiles = \"public\"\n",
+        );
+        let e = App::from_manifest(&files, settings()).unwrap_err();
+        assert!(e.contains("static files"), "{e}");
     }
 }

@@ -100,6 +100,14 @@ pub enum RoutePath {
 }
 
 impl RoutePath {
+    /// The pattern as written: `/api/...` for a prefix, the path for an exact route.
+    pub fn pattern(&self) -> String {
+        match self {
+            RoutePath::Exact(path) => path.clone(),
+            RoutePath::Prefix(prefix) => format!("{prefix}/..."),
+        }
+    }
+
     fn parse(pattern: &str) -> Result<RoutePath, String> {
         if !pattern.starts_with('/') {
             return Err(format!("path {pattern:?} must start with /"));

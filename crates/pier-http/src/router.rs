@@ -47,10 +47,7 @@ impl Entry {
         pipeline: Arc<Pipeline>,
         announce: bool,
     ) -> Entry {
-        let pattern = match &path {
-            RoutePath::Exact(p) => p.clone(),
-            RoutePath::Prefix(p) => format!("{p}/..."),
-        };
+        let pattern = path.pattern();
         Entry {
             host,
             path,

@@ -121,10 +121,31 @@ impl ServeArgs {
         };
         match (&self.app, &self.upstream) {
             (Some(source), _) if is_manifest(source) => {
-                if self.filters.any() {
-                    anyhow::bail!(
-                        "--filter with a manifest: declare filters as [filter.NAME] and name them on routes"
-                    );
+                // What the manifest grants per component is not also granted by flags.
+                let per_component = [
+                    (
+                        self.filters.any(),
+                        "--filter",
+                        "declare filters as [filter.NAME] and name them on routes",
+                    ),
+                    (
+                        !self.grants.env.is_empty(),
+                        "--env",
+                        "give each component its env in the manifest",
+                    ),
+                    (
+                        !self.grants.dirs.is_empty(),
+                        "--dir",
+                        "give each component its dirs in the manifest",
+                    ),
+                    (
+                        !self.outbound.allow.is_empty(),
+                        "--allow-outbound",
+                        "give each component its allowed_outbound in the manifest",
+                    ),
+                ];
+                if let Some((_, flag, instead)) = per_component.iter().find(|(given, ..)| *given) {
+                    anyhow::bail!("{flag} with a manifest: {instead}");
                 }
                 let manifest = pier_config::load_manifest(source)?;
                 App::from_manifest(&manifest, settings)

@@ -285,6 +285,22 @@ fn what_pier_does_not_serve_yet_is_said() {
         let manifest = dir.path().join("pier.toml");
         assert_one_line_error(pier(), &["serve", manifest.to_str().unwrap()], &[says]);
     }
+    // Grants are the manifest's, per component: flags granting them are refused, not ignored.
+    let dir = app(MANIFEST);
+    let manifest = dir.path().join("pier.toml");
+    let manifest = manifest.to_str().unwrap();
+    for (flag, value) in [
+        ("--env", "X=1"),
+        ("--dir", "/tmp"),
+        ("--allow-outbound", "http://127.0.0.1:1"),
+        ("--filter", "auth.wasm"),
+    ] {
+        assert_one_line_error(
+            pier(),
+            &["serve", flag, value, manifest],
+            &[&format!("{flag} with a manifest")],
+        );
+    }
 }
 
 /// Outgoing requests follow each component's own `allowed_outbound`: one component may reach
@@ -338,4 +354,60 @@ source = "forward.wasm"
         "{}",
         server.log()
     );
+}
+
+/// A component's own concurrency limit answers 503 beyond it, without holding up the app's
+/// other components.
+#[tokio::test]
+async fn a_components_concurrency_limit_is_its_own() {
+    let dir = app("manifest_version = 1\n");
+    std::fs::copy(guest("faults"), dir.path().join("faults.wasm")).unwrap();
+    std::fs::write(
+        dir.path().join("pier.toml"),
+        r#"manifest_version = 1
+[[route]]
+path = "/..."
+component = "slow"
+[[route]]
+path = "/hello"
+component = "hello"
+
+[component.slow]
+source = "faults.wasm"
+limits = { concurrency = 1, timeout = "2s" }
+[component.hello]
+source = "hello.wasm"
+"#,
+    )
+    .unwrap();
+    let manifest = dir.path().join("pier.toml");
+    let server = PierServer::start(pier(), &[manifest.to_str().unwrap()]).unwrap();
+    // /loop runs until the component's 2 s timeout (504): of two at once, one takes the
+    // component's one slot, the other is refused at once.
+    let loops: Vec<_> = (0..2)
+        .map(|_| {
+            let addr = server.addr.clone();
+            tokio::spawn(async move { get(&addr, PROTOS[0], "/loop").await.unwrap() })
+        })
+        .collect();
+    // Meanwhile, another component answers.
+    assert_eq!(
+        get(&server.addr, PROTOS[1], "/hello").await.unwrap().status,
+        StatusCode::OK
+    );
+    let mut statuses = Vec::new();
+    let mut busy = None;
+    for answer in loops {
+        let answer = answer.await.unwrap();
+        statuses.push(answer.status);
+        if answer.status == StatusCode::SERVICE_UNAVAILABLE {
+            busy = Some(answer);
+        }
+    }
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [StatusCode::SERVICE_UNAVAILABLE, StatusCode::GATEWAY_TIMEOUT]
+    );
+    assert_eq!(busy.unwrap().headers["retry-after"], "1");
 }
