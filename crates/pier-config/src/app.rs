@@ -21,16 +21,8 @@ pub struct App {
     pub routes: Vec<RouteSpec>,
     /// Proxy-Wasm plugins; routes name them by index, in the order they run.
     pub filters: Vec<FilterSpec>,
-    /// How filter VMs run, and the upstreams filters may call.
-    pub filter_options: FilterOptions,
-    /// Protections: memory, time, sizes, concurrency, connections.
-    pub limits: Limits,
-    /// What guests may reach through `wasi:http/outgoing-handler`, and how.
-    pub outbound: OutboundConfig,
-    /// How components are compiled.
-    pub compile: CompileOptions,
-    /// Instances made ahead of their requests.
-    pub prewarm: u32,
+    /// Limits, outbound client, compiling, filter VMs: what the command line sets.
+    pub settings: AppSettings,
 }
 
 /// One route.
@@ -162,24 +154,11 @@ impl App {
             filters: (0..filters.len()).collect(),
             announce: false,
         };
-        App::with(components, vec![route], filters, rest)
-    }
-
-    fn with(
-        components: BTreeMap<String, ComponentSpec>,
-        routes: Vec<RouteSpec>,
-        filters: Vec<FilterSpec>,
-        rest: AppSettings,
-    ) -> App {
         App {
             components,
-            routes,
+            routes: vec![route],
             filters,
-            filter_options: rest.filter_options,
-            limits: rest.limits,
-            outbound: rest.outbound,
-            compile: rest.compile,
-            prewarm: rest.prewarm,
+            settings: rest,
         }
     }
 
@@ -252,7 +231,12 @@ impl App {
                 announce: true,
             });
         }
-        Ok(App::with(components, routes, filters, rest))
+        Ok(App {
+            components,
+            routes,
+            filters,
+            settings: rest,
+        })
     }
 
     /// Filter VMs alive at once, at most: each filter module's, and as many again for VMs
@@ -261,7 +245,7 @@ impl App {
     pub fn max_live_filter_vms(&self) -> u32 {
         let modules = crate::vm_groups(&self.filters).len();
         let vms = modules
-            .saturating_mul(self.filter_options.vms)
+            .saturating_mul(self.settings.filter_options.vms)
             .saturating_mul(2);
         u32::try_from(vms).unwrap_or(u32::MAX)
     }
@@ -269,10 +253,10 @@ impl App {
     /// How long a request a filter paused may wait: as long as a guest may run (an hour when
     /// `timeout` 0 turns that off).
     pub fn filter_pause_timeout(&self) -> Duration {
-        if self.limits.timeout.is_zero() {
+        if self.settings.limits.timeout.is_zero() {
             Duration::from_secs(3600)
         } else {
-            self.limits.timeout
+            self.settings.limits.timeout
         }
     }
 }

@@ -32,29 +32,32 @@ pub struct Built {
 pub fn build(app: &App) -> anyhow::Result<Built> {
     // One pool slot per request in a guest, plus the instances made ahead, plus slack for
     // instances still being torn down.
-    let instances = u32::try_from(app.limits.max_concurrency)
+    let instances = u32::try_from(app.settings.limits.max_concurrency)
         .unwrap_or(u32::MAX)
-        .saturating_add(app.prewarm)
+        .saturating_add(app.settings.prewarm)
         .saturating_add(16);
     let pool = PoolSizes::guessed(instances, app.max_live_filter_vms());
-    let cache = CompileCache::new(&app.compile.cache).optimize(app.compile.optimize);
+    let cache =
+        CompileCache::new(&app.settings.compile.cache).optimize(app.settings.compile.optimize);
     let mut engines = Vec::new();
     let mut components = BTreeMap::new();
     for (name, component) in &app.components {
         let wasm = WasmFile::read(&component.source)?;
         let settings = StoreSettings {
-            max_memory: component.max_memory.unwrap_or(app.limits.max_memory),
-            timeout: component.timeout.unwrap_or(app.limits.timeout),
-            prewarm: app.prewarm as usize,
+            max_memory: component
+                .max_memory
+                .unwrap_or(app.settings.limits.max_memory),
+            timeout: component.timeout.unwrap_or(app.settings.limits.timeout),
+            prewarm: app.settings.prewarm as usize,
         };
         let (engine, mut http) =
             HttpApp::load_for_serving(&wasm, &component.grants, &cache, settings, pool)?;
         let outbound = match &component.outbound {
             Some(policy) => OutboundConfig {
                 policy: policy.clone(),
-                ..app.outbound.clone()
+                ..app.settings.outbound.clone()
             },
-            None => app.outbound.clone(),
+            None => app.settings.outbound.clone(),
         };
         http.set_outbound(Arc::new(OutboundClient::new(&outbound)?));
         let limit = component.concurrency.map(|n| Arc::new(Semaphore::new(n)));
@@ -80,7 +83,7 @@ pub fn build(app: &App) -> anyhow::Result<Built> {
                 let uri = origin
                     .parse()
                     .map_err(|e| anyhow::anyhow!("upstream {origin}: {e}"))?;
-                let upstream = Upstream::new(uri, &app.outbound)?;
+                let upstream = Upstream::new(uri, &app.settings.outbound)?;
                 (Handler::Upstream(Arc::new(upstream)), None)
             }
         };
@@ -104,7 +107,7 @@ fn filters(
     if app.filters.is_empty() {
         return Ok(Vec::new());
     }
-    let options = &app.filter_options;
+    let options = &app.settings.filter_options;
     let callouts: Option<Arc<dyn pier_proxywasm::Callouts>> = if options.upstreams.is_empty() {
         None
     } else {
@@ -117,14 +120,17 @@ fn filters(
                     .map_err(|e| anyhow::anyhow!("--filter-upstream {name}={url}: {e}"))
             })
             .collect::<anyhow::Result<_>>()?;
-        Some(Arc::new(NamedUpstreams::new(upstreams, &app.outbound)?))
+        Some(Arc::new(NamedUpstreams::new(
+            upstreams,
+            &app.settings.outbound,
+        )?))
     };
     let settings = FilterSettings {
         vms: options.vms,
         max_memory: options.max_memory,
         callback_timeout: options.callback_timeout,
         pause_timeout: app.filter_pause_timeout(),
-        max_buffered: usize::try_from(app.limits.max_body).unwrap_or(usize::MAX),
+        max_buffered: usize::try_from(app.settings.limits.max_body).unwrap_or(usize::MAX),
     };
     Ok(FilterChain::load(engine, &app.filters, &settings, callouts)?.0)
 }

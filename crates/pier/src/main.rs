@@ -639,7 +639,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let admin = pier_http::admin::Admin::Process(handle, engines.clone());
         tokio::spawn(pier_http::admin::serve(listener, admin));
     }
-    let server = pier_http::Server::bind(listen, routes, app.limits, tls).await?;
+    let server = pier_http::Server::bind(listen, routes, app.settings.limits, tls).await?;
     // Loading read whole files (the component, its compiled code) into memory and freed them;
     // hand those pages back now rather than carry them, resident, for the server's lifetime.
     // SAFETY: mi_collect only frees memory mimalloc itself holds unused.
