@@ -48,6 +48,8 @@ pub enum TargetSpec {
     Component(String),
     /// A reverse proxy to one origin (`http://HOST:PORT` or `https://...`).
     Upstream(String),
+    /// Static files under a directory.
+    Files(PathBuf),
 }
 
 /// A component, what it is granted, and its own limits.
@@ -163,8 +165,20 @@ impl App {
     }
 
     /// The app a manifest describes, with `rest` (the command line's) for what the manifest
-    /// leaves to the server. Says what the manifest asks for that pier does not serve yet.
-    pub fn from_manifest(manifest: &Manifest, rest: AppSettings) -> Result<App, String> {
+    /// leaves to the server, its variables given values from the environment and
+    /// `variables_file` (see [`crate::resolve_variables`]). Says what the manifest asks for
+    /// that pier does not serve yet.
+    pub fn from_manifest(
+        manifest: &Manifest,
+        variables_file: Option<&std::path::Path>,
+        rest: AppSettings,
+    ) -> Result<App, String> {
+        let file = match variables_file {
+            Some(path) => crate::load_variables_file(path)?,
+            None => BTreeMap::new(),
+        };
+        let values =
+            crate::resolve_variables(&manifest.variables, |n| std::env::var(n).ok(), &file)?;
         let mut components = BTreeMap::new();
         for (name, c) in &manifest.components {
             if c.allow_self {
@@ -172,12 +186,15 @@ impl App {
                     "component {name}: http://self is not served yet (calling the app's own routes)"
                 ));
             }
-            if !c.variables.is_empty() {
-                return Err(format!(
-                    "component {name}: variables (wasi:config) are not served yet"
-                ));
-            }
+            let config = c
+                .variables
+                .iter()
+                .filter_map(|(key, template)| {
+                    crate::expand_template(template, &values).map(|v| (key.clone(), v))
+                })
+                .collect();
             let grants = Grants {
+                config: crate::ConfigValues(config),
                 env: c.env.clone(),
                 dirs: c
                     .dirs
@@ -205,13 +222,7 @@ impl App {
             let target = match &route.target {
                 Target::Component(name) => TargetSpec::Component(name.clone()),
                 Target::Upstream(url) => TargetSpec::Upstream(url.clone()),
-                Target::Files(dir) => {
-                    return Err(format!(
-                        "route {:?}: static files ({}) are not served yet",
-                        route.path.pattern(),
-                        dir.display()
-                    ));
-                }
+                Target::Files(dir) => TargetSpec::Files(dir.clone()),
             };
             let filters = route
                 .filters
@@ -313,7 +324,7 @@ source = "f.wasm"
 source = "g.wasm"
 "#,
         );
-        let app = App::from_manifest(&m, settings()).unwrap();
+        let app = App::from_manifest(&m, None, settings()).unwrap();
         assert_eq!(app.routes.len(), 2);
         let names: Vec<_> = app
             .filters
@@ -353,17 +364,5 @@ source = "g.wasm"
             !one.routes[0].announce,
             "a command line's route announces nothing"
         );
-    }
-
-    #[test]
-    fn what_is_not_served_yet_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("public")).unwrap();
-        let files = manifest(
-            dir.path(),
-            "manifest_version = 1\n[[route]]\npath = \"/...\"\nfiles = \"public\"\n",
-        );
-        let e = App::from_manifest(&files, settings()).unwrap_err();
-        assert!(e.contains("static files"), "{e}");
     }
 }

@@ -80,6 +80,8 @@ pub struct Grants {
     pub env: Vec<EnvGrant>,
     /// Preopened directories.
     pub dirs: Vec<DirGrant>,
+    /// What it reads with `wasi:config/store`: its variables, resolved.
+    pub config: crate::ConfigValues,
 }
 
 impl Grants {
@@ -177,6 +179,7 @@ mod tests {
                 .map(|s| s.parse().unwrap())
                 .collect(),
             dirs: vec![],
+            ..Grants::default()
         };
         let host = |name: &str| (name == "HOME").then(|| "/home/me".to_string());
         assert_eq!(

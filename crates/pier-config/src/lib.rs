@@ -12,6 +12,7 @@ mod listen;
 mod manifest;
 mod outbound;
 mod units;
+mod variables;
 
 pub use app::{
     App, AppSettings, CompileOptions, ComponentSpec, FilterOptions, RouteSpec, TargetSpec,
@@ -27,6 +28,10 @@ pub use manifest::{
 };
 pub use outbound::{Denied, OutboundPattern, OutboundPolicy, PatternError, is_special_purpose};
 pub use units::{UnitError, parse_duration, parse_size};
+pub use variables::{
+    ConfigValues, ENV_PREFIX, env_name, expand as expand_template, load_variables_file,
+    resolve as resolve_variables,
+};
 
 use std::path::PathBuf;
 

@@ -24,7 +24,7 @@ use crate::dirty::Joined;
 use crate::engine::{
     EPOCH_TICK, EngineKind, MemoryReset, PoolSizes, YIELD_TICKS, new_engine, swap_is_on,
 };
-use crate::host::{DenyAll, HostState, Outbound, WasiRecipe};
+use crate::host::{ConfigState, DenyAll, HostState, Outbound, WasiRecipe};
 use crate::load::{WasmFile, WasmKind};
 
 /// The export a `wasi:http/proxy` 0.2 component answers requests through.
@@ -163,6 +163,8 @@ pub struct HttpApp {
     name: Arc<str>,
     /// What each store's WASI context is built from, if the guest needs one.
     wasi: Arc<WasiRecipe>,
+    /// Its `wasi:config` variables.
+    config: ConfigState,
     cache: CacheOutcome,
     settings: StoreSettings,
     outbound: Arc<dyn Outbound>,
@@ -208,7 +210,7 @@ impl HttpApp {
         }
 
         let mut linker = Linker::<HostState>::new(engine);
-        link_wasi(&mut linker).map_err(|e| AppError::link(wasm, e))?;
+        crate::host::link(&mut linker).map_err(|e| AppError::link(wasm, e))?;
         let pre = linker
             .instantiate_pre(&component)
             .map_err(|e| AppError::link(wasm, e))?;
@@ -229,6 +231,7 @@ impl HttpApp {
                 env: grants.resolve_env(|name| std::env::var(name).ok()),
                 dirs: grants.dirs.clone(),
             }),
+            config: ConfigState::new(&grants.config.0),
             name,
             cache: outcome,
             settings,
@@ -428,7 +431,11 @@ impl HttpApp {
     /// guest never holds a worker thread for long; past the deadline the next tick traps it with
     /// [`wasmtime::Trap::Interrupt`].
     pub fn new_store(&self) -> Store<HostState> {
-        let mut state = HostState::deferred(self.wasi.clone(), self.outbound.clone());
+        let mut state = HostState::deferred(
+            self.wasi.clone(),
+            self.outbound.clone(),
+            self.config.clone(),
+        );
         state.limits = StoreLimitsBuilder::new()
             .memory_size(usize::try_from(self.settings.max_memory).unwrap_or(usize::MAX))
             .trap_on_grow_failure(true)
@@ -472,64 +479,6 @@ impl Drop for HttpApp {
     fn drop(&mut self) {
         self.warm.wake.notify_one();
     }
-}
-
-/// Every interface pier offers a component: WASI 0.2 (cli, clocks, random, io, filesystem and
-/// sockets, the last two usable only through explicit grants) and `wasi:http`.
-///
-/// The same interfaces as `wasmtime_wasi::p2::add_to_linker_async`, with one difference:
-/// `wasi:io` reaches the resource table directly instead of through [`WasiView::ctx`], so a
-/// guest that only speaks `wasi:http` and `wasi:io` never has its WASI context built
-/// ([`HostState::deferred`]).
-pub(crate) fn link_wasi(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    use wasmtime_wasi::cli::WasiCli;
-    use wasmtime_wasi::clocks::WasiClocks;
-    use wasmtime_wasi::filesystem::{WasiFilesystem, WasiFilesystemView};
-    use wasmtime_wasi::p2::bindings::{cli, clocks, filesystem, random, sockets};
-    use wasmtime_wasi::random::{WasiRandom, WasiRandomView};
-    use wasmtime_wasi::sockets::{WasiSockets, WasiSocketsView};
-    use wasmtime_wasi::{cli::WasiCliView, clocks::WasiClocksView};
-    use wasmtime_wasi_io::bindings::wasi::io;
-
-    let l = &mut *linker;
-    io::error::add_to_linker::<HostState, Io>(l, HostState::table)?;
-    io::poll::add_to_linker::<HostState, Io>(l, HostState::table)?;
-    io::streams::add_to_linker::<HostState, Io>(l, HostState::table)?;
-
-    clocks::wall_clock::add_to_linker::<_, WasiClocks>(l, HostState::clocks)?;
-    clocks::monotonic_clock::add_to_linker::<_, WasiClocks>(l, HostState::clocks)?;
-    filesystem::preopens::add_to_linker::<_, WasiFilesystem>(l, HostState::filesystem)?;
-    filesystem::types::add_to_linker::<_, WasiFilesystem>(l, HostState::filesystem)?;
-    random::random::add_to_linker::<_, WasiRandom>(l, HostState::random)?;
-    random::insecure::add_to_linker::<_, WasiRandom>(l, HostState::random)?;
-    random::insecure_seed::add_to_linker::<_, WasiRandom>(l, HostState::random)?;
-    cli::exit::add_to_linker::<_, WasiCli>(l, HostState::cli)?;
-    cli::environment::add_to_linker::<_, WasiCli>(l, HostState::cli)?;
-    cli::stdin::add_to_linker::<_, WasiCli>(l, HostState::cli)?;
-    cli::stdout::add_to_linker::<_, WasiCli>(l, HostState::cli)?;
-    cli::stderr::add_to_linker::<_, WasiCli>(l, HostState::cli)?;
-    cli::terminal_input::add_to_linker::<_, WasiCli>(l, HostState::cli)?;
-    cli::terminal_output::add_to_linker::<_, WasiCli>(l, HostState::cli)?;
-    cli::terminal_stdin::add_to_linker::<_, WasiCli>(l, HostState::cli)?;
-    cli::terminal_stdout::add_to_linker::<_, WasiCli>(l, HostState::cli)?;
-    cli::terminal_stderr::add_to_linker::<_, WasiCli>(l, HostState::cli)?;
-    sockets::tcp_create_socket::add_to_linker::<_, WasiSockets>(l, HostState::sockets)?;
-    sockets::instance_network::add_to_linker::<_, WasiSockets>(l, HostState::sockets)?;
-    sockets::network::add_to_linker::<_, WasiSockets>(l, &Default::default(), HostState::sockets)?;
-    sockets::ip_name_lookup::add_to_linker::<_, WasiSockets>(l, HostState::sockets)?;
-    sockets::tcp::add_to_linker::<_, WasiSockets>(l, HostState::sockets)?;
-    sockets::udp::add_to_linker::<_, WasiSockets>(l, HostState::sockets)?;
-    sockets::udp_create_socket::add_to_linker::<_, WasiSockets>(l, HostState::sockets)?;
-
-    crate::dirty::link(linker)?;
-    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)
-}
-
-/// `wasi:io` sees only the resource table.
-struct Io;
-
-impl wasmtime::component::HasData for Io {
-    type Data<'a> = &'a mut wasmtime::component::ResourceTable;
 }
 
 pub(crate) fn check_dir(dir: &DirGrant) -> Result<(), AppError> {
@@ -605,6 +554,19 @@ mod tests {
         let (body, built) = answer("env", &grants).await;
         assert_eq!(body, "GREETING=hi\n");
         assert!(built);
+    }
+
+    #[tokio::test]
+    async fn a_component_reads_its_variables_through_wasi_config() {
+        let grants = Grants {
+            config: pier_config::ConfigValues([("db".to_string(), "pg://x".to_string())].into()),
+            ..Grants::default()
+        };
+        let (body, built) = answer("config", &grants).await;
+        assert_eq!(body, "db=pg://x\n");
+        assert!(!built, "wasi:config needs no WASI context");
+        let (body, _) = answer("config", &Grants::default()).await;
+        assert_eq!(body, "", "nothing granted, nothing read");
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub use dirty::Joined;
 pub use engine::{
     EPOCH_TICK, EngineKind, MemoryReset, PoolSizes, new_engine, start_epoch_ticker, swap_is_on,
 };
-pub use host::{DenyAll, GuestLog, HostState, Outbound};
+pub use host::{ConfigState, DenyAll, GuestLog, HostState, Outbound};
 pub use http_app::{AppError, HttpApp, Ready, StoreSettings};
 pub use load::{LoadError, WasmFile, WasmKind, kind_of};
 pub use report::{FailureKind, describe_guest_error};

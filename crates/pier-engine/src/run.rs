@@ -13,7 +13,7 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 use crate::cache::CompileCache;
 use crate::engine::{EngineKind, new_engine};
 use crate::host::{DenyAll, HostState};
-use crate::http_app::{AppError, check_dir, export_names, exports_list, link_wasi};
+use crate::http_app::{AppError, check_dir, export_names, exports_list};
 use crate::load::{WasmFile, WasmKind};
 
 /// Exit code for a guest that trapped, as a process killed by SIGABRT (what `wasmtime run` does).
@@ -101,7 +101,7 @@ async fn run_component(
         .into());
     }
     let mut linker = Linker::<HostState>::new(engine);
-    link_wasi(&mut linker).map_err(|e| AppError::link(wasm, e))?;
+    crate::host::link(&mut linker).map_err(|e| AppError::link(wasm, e))?;
     let pre = linker
         .instantiate_pre(&component)
         .map_err(|e| AppError::link(wasm, e))?;

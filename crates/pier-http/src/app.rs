@@ -86,6 +86,16 @@ pub fn build(app: &App) -> anyhow::Result<Built> {
                 let upstream = Upstream::new(uri, &app.settings.outbound)?;
                 (Handler::Upstream(Arc::new(upstream)), None)
             }
+            TargetSpec::Files(dir) => {
+                let files = crate::Files::new(dir, route.path.clone()).map_err(|e| {
+                    anyhow::anyhow!(
+                        "route {}: files {}: {e}",
+                        route.path.pattern(),
+                        dir.display()
+                    )
+                })?;
+                (Handler::Files(Arc::new(files)), None)
+            }
         };
         routes.push(Routed {
             host: route.host.clone(),
@@ -135,7 +145,7 @@ fn filters(
     Ok(FilterChain::load(engine, &app.filters, &settings, callouts)?.0)
 }
 
-/// What `pier check` found in a manifest.
+/// What `pier check` found in an app.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checked {
     /// Routes.
@@ -144,50 +154,44 @@ pub struct Checked {
     pub components: usize,
     /// Filters, each started.
     pub filters: usize,
-    /// Variables declared (their values are never shown).
-    pub variables: usize,
 }
 
-/// Checks everything a manifest names as serving it would, without serving: every component
-/// compiles, is a `wasi:http` handler, and imports nothing pier cannot provide, with its
-/// directories granted; every filter starts (`proxy_on_vm_start`, `proxy_on_configure`).
-pub fn check(
-    manifest: &pier_config::Manifest,
-    compile: &pier_config::CompileOptions,
-) -> anyhow::Result<Checked> {
+/// Checks everything an app names as serving it would, without serving (or sizing pools):
+/// every component compiles, is a `wasi:http` handler, and imports nothing pier cannot
+/// provide, with its directories granted; every filter starts (`proxy_on_vm_start`,
+/// `proxy_on_configure`); every static files directory is there.
+pub fn check(app: &App) -> anyhow::Result<Checked> {
     let engine = pier_engine::new_engine(EngineKind::Run)?;
+    let compile = &app.settings.compile;
     let cache = CompileCache::new(&compile.cache).optimize(compile.optimize);
-    for (name, component) in &manifest.components {
-        let grants = pier_config::Grants {
-            env: component.env.clone(),
-            dirs: component
-                .dirs
-                .iter()
-                .map(|(guest, host)| pier_config::DirGrant {
-                    host: host.clone(),
-                    guest: guest.clone(),
-                })
-                .collect(),
-        };
+    for (name, component) in &app.components {
         let wasm = WasmFile::read(&component.source)?;
-        HttpApp::load(&engine, &wasm, &grants, &cache, StoreSettings::default())
-            .map_err(|e| anyhow::anyhow!("component {name}: {e}"))?;
+        HttpApp::load(
+            &engine,
+            &wasm,
+            &component.grants,
+            &cache,
+            StoreSettings::default(),
+        )
+        .map_err(|e| anyhow::anyhow!("component {name}: {e}"))?;
     }
-    let specs: Vec<_> = manifest.filters.values().cloned().collect();
-    if !specs.is_empty() {
-        let settings = FilterSettings {
-            vms: 1,
-            max_memory: 64 << 20,
-            callback_timeout: std::time::Duration::from_secs(1),
-            pause_timeout: std::time::Duration::from_secs(30),
-            max_buffered: 64 << 20,
-        };
-        FilterChain::load(&engine, &specs, &settings, None)?;
+    for route in &app.routes {
+        if let TargetSpec::Files(dir) = &route.target {
+            crate::Files::new(dir, route.path.clone()).map_err(|e| {
+                anyhow::anyhow!(
+                    "route {}: files {}: {e}",
+                    route.path.pattern(),
+                    dir.display()
+                )
+            })?;
+        }
+    }
+    if !app.filters.is_empty() {
+        filters(&engine, app)?;
     }
     Ok(Checked {
-        routes: manifest.routes.len(),
-        components: manifest.components.len(),
-        filters: manifest.filters.len(),
-        variables: manifest.variables.len(),
+        routes: app.routes.len(),
+        components: app.components.len(),
+        filters: app.filters.len(),
     })
 }

@@ -72,6 +72,8 @@ pub enum ResponseBody {
     },
     /// A body passing through a filter's body callbacks.
     Filtered(Box<crate::filters::FilteredBody<ResponseBody>>),
+    /// A static file's bytes, read as they are sent.
+    File(crate::files::FileBody),
     /// A response that is aborted at once (a filter closed the stream).
     Reset,
 }
@@ -163,6 +165,7 @@ impl Body for ResponseBody {
                 Poll::Ready(error.take().map(Err))
             }
             ResponseBody::Filtered(inner) => Pin::new(&mut **inner).poll_frame(cx),
+            ResponseBody::File(file) => Pin::new(file).poll_frame(cx),
             ResponseBody::Reset => Poll::Ready(Some(Err("a filter closed the stream".into()))),
         }
     }
@@ -178,6 +181,7 @@ impl Body for ResponseBody {
             } => frames.is_empty() && rest.is_none() && error.is_none(),
             ResponseBody::Guest { .. } | ResponseBody::Reset => false,
             ResponseBody::Filtered(inner) => inner.is_end_stream(),
+            ResponseBody::File(file) => file.is_end_stream(),
         }
     }
 
@@ -191,6 +195,7 @@ impl Body for ResponseBody {
                 length.map_or_else(SizeHint::default, SizeHint::with_exact)
             }
             ResponseBody::Filtered(inner) => inner.size_hint(),
+            ResponseBody::File(file) => file.size_hint(),
             ResponseBody::Reset => SizeHint::default(),
         }
     }

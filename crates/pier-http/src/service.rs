@@ -26,6 +26,8 @@ pub enum Handler {
     Component(Arc<HttpApp>),
     /// A reverse proxy to one origin.
     Upstream(Arc<Upstream>),
+    /// Static files under one directory.
+    Files(Arc<crate::files::Files>),
     /// No route: 404.
     NotFound,
 }
@@ -183,6 +185,12 @@ impl Pipeline {
             }
             Handler::Upstream(upstream) => {
                 let response = upstream.handle(req, peer).await;
+                drop(permit);
+                (response, None)
+            }
+            Handler::Files(files) => {
+                let (head, _body) = req.into_parts();
+                let response = files.serve(&head).await;
                 drop(permit);
                 (response, None)
             }

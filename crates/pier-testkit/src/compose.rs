@@ -12,9 +12,10 @@ use wit_parser::Resolve;
 /// The WASI version of the WIT shipped with wasmtime-wasi-http.
 pub const WIT_VERSION: &str = "0.2.12";
 
-/// Prepares a WIT tree at `out`: the WASI packages from `wasi_wit` (rewritten to `version`) as
-/// dependencies, and the `.wit` files of `root` (pier's guest worlds, also rewritten) as the root
-/// package.
+/// Prepares a WIT tree at `out`: the WASI packages from `wasi_wit` (rewritten to `version`) and
+/// `wasi:config` (from the wasmtime-wasi-config crate of the same release, beside it in the
+/// registry) as dependencies, and the `.wit` files of `root` (pier's guest worlds, also
+/// rewritten) as the root package.
 pub fn prepare_wit(wasi_wit: &Path, root: &Path, version: &str, out: &Path) -> Result<()> {
     let deps = out.join("deps");
     std::fs::create_dir_all(&deps)?;
@@ -22,6 +23,12 @@ pub fn prepare_wit(wasi_wit: &Path, root: &Path, version: &str, out: &Path) -> R
         let entry = entry?;
         let text = std::fs::read_to_string(entry.path())?;
         std::fs::write(deps.join(entry.file_name()), retarget(&text, version))?;
+    }
+    let config = config_wit(wasi_wit)?;
+    std::fs::create_dir_all(deps.join("config"))?;
+    for entry in std::fs::read_dir(&config)? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), deps.join("config").join(entry.file_name()))?;
     }
     for entry in std::fs::read_dir(root)? {
         let entry = entry?;
@@ -118,6 +125,24 @@ pub fn component_from_p1(module: &[u8], adapter: &[u8]) -> Result<Vec<u8>> {
         .adapter("wasi_snapshot_preview1", adapter)?
         .validate(true)
         .encode()
+}
+
+/// `wasi:config`'s WIT, in the wasmtime-wasi-config crate of the release whose
+/// wasmtime-wasi-http WIT is at `wasi_wit`.
+fn config_wit(wasi_wit: &Path) -> Result<std::path::PathBuf> {
+    let http_crate = wasi_wit
+        .parent()
+        .context("the WIT directory has no crate")?;
+    let name = http_crate
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("wasmtime-wasi-http-"))
+        .context("not a wasmtime-wasi-http crate")?;
+    let dir = http_crate
+        .with_file_name(format!("wasmtime-wasi-config-{name}"))
+        .join("wit/deps/config");
+    anyhow::ensure!(dir.is_dir(), "{} not found", dir.display());
+    Ok(dir)
 }
 
 /// The `wit/` directory of the wasmtime-wasi-http crate pier depends on, found in Cargo's

@@ -47,17 +47,16 @@ enum Command {
     Run(RunArgs),
     /// Compile a component or module into the cache, so the next start is fast.
     Compile(CompileArgs),
-    /// Check a pier.toml manifest and everything it names, without serving it.
-    Check(CheckArgs),
+    /// Check a pier.toml manifest (or a component) and everything it names, without serving it.
+    Check(Box<CheckArgs>),
 }
 
 #[derive(Args)]
 struct CheckArgs {
+    /// What `pier serve` would be given: the manifest (default ./pier.toml) or component, and
+    /// the flags.
     #[command(flatten)]
-    cache: CacheArgs,
-    /// The manifest to check.
-    #[arg(value_name = "PIER.toml", default_value = "pier.toml")]
-    manifest: PathBuf,
+    serve: ServeArgs,
 }
 
 #[derive(Args)]
@@ -101,11 +100,11 @@ struct ServeArgs {
     /// Proxy every request to this origin (http://HOST:PORT or https://...), not a component.
     #[arg(long, value_name = "URL", conflicts_with = "app", value_parser = parse_origin)]
     upstream: Option<http::Uri>,
-    /// The component to serve, or a pier.toml manifest.
-    #[arg(
-        value_name = "APP.wasm|PIER.toml",
-        required_unless_present = "upstream"
-    )]
+    /// Values of the manifest's variables: dotenv NAME=VALUE lines, or TOML if it ends in .toml.
+    #[arg(long, value_name = "FILE")]
+    variables_file: Option<PathBuf>,
+    /// The component to serve, or a pier.toml manifest (default: ./pier.toml, if there is one).
+    #[arg(value_name = "APP.wasm|PIER.toml")]
     app: Option<PathBuf>,
 }
 
@@ -119,8 +118,13 @@ impl ServeArgs {
             compile: self.cache.options(),
             prewarm: self.prewarm,
         };
-        match (&self.app, &self.upstream) {
-            (Some(source), _) if is_manifest(source) => {
+        if self.variables_file.is_some() && !self.source().is_some_and(|s| is_manifest(&s)) {
+            anyhow::bail!(
+                "--variables-file without a manifest: variables are declared in pier.toml"
+            );
+        }
+        match (self.source(), &self.upstream) {
+            (Some(source), _) if is_manifest(&source) => {
                 // What the manifest grants per component is not also granted by flags.
                 let per_component = [
                     (
@@ -147,12 +151,12 @@ impl ServeArgs {
                 if let Some((_, flag, instead)) = per_component.iter().find(|(given, ..)| *given) {
                     anyhow::bail!("{flag} with a manifest: {instead}");
                 }
-                let manifest = pier_config::load_manifest(source)?;
-                App::from_manifest(&manifest, settings)
+                let manifest = pier_config::load_manifest(&source)?;
+                App::from_manifest(&manifest, self.variables_file.as_deref(), settings)
                     .map_err(|e| anyhow::anyhow!("{}: {e}", source.display()))
             }
             (Some(source), _) => Ok(App::one_component(
-                ComponentSpec::new(source.clone(), self.grants.grants()),
+                ComponentSpec::new(source, self.grants.grants()),
                 self.filters.specs()?,
                 settings,
             )),
@@ -161,7 +165,19 @@ impl ServeArgs {
                 self.filters.specs()?,
                 settings,
             )),
-            (None, None) => anyhow::bail!("give a component to serve, or --upstream URL"),
+            (None, None) => anyhow::bail!(
+                "give a component or a manifest to serve (there is no pier.toml here), or --upstream URL"
+            ),
+        }
+    }
+
+    /// The component or manifest given, else `./pier.toml` if there is one (and no
+    /// `--upstream`).
+    fn source(&self) -> Option<PathBuf> {
+        match (&self.app, &self.upstream) {
+            (Some(app), _) => Some(app.clone()),
+            (None, None) => Some(PathBuf::from("pier.toml")).filter(|p| p.is_file()),
+            (None, Some(_)) => None,
         }
     }
 }
@@ -515,6 +531,7 @@ impl GrantArgs {
         Grants {
             env: self.env.clone(),
             dirs: self.dirs.clone(),
+            ..Grants::default()
         }
     }
 }
@@ -580,7 +597,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(*args).await.map(|()| ExitCode::SUCCESS),
             Command::Run(args) => run(args).await,
             Command::Compile(args) => compile(args).map(|()| ExitCode::SUCCESS),
-            Command::Check(args) => check(args).map(|()| ExitCode::SUCCESS),
+            Command::Check(args) => check(*args).map(|()| ExitCode::SUCCESS),
         }
     });
     match result {
@@ -703,18 +720,23 @@ fn compile(args: CompileArgs) -> anyhow::Result<()> {
 }
 
 fn check(args: CheckArgs) -> anyhow::Result<()> {
-    let manifest = pier_config::load_manifest(&args.manifest)?;
-    let checked = pier_http::check(&manifest, &args.cache.options())
-        .map_err(|e| anyhow::anyhow!("{}: {e:#}", args.manifest.display()))?;
+    let args = args.serve;
+    let app = args.app()?;
+    let shown = args
+        .source()
+        .map_or_else(|| "the app".to_string(), |s| s.display().to_string());
+    let checked = pier_http::check(&app).map_err(|e| anyhow::anyhow!("{shown}: {e:#}"))?;
     let count = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
-    eprintln!(
-        "pier: {} is valid: {}, {}, {}, {}",
-        args.manifest.display(),
+    let mut parts = vec![
         count(checked.routes, "route"),
         count(checked.components, "component"),
         count(checked.filters, "filter"),
-        count(checked.variables, "variable"),
-    );
+    ];
+    if let Some(source) = args.source().filter(|s| is_manifest(s)) {
+        let manifest = pier_config::load_manifest(&source)?;
+        parts.push(count(manifest.variables.len(), "variable"));
+    }
+    eprintln!("pier: {shown} is valid: {}", parts.join(", "));
     Ok(())
 }
 

@@ -1,0 +1,106 @@
+//! The per-store host state: what one guest instance can reach. Each interface family a guest
+//! can import is one module here, with its own state and its own `link()`:
+//!
+//! - [`wasi`]: the WASI 0.2 core (cli, clocks, random, io, filesystem, sockets);
+//! - [`http`]: `wasi:http`, outgoing requests through the app's [`Outbound`];
+//! - [`config`]: `wasi:config/store`, the component's variables;
+//!
+//! and [`guest_log`] carries a guest's stdout and stderr to pier's log. The resource table is
+//! the store's, shared by all of them.
+
+mod config;
+mod guest_log;
+mod http;
+mod wasi;
+
+use std::sync::Arc;
+
+use wasmtime::StoreLimits;
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime_wasi::WasiCtx;
+
+pub use config::ConfigState;
+pub use guest_log::GuestLog;
+pub use http::{DenyAll, Outbound};
+pub(crate) use wasi::WasiRecipe;
+
+/// State of one store: each capability's, the resource table they share, and the store's
+/// resource limits.
+pub struct HostState {
+    wasi: wasi::WasiState,
+    http: http::HttpState,
+    config: ConfigState,
+    table: ResourceTable,
+    pub(crate) limits: StoreLimits,
+    /// When the guest must stop: set when a request is given to the store (`None` while the
+    /// instance waits, made ahead of its request).
+    pub(crate) deadline: Option<std::time::Instant>,
+    /// Set only for the reset hint's call after a request; taken by the hint's host function
+    /// (`crate::dirty`).
+    pub(crate) reset_hint: bool,
+    /// What that call joined.
+    pub(crate) joined: Option<crate::dirty::Joined>,
+}
+
+impl HostState {
+    /// A state around a built WASI context, with no limits of its own, sending its outgoing
+    /// HTTP requests through `outbound`.
+    pub fn new(wasi: WasiCtx, outbound: Arc<dyn Outbound>) -> Self {
+        Self::with(
+            wasi::WasiState::Built(wasi),
+            outbound,
+            ConfigState::default(),
+        )
+    }
+
+    /// A state whose WASI context is built from `recipe` when the guest first calls a WASI
+    /// function that needs it (`wasi:io` and `wasi:http` do not), with `config`'s variables.
+    pub(crate) fn deferred(
+        recipe: Arc<WasiRecipe>,
+        outbound: Arc<dyn Outbound>,
+        config: ConfigState,
+    ) -> Self {
+        Self::with(wasi::WasiState::Deferred(recipe), outbound, config)
+    }
+
+    fn with(wasi: wasi::WasiState, outbound: Arc<dyn Outbound>, config: ConfigState) -> Self {
+        HostState {
+            wasi,
+            http: http::HttpState::new(outbound),
+            config,
+            table: ResourceTable::new(),
+            limits: StoreLimits::default(),
+            deadline: None,
+            reset_hint: false,
+            joined: None,
+        }
+    }
+
+    /// The resource table, without building the WASI context (what `wasi:io` needs).
+    pub(crate) fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
+
+    fn wasi_and_table(&mut self) -> (&mut wasi::WasiState, &mut ResourceTable) {
+        (&mut self.wasi, &mut self.table)
+    }
+
+    fn http_and_table(&mut self) -> (&mut http::HttpState, &mut ResourceTable) {
+        (&mut self.http, &mut self.table)
+    }
+
+    /// Whether the WASI context has been built.
+    #[cfg(test)]
+    pub(crate) fn wasi_is_built(&self) -> bool {
+        matches!(self.wasi, wasi::WasiState::Built(_))
+    }
+}
+
+/// Links every capability pier offers a component: the WASI core, `wasi:http`, `wasi:config`,
+/// and the reset hint of pier's optimiser.
+pub(crate) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    wasi::link(linker)?;
+    http::link(linker)?;
+    config::link(linker)?;
+    crate::dirty::link(linker)
+}

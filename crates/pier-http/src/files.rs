@@ -1,0 +1,586 @@
+//! Static files: a manifest route's `files = "DIR"`. `GET` and `HEAD` of the files under one
+//! directory, as a production file server answers them (RFC 9110):
+//!
+//! - validators: a strong `ETag` (from the file's size and modification time, in nanoseconds)
+//!   and `Last-Modified`; conditional requests in the RFC's order (`If-Match`,
+//!   `If-Unmodified-Since` -> 412; `If-None-Match`, `If-Modified-Since` -> 304);
+//! - one byte range (`Range`, `If-Range`; 206, or 416 with `Content-Range: bytes */LEN`); a
+//!   request for several ranges gets the whole file, which the RFC allows;
+//! - `Content-Type` from the extension, `Content-Length`, `Accept-Ranges: bytes`; the body read
+//!   from the file as it is sent, never whole in memory;
+//! - a directory answers with its `index.html`; asked for without its trailing slash, it
+//!   redirects (308) to the path with one, so relative links in the page resolve.
+//!
+//! Paths are checked before the disk is touched: the path after the route's prefix is
+//! percent-decoded, and a segment that is `..` or `.`, or holds a NUL, a backslash or a
+//! `:` (a Windows drive), makes the request a 400. Names beginning with a dot (`.env`, `.git`)
+//! are not served (404). A file reached through a symbolic link is served only if it lies
+//! under the directory (its real path is checked): a link out of it is a 404.
+
+use std::io::SeekFrom;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
+use http_body::{Body, Frame, SizeHint};
+use pier_config::RoutePath;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use crate::body::{BodyError, ResponseBody, error_response};
+
+/// Bytes read from a file per body frame.
+const CHUNK: usize = 64 * 1024;
+
+/// The files of one directory, served on one route.
+#[derive(Debug)]
+pub struct Files {
+    /// The directory, its real path (symbolic links resolved).
+    root: PathBuf,
+    /// The route's path: a prefix is taken off the request's path; an exact route serves the
+    /// directory's index.
+    route: RoutePath,
+}
+
+/// A file found for a request.
+struct Found {
+    file: tokio::fs::File,
+    path: PathBuf,
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl Files {
+    /// The files under `root`, served on `route`.
+    pub fn new(root: &Path, route: RoutePath) -> std::io::Result<Files> {
+        let root = std::fs::canonicalize(root)?;
+        if !root.is_dir() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotADirectory,
+                format!("{} is not a directory", root.display()),
+            ));
+        }
+        Ok(Files { root, route })
+    }
+
+    /// The directory served.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Answers the request `req` (its body is not read).
+    pub async fn serve(&self, req: &http::request::Parts) -> Response<ResponseBody> {
+        let method = &req.method;
+        if method != Method::GET && method != Method::HEAD {
+            let mut response = error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &format!("{method} is not allowed on static files: GET or HEAD"),
+            );
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return response;
+        }
+        let path = req.uri.path();
+        let rest = match &self.route {
+            RoutePath::Exact(_) => "/",
+            RoutePath::Prefix(prefix) => match path.strip_prefix(prefix.as_str()) {
+                Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
+                // A filter changed the path to one outside the route.
+                _ => return not_found(path),
+            },
+        };
+        let segments = match safe_segments(rest) {
+            Ok(segments) => segments,
+            Err(why) => {
+                return error_response(StatusCode::BAD_REQUEST, &format!("bad path: {why}"));
+            }
+        };
+        if segments.iter().any(|s| s.starts_with('.')) {
+            return not_found(path);
+        }
+        let mut relative = PathBuf::new();
+        relative.extend(&segments);
+        let wants_dir = rest.ends_with('/');
+        let found = match self.open(&relative, wants_dir).await {
+            Ok(Lookup::File(found)) => found,
+            Ok(Lookup::Directory) => {
+                // `/docs` of a directory: on to `/docs/`, so the index's relative links work.
+                let mut location = format!("{path}/");
+                if let Some(query) = req.uri.query() {
+                    location.push('?');
+                    location.push_str(query);
+                }
+                let mut response = error_response(
+                    StatusCode::PERMANENT_REDIRECT,
+                    &format!("a directory: {location}"),
+                );
+                if let Ok(value) = HeaderValue::from_str(&location) {
+                    response.headers_mut().insert(header::LOCATION, value);
+                }
+                return response;
+            }
+            Ok(Lookup::Missing) => return not_found(path),
+            Err(e) => {
+                tracing::warn!(root = %self.root.display(), path, "cannot read a static file: {e}");
+                return error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the file cannot be read",
+                );
+            }
+        };
+        respond(found, req.method == Method::HEAD, &req.headers).await
+    }
+
+    /// Opens `relative` under the root (a directory's `index.html` when `wants_dir` or it is a
+    /// directory), if it is a regular file whose real path lies under the root.
+    async fn open(&self, relative: &Path, wants_dir: bool) -> std::io::Result<Lookup> {
+        let mut candidate = self.root.join(relative);
+        let real = match tokio::fs::canonicalize(&candidate).await {
+            Ok(real) => real,
+            Err(e) if missing(&e) => return Ok(Lookup::Missing),
+            Err(e) => return Err(e),
+        };
+        if !real.starts_with(&self.root) {
+            return Ok(Lookup::Missing);
+        }
+        if tokio::fs::metadata(&real).await?.is_dir() {
+            if !wants_dir {
+                return Ok(Lookup::Directory);
+            }
+            candidate = real.join("index.html");
+        } else if wants_dir {
+            // `/file.txt/`: not a directory.
+            return Ok(Lookup::Missing);
+        }
+        let real = match tokio::fs::canonicalize(&candidate).await {
+            Ok(real) if real.starts_with(&self.root) => real,
+            Ok(_) => return Ok(Lookup::Missing),
+            Err(e) if missing(&e) => return Ok(Lookup::Missing),
+            Err(e) => return Err(e),
+        };
+        let file = match tokio::fs::File::open(&real).await {
+            Ok(file) => file,
+            Err(e) if missing(&e) => return Ok(Lookup::Missing),
+            Err(e) => return Err(e),
+        };
+        let meta = file.metadata().await?;
+        if !meta.is_file() {
+            return Ok(Lookup::Missing);
+        }
+        Ok(Lookup::File(Found {
+            file,
+            path: real,
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        }))
+    }
+}
+
+enum Lookup {
+    File(Found),
+    Directory,
+    Missing,
+}
+
+fn missing(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+    )
+}
+
+fn not_found(path: &str) -> Response<ResponseBody> {
+    error_response(StatusCode::NOT_FOUND, &format!("no file at {path}"))
+}
+
+/// The decoded segments of `path` (the part after the route's prefix), or why it is refused.
+fn safe_segments(path: &str) -> Result<Vec<String>, &'static str> {
+    let mut segments = Vec::new();
+    for raw in path.split('/') {
+        if raw.is_empty() {
+            continue;
+        }
+        let segment = percent_encoding::percent_decode_str(raw)
+            .decode_utf8()
+            .map_err(|_| "not UTF-8 once decoded")?;
+        if segment == ".." || segment == "." {
+            return Err("a \"..\" or \".\" segment");
+        }
+        if segment.contains('\0') {
+            return Err("a NUL byte");
+        }
+        if segment.contains('\\') {
+            return Err("a backslash");
+        }
+        if segment.contains('/') {
+            return Err("an encoded slash");
+        }
+        if segment.contains(':') {
+            return Err("a colon");
+        }
+        segments.push(segment.into_owned());
+    }
+    Ok(segments)
+}
+
+/// The strong validator of a file: its length and modification time.
+fn etag(len: u64, modified: Option<SystemTime>) -> Option<String> {
+    let since = modified?.duration_since(UNIX_EPOCH).ok()?;
+    Some(format!(
+        "\"{len:x}-{:x}.{:x}\"",
+        since.as_secs(),
+        since.subsec_nanos()
+    ))
+}
+
+/// Whether an `If-Match`/`If-None-Match` list matches `etag` (`*` matches any file); `weak`
+/// compares opaque tags only (the `W/` prefix ignored), as `If-None-Match` does.
+fn list_matches(headers: &HeaderMap, name: header::HeaderName, etag: &str, weak: bool) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value.to_str().is_ok_and(|list| {
+            list.split(',').map(str::trim).any(|tag| {
+                tag == "*" || {
+                    let (is_weak, tag) = match tag.strip_prefix("W/") {
+                        Some(tag) => (true, tag),
+                        None => (false, tag),
+                    };
+                    tag == etag && (weak || !is_weak)
+                }
+            })
+        })
+    })
+}
+
+fn date(headers: &HeaderMap, name: header::HeaderName) -> Option<SystemTime> {
+    headers
+        .get(name)?
+        .to_str()
+        .ok()
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+}
+
+/// Whole seconds: HTTP dates have no fraction.
+fn seconds(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// What the conditional headers make of a request for `found` (RFC 9110 section 13.2.2).
+enum Condition {
+    /// Go on: the whole file, or a range of it.
+    Proceed,
+    /// `304 Not Modified`.
+    NotModified,
+    /// `412 Precondition Failed`.
+    Failed,
+}
+
+fn evaluate(headers: &HeaderMap, etag: Option<&str>, modified: Option<SystemTime>) -> Condition {
+    if headers.contains_key(header::IF_MATCH) {
+        if !etag.is_some_and(|e| list_matches(headers, header::IF_MATCH, e, false)) {
+            return Condition::Failed;
+        }
+    } else if let (Some(since), Some(modified)) =
+        (date(headers, header::IF_UNMODIFIED_SINCE), modified)
+        && seconds(modified) > seconds(since)
+    {
+        return Condition::Failed;
+    }
+    if headers.contains_key(header::IF_NONE_MATCH) {
+        if etag.is_some_and(|e| list_matches(headers, header::IF_NONE_MATCH, e, true)) {
+            return Condition::NotModified;
+        }
+    } else if let (Some(since), Some(modified)) =
+        (date(headers, header::IF_MODIFIED_SINCE), modified)
+        && seconds(modified) <= seconds(since)
+    {
+        return Condition::NotModified;
+    }
+    Condition::Proceed
+}
+
+/// The one range asked for, if the request asks for one that applies (`If-Range` holding);
+/// `Err` if the range cannot be satisfied.
+fn range(
+    headers: &HeaderMap,
+    len: u64,
+    etag: Option<&str>,
+    last_modified: Option<&str>,
+) -> Result<Option<(u64, u64)>, ()> {
+    let Some(value) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
+        return Ok(None);
+    };
+    if let Some(if_range) = headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
+        // A strong tag, or the exact date: anything else asks for the whole file.
+        let holds = if if_range.starts_with('"') {
+            etag == Some(if_range)
+        } else {
+            last_modified == Some(if_range)
+        };
+        if !holds {
+            return Ok(None);
+        }
+    }
+    let parsed = match http_range_header::parse_range_header(value) {
+        Ok(parsed) => parsed,
+        // Malformed: ignored, as the RFC says.
+        Err(_) => return Ok(None),
+    };
+    match parsed.validate(len) {
+        Ok(ranges) if ranges.len() == 1 => Ok(Some((*ranges[0].start(), *ranges[0].end()))),
+        // Several (or none usable of an empty file): the whole file.
+        Ok(_) => Ok(None),
+        Err(http_range_header::RangeUnsatisfiableError::Unsatisfiable) => Err(()),
+        Err(_) => Ok(None),
+    }
+}
+
+async fn respond(mut found: Found, head: bool, headers: &HeaderMap) -> Response<ResponseBody> {
+    let etag = etag(found.len, found.modified);
+    let last_modified = found.modified.map(httpdate::fmt_http_date);
+    let mut response = Response::new(ResponseBody::Full(None));
+    {
+        let out = response.headers_mut();
+        if let Some(tag) = etag.as_deref().and_then(|t| HeaderValue::from_str(t).ok()) {
+            out.insert(header::ETAG, tag);
+        }
+        if let Some(date) = last_modified
+            .as_deref()
+            .and_then(|d| HeaderValue::from_str(d).ok())
+        {
+            out.insert(header::LAST_MODIFIED, date);
+        }
+    }
+    match evaluate(headers, etag.as_deref(), found.modified) {
+        Condition::Proceed => {}
+        Condition::NotModified => {
+            *response.status_mut() = StatusCode::NOT_MODIFIED;
+            return response;
+        }
+        Condition::Failed => {
+            let mut failed = error_response(
+                StatusCode::PRECONDITION_FAILED,
+                "the file does not meet the request's preconditions",
+            );
+            failed.headers_mut().extend(response.headers_mut().drain());
+            return failed;
+        }
+    }
+    let out = response.headers_mut();
+    out.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    let mime = mime_guess::from_path(&found.path).first_or_octet_stream();
+    let content_type = match mime.type_() {
+        mime_guess::mime::TEXT => format!("{mime}; charset=utf-8"),
+        _ if mime == mime_guess::mime::APPLICATION_JAVASCRIPT => format!("{mime}; charset=utf-8"),
+        _ => mime.to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&content_type) {
+        out.insert(header::CONTENT_TYPE, value);
+    }
+    let (start, len) = match range(
+        headers,
+        found.len,
+        etag.as_deref(),
+        last_modified.as_deref(),
+    ) {
+        Ok(None) => (0, found.len),
+        Ok(Some((first, last))) => {
+            *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+            let value = format!("bytes {first}-{last}/{}", found.len);
+            response.headers_mut().insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&value).expect("ASCII"),
+            );
+            (first, last - first + 1)
+        }
+        Err(()) => {
+            let mut unsatisfiable = error_response(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                &format!("the range is beyond the file's {} bytes", found.len),
+            );
+            let value = format!("bytes */{}", found.len);
+            unsatisfiable.headers_mut().insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&value).expect("ASCII"),
+            );
+            return unsatisfiable;
+        }
+    };
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if head || len == 0 {
+        // HEAD: the headers GET would have, no body (hyper keeps the Content-Length).
+        return response;
+    }
+    if start > 0
+        && let Err(e) = found.file.seek(SeekFrom::Start(start)).await
+    {
+        tracing::warn!(path = %found.path.display(), "cannot seek in a static file: {e}");
+        return error_response(StatusCode::INTERNAL_SERVER_ERROR, "the file cannot be read");
+    }
+    *response.body_mut() = ResponseBody::File(FileBody {
+        file: found.file,
+        left: len,
+        buf: BytesMut::new(),
+    });
+    response
+}
+
+/// A file's bytes, `left` of them from where the file stands, read as they are sent. A file
+/// that ends early (truncated while being sent) aborts the response rather than send fewer
+/// bytes than its length said.
+pub struct FileBody {
+    file: tokio::fs::File,
+    left: u64,
+    buf: BytesMut,
+}
+
+impl Body for FileBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        if this.left == 0 {
+            return Poll::Ready(None);
+        }
+        let want = usize::try_from(this.left).unwrap_or(CHUNK).min(CHUNK);
+        if this.buf.capacity() < want {
+            this.buf.reserve(want);
+        }
+        match tokio_util::io::poll_read_buf(
+            Pin::new(&mut (&mut this.file).take(want as u64)),
+            cx,
+            &mut this.buf,
+        ) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Ok(0)) => Poll::Ready(Some(Err("the file ended before its length".into()))),
+            Poll::Ready(Ok(n)) => {
+                this.left -= n as u64;
+                Poll::Ready(Some(Ok(Frame::data(this.buf.split().freeze()))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.left)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsafe_paths_are_refused_before_the_disk() {
+        assert_eq!(safe_segments("/a/b%20c.txt").unwrap(), ["a", "b c.txt"]);
+        assert_eq!(safe_segments("//a//").unwrap(), ["a"]);
+        for bad in [
+            "/../etc/passwd",
+            "/a/%2e%2e/b",
+            "/a/./b",
+            "/a%00.txt",
+            "/a%5c..%5cb",
+            "/a%2f..%2fb",
+            "/c:/windows",
+            "/%ff",
+        ] {
+            assert!(safe_segments(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn conditions_follow_the_rfc_order() {
+        let modified = UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let tag = etag(10, Some(modified)).unwrap();
+        let date = httpdate::fmt_http_date(modified);
+        let earlier = httpdate::fmt_http_date(modified - std::time::Duration::from_secs(5));
+        let eval = |pairs: &[(&str, &str)]| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in pairs {
+                headers.append(
+                    header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    HeaderValue::from_str(value).unwrap(),
+                );
+            }
+            match evaluate(&headers, Some(&tag), Some(modified)) {
+                Condition::Proceed => "go",
+                Condition::NotModified => "304",
+                Condition::Failed => "412",
+            }
+        };
+        assert_eq!(eval(&[]), "go");
+        assert_eq!(eval(&[("if-none-match", &tag)]), "304");
+        assert_eq!(eval(&[("if-none-match", &format!("W/{tag}"))]), "304");
+        assert_eq!(eval(&[("if-none-match", "\"other\", *")]), "304");
+        assert_eq!(eval(&[("if-none-match", "\"other\"")]), "go");
+        // If-None-Match present: If-Modified-Since is not looked at.
+        assert_eq!(
+            eval(&[("if-none-match", "\"other\""), ("if-modified-since", &date)]),
+            "go"
+        );
+        assert_eq!(eval(&[("if-modified-since", &date)]), "304");
+        assert_eq!(eval(&[("if-modified-since", &earlier)]), "go");
+        assert_eq!(eval(&[("if-match", &tag)]), "go");
+        assert_eq!(eval(&[("if-match", &format!("W/{tag}"))]), "412");
+        assert_eq!(eval(&[("if-match", "\"other\"")]), "412");
+        assert_eq!(eval(&[("if-unmodified-since", &earlier)]), "412");
+        assert_eq!(eval(&[("if-unmodified-since", &date)]), "go");
+    }
+
+    #[test]
+    fn one_range_or_the_whole_file() {
+        let headers = |range: &str, if_range: Option<&str>| {
+            let mut h = HeaderMap::new();
+            h.insert(header::RANGE, HeaderValue::from_str(range).unwrap());
+            if let Some(v) = if_range {
+                h.insert(header::IF_RANGE, HeaderValue::from_str(v).unwrap());
+            }
+            h
+        };
+        let tag = Some("\"a-1.0\"");
+        let date = Some("Tue, 14 Nov 2023 22:13:20 GMT");
+        assert_eq!(
+            range(&headers("bytes=2-5", None), 10, tag, date),
+            Ok(Some((2, 5)))
+        );
+        assert_eq!(
+            range(&headers("bytes=-3", None), 10, tag, date),
+            Ok(Some((7, 9)))
+        );
+        assert_eq!(
+            range(&headers("bytes=8-", None), 10, tag, date),
+            Ok(Some((8, 9)))
+        );
+        assert_eq!(range(&headers("bytes=20-", None), 10, tag, date), Err(()));
+        assert_eq!(
+            range(&headers("bytes=0-1,4-5", None), 10, tag, date),
+            Ok(None)
+        );
+        assert_eq!(range(&headers("lines=1-2", None), 10, tag, date), Ok(None));
+        assert_eq!(
+            range(&headers("bytes=2-5", Some("\"a-1.0\"")), 10, tag, date),
+            Ok(Some((2, 5)))
+        );
+        assert_eq!(
+            range(&headers("bytes=2-5", Some("\"stale\"")), 10, tag, date),
+            Ok(None),
+            "a changed file: the whole of it"
+        );
+        assert_eq!(
+            range(&headers("bytes=2-5", date), 10, tag, date),
+            Ok(Some((2, 5)))
+        );
+    }
+}

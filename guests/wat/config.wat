@@ -1,0 +1,55 @@
+;; world: http-config
+;; Answers with its wasi:config variables, one NAME=VALUE line each (`get-all`), or 500 if the
+;; store answers an error.
+(module
+  (import "wasi:config/store@0.2.0-rc.1" "get-all" (func $get_all (param i32)))
+  (import "wasi:http/types@0.2.12" "[constructor]fields" (func $fields.new (result i32)))
+  (import "wasi:http/types@0.2.12" "[constructor]outgoing-response" (func $response.new (param i32) (result i32)))
+  (import "wasi:http/types@0.2.12" "[method]outgoing-response.body" (func $response.body (param i32 i32)))
+  (import "wasi:http/types@0.2.12" "[static]response-outparam.set" (func $outparam.set (param i32 i32 i32 i32 i64 i32 i32 i32 i32)))
+  (import "wasi:http/types@0.2.12" "[method]outgoing-body.write" (func $body.write (param i32 i32)))
+  (import "wasi:http/types@0.2.12" "[static]outgoing-body.finish" (func $body.finish (param i32 i32 i32 i32)))
+  (import "wasi:io/streams@0.2.12" "[method]output-stream.blocking-write-and-flush" (func $stream.write (param i32 i32 i32 i32)))
+  (import "wasi:io/streams@0.2.12" "[resource-drop]output-stream" (func $stream.drop (param i32)))
+
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 8192))
+  (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
+    (local $p i32)
+    (local.set $p (i32.and (i32.add (global.get $heap) (i32.sub (local.get 2) (i32.const 1)))
+                           (i32.sub (i32.const 0) (local.get 2))))
+    (global.set $heap (i32.add (local.get $p) (local.get 3)))
+    (local.get $p))
+
+  (data (i32.const 16) "=\n")
+  (global $ret i32 (i32.const 1024))
+
+  (func $write (param $stream i32) (param $ptr i32) (param $len i32)
+    (call $stream.write (local.get $stream) (local.get $ptr) (local.get $len) (global.get $ret)))
+
+  (func (export "wasi:http/incoming-handler@0.2.12#handle") (param $request i32) (param $outparam i32)
+    (local $response i32) (local $body i32) (local $stream i32) (local $list i32) (local $count i32)
+    (call $get_all (global.get $ret))
+    (if (i32.load8_u (global.get $ret)) (then unreachable))
+    (local.set $list (i32.load offset=4 (global.get $ret)))
+    (local.set $count (i32.load offset=8 (global.get $ret)))
+    (local.set $response (call $response.new (call $fields.new)))
+    (call $response.body (local.get $response) (global.get $ret))
+    (local.set $body (i32.load offset=4 (global.get $ret)))
+    (call $outparam.set (local.get $outparam) (i32.const 0) (local.get $response)
+      (i32.const 0) (i64.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0))
+    (call $body.write (local.get $body) (global.get $ret))
+    (local.set $stream (i32.load offset=4 (global.get $ret)))
+    (block $done
+      (loop $next
+        (br_if $done (i32.eqz (local.get $count)))
+        (call $write (local.get $stream) (i32.load (local.get $list)) (i32.load offset=4 (local.get $list)))
+        (call $write (local.get $stream) (i32.const 16) (i32.const 1))
+        (call $write (local.get $stream) (i32.load offset=8 (local.get $list)) (i32.load offset=12 (local.get $list)))
+        (call $write (local.get $stream) (i32.const 17) (i32.const 1))
+        (local.set $list (i32.add (local.get $list) (i32.const 16)))
+        (local.set $count (i32.sub (local.get $count) (i32.const 1)))
+        (br $next)))
+    (call $stream.drop (local.get $stream))
+    (call $body.finish (local.get $body) (i32.const 0) (i32.const 0) (global.get $ret)))
+)
