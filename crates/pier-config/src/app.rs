@@ -23,6 +23,8 @@ pub struct App {
     pub filters: Vec<FilterSpec>,
     /// Limits, outbound client, compiling, filter VMs: what the command line sets.
     pub settings: AppSettings,
+    /// The files that describe it (the manifest, the variables file), if any.
+    pub described_by: Vec<PathBuf>,
 }
 
 /// One route.
@@ -161,6 +163,7 @@ impl App {
             routes: vec![route],
             filters,
             settings: rest,
+            described_by: Vec::new(),
         }
     }
 
@@ -242,12 +245,26 @@ impl App {
                 announce: true,
             });
         }
+        let mut described_by = vec![manifest.file.clone()];
+        described_by.extend(variables_file.map(std::path::Path::to_path_buf));
         Ok(App {
             components,
             routes,
             filters,
             settings: rest,
+            described_by,
         })
+    }
+
+    /// Every file the app is made of: what describes it, each component and each filter (what
+    /// `--watch` watches). Static files are not among them: they are read as they are served.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut files = self.described_by.clone();
+        files.extend(self.components.values().map(|c| c.source.clone()));
+        files.extend(self.filters.iter().map(|f| f.path.clone()));
+        files.sort();
+        files.dedup();
+        files
     }
 
     /// Filter VMs alive at once, at most: each filter module's, and as many again for VMs

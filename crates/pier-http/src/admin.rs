@@ -18,9 +18,9 @@ use tokio::net::TcpListener;
 /// What an admin listener reports on.
 #[derive(Clone)]
 pub enum Admin {
-    /// This process's own metrics, with the state of its engines' instance pools as of the
-    /// scrape.
-    Process(PrometheusHandle, Vec<wasmtime::Engine>),
+    /// This process's own metrics, with the state of the serving app's instance pools as of
+    /// the scrape.
+    Process(PrometheusHandle, Arc<crate::Live>),
     /// The metrics of a supervisor's workers.
     Workers(Arc<Workers>),
 }
@@ -30,14 +30,18 @@ impl Admin {
     async fn respond(&self, path: &str) -> (StatusCode, &'static str, String) {
         const EXPOSITION: &str = "text/plain; version=0.0.4";
         match (path, self) {
-            ("/metrics", Admin::Process(handle, engines)) => {
-                crate::metrics::record_pool(engines);
+            ("/metrics", Admin::Process(handle, live)) => {
+                crate::metrics::record_pool(&live.engines());
                 (StatusCode::OK, EXPOSITION, handle.render())
             }
             ("/metrics", Admin::Workers(workers)) => {
                 (StatusCode::OK, EXPOSITION, workers.render().await)
             }
-            ("/healthz", Admin::Process(..)) => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+            ("/healthz", Admin::Process(_, live)) => (
+                StatusCode::OK,
+                "text/plain",
+                format!("ok: generation {}\n", live.generation()),
+            ),
             ("/healthz", Admin::Workers(workers)) => {
                 let (status, body) = workers.health();
                 (status, "text/plain", body)

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -39,9 +40,81 @@ pub struct Routed {
 /// A listening server that has not started accepting yet.
 pub struct Server {
     listener: TcpListener,
-    router: Arc<Router>,
+    routes: Arc<Routes>,
     limits: Limits,
     tls: Option<TlsAcceptor>,
+}
+
+/// The routes a server answers with, replaced whole while it serves (a reload): each request
+/// takes the table current when it arrives and keeps it (its pipelines, components and pools)
+/// until its response is sent, so requests in flight finish on the version they began on, new
+/// ones go to the new version, and no request ever sees a mix of the two. A table is freed
+/// when its last request is done.
+pub struct Routes {
+    current: ArcSwap<Router>,
+    limits: Limits,
+    local: Option<SocketAddr>,
+    /// The server's `--max-concurrency`, shared by every version's routes.
+    concurrency: Arc<Semaphore>,
+}
+
+impl Routes {
+    fn new(routes: Vec<Routed>, limits: Limits, local: Option<SocketAddr>) -> Routes {
+        let concurrency = Arc::new(Semaphore::new(limits.max_concurrency));
+        let router = Routes::router(routes, &limits, local, &concurrency);
+        Routes {
+            current: ArcSwap::from_pointee(router),
+            limits,
+            local,
+            concurrency,
+        }
+    }
+
+    fn router(
+        routes: Vec<Routed>,
+        limits: &Limits,
+        local: Option<SocketAddr>,
+        concurrency: &Arc<Semaphore>,
+    ) -> Router {
+        let pipeline = |handler, filters, component_limit| {
+            Pipeline::new(
+                handler,
+                limits.clone(),
+                filters,
+                local,
+                concurrency.clone(),
+                component_limit,
+            )
+        };
+        let entries = routes
+            .into_iter()
+            .map(|r| {
+                Entry::new(
+                    r.host,
+                    r.path,
+                    pipeline(r.handler, r.filters, r.component_limit),
+                    r.announce,
+                )
+            })
+            .collect();
+        let not_found = pipeline(
+            crate::Handler::NotFound,
+            crate::FilterChain::default(),
+            None,
+        );
+        Router::new(entries, not_found)
+    }
+
+    /// Replaces the routes: requests from now on take `routes`.
+    pub fn replace(&self, routes: Vec<Routed>) {
+        let router = Routes::router(routes, &self.limits, self.local, &self.concurrency);
+        self.current.store(Arc::new(router));
+    }
+
+    /// The current table.
+    fn load(&self) -> Arc<Router> {
+        self.current.load_full()
+    }
 }
 
 /// Why the server could not start.
@@ -168,39 +241,17 @@ impl Server {
                 .map_err(|source| ServeError::Inherited { error: source })?,
         };
         let local = listener.local_addr().ok();
-        let concurrency = Arc::new(Semaphore::new(limits.max_concurrency));
-        let pipeline = |handler, filters, component_limit| {
-            Pipeline::new(
-                handler,
-                limits.clone(),
-                filters,
-                local,
-                concurrency.clone(),
-                component_limit,
-            )
-        };
-        let entries = routes
-            .into_iter()
-            .map(|r| {
-                Entry::new(
-                    r.host,
-                    r.path,
-                    pipeline(r.handler, r.filters, r.component_limit),
-                    r.announce,
-                )
-            })
-            .collect();
-        let not_found = pipeline(
-            crate::Handler::NotFound,
-            crate::FilterChain::default(),
-            None,
-        );
         Ok(Server {
             listener,
-            router: Arc::new(Router::new(entries, not_found)),
+            routes: Arc::new(Routes::new(routes, limits.clone(), local)),
             limits,
             tls,
         })
+    }
+
+    /// Its routes, to replace them while it serves.
+    pub fn routes(&self) -> Arc<Routes> {
+        self.routes.clone()
     }
 
     /// The address actually bound (the real port when `:0` was asked for).
@@ -222,7 +273,7 @@ impl Server {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let Server {
             listener,
-            router,
+            routes,
             limits,
             tls,
         } = self;
@@ -251,7 +302,7 @@ impl Server {
             let _ = stream.set_nodelay(true);
             let conn = Connection {
                 builder: builder.clone(),
-                router: router.clone(),
+                routes: routes.clone(),
                 idle_timeout: limits.idle_timeout,
                 header_timeout: limits.header_timeout,
                 draining: draining.clone(),
@@ -321,7 +372,7 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 /// One accepted connection.
 struct Connection {
     builder: Arc<auto::Builder<TokioExecutor>>,
-    router: Arc<Router>,
+    routes: Arc<Routes>,
     idle_timeout: Duration,
     header_timeout: Duration,
     draining: watch::Receiver<bool>,
@@ -339,14 +390,15 @@ impl Connection {
     async fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(mut self, stream: S) {
         let activity = Activity::new(self.peer);
         let io = TokioIo::new(Tracked::new(stream, activity.clone()));
-        let router = self.router.clone();
+        let routes = self.routes.clone();
         let requests = activity.clone();
         let service = service_fn(move |req| {
             // Marked as begun here, as soon as hyper has the head, not when the response
             // future first runs: the watchdog must never see a request that has arrived as a
             // slow client's missing head.
             let in_flight = requests.begin();
-            let router = router.clone();
+            // The routes as of this request's arrival, for all of it.
+            let router = routes.load();
             async move { Ok::<_, Infallible>(router.serve(req, in_flight).await) }
         });
         let conn = self.builder.serve_connection(io, service);

@@ -100,6 +100,9 @@ struct ServeArgs {
     /// Proxy every request to this origin (http://HOST:PORT or https://...), not a component.
     #[arg(long, value_name = "URL", conflicts_with = "app", value_parser = parse_origin)]
     upstream: Option<http::Uri>,
+    /// Reload when the manifest or a file it names changes (as on SIGHUP).
+    #[arg(long)]
+    watch: bool,
     /// Values of the manifest's variables: dotenv NAME=VALUE lines, or TOML if it ends in .toml.
     #[arg(long, value_name = "FILE")]
     variables_file: Option<PathBuf>,
@@ -626,6 +629,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => Listen::Addr(args.addr),
     };
     let app = args.app()?;
+    // A worker reloads when its supervisor says so, which watches the files for all.
+    let reloads =
+        pier_http::Triggers::install(args.watch && args.worker_fd.is_none(), &app.files())?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(pier_http::tls_acceptor(cert, key)?),
         _ => None,
@@ -648,22 +654,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     for engine in &engines {
         pier_engine::start_epoch_ticker(engine);
     }
+    let server = pier_http::Server::bind(listen, routes, app.settings.limits, tls).await?;
+    let live = pier_http::Live::new(server.routes(), engines);
     let mut admin_line = None;
     if let (Some(listener), Some(handle)) = (admin, recorder) {
         if args.worker_admin_fd.is_none() {
             admin_line = Some(format!("pier: admin on http://{}", listener.local_addr()?));
         }
-        let admin = pier_http::admin::Admin::Process(handle, engines.clone());
+        let admin = pier_http::admin::Admin::Process(handle, live.clone());
         tokio::spawn(pier_http::admin::serve(listener, admin));
     }
-    let server = pier_http::Server::bind(listen, routes, app.settings.limits, tls).await?;
+    let is_worker = args.worker_fd.is_some();
+    tokio::spawn(pier_http::reload::run(live, reloads, move || args.app()));
     // Loading read whole files (the component, its compiled code) into memory and freed them;
     // hand those pages back now rather than carry them, resident, for the server's lifetime.
     // SAFETY: mi_collect only frees memory mimalloc itself holds unused.
     unsafe { libmimalloc_sys::mi_collect(true) };
     // Handlers first, so a stop that follows the ready line at once is a graceful one.
     let shutdown = shutdown_signal();
-    if args.worker_fd.is_some() {
+    if is_worker {
         workers::ready()?;
     } else {
         // The first line: what harnesses wait for. Then the admin line and the start-up log.

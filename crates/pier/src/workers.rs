@@ -86,6 +86,14 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
         admin: admin.as_deref(),
     };
     let (stop, stopping) = watch::channel(false);
+    // Reloads: the supervisor checks the app, then each worker reloads it (SIGHUP).
+    let watched = if args.watch {
+        args.app()?.files()
+    } else {
+        Vec::new()
+    };
+    let mut reloads = pier_http::Triggers::install(args.watch, &watched)?;
+    let (reload, reloading) = watch::channel(0u64);
     let mut running = JoinSet::new();
     // Each worker's start-up log waits until the serving line is out: closing its stdin lets
     // it go.
@@ -116,7 +124,16 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
         for index in 0..n {
             let (child, stdout, log) = start(index, &sockets).await?;
             held_logs.push(log);
-            running.spawn(watch(index, child, stdout, stopping.clone(), admin.clone()));
+            running.spawn(watch(
+                index,
+                child,
+                stdout,
+                Signals {
+                    stop: stopping.clone(),
+                    reload: reloading.clone(),
+                },
+                admin.clone(),
+            ));
         }
         anyhow::Ok(())
     };
@@ -151,6 +168,21 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
                 biased;
                 () = &mut shutdown => break,
                 Some(ended) = running.join_next() => ended?,
+                why = reloads.next() => {
+                    // Checked here first: a manifest that does not parse is said once, not
+                    // by every worker.
+                    match args.app() {
+                        Ok(app) => {
+                            if let Err(e) = reloads.watch(&app.files()) {
+                                tracing::error!("--watch: cannot watch the app's new files: {e}");
+                            }
+                            tracing::info!("reload ({why}): every worker reloads");
+                            reload.send_modify(|n| *n += 1);
+                        }
+                        Err(e) => tracing::error!("reload ({why}) failed, the workers keep serving: {e:#}"),
+                    }
+                    continue;
+                }
             };
             let Ended {
                 index,
@@ -181,7 +213,16 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
             };
             match started {
                 Ok((child, stdout)) => {
-                    running.spawn(watch(index, child, stdout, stopping.clone(), admin.clone()));
+                    running.spawn(watch(
+                        index,
+                        child,
+                        stdout,
+                        Signals {
+                            stop: stopping.clone(),
+                            reload: reloading.clone(),
+                        },
+                        admin.clone(),
+                    ));
                 }
                 Err(e) => {
                     replacement_failed = Some(e);
@@ -367,15 +408,29 @@ struct Ended {
     lived: Duration,
 }
 
-/// Waits for worker `index` to exit, passing its stdout on; on `stop`, sends it SIGTERM first.
-/// Meanwhile `admin` (with `--admin-addr`) counts it as running.
+/// What the supervisor tells its workers.
+struct Signals {
+    /// Stop (SIGTERM).
+    stop: watch::Receiver<bool>,
+    /// Reload the app (SIGHUP), each time it changes.
+    reload: watch::Receiver<u64>,
+}
+
+/// Waits for worker `index` to exit, passing its stdout on; on `stop`, sends it SIGTERM first,
+/// and SIGHUP on each `reload`. Meanwhile `admin` (with `--admin-addr`) counts it as running.
 async fn watch(
     index: u32,
     mut child: Child,
     mut stdout: ChildStdout,
-    mut stop: watch::Receiver<bool>,
+    signals: Signals,
     admin: Option<Arc<pier_http::admin::Workers>>,
 ) -> Ended {
+    let Signals {
+        mut stop,
+        mut reload,
+    } = signals;
+    // A worker started after a reload reads the app as it is now.
+    reload.mark_unchanged();
     let started = Instant::now();
     let set_running = |running| {
         if let Some(admin) = &admin {
@@ -386,15 +441,21 @@ async fn watch(
     tokio::spawn(async move {
         let _ = tokio::io::copy(&mut stdout, &mut tokio::io::stdout()).await;
     });
-    let status = tokio::select! {
-        status = child.wait() => status,
-        () = async { let _ = stop.wait_for(|stop| *stop).await; } => {
-            // `id` is None once the child has been reaped, so this never signals a reused pid.
-            if let Some(pid) = child.id() {
-                // SAFETY: kill(2) on our own child's pid.
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    // `id` is None once the child has been reaped, so this never signals a reused pid.
+    let send = |child: &Child, signal| {
+        if let Some(pid) = child.id() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(pid as libc::pid_t, signal) };
+        }
+    };
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status,
+            () = async { let _ = stop.wait_for(|stop| *stop).await; } => {
+                send(&child, libc::SIGTERM);
+                break child.wait().await;
             }
-            child.wait().await
+            Ok(()) = reload.changed() => send(&child, libc::SIGHUP),
         }
     };
     set_running(false);

@@ -514,7 +514,7 @@ async fn metrics_and_health_on_the_admin_listener() {
     let health = get(&admin, Proto::H1, "/healthz").await.unwrap();
     assert_eq!(
         (health.status, health.text().as_str()),
-        (StatusCode::OK, "ok\n")
+        (StatusCode::OK, "ok: generation 1\n")
     );
 
     for path in ["/ok", "/ok", "/trap", "/loop"] {
