@@ -69,6 +69,8 @@ pub struct ComponentSpec {
     pub timeout: Option<Duration>,
     /// Requests in it at once, beside the app's limit.
     pub concurrency: Option<usize>,
+    /// Whether it may call the app's own routes (`http://self`).
+    pub allow_self: bool,
 }
 
 impl ComponentSpec {
@@ -81,6 +83,7 @@ impl ComponentSpec {
             max_memory: None,
             timeout: None,
             concurrency: None,
+            allow_self: false,
         }
     }
 }
@@ -184,11 +187,6 @@ impl App {
             crate::resolve_variables(&manifest.variables, |n| std::env::var(n).ok(), &file)?;
         let mut components = BTreeMap::new();
         for (name, c) in &manifest.components {
-            if c.allow_self {
-                return Err(format!(
-                    "component {name}: http://self is not served yet (calling the app's own routes)"
-                ));
-            }
             let config = c
                 .variables
                 .iter()
@@ -215,6 +213,7 @@ impl App {
                 max_memory: c.limits.memory,
                 timeout: c.limits.timeout,
                 concurrency: c.limits.concurrency,
+                allow_self: c.allow_self,
             };
             components.insert(name.clone(), spec);
         }

@@ -24,6 +24,8 @@ pub struct Built {
     pub engines: Vec<pier_engine::Engine>,
     /// Its routes.
     pub routes: Vec<Routed>,
+    /// What `http://self` reaches: connect it to the server's routes.
+    pub self_routes: crate::SelfRoutes,
 }
 
 /// Builds `app`: compiles (or loads from the cache) each component on an engine fitted to it,
@@ -41,6 +43,7 @@ pub fn build(app: &App) -> anyhow::Result<Built> {
         CompileCache::new(&app.settings.compile.cache).optimize(app.settings.compile.optimize);
     let mut engines = Vec::new();
     let mut components = BTreeMap::new();
+    let self_routes = crate::SelfRoutes::default();
     for (name, component) in &app.components {
         let wasm = WasmFile::read(&component.source)?;
         let settings = StoreSettings {
@@ -59,7 +62,12 @@ pub fn build(app: &App) -> anyhow::Result<Built> {
             },
             None => app.settings.outbound.clone(),
         };
-        http.set_outbound(Arc::new(OutboundClient::new(&outbound)?));
+        let client: Arc<dyn pier_engine::Outbound> = Arc::new(OutboundClient::new(&outbound)?);
+        http.set_outbound(if component.allow_self {
+            Arc::new(crate::SelfCalls::new(self_routes.clone(), client))
+        } else {
+            client
+        });
         let limit = component.concurrency.map(|n| Arc::new(Semaphore::new(n)));
         components.insert(name.clone(), (Arc::new(http), limit));
         engines.push(engine);
@@ -104,9 +112,17 @@ pub fn build(app: &App) -> anyhow::Result<Built> {
             filters: FilterChain(route.filters.iter().map(|&i| filters[i].clone()).collect()),
             component_limit,
             announce: route.announce,
+            component: match &route.target {
+                TargetSpec::Component(name) => Some(name.clone()),
+                _ => None,
+            },
         });
     }
-    Ok(Built { engines, routes })
+    Ok(Built {
+        engines,
+        routes,
+        self_routes,
+    })
 }
 
 /// Every filter of `app`, started on `engine`, in the app's order.

@@ -208,8 +208,19 @@ pub struct Observed {
     record: AccessRecord,
 }
 
+/// A manifest route's names, on its requests' metrics and access log lines.
+#[derive(Clone, Debug)]
+pub struct Labels {
+    /// The route's pattern (after its host, if it has one).
+    pub route: Arc<str>,
+    /// The component answering it (empty for an upstream or files).
+    pub component: Arc<str>,
+}
+
 /// What the access log says about one request.
 pub struct AccessRecord {
+    /// The route and component, for a manifest's routes.
+    pub labels: Option<Labels>,
     /// Request method.
     pub method: http::Method,
     /// Request URI.
@@ -239,6 +250,7 @@ impl AccessRecord {
     ) -> Self {
         metrics::gauge!(crate::metrics::IN_FLIGHT).increment(1.0);
         AccessRecord {
+            labels: None,
             method,
             uri,
             status: StatusCode::OK,
@@ -283,19 +295,42 @@ impl Drop for AccessRecord {
             .and_then(|g| g.elapsed())
             .map(|d| d.as_micros() as u64);
         let complete = self.done && !self.failed;
-        tracing::info!(
-            target: "pier::access",
-            method = %self.method,
-            path = self.uri.path(),
-            status = self.status.as_u16(),
-            bytes = self.bytes,
-            duration_us = elapsed.as_micros() as u64,
-            guest_us,
-            complete,
-        );
+        let status = crate::metrics::status_class(self.status);
+        match &self.labels {
+            None => {
+                tracing::info!(
+                    target: "pier::access",
+                    method = %self.method,
+                    path = self.uri.path(),
+                    status = self.status.as_u16(),
+                    bytes = self.bytes,
+                    duration_us = elapsed.as_micros() as u64,
+                    guest_us,
+                    complete,
+                );
+                metrics::counter!(crate::metrics::REQUESTS, "status" => status).increment(1);
+                metrics::histogram!(crate::metrics::REQUEST_SECONDS).record(elapsed.as_secs_f64());
+            }
+            Some(Labels { route, component }) => {
+                tracing::info!(
+                    target: "pier::access",
+                    method = %self.method,
+                    path = self.uri.path(),
+                    status = self.status.as_u16(),
+                    bytes = self.bytes,
+                    duration_us = elapsed.as_micros() as u64,
+                    guest_us,
+                    complete,
+                    route = &**route,
+                    component = &**component,
+                );
+                let (route, component) = (route.clone(), component.clone());
+                metrics::counter!(crate::metrics::REQUESTS, "status" => status, "route" => route.clone(), "component" => component.clone()).increment(1);
+                metrics::histogram!(crate::metrics::REQUEST_SECONDS, "route" => route, "component" => component)
+                    .record(elapsed.as_secs_f64());
+            }
+        }
         metrics::gauge!(crate::metrics::IN_FLIGHT).decrement(1.0);
-        metrics::counter!(crate::metrics::REQUESTS, "status" => crate::metrics::status_class(self.status)).increment(1);
-        metrics::histogram!(crate::metrics::REQUEST_SECONDS).record(elapsed.as_secs_f64());
         metrics::counter!(crate::metrics::BYTES_OUT).increment(self.bytes);
     }
 }

@@ -73,6 +73,7 @@ impl Live {
         for engine in &built.engines {
             pier_engine::start_epoch_ticker(engine);
         }
+        built.self_routes.connect(&self.routes);
         self.routes.replace(built.routes);
         let old = std::mem::replace(
             &mut *self.engines.lock().unwrap_or_else(|e| e.into_inner()),

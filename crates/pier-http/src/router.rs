@@ -12,7 +12,6 @@
 use std::sync::Arc;
 
 use http::{HeaderValue, Request, Response};
-use hyper::body::Incoming;
 use pier_config::RoutePath;
 
 use crate::body::Observed;
@@ -112,12 +111,17 @@ impl Router {
         best.map(|(_, entry, info)| (entry, info))
     }
 
-    /// Answers `req` with the pipeline of its route.
-    pub async fn serve(
+    /// Answers `req` with the pipeline of its route (`in_flight`: its connection, if it came
+    /// on one).
+    pub async fn serve<B>(
         &self,
-        mut req: Request<Incoming>,
-        in_flight: InFlight,
-    ) -> Response<Observed> {
+        mut req: Request<B>,
+        in_flight: Option<InFlight>,
+    ) -> Response<Observed>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
         let found = {
             let host = req.uri().authority().map(|a| a.as_str()).or_else(|| {
                 req.headers()

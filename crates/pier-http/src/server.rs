@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use http::{Request, Response};
+use http_body_util::BodyExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -16,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
+use wasmtime_wasi_http::WasiBody;
 
 use crate::conn::{Activity, Expired, Tracked};
 use crate::router::{Entry, Router};
@@ -33,8 +36,11 @@ pub struct Routed {
     pub filters: crate::FilterChain,
     /// Its component's own concurrency limit (shared by the routes to that component).
     pub component_limit: Option<Arc<Semaphore>>,
-    /// Whether the guest is told the route (`x-pier-route`, `x-pier-path-info`).
+    /// Whether the guest is told the route (`x-pier-route`, `x-pier-path-info`), and its
+    /// requests' metrics and access log lines carry the route and component: a manifest's.
     pub announce: bool,
+    /// The component's name, when a component answers.
+    pub component: Option<String>,
 }
 
 /// A listening server that has not started accepting yet.
@@ -76,7 +82,7 @@ impl Routes {
         local: Option<SocketAddr>,
         concurrency: &Arc<Semaphore>,
     ) -> Router {
-        let pipeline = |handler, filters, component_limit| {
+        let pipeline = |handler, filters, component_limit, labels| {
             Pipeline::new(
                 handler,
                 limits.clone(),
@@ -84,15 +90,27 @@ impl Routes {
                 local,
                 concurrency.clone(),
                 component_limit,
+                labels,
             )
         };
         let entries = routes
             .into_iter()
             .map(|r| {
+                let labels = r.announce.then(|| {
+                    let pattern = r.path.pattern();
+                    crate::body::Labels {
+                        route: match &r.host {
+                            Some(host) => format!("{host}{pattern}"),
+                            None => pattern,
+                        }
+                        .into(),
+                        component: r.component.clone().unwrap_or_default().into(),
+                    }
+                });
                 Entry::new(
                     r.host,
                     r.path,
-                    pipeline(r.handler, r.filters, r.component_limit),
+                    pipeline(r.handler, r.filters, r.component_limit, labels),
                     r.announce,
                 )
             })
@@ -100,6 +118,7 @@ impl Routes {
         let not_found = pipeline(
             crate::Handler::NotFound,
             crate::FilterChain::default(),
+            None,
             None,
         );
         Router::new(entries, not_found)
@@ -109,6 +128,26 @@ impl Routes {
     pub fn replace(&self, routes: Vec<Routed>) {
         let router = Routes::router(routes, &self.limits, self.local, &self.concurrency);
         self.current.store(Arc::new(router));
+    }
+
+    /// Answers a request a component of the app made to it (`http://self/...`), in process:
+    /// the current routes, their filters and limits, as for a client's request.
+    pub async fn call(&self, mut req: Request<WasiBody>) -> Response<WasiBody> {
+        // Origin form, as a client would send it; the authority, `self`, matches no host route.
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        *req.uri_mut() = http::Uri::from(path);
+        req.headers_mut()
+            .insert(http::header::HOST, http::HeaderValue::from_static("self"));
+        let router = self.load();
+        let response = router.serve(req, None).await;
+        response.map(|body| {
+            body.map_err(|e| wasmtime_wasi_http::Error::InternalError(Some(e.to_string())))
+                .boxed_unsync()
+        })
     }
 
     /// The current table.
@@ -399,7 +438,7 @@ impl Connection {
             let in_flight = requests.begin();
             // The routes as of this request's arrival, for all of it.
             let router = routes.load();
-            async move { Ok::<_, Infallible>(router.serve(req, in_flight).await) }
+            async move { Ok::<_, Infallible>(router.serve(req, Some(in_flight)).await) }
         });
         let conn = self.builder.serve_connection(io, service);
         tokio::pin!(conn);

@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use pier_config::Limits;
 use pier_engine::HttpApp;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -32,9 +31,18 @@ pub enum Handler {
     NotFound,
 }
 
+/// The address a request made in process (`http://self`) comes from, for filters that ask.
+const SELF_PEER: std::net::SocketAddr = std::net::SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    0,
+));
+
 /// What the requests of one route share: its handler, its filters, and the limits on them.
 pub struct Pipeline {
     handler: Handler,
+    /// The route's and component's names on its metrics and access log lines (a manifest's
+    /// routes only).
+    labels: Option<crate::body::Labels>,
     limits: Limits,
     /// The server's `--max-concurrency`, shared by every route.
     concurrency: Arc<Semaphore>,
@@ -54,9 +62,11 @@ impl Pipeline {
         local: Option<std::net::SocketAddr>,
         concurrency: Arc<Semaphore>,
         component_limit: Option<Arc<Semaphore>>,
+        labels: Option<crate::body::Labels>,
     ) -> Arc<Pipeline> {
         Arc::new(Pipeline {
             handler,
+            labels,
             limits,
             concurrency,
             component_limit,
@@ -77,19 +87,26 @@ impl Pipeline {
             None,
             concurrency,
             None,
+            None,
         )
     }
 
     /// Answers one request, which keeps its connection busy (`in_flight`) until the response
-    /// has been sent.
-    pub async fn serve(&self, req: Request<Incoming>, in_flight: InFlight) -> Response<Observed> {
-        let peer = in_flight.peer();
+    /// has been sent; with no connection, a request a component made to the app
+    /// (`http://self`).
+    pub async fn serve<B>(&self, req: Request<B>, in_flight: Option<InFlight>) -> Response<Observed>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let peer = in_flight.as_ref().map_or(SELF_PEER, InFlight::peer);
         let mut record = AccessRecord::new(
             req.method().clone(),
             req.uri().clone(),
             Instant::now(),
-            Some(in_flight),
+            in_flight,
         );
+        record.labels = self.labels.clone();
         let limits = &self.limits;
 
         if let Some(problem) =

@@ -650,11 +650,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .as_ref()
         .map(|_| pier_http::metrics::install_recorder())
         .transpose()?;
-    let pier_http::Built { engines, routes } = pier_http::build(&app)?;
+    let pier_http::Built {
+        engines,
+        routes,
+        self_routes,
+    } = pier_http::build(&app)?;
     for engine in &engines {
         pier_engine::start_epoch_ticker(engine);
     }
     let server = pier_http::Server::bind(listen, routes, app.settings.limits, tls).await?;
+    self_routes.connect(&server.routes());
     let live = pier_http::Live::new(server.routes(), engines);
     let mut admin_line = None;
     if let (Some(listener), Some(handle)) = (admin, recorder) {

@@ -261,16 +261,7 @@ limits = { memory = "16MiB", timeout = "5s", concurrency = 2 }
 }
 
 #[test]
-fn what_pier_does_not_serve_yet_is_said() {
-    let dir = app(
-        "manifest_version = 1\n[[route]]\npath = \"/...\"\ncomponent = \"c\"\n[component.c]\nsource = \"hello.wasm\"\nallowed_outbound = [\"http://self\"]\n",
-    );
-    let manifest = dir.path().join("pier.toml");
-    assert_one_line_error(
-        pier(),
-        &["serve", manifest.to_str().unwrap()],
-        &["http://self is not served yet"],
-    );
+fn flags_granting_per_component_are_refused_with_a_manifest() {
     // Grants are the manifest's, per component: flags granting them are refused, not ignored.
     let dir = app(MANIFEST);
     let manifest = dir.path().join("pier.toml");
