@@ -9,6 +9,8 @@
 #   guests/build.sh examples   examples/hello/hello.wat -> hello.wasm (committed)
 #   guests/build.sh python     componentize-py hello and fetch -> guests/build/python-*.wasm
 #   guests/build.sh js         componentize-js hello -> guests/build/js-hello.wasm
+#   guests/build.sh app        examples/app's Python and JavaScript components ->
+#                              examples/app/build/api.wasm and web.wasm
 #   guests/build.sh filters    Proxy-Wasm filters on the AssemblyScript SDKs from npm ->
 #                              guests/build/filter-solo.wasm and filter-gcore.wasm
 #
@@ -53,11 +55,21 @@ build_examples() {
   echo "built examples/hello/hello.wasm"
 }
 
-build_python() {
+python_tools() {
   if [[ ! -x $tools/py/bin/componentize-py ]]; then
     python3 -m venv "$tools/py"
     "$tools/py/bin/pip" install --quiet componentize-py==0.25.1
   fi
+}
+
+js_tools() {
+  if [[ ! -x guests/js/node_modules/.bin/componentize-js ]]; then
+    (cd guests/js && npm ci --no-audit --no-fund --silent)
+  fi
+}
+
+build_python() {
+  python_tools
   local wit=$tools/wit-python out
   rm -rf "$wit"
   pier_guest wit-dir "$wit" 0.2.0 guests/python/wit
@@ -73,15 +85,37 @@ build_python() {
 }
 
 build_js() {
-  if [[ ! -x guests/js/node_modules/.bin/componentize-js ]]; then
-    (cd guests/js && npm ci --no-audit --no-fund --silent)
-  fi
+  js_tools
   local wit=$tools/wit-js
   rm -rf "$wit"
   pier_guest wit-dir "$wit" 0.2.10 guests/js/wit
   (cd guests/js && ./node_modules/.bin/componentize-js app.js --wit "$root/$wit" --world-name hello \
       -o "$root/$build/js-hello.wasm" >/dev/null)
   echo "built $build/js-hello.wasm"
+}
+
+# examples/app: its Python API (with wasi:config) and its JavaScript page -> examples/app/build/
+build_app() {
+  local app=examples/app wit out
+  mkdir -p "$app/build"
+  python_tools
+  wit=$tools/wit-app-python
+  rm -rf "$wit"
+  pier_guest wit-dir "$wit" 0.2.0 "$app/python/wit"
+  out=$(mktemp -d)
+  cp "$app/python/app.py" "$out/"
+  (cd "$out" && "$root/$tools/py/bin/componentize-py" -d "$root/$wit" -w pier:example/api bindings . >/dev/null &&
+    "$root/$tools/py/bin/componentize-py" -d "$root/$wit" -w pier:example/api componentize app \
+      -o "$root/$app/build/api.wasm" >/dev/null)
+  rm -rf "$out"
+  echo "built $app/build/api.wasm"
+  js_tools
+  wit=$tools/wit-app-js
+  rm -rf "$wit"
+  pier_guest wit-dir "$wit" 0.2.10 "$app/js/wit"
+  guests/js/node_modules/.bin/componentize-js "$app/js/app.js" --wit "$wit" --world-name web \
+    -o "$app/build/web.wasm" >/dev/null
+  echo "built $app/build/web.wasm"
 }
 
 # One npm project per SDK, each pinning its own AssemblyScript (the solo SDK needs asc 0.14.9, the
@@ -105,6 +139,7 @@ case $what in
   python) build_python ;;
   js) build_js ;;
   filters) build_filters ;;
-  all) build_c; build_examples; build_python; build_js; build_filters ;;
-  *) echo "usage: guests/build.sh [all|c|examples|python|js|filters]" >&2; exit 2 ;;
+  app) build_app ;;
+  all) build_c; build_examples; build_python; build_js; build_filters; build_app ;;
+  *) echo "usage: guests/build.sh [all|c|examples|python|js|filters|app]" >&2; exit 2 ;;
 esac

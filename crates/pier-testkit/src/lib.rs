@@ -35,7 +35,13 @@ pub fn repo_root() -> PathBuf {
 /// componentize-js), under `guests/build/`. `None` when it has not been built, which fails the
 /// test in CI (where `.ci/run` builds them) and skips it, loudly, elsewhere.
 pub fn toolchain_guest(file: &str) -> Option<PathBuf> {
-    let path = repo_root().join("guests/build").join(file);
+    toolchain_built(&format!("guests/build/{file}"))
+}
+
+/// A file `guests/build.sh` builds with a third-party toolchain, by its path in the repository
+/// (`examples/app/build/api.wasm`); as [`toolchain_guest`].
+pub fn toolchain_built(relative: &str) -> Option<PathBuf> {
+    let path = repo_root().join(relative);
     if path.exists() {
         return Some(path);
     }
