@@ -38,6 +38,7 @@ fn main() -> anyhow::Result<()> {
     );
     println!("cargo:rerun-if-changed={}", guests_wit.display());
     println!("cargo:rerun-if-changed=src/compose.rs");
+    println!("cargo:rerun-if-changed=../pier-engine/wit");
 
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     let wasi_wit = compose::find_wasi_wit(WASI_HTTP_CRATE)?;

@@ -21,6 +21,8 @@ pub struct App {
     pub routes: Vec<RouteSpec>,
     /// Proxy-Wasm plugins; routes name them by index, in the order they run.
     pub filters: Vec<FilterSpec>,
+    /// The key-value stores its components may open, by name.
+    pub stores: BTreeMap<String, crate::StoreSpec>,
     /// Limits, outbound client, compiling, filter VMs: what the command line sets.
     pub settings: AppSettings,
     /// The files that describe it (the manifest, the variables file), if any.
@@ -71,6 +73,8 @@ pub struct ComponentSpec {
     pub concurrency: Option<usize>,
     /// Whether it may call the app's own routes (`http://self`).
     pub allow_self: bool,
+    /// The key-value stores it may open (names in [`App::stores`]).
+    pub key_value_stores: Vec<String>,
 }
 
 impl ComponentSpec {
@@ -84,6 +88,7 @@ impl ComponentSpec {
             timeout: None,
             concurrency: None,
             allow_self: false,
+            key_value_stores: Vec::new(),
         }
     }
 }
@@ -102,6 +107,10 @@ pub struct AppSettings {
     pub compile: CompileOptions,
     /// Instances made ahead of their requests.
     pub prewarm: u32,
+    /// `--state-dir`: where stores without a path of their own live.
+    pub state_dir: Option<PathBuf>,
+    /// Limits on keys and values in stores.
+    pub store_limits: crate::StoreLimits,
 }
 
 /// How compiled code is made and kept.
@@ -127,20 +136,36 @@ pub struct FilterOptions {
 }
 
 impl App {
-    /// The app of the single-wasm command line: `component` on every path, behind every filter.
+    /// The app of the single-wasm command line: `component` on every path, behind every filter,
+    /// granted the stores of `kv` (`--kv`; SQLite files without a path in the state directory,
+    /// by default `.pier/data` in the current directory).
     pub fn one_component(
-        component: ComponentSpec,
+        mut component: ComponentSpec,
         filters: Vec<FilterSpec>,
+        kv: &[crate::KvGrant],
         rest: AppSettings,
     ) -> App {
+        let state = crate::state_dir(rest.state_dir.as_deref(), std::path::Path::new("."));
+        let stores = kv
+            .iter()
+            .map(|g| {
+                (
+                    g.name.clone(),
+                    crate::StoreSpec::resolve(&g.name, &g.config, &state),
+                )
+            })
+            .collect();
+        component.key_value_stores = kv.iter().map(|g| g.name.clone()).collect();
         let mut components = BTreeMap::new();
         components.insert("app".to_string(), component);
-        App::one_route(
+        let mut app = App::one_route(
             components,
             TargetSpec::Component("app".into()),
             filters,
             rest,
-        )
+        );
+        app.stores = stores;
+        app
     }
 
     /// The app of `--upstream URL`: a proxy to `origin` on every path, behind every filter.
@@ -165,6 +190,7 @@ impl App {
             components,
             routes: vec![route],
             filters,
+            stores: BTreeMap::new(),
             settings: rest,
             described_by: Vec::new(),
         }
@@ -214,6 +240,7 @@ impl App {
                 timeout: c.limits.timeout,
                 concurrency: c.limits.concurrency,
                 allow_self: c.allow_self,
+                key_value_stores: c.key_value_stores.clone(),
             };
             components.insert(name.clone(), spec);
         }
@@ -244,12 +271,35 @@ impl App {
                 announce: true,
             });
         }
+        // Only the stores some component is granted are opened.
+        let base = manifest
+            .file
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        let state = crate::state_dir(rest.state_dir.as_deref(), base);
+        let stores = manifest
+            .key_value_stores
+            .iter()
+            .filter(|(name, _)| {
+                components
+                    .values()
+                    .any(|c: &ComponentSpec| c.key_value_stores.contains(name))
+            })
+            .map(|(name, config)| {
+                (
+                    name.clone(),
+                    crate::StoreSpec::resolve(name, config, &state),
+                )
+            })
+            .collect();
         let mut described_by = vec![manifest.file.clone()];
         described_by.extend(variables_file.map(std::path::Path::to_path_buf));
         Ok(App {
             components,
             routes,
             filters,
+            stores,
             settings: rest,
             described_by,
         })
@@ -307,6 +357,8 @@ mod tests {
                 optimize: true,
             },
             prewarm: 0,
+            state_dir: None,
+            store_limits: crate::StoreLimits::default(),
         }
     }
 
@@ -372,6 +424,7 @@ source = "g.wasm"
         let one = App::one_component(
             ComponentSpec::new("a.wasm".into(), Grants::default()),
             Vec::new(),
+            &[],
             settings(),
         );
         assert_eq!(one.routes.len(), 1);

@@ -11,6 +11,7 @@ mod limits;
 mod listen;
 mod manifest;
 mod outbound;
+mod stores;
 mod units;
 mod variables;
 
@@ -24,9 +25,10 @@ pub use limits::Limits;
 pub use listen::parse_listen_addr;
 pub use manifest::{
     Component, ComponentLimits, MANIFEST_VERSION, Manifest, ManifestError, Route, RoutePath,
-    Target, Variable, load_manifest, parse_manifest,
+    StoreConfig, Target, Variable, load_manifest, parse_manifest,
 };
 pub use outbound::{Denied, OutboundPattern, OutboundPolicy, PatternError, is_special_purpose};
+pub use stores::{KvGrant, StoreLimits, StoreSpec, state_dir};
 pub use units::{UnitError, parse_duration, parse_size};
 pub use variables::{
     ConfigValues, ENV_PREFIX, env_name, expand as expand_template, load_variables_file,

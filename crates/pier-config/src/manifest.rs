@@ -75,6 +75,8 @@ pub struct Manifest {
     pub filters: BTreeMap<String, FilterSpec>,
     /// `[variables]`.
     pub variables: BTreeMap<String, Variable>,
+    /// `[key_value_store.NAME]`; `default` is there even when not declared (SQLite).
+    pub key_value_stores: BTreeMap<String, StoreConfig>,
 }
 
 /// One `[[route]]`.
@@ -148,8 +150,27 @@ pub struct Component {
     pub allow_self: bool,
     /// Its variables: name to template (`{{ app_variable }}` parts).
     pub variables: BTreeMap<String, String>,
+    /// The key-value stores it may open, by name.
+    pub key_value_stores: Vec<String>,
     /// Its limits (the server's where not given).
     pub limits: ComponentLimits,
+}
+
+/// One `[key_value_store.NAME]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// `type = "sqlite"`: a file (by default in the state directory, `NAME.sqlite`).
+    Sqlite {
+        /// `path`, relative to the manifest's directory.
+        path: Option<PathBuf>,
+    },
+    /// `type = "redis"`: a Redis server.
+    Redis {
+        /// `url`: `redis://HOST:PORT[/DB]` or `rediss://` for TLS.
+        url: String,
+        /// `prefix`: put before every key (so several stores can share one server).
+        prefix: Option<String>,
+    },
 }
 
 /// A component's own limits.
@@ -225,6 +246,18 @@ mod raw {
         pub filter: BTreeMap<Spanned<String>, Filter>,
         #[serde(default)]
         pub variables: BTreeMap<Spanned<String>, Variable>,
+        #[serde(default)]
+        pub key_value_store: BTreeMap<Spanned<String>, KeyValueStore>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct KeyValueStore {
+        #[serde(rename = "type")]
+        pub kind: Option<Spanned<String>>,
+        pub path: Option<Spanned<String>>,
+        pub url: Option<Spanned<String>>,
+        pub prefix: Option<String>,
     }
 
     #[derive(Deserialize)]
@@ -258,6 +291,8 @@ mod raw {
         pub allowed_outbound: Vec<Spanned<String>>,
         #[serde(default)]
         pub variables: BTreeMap<String, Spanned<String>>,
+        #[serde(default)]
+        pub key_value_stores: Vec<Spanned<String>>,
         #[serde(default)]
         pub limits: Limits,
     }
@@ -336,10 +371,18 @@ impl<F: Fn(std::ops::Range<usize>, String) -> ManifestError> Checker<'_, F> {
             );
         }
 
+        let mut stores = BTreeMap::new();
+        stores.insert("default".to_string(), StoreConfig::Sqlite { path: None });
+        for (name, raw) in raw.key_value_store {
+            check_name(&name, "key-value store").map_err(|e| at(name.span(), e))?;
+            let store = self.store(raw, &name)?;
+            stores.insert(name.into_inner(), store);
+        }
+
         let mut components = BTreeMap::new();
         for (name, raw) in raw.component {
             check_name(&name, "component").map_err(|e| at(name.span(), e))?;
-            let component = self.component(raw, &variables)?;
+            let component = self.component(raw, &variables, &stores)?;
             components.insert(name.into_inner(), component);
         }
 
@@ -442,7 +485,62 @@ impl<F: Fn(std::ops::Range<usize>, String) -> ManifestError> Checker<'_, F> {
             components,
             filters,
             variables,
+            key_value_stores: stores,
         })
+    }
+
+    fn store(
+        &self,
+        raw: raw::KeyValueStore,
+        name: &Spanned<String>,
+    ) -> Result<StoreConfig, ManifestError> {
+        let at = self.at;
+        let kind = raw.kind.as_ref().map_or("sqlite", |k| k.get_ref().as_str());
+        let refuse = |value: &Option<Spanned<String>>, key: &str| match value {
+            Some(v) => Err(at(
+                v.span(),
+                format!("{key}: not a setting of a {kind} store"),
+            )),
+            None => Ok(()),
+        };
+        match kind {
+            "sqlite" => {
+                refuse(&raw.url, "url")?;
+                if raw.prefix.is_some() {
+                    return Err(at(
+                        name.span(),
+                        "prefix: not a setting of a sqlite store".into(),
+                    ));
+                }
+                Ok(StoreConfig::Sqlite {
+                    path: raw.path.map(|p| self.base.join(p.get_ref())),
+                })
+            }
+            "redis" => {
+                refuse(&raw.path, "path")?;
+                let Some(url) = raw.url else {
+                    return Err(at(
+                        name.span(),
+                        "a redis store needs its url (redis://HOST:PORT or rediss://...)".into(),
+                    ));
+                };
+                let u = url.get_ref();
+                if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+                    return Err(at(
+                        url.span(),
+                        format!("url {u:?}: expected redis://HOST:PORT or rediss://HOST:PORT"),
+                    ));
+                }
+                Ok(StoreConfig::Redis {
+                    url: url.into_inner(),
+                    prefix: raw.prefix,
+                })
+            }
+            other => Err(at(
+                raw.kind.as_ref().map_or(name.span(), |k| k.span()),
+                format!("type {other:?}: expected \"sqlite\" or \"redis\""),
+            )),
+        }
     }
 
     /// A file or directory named in the manifest, relative to its directory, which must exist.
@@ -506,6 +604,7 @@ impl<F: Fn(std::ops::Range<usize>, String) -> ManifestError> Checker<'_, F> {
         &self,
         raw: raw::Component,
         variables: &BTreeMap<String, Variable>,
+        stores: &BTreeMap<String, StoreConfig>,
     ) -> Result<Component, ManifestError> {
         let at = self.at;
         let source = self.existing(&raw.source, "source")?;
@@ -539,6 +638,20 @@ impl<F: Fn(std::ops::Range<usize>, String) -> ManifestError> Checker<'_, F> {
             }
             templates.insert(name, template.into_inner());
         }
+        let mut key_value_stores = Vec::new();
+        for store in raw.key_value_stores {
+            if !stores.contains_key(store.get_ref()) {
+                return Err(at(
+                    store.span(),
+                    format!(
+                        "key-value store {:?} is not declared: add [key_value_store.{}]",
+                        store.get_ref(),
+                        store.get_ref()
+                    ),
+                ));
+            }
+            key_value_stores.push(store.into_inner());
+        }
         let limits = &raw.limits;
         let memory = limits
             .memory
@@ -568,6 +681,7 @@ impl<F: Fn(std::ops::Range<usize>, String) -> ManifestError> Checker<'_, F> {
             allowed_outbound,
             allow_self,
             variables: templates,
+            key_value_stores,
             limits: ComponentLimits {
                 memory,
                 timeout,

@@ -24,7 +24,7 @@ use crate::dirty::Joined;
 use crate::engine::{
     EPOCH_TICK, EngineKind, MemoryReset, PoolSizes, YIELD_TICKS, new_engine, swap_is_on,
 };
-use crate::host::{ConfigState, DenyAll, HostState, Outbound, WasiRecipe};
+use crate::host::{ConfigState, DenyAll, Granted, HostState, KeyValueState, Outbound, WasiRecipe};
 use crate::load::{WasmFile, WasmKind};
 
 /// The export a `wasi:http/proxy` 0.2 component answers requests through.
@@ -163,8 +163,8 @@ pub struct HttpApp {
     name: Arc<str>,
     /// What each store's WASI context is built from, if the guest needs one.
     wasi: Arc<WasiRecipe>,
-    /// Its `wasi:config` variables.
-    config: ConfigState,
+    /// Its variables and stores.
+    granted: Granted,
     cache: CacheOutcome,
     settings: StoreSettings,
     outbound: Arc<dyn Outbound>,
@@ -231,7 +231,10 @@ impl HttpApp {
                 env: grants.resolve_env(|name| std::env::var(name).ok()),
                 dirs: grants.dirs.clone(),
             }),
-            config: ConfigState::new(&grants.config.0),
+            granted: Granted {
+                config: ConfigState::new(&grants.config.0),
+                keyvalue: KeyValueState::default(),
+            },
             name,
             cache: outcome,
             settings,
@@ -315,6 +318,11 @@ impl HttpApp {
     /// Sends the app's outgoing HTTP requests through `outbound` (by default all are denied).
     pub fn set_outbound(&mut self, outbound: Arc<dyn Outbound>) {
         self.outbound = outbound;
+    }
+
+    /// Grants the component the key-value stores of `keyvalue` (none until then).
+    pub fn set_key_value(&mut self, keyvalue: KeyValueState) {
+        self.granted.keyvalue = keyvalue;
     }
 
     /// The limits each store gets.
@@ -434,7 +442,7 @@ impl HttpApp {
         let mut state = HostState::deferred(
             self.wasi.clone(),
             self.outbound.clone(),
-            self.config.clone(),
+            self.granted.clone(),
         );
         state.limits = StoreLimitsBuilder::new()
             .memory_size(usize::try_from(self.settings.max_memory).unwrap_or(usize::MAX))

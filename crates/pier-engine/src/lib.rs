@@ -17,7 +17,9 @@ pub use dirty::Joined;
 pub use engine::{
     EPOCH_TICK, EngineKind, MemoryReset, PoolSizes, new_engine, start_epoch_ticker, swap_is_on,
 };
-pub use host::{ConfigState, DenyAll, GuestLog, HostState, Outbound};
+pub use host::{
+    ConfigState, DenyAll, Granted, GuestLog, HostState, KeyValueLimits, KeyValueState, Outbound,
+};
 pub use http_app::{AppError, HttpApp, Ready, StoreSettings};
 pub use load::{LoadError, WasmFile, WasmKind, kind_of};
 pub use report::{FailureKind, describe_guest_error};

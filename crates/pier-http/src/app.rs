@@ -7,9 +7,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use pier_config::{App, OutboundConfig, TargetSpec};
+use pier_config::{App, OutboundConfig, StoreSpec, TargetSpec};
 use pier_engine::{
-    CompileCache, EngineKind, HttpApp, MemoryReset, PoolSizes, StoreSettings, WasmFile,
+    CompileCache, EngineKind, HttpApp, KeyValueLimits, KeyValueState, MemoryReset, PoolSizes,
+    StoreSettings, WasmFile,
 };
 use tokio::sync::Semaphore;
 
@@ -44,6 +45,12 @@ pub fn build(app: &App) -> anyhow::Result<Built> {
     let mut engines = Vec::new();
     let mut components = BTreeMap::new();
     let self_routes = crate::SelfRoutes::default();
+    let stores = open_stores(app)?;
+    let store_limits = KeyValueLimits {
+        max_key: app.settings.store_limits.max_key,
+        max_value: app.settings.store_limits.max_value,
+        ..KeyValueLimits::default()
+    };
     for (name, component) in &app.components {
         let wasm = WasmFile::read(&component.source)?;
         let settings = StoreSettings {
@@ -68,6 +75,12 @@ pub fn build(app: &App) -> anyhow::Result<Built> {
         } else {
             client
         });
+        let granted = component
+            .key_value_stores
+            .iter()
+            .filter_map(|n| Some((n.clone(), stores.get(n)?.clone())))
+            .collect();
+        http.set_key_value(KeyValueState::new(name, granted, store_limits.clone()));
         let limit = component.concurrency.map(|n| Arc::new(Semaphore::new(n)));
         components.insert(name.clone(), (Arc::new(http), limit));
         engines.push(engine);
@@ -123,6 +136,25 @@ pub fn build(app: &App) -> anyhow::Result<Built> {
         routes,
         self_routes,
     })
+}
+
+/// Opens every store of `app`.
+fn open_stores(app: &App) -> anyhow::Result<BTreeMap<String, Arc<dyn pier_kv::Store>>> {
+    app.stores
+        .iter()
+        .map(|(name, spec)| {
+            let store: Arc<dyn pier_kv::Store> = match spec {
+                StoreSpec::Sqlite(path) => Arc::new(
+                    pier_kv::Sqlite::open(path)
+                        .map_err(|e| anyhow::anyhow!("key-value store {name}: {e}"))?,
+                ),
+                StoreSpec::Redis { .. } => anyhow::bail!(
+                    "key-value store {name}: Redis stores are not served yet (use type = \"sqlite\")"
+                ),
+            };
+            Ok((name.clone(), store))
+        })
+        .collect()
 }
 
 /// Every filter of `app`, started on `engine`, in the app's order.

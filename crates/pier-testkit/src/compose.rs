@@ -25,10 +25,12 @@ pub fn prepare_wit(wasi_wit: &Path, root: &Path, version: &str, out: &Path) -> R
         std::fs::write(deps.join(entry.file_name()), retarget(&text, version))?;
     }
     let config = config_wit(wasi_wit)?;
-    std::fs::create_dir_all(deps.join("config"))?;
-    for entry in std::fs::read_dir(&config)? {
+    copy_dir(&config, &deps.join("config"))?;
+    // The wasi:keyvalue versions pier serves, as pier-engine binds them.
+    let engine_wit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pier-engine/wit");
+    for entry in std::fs::read_dir(&engine_wit)? {
         let entry = entry?;
-        std::fs::copy(entry.path(), deps.join("config").join(entry.file_name()))?;
+        copy_dir(&entry.path(), &deps.join(entry.file_name()))?;
     }
     for entry in std::fs::read_dir(root)? {
         let entry = entry?;
@@ -125,6 +127,15 @@ pub fn component_from_p1(module: &[u8], adapter: &[u8]) -> Result<Vec<u8>> {
         .adapter("wasi_snapshot_preview1", adapter)?
         .validate(true)
         .encode()
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+    }
+    Ok(())
 }
 
 /// `wasi:config`'s WIT, in the wasmtime-wasi-config crate of the release whose

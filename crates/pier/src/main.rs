@@ -11,6 +11,7 @@ use pier_config::{
     FilterFailure, FilterOptions, FilterSpec, Grants, Limits, OutboundConfig, OutboundPattern,
     OutboundPolicy, RunConfig, parse_duration, parse_listen_addr, parse_size,
 };
+use pier_config::{KvGrant, StoreLimits};
 use pier_engine::{CacheOutcome, CompileCache, EngineKind, RunOutcome, WasmFile, WasmKind};
 use pier_http::Listen;
 
@@ -90,6 +91,8 @@ struct ServeArgs {
     #[command(flatten)]
     limits: LimitArgs,
     #[command(flatten)]
+    stores: StoreArgs,
+    #[command(flatten)]
     outbound: OutboundArgs,
     #[command(flatten)]
     filters: FilterArgs,
@@ -120,6 +123,11 @@ impl ServeArgs {
             outbound: self.outbound.config(),
             compile: self.cache.options(),
             prewarm: self.prewarm,
+            state_dir: self.stores.state_dir.clone(),
+            store_limits: StoreLimits {
+                max_key: self.stores.kv_max_key_size,
+                max_value: self.stores.kv_max_value_size,
+            },
         };
         if self.variables_file.is_some() && !self.source().is_some_and(|s| is_manifest(&s)) {
             anyhow::bail!(
@@ -150,6 +158,11 @@ impl ServeArgs {
                         "--allow-outbound",
                         "give each component its allowed_outbound in the manifest",
                     ),
+                    (
+                        !self.stores.kv.is_empty(),
+                        "--kv",
+                        "give each component its key_value_stores in the manifest",
+                    ),
                 ];
                 if let Some((_, flag, instead)) = per_component.iter().find(|(given, ..)| *given) {
                     anyhow::bail!("{flag} with a manifest: {instead}");
@@ -161,6 +174,7 @@ impl ServeArgs {
             (Some(source), _) => Ok(App::one_component(
                 ComponentSpec::new(source, self.grants.grants()),
                 self.filters.specs()?,
+                &self.stores.kv,
                 settings,
             )),
             (None, Some(origin)) => Ok(App::one_upstream(
@@ -222,6 +236,23 @@ struct CompileArgs {
     /// The component or module to compile.
     #[arg(value_name = "APP.wasm")]
     app: PathBuf,
+}
+
+/// Key-value stores (`wasi:keyvalue`).
+#[derive(Args)]
+struct StoreArgs {
+    /// Grant the component a key-value store: NAME (SQLite in the state directory), NAME=FILE or NAME=redis://HOST:PORT.
+    #[arg(long, value_name = "NAME[=FILE|URL]")]
+    kv: Vec<KvGrant>,
+    /// Where SQLite stores without a path live (default: .pier/data beside the manifest, or here).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Longest key a guest may use in a store.
+    #[arg(long, value_name = "SIZE", default_value = "256B", value_parser = parse_size_usize)]
+    kv_max_key_size: usize,
+    /// Largest value a guest may put in a store.
+    #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = parse_size_usize)]
+    kv_max_value_size: usize,
 }
 
 /// Protections, all on by default (see the README's flags table).

@@ -4,6 +4,7 @@
 //! - [`wasi`]: the WASI 0.2 core (cli, clocks, random, io, filesystem, sockets);
 //! - [`http`]: `wasi:http`, outgoing requests through the app's [`Outbound`];
 //! - [`config`]: `wasi:config/store`, the component's variables;
+//! - [`keyvalue`]: `wasi:keyvalue` (two versions), the stores granted to the component;
 //!
 //! and [`guest_log`] carries a guest's stdout and stderr to pier's log. The resource table is
 //! the store's, shared by all of them.
@@ -11,6 +12,7 @@
 mod config;
 mod guest_log;
 mod http;
+mod keyvalue;
 mod wasi;
 
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use wasmtime_wasi::WasiCtx;
 pub use config::ConfigState;
 pub use guest_log::GuestLog;
 pub use http::{DenyAll, Outbound};
+pub use keyvalue::{KeyValueLimits, KeyValueState};
 pub(crate) use wasi::WasiRecipe;
 
 /// State of one store: each capability's, the resource table they share, and the store's
@@ -30,6 +33,7 @@ pub struct HostState {
     wasi: wasi::WasiState,
     http: http::HttpState,
     config: ConfigState,
+    keyvalue: KeyValueState,
     table: ResourceTable,
     pub(crate) limits: StoreLimits,
     /// When the guest must stop: set when a request is given to the store (`None` while the
@@ -46,28 +50,25 @@ impl HostState {
     /// A state around a built WASI context, with no limits of its own, sending its outgoing
     /// HTTP requests through `outbound`.
     pub fn new(wasi: WasiCtx, outbound: Arc<dyn Outbound>) -> Self {
-        Self::with(
-            wasi::WasiState::Built(wasi),
-            outbound,
-            ConfigState::default(),
-        )
+        Self::with(wasi::WasiState::Built(wasi), outbound, Granted::default())
     }
 
     /// A state whose WASI context is built from `recipe` when the guest first calls a WASI
-    /// function that needs it (`wasi:io` and `wasi:http` do not), with `config`'s variables.
+    /// function that needs it (`wasi:io` and `wasi:http` do not), with what `granted` gives.
     pub(crate) fn deferred(
         recipe: Arc<WasiRecipe>,
         outbound: Arc<dyn Outbound>,
-        config: ConfigState,
+        granted: Granted,
     ) -> Self {
-        Self::with(wasi::WasiState::Deferred(recipe), outbound, config)
+        Self::with(wasi::WasiState::Deferred(recipe), outbound, granted)
     }
 
-    fn with(wasi: wasi::WasiState, outbound: Arc<dyn Outbound>, config: ConfigState) -> Self {
+    fn with(wasi: wasi::WasiState, outbound: Arc<dyn Outbound>, granted: Granted) -> Self {
         HostState {
             wasi,
             http: http::HttpState::new(outbound),
-            config,
+            config: granted.config,
+            keyvalue: granted.keyvalue,
             table: ResourceTable::new(),
             limits: StoreLimits::default(),
             deadline: None,
@@ -89,6 +90,10 @@ impl HostState {
         (&mut self.http, &mut self.table)
     }
 
+    fn keyvalue(&mut self) -> keyvalue::View<'_> {
+        self.keyvalue.view(&mut self.table)
+    }
+
     /// Whether the WASI context has been built.
     #[cfg(test)]
     pub(crate) fn wasi_is_built(&self) -> bool {
@@ -96,12 +101,22 @@ impl HostState {
     }
 }
 
+/// What a component's stores are given beside WASI and HTTP, shared by all of them.
+#[derive(Clone, Default, Debug)]
+pub struct Granted {
+    /// Its `wasi:config` variables.
+    pub config: ConfigState,
+    /// The key-value stores it may open.
+    pub keyvalue: KeyValueState,
+}
+
 /// Links every capability pier offers a component: the WASI core, `wasi:http`, `wasi:config`,
-/// and the reset hint of pier's optimiser.
+/// `wasi:keyvalue`, and the reset hint of pier's optimiser.
 pub(crate) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     wasi::link(linker)?;
     http::link(linker)?;
     config::link(linker)?;
+    keyvalue::link(linker)?;
     crate::dirty::link(linker)
 }
 

@@ -1,0 +1,190 @@
+//! `wasi:keyvalue`: a component opens the stores granted to it, and no other; the default store
+//! is SQLite on disk beside the manifest; increments from many requests at once, and from
+//! several worker processes, are all counted; what was acknowledged survives `kill -9`; keys over
+//! the limit are an error to the guest, not a trap.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use http::{Request, StatusCode};
+use pier_testkit::{PROTOS, PierServer, guest, send, signal};
+
+fn pier() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_pier"))
+}
+
+const MANIFEST: &str = r#"manifest_version = 1
+[[route]]
+host = "a.test"
+path = "/..."
+component = "a"
+[[route]]
+host = "b.test"
+path = "/..."
+component = "b"
+
+[component.a]
+source = "kv.wasm"
+key_value_stores = ["default"]
+[component.b]
+source = "kv.wasm"
+"#;
+
+async fn ask(addr: &str, i: usize, host: &str, path: &str) -> (StatusCode, String) {
+    let req = Request::get(path)
+        .header("host", host)
+        .body(Default::default())
+        .unwrap();
+    let answer = send(addr, PROTOS[i % 2], req).await.unwrap();
+    (answer.status, answer.text())
+}
+
+/// `n` increments at once: each answered with a count no other got.
+async fn count(addr: &str, host: &'static str, n: usize) -> BTreeSet<u64> {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let addr = addr.to_string();
+            tokio::spawn(async move { ask(&addr, i, host, "/count").await })
+        })
+        .collect();
+    let mut seen = BTreeSet::new();
+    for task in tasks {
+        let (status, text) = task.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{text}");
+        assert!(seen.insert(text.parse::<u64>().unwrap()), "{text} twice");
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_counts_in_the_store_it_was_granted() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(guest("kv"), dir.path().join("kv.wasm")).unwrap();
+    std::fs::write(dir.path().join("pier.toml"), MANIFEST).unwrap();
+    let manifest = dir.path().join("pier.toml");
+    let args = [manifest.to_str().unwrap()];
+    let server = PierServer::start(pier(), &args).unwrap();
+
+    let seen = count(&server.addr, "a.test", 100).await;
+    assert_eq!(seen, (1..=100).collect(), "every increment counted once");
+    assert!(
+        dir.path().join(".pier/data/default.sqlite").is_file(),
+        "the default store is beside the manifest"
+    );
+    assert_eq!(
+        ask(&server.addr, 0, "a.test", "/denied").await.1,
+        "access-denied"
+    );
+    assert_eq!(
+        ask(&server.addr, 1, "a.test", "/big").await.1,
+        "other: a key of 300 bytes is longer than the limit of 256 bytes"
+    );
+    // b was granted nothing: its open of "default" fails, and it traps on that.
+    let (status, _) = ask(&server.addr, 0, "b.test", "/count").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        server.wait_for_log(
+            "key_value_stores = [\"default\"] in [component.b]",
+            std::time::Duration::from_secs(5)
+        ),
+        "{}",
+        server.log()
+    );
+
+    // Acknowledged is on disk: killed without a chance to flush anything, then started again.
+    signal(server.pid(), "KILL").unwrap();
+    drop(server);
+    let server = PierServer::start(pier(), &args).unwrap();
+    assert_eq!(ask(&server.addr, 1, "a.test", "/count").await.1, "101");
+}
+
+/// Two worker processes share one SQLite file: increments from both are all counted, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_share_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let wasm = guest("kv");
+    let server = PierServer::start(
+        pier(),
+        &[
+            "--workers",
+            "2",
+            "--kv",
+            "default",
+            "--state-dir",
+            state.to_str().unwrap(),
+            wasm.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let seen = count(&server.addr, "localhost", 200).await;
+    assert_eq!(seen, (1..=200).collect());
+    assert!(state.join("default.sqlite").is_file());
+}
+
+#[test]
+fn store_grants_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(guest("kv"), dir.path().join("kv.wasm")).unwrap();
+    let manifest = dir.path().join("pier.toml");
+    std::fs::write(
+        &manifest,
+        MANIFEST.replace(
+            "key_value_stores = [\"default\"]",
+            "key_value_stores = [\"cache\"]",
+        ),
+    )
+    .unwrap();
+    pier_testkit::assert_one_line_error(
+        pier(),
+        &["serve", manifest.to_str().unwrap()],
+        &["key-value store \"cache\" is not declared: add [key_value_store.cache]"],
+    );
+    pier_testkit::assert_one_line_error(
+        pier(),
+        &["serve", "--kv", "default", manifest.to_str().unwrap()],
+        &["--kv with a manifest"],
+    );
+}
+
+/// The draft2 interfaces (what the Spin SDKs import) on the same store: compare-and-swap gives
+/// the first writer the value and the second `cas-failed`; a counter set through draft2 is the
+/// same counter draft reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draft2_compare_and_swap_and_counters_share_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(guest("kv"), dir.path().join("kv.wasm")).unwrap();
+    std::fs::copy(guest("kv2"), dir.path().join("kv2.wasm")).unwrap();
+    std::fs::write(
+        dir.path().join("pier.toml"),
+        r#"manifest_version = 1
+[[route]]
+host = "v1.test"
+path = "/..."
+component = "v1"
+[[route]]
+host = "v2.test"
+path = "/..."
+component = "v2"
+[component.v1]
+source = "kv.wasm"
+key_value_stores = ["default"]
+[component.v2]
+source = "kv2.wasm"
+key_value_stores = ["default"]
+"#,
+    )
+    .unwrap();
+    let manifest = dir.path().join("pier.toml");
+    let server = PierServer::start(pier(), &[manifest.to_str().unwrap()]).unwrap();
+    assert_eq!(
+        ask(&server.addr, 0, "v2.test", "/race").await.1,
+        "one-won",
+        "{}",
+        server.log()
+    );
+    assert_eq!(ask(&server.addr, 0, "v2.test", "/add").await.1, "7");
+    assert_eq!(ask(&server.addr, 1, "v2.test", "/add").await.1, "14");
+    // Another key through draft: the same store file.
+    assert_eq!(ask(&server.addr, 0, "v1.test", "/count").await.1, "1");
+}
