@@ -148,8 +148,9 @@ fn open_stores(app: &App) -> anyhow::Result<BTreeMap<String, Arc<dyn pier_kv::St
                     pier_kv::Sqlite::open(path)
                         .map_err(|e| anyhow::anyhow!("key-value store {name}: {e}"))?,
                 ),
-                StoreSpec::Redis { .. } => anyhow::bail!(
-                    "key-value store {name}: Redis stores are not served yet (use type = \"sqlite\")"
+                StoreSpec::Redis { url, prefix } => Arc::new(
+                    pier_kv::Redis::new(url, prefix)
+                        .map_err(|e| anyhow::anyhow!("key-value store {name}: {e}"))?,
                 ),
             };
             Ok((name.clone(), store))

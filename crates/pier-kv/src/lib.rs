@@ -1,15 +1,18 @@
 //! pier's key-value stores, behind one small async trait ([`Store`]), each backend tested on
 //! its own: [`Sqlite`], an embedded durable store (the bundled SQLite library, WAL, writes of
-//! requests arriving together committed in one transaction). No wasmtime here: the guest-facing
-//! `wasi:keyvalue` interfaces live in pier-engine and call these.
+//! requests arriving together committed in one transaction), and [`Redis`], for many processes
+//! or machines sharing state. No wasmtime here: the guest-facing `wasi:keyvalue` interfaces live
+//! in pier-engine and call these.
 //!
 //! Counters (`increment`) are stored as decimal text (`"42"`), so a counter reads back as what
 //! it is, and a Redis backend's `INCRBY` keeps the same format.
 
 #![deny(missing_docs)]
 
+mod redis;
 mod sqlite;
 
+pub use redis::Redis;
 pub use sqlite::Sqlite;
 
 /// What a store operation can fail with (the guest sees `other(...)` with the message).
@@ -77,4 +80,88 @@ pub fn counter(value: &[u8]) -> Result<i64> {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .ok_or_else(|| Error::NotANumber("the value is not a decimal integer".into()))
+}
+
+/// What every backend must do, run on each (`sqlite`'s and `redis`'s tests).
+#[cfg(test)]
+pub(crate) async fn every_operation(s: &dyn Store) {
+    assert_eq!(s.get("a").await.unwrap(), None);
+    s.set("a", b"1".to_vec()).await.unwrap();
+    assert_eq!(s.get("a").await.unwrap(), Some(b"1".to_vec()));
+    assert!(s.exists("a").await.unwrap());
+    s.delete("a").await.unwrap();
+    assert!(!s.exists("a").await.unwrap());
+    s.delete("a").await.unwrap();
+
+    assert_eq!(s.increment("n", 5).await.unwrap(), 5);
+    assert_eq!(s.increment("n", -7).await.unwrap(), -2);
+    assert_eq!(s.get("n").await.unwrap(), Some(b"-2".to_vec()));
+    s.set("text", b"abc".to_vec()).await.unwrap();
+    assert!(matches!(
+        s.increment("text", 1).await,
+        Err(Error::NotANumber(_))
+    ));
+    s.set("max", i64::MAX.to_string().into_bytes())
+        .await
+        .unwrap();
+    assert!(s.increment("max", 1).await.is_err(), "overflow is an error");
+
+    s.set_many(vec![
+        ("b".into(), b"2".to_vec()),
+        ("c".into(), b"3".to_vec()),
+    ])
+    .await
+    .unwrap();
+    let keys: Vec<String> = ["b", "c", "zz"].map(String::from).to_vec();
+    assert_eq!(
+        s.get_many(&keys).await.unwrap(),
+        [Some(b"2".to_vec()), Some(b"3".to_vec()), None]
+    );
+    s.delete_many(&keys).await.unwrap();
+    assert_eq!(s.get_many(&keys).await.unwrap(), [None, None, None]);
+    assert_eq!(
+        s.get_many(&[]).await.unwrap(),
+        Vec::<Option<Vec<u8>>>::new()
+    );
+
+    assert!(s.compare_and_swap("k", None, b"x".to_vec()).await.unwrap());
+    assert!(!s.compare_and_swap("k", None, b"y".to_vec()).await.unwrap());
+    assert!(
+        !s.compare_and_swap("k", Some(b"w"), b"y".to_vec())
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.compare_and_swap("k", Some(b"x"), b"z".to_vec())
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.get("k").await.unwrap(), Some(b"z".to_vec()));
+
+    // Binary values come back exactly.
+    let bytes: Vec<u8> = (0..=255).collect();
+    s.set("bin", bytes.clone()).await.unwrap();
+    assert_eq!(s.get("bin").await.unwrap(), Some(bytes));
+
+    // Keys, in pages, all of them once.
+    s.delete_many(&["bin", "k", "max", "n", "text"].map(String::from))
+        .await
+        .unwrap();
+    let pairs = (0..25).map(|i| (format!("p{i:02}"), vec![])).collect();
+    s.set_many(pairs).await.unwrap();
+    let mut all = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = s.list_keys(cursor, 10).await.unwrap();
+        assert!(page.keys.len() <= 20, "a page of about the limit");
+        all.extend(page.keys);
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 25, "{all:?}");
+    assert_eq!(all[0], "p00");
 }

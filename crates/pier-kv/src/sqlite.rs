@@ -360,70 +360,7 @@ mod tests {
     #[tokio::test]
     async fn every_operation() {
         let (_dir, s) = store();
-        assert_eq!(s.get("a").await.unwrap(), None);
-        s.set("a", b"1".to_vec()).await.unwrap();
-        assert_eq!(s.get("a").await.unwrap(), Some(b"1".to_vec()));
-        assert!(s.exists("a").await.unwrap());
-        s.delete("a").await.unwrap();
-        assert!(!s.exists("a").await.unwrap());
-        s.delete("a").await.unwrap();
-
-        assert_eq!(s.increment("n", 5).await.unwrap(), 5);
-        assert_eq!(s.increment("n", -7).await.unwrap(), -2);
-        assert_eq!(s.get("n").await.unwrap(), Some(b"-2".to_vec()));
-        s.set("text", b"abc".to_vec()).await.unwrap();
-        assert!(matches!(
-            s.increment("text", 1).await,
-            Err(Error::NotANumber(_))
-        ));
-        s.set("max", i64::MAX.to_string().into_bytes())
-            .await
-            .unwrap();
-        assert!(s.increment("max", 1).await.is_err(), "overflow is an error");
-
-        s.set_many(vec![
-            ("b".into(), b"2".to_vec()),
-            ("c".into(), b"3".to_vec()),
-        ])
-        .await
-        .unwrap();
-        let keys: Vec<String> = ["b", "c", "zz"].map(String::from).to_vec();
-        assert_eq!(
-            s.get_many(&keys).await.unwrap(),
-            [Some(b"2".to_vec()), Some(b"3".to_vec()), None]
-        );
-        s.delete_many(&keys).await.unwrap();
-        assert_eq!(s.get_many(&keys).await.unwrap(), [None, None, None]);
-
-        assert!(s.compare_and_swap("k", None, b"x".to_vec()).await.unwrap());
-        assert!(!s.compare_and_swap("k", None, b"y".to_vec()).await.unwrap());
-        assert!(
-            s.compare_and_swap("k", Some(b"x"), b"z".to_vec())
-                .await
-                .unwrap()
-        );
-        assert_eq!(s.get("k").await.unwrap(), Some(b"z".to_vec()));
-    }
-
-    #[tokio::test]
-    async fn keys_come_in_pages() {
-        let (_dir, s) = store();
-        let pairs = (0..25).map(|i| (format!("k{i:02}"), vec![])).collect();
-        s.set_many(pairs).await.unwrap();
-        let mut all = Vec::new();
-        let mut cursor = None;
-        loop {
-            let page = s.list_keys(cursor, 10).await.unwrap();
-            assert!(page.keys.len() <= 10);
-            all.extend(page.keys);
-            match page.next {
-                Some(next) => cursor = Some(next),
-                None => break,
-            }
-        }
-        assert_eq!(all.len(), 25);
-        assert_eq!(all[0], "k00");
-        assert_eq!(all[24], "k24");
+        crate::every_operation(&s).await;
     }
 
     /// Concurrent increments from many tasks and two store handles on one file (as two worker

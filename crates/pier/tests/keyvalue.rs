@@ -188,3 +188,53 @@ key_value_stores = ["default"]
     // Another key through draft: the same store file.
     assert_eq!(ask(&server.addr, 0, "v1.test", "/count").await.1, "1");
 }
+
+/// A Redis store: counted exactly under two workers; Redis down is an error answered at once
+/// (the guest's own answer, not a trap or a hang), and it serves again once Redis is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_store_counts_and_survives_redis_going_away() {
+    let Some(mut redis) = pier_testkit::RedisServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(guest("kv"), dir.path().join("kv.wasm")).unwrap();
+    std::fs::write(
+        dir.path().join("pier.toml"),
+        format!(
+            "{}\n[key_value_store.default]\ntype = \"redis\"\nurl = \"{}\"\nprefix = \"test:\"\n",
+            MANIFEST,
+            redis.url()
+        ),
+    )
+    .unwrap();
+    let manifest = dir.path().join("pier.toml");
+    let server =
+        PierServer::start(pier(), &["--workers", "2", manifest.to_str().unwrap()]).unwrap();
+    let seen = count(&server.addr, "a.test", 200).await;
+    assert_eq!(seen, (1..=200).collect());
+    assert!(
+        !dir.path().join(".pier").exists(),
+        "no SQLite file for a Redis store"
+    );
+
+    redis.kill();
+    let started = std::time::Instant::now();
+    let (status, text) = ask(&server.addr, 0, "a.test", "/count").await;
+    assert_eq!(status, StatusCode::OK, "the guest answers the error itself");
+    assert!(text.starts_with("other: redis 127.0.0.1:"), "{text}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+
+    let _redis = pier_testkit::RedisServer::start_on(redis.port).unwrap();
+    let mut answer = String::new();
+    for i in 0..50 {
+        answer = ask(&server.addr, i, "a.test", "/count").await.1;
+        if answer == "1" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // A fresh Redis holds nothing: counting starts again, on every worker.
+    assert_eq!(answer, "1");
+    let more = count(&server.addr, "a.test", 20).await;
+    assert_eq!(more.len(), 20);
+}

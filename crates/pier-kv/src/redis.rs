@@ -1,0 +1,272 @@
+//! A store on a Redis server, for many pier processes or machines sharing state: the `redis`
+//! crate on tokio, one connection manager per store (it multiplexes requests on one
+//! connection, pipelining them, and reconnects after a failure). `rediss://` URLs use TLS.
+//!
+//! Counters use `INCRBY`; compare-and-swap is one Lua script (atomic on the server);
+//! `list-keys` pages with `SCAN` (never `KEYS`, which blocks the server); batches are `MGET`,
+//! `MSET` and one `DEL`. Every key is stored under the store's prefix. An operation that does
+//! not complete within the timeout fails (Redis down, or a network partition): the guest gets
+//! an error at once instead of a hang, and the next operation tries to connect again.
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::OnceCell;
+
+use crate::{Error, Keys, Result, Store};
+
+/// How long one operation may take, connecting included.
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Compare-and-swap: KEYS[1]; ARGV[1] "1" if a value is expected, ARGV[2] that value,
+/// ARGV[3] the new value. 1 if swapped.
+const SWAP: &str = r#"
+local current = redis.call('GET', KEYS[1])
+if ARGV[1] == '1' then
+  if current ~= ARGV[2] then return 0 end
+elseif current then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[3])
+return 1
+"#;
+
+/// A store on a Redis server.
+pub struct Redis {
+    client: redis::Client,
+    prefix: String,
+    /// Connected on first use (a server down at start does not stop pier starting).
+    connection: OnceCell<ConnectionManager>,
+    swap: redis::Script,
+    shown: String,
+}
+
+impl Redis {
+    /// A store on the server at `url` (`redis://HOST:PORT[/DB]`, `rediss://` for TLS), its
+    /// keys under `prefix`. Nothing is connected until the first operation.
+    pub fn new(url: &str, prefix: &str) -> Result<Redis> {
+        let client = redis::Client::open(url).map_err(|e| Error::Backend(format!("{e}")))?;
+        let info = client.get_connection_info();
+        let shown = format!("redis {}", info.addr);
+        Ok(Redis {
+            client,
+            prefix: prefix.to_string(),
+            connection: OnceCell::new(),
+            swap: redis::Script::new(SWAP),
+            shown,
+        })
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(TIMEOUT)
+            .set_response_timeout(TIMEOUT)
+            .set_number_of_retries(1);
+        self.connection
+            .get_or_try_init(|| ConnectionManager::new_with_config(self.client.clone(), config))
+            .await
+            .cloned()
+            .map_err(|e| self.error(e))
+    }
+
+    fn error(&self, e: redis::RedisError) -> Error {
+        if e.kind() == redis::ErrorKind::TypeError || e.to_string().contains("not an integer") {
+            return Error::NotANumber(format!("{}: {e}", self.shown));
+        }
+        Error::Backend(format!("{}: {e}", self.shown))
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    /// Runs `op` on the connection, within the timeout.
+    async fn run<T, F>(&self, op: impl FnOnce(ConnectionManager) -> F) -> Result<T>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
+        let attempt = async {
+            let connection = self.connection().await?;
+            op(connection).await.map_err(|e| self.error(e))
+        };
+        match tokio::time::timeout(TIMEOUT, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Backend(format!(
+                "{}: no answer within {}s",
+                self.shown,
+                TIMEOUT.as_secs()
+            ))),
+        }
+    }
+}
+
+/// `prefix` with the glob characters of `SCAN ... MATCH` escaped, then `*`.
+fn pattern(prefix: &str) -> String {
+    let mut out = String::with_capacity(prefix.len() + 1);
+    for c in prefix.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('*');
+    out
+}
+
+#[async_trait::async_trait]
+impl Store for Redis {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let key = self.key(key);
+        self.run(|mut c| async move { c.get(key).await }).await
+    }
+
+    async fn set(&self, key: &str, value: Vec<u8>) -> Result<()> {
+        let key = self.key(key);
+        self.run(|mut c| async move { c.set(key, value).await })
+            .await
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let key = self.key(key);
+        self.run(|mut c| async move { c.del(key).await }).await
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool> {
+        let key = self.key(key);
+        self.run(|mut c| async move { c.exists(key).await }).await
+    }
+
+    async fn list_keys(&self, cursor: Option<u64>, limit: usize) -> Result<Keys> {
+        let pattern = pattern(&self.prefix);
+        let (next, keys): (u64, Vec<String>) = self
+            .run(|mut c| async move {
+                redis::cmd("SCAN")
+                    .arg(cursor.unwrap_or(0))
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(limit.max(1))
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let keys = keys
+            .into_iter()
+            .filter_map(|k| k.strip_prefix(&self.prefix).map(str::to_string))
+            .collect();
+        Ok(Keys {
+            keys,
+            next: (next != 0).then_some(next),
+        })
+    }
+
+    async fn increment(&self, key: &str, delta: i64) -> Result<i64> {
+        let key = self.key(key);
+        self.run(|mut c| async move { c.incr(key, delta).await })
+            .await
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = keys.iter().map(|k| self.key(k)).collect();
+        self.run(|mut c| async move { redis::cmd("MGET").arg(keys).query_async(&mut c).await })
+            .await
+    }
+
+    async fn set_many(&self, pairs: Vec<(String, Vec<u8>)>) -> Result<()> {
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        let pairs: Vec<(String, Vec<u8>)> =
+            pairs.into_iter().map(|(k, v)| (self.key(&k), v)).collect();
+        self.run(|mut c| async move { c.mset(&pairs).await }).await
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<String> = keys.iter().map(|k| self.key(k)).collect();
+        self.run(|mut c| async move { c.del(keys).await }).await
+    }
+
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: Vec<u8>,
+    ) -> Result<bool> {
+        let key = self.key(key);
+        let (has, expected) = match expected {
+            Some(v) => ("1", v.to_vec()),
+            None => ("0", Vec::new()),
+        };
+        let swapped: i64 = self
+            .run(|mut c| async move {
+                self.swap
+                    .key(key)
+                    .arg(has)
+                    .arg(expected)
+                    .arg(new)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(swapped == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_operation() {
+        let Some(server) = pier_testkit::RedisServer::start() else {
+            return;
+        };
+        let store = Redis::new(&server.url(), "app:").unwrap();
+        crate::every_operation(&store).await;
+        // Under its prefix only: another prefix on the same server sees none of it.
+        let other = Redis::new(&server.url(), "other:").unwrap();
+        assert_eq!(other.list_keys(None, 100).await.unwrap().keys.len(), 0);
+        assert_eq!(other.get("p00").await.unwrap(), None);
+    }
+
+    /// Redis down: an error within the timeout, never a hang; back: served again.
+    #[tokio::test]
+    async fn a_server_down_is_an_error_then_recovers() {
+        let Some(mut server) = pier_testkit::RedisServer::start() else {
+            return;
+        };
+        let store = Redis::new(&server.url(), "").unwrap();
+        store.set("a", b"1".to_vec()).await.unwrap();
+        server.kill();
+        let started = std::time::Instant::now();
+        let e = store.get("a").await.unwrap_err();
+        assert!(started.elapsed() < TIMEOUT * 2, "{:?}", started.elapsed());
+        assert!(e.to_string().starts_with("redis 127.0.0.1:"), "{e}");
+        let server = pier_testkit::RedisServer::start_on(server.port).unwrap();
+        let mut answered = None;
+        for _ in 0..50 {
+            if let Ok(v) = store.get("a").await {
+                answered = Some(v);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // A fresh server: the value is gone, but the store answers.
+        assert_eq!(answered, Some(None));
+        drop(server);
+    }
+
+    #[test]
+    fn scan_patterns_match_the_prefix_only() {
+        assert_eq!(pattern("app:"), "app:*");
+        assert_eq!(pattern("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\*");
+        assert_eq!(pattern(""), "*");
+    }
+}
