@@ -138,24 +138,30 @@ pub fn build(app: &App) -> anyhow::Result<Built> {
     })
 }
 
-/// Opens every store of `app`.
+/// Opens every store of `app`, measured.
 fn open_stores(app: &App) -> anyhow::Result<BTreeMap<String, Arc<dyn pier_kv::Store>>> {
     app.stores
         .iter()
         .map(|(name, spec)| {
-            let store: Arc<dyn pier_kv::Store> = match spec {
-                StoreSpec::Sqlite(path) => Arc::new(
-                    pier_kv::Sqlite::open(path)
-                        .map_err(|e| anyhow::anyhow!("key-value store {name}: {e}"))?,
-                ),
-                StoreSpec::Redis { url, prefix } => Arc::new(
-                    pier_kv::Redis::new(url, prefix)
-                        .map_err(|e| anyhow::anyhow!("key-value store {name}: {e}"))?,
-                ),
-            };
-            Ok((name.clone(), store))
+            let (store, backend) =
+                open(spec).map_err(|e| anyhow::anyhow!("key-value store {name}: {e}"))?;
+            let measured: Arc<dyn pier_kv::Store> =
+                Arc::new(pier_kv::Measured::new(store, name, backend));
+            Ok((name.clone(), measured))
         })
         .collect()
+}
+
+/// Opens the store `spec` describes (as `serve` would: `pier kv`).
+pub fn open_store(spec: &StoreSpec) -> anyhow::Result<Arc<dyn pier_kv::Store>> {
+    Ok(open(spec)?.0)
+}
+
+fn open(spec: &StoreSpec) -> anyhow::Result<(Arc<dyn pier_kv::Store>, &'static str)> {
+    Ok(match spec {
+        StoreSpec::Sqlite(path) => (Arc::new(pier_kv::Sqlite::open(path)?), "sqlite"),
+        StoreSpec::Redis { url, prefix } => (Arc::new(pier_kv::Redis::new(url, prefix)?), "redis"),
+    })
 }
 
 /// Every filter of `app`, started on `engine`, in the app's order.

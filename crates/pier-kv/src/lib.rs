@@ -9,9 +9,11 @@
 
 #![deny(missing_docs)]
 
+mod measured;
 mod redis;
 mod sqlite;
 
+pub use measured::{Measured, OPERATION_SECONDS, OPERATIONS};
 pub use redis::Redis;
 pub use sqlite::Sqlite;
 

@@ -50,6 +50,35 @@ enum Command {
     Compile(CompileArgs),
     /// Check a pier.toml manifest (or a component) and everything it names, without serving it.
     Check(Box<CheckArgs>),
+    /// Read and write a key-value store, with the backend and configuration `serve` uses.
+    Kv(KvArgs),
+}
+
+#[derive(Args)]
+struct KvArgs {
+    /// The manifest declaring the store (default: ./pier.toml, if there is one).
+    #[arg(long, value_name = "PIER.toml")]
+    manifest: Option<PathBuf>,
+    /// Where SQLite stores without a path live (as `serve --state-dir`).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// The store: a name the manifest declares (or `default`); without a manifest, NAME[=FILE|URL] as `serve --kv`.
+    #[arg(value_name = "STORE")]
+    store: String,
+    #[command(subcommand)]
+    op: KvOp,
+}
+
+#[derive(Subcommand)]
+enum KvOp {
+    /// Print the value of KEY (exactly its bytes).
+    Get { key: String },
+    /// Set KEY to VALUE (`@FILE` for a file's contents).
+    Set { key: String, value: String },
+    /// Remove KEY.
+    Delete { key: String },
+    /// Print every key, one per line.
+    List,
 }
 
 #[derive(Args)]
@@ -601,7 +630,7 @@ fn main() -> ExitCode {
     }
     let default_log = match cli.command {
         // A program's own output is what `pier run` shows; pier speaks only of problems.
-        Command::Run(_) | Command::Check(_) => "warn",
+        Command::Run(_) | Command::Check(_) | Command::Kv(_) => "warn",
         _ => "info",
     };
     // A server's start-up log waits for its serving line (see `logs`).
@@ -632,6 +661,7 @@ fn main() -> ExitCode {
             Command::Run(args) => run(args).await,
             Command::Compile(args) => compile(args).map(|()| ExitCode::SUCCESS),
             Command::Check(args) => check(*args).map(|()| ExitCode::SUCCESS),
+            Command::Kv(args) => kv(args).await,
         }
     });
     match result {
@@ -783,6 +813,67 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
     }
     eprintln!("pier: {shown} is valid: {}", parts.join(", "));
     Ok(())
+}
+
+async fn kv(args: KvArgs) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let manifest = args
+        .manifest
+        .clone()
+        .or_else(|| Some(PathBuf::from("pier.toml")).filter(|p| p.is_file()));
+    let spec = match &manifest {
+        Some(file) => {
+            let manifest = pier_config::load_manifest(file)?;
+            let config = manifest.key_value_stores.get(&args.store).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{}: no key-value store {:?} (declare it as [key_value_store.{}])",
+                    file.display(),
+                    args.store,
+                    args.store
+                )
+            })?;
+            let base = file
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            let state = pier_config::state_dir(args.state_dir.as_deref(), base);
+            pier_config::StoreSpec::resolve(&args.store, config, &state)
+        }
+        None => {
+            let grant: KvGrant = args.store.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            let state =
+                pier_config::state_dir(args.state_dir.as_deref(), std::path::Path::new("."));
+            pier_config::StoreSpec::resolve(&grant.name, &grant.config, &state)
+        }
+    };
+    let store = pier_http::open_store(&spec)?;
+    let failed = |e: pier_kv::Error| anyhow::anyhow!("store {}: {e}", args.store);
+    match args.op {
+        KvOp::Get { key } => match store.get(&key).await.map_err(failed)? {
+            Some(value) => std::io::stdout().write_all(&value)?,
+            None => anyhow::bail!("no value for {key:?} in store {}", args.store),
+        },
+        KvOp::Set { key, value } => {
+            let value = text_or_file(Some(&value), "VALUE")?;
+            store.set(&key, value).await.map_err(failed)?;
+        }
+        KvOp::Delete { key } => store.delete(&key).await.map_err(failed)?,
+        KvOp::List => {
+            let mut out = std::io::stdout().lock();
+            let mut cursor = None;
+            loop {
+                let page = store.list_keys(cursor, 1000).await.map_err(failed)?;
+                for key in page.keys {
+                    writeln!(out, "{key}")?;
+                }
+                match page.next {
+                    Some(next) => cursor = Some(next),
+                    None => break,
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

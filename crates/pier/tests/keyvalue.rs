@@ -62,11 +62,19 @@ async fn a_component_counts_in_the_store_it_was_granted() {
     std::fs::copy(guest("kv"), dir.path().join("kv.wasm")).unwrap();
     std::fs::write(dir.path().join("pier.toml"), MANIFEST).unwrap();
     let manifest = dir.path().join("pier.toml");
-    let args = [manifest.to_str().unwrap()];
+    let args = ["--admin-addr", "127.0.0.1:0", manifest.to_str().unwrap()];
     let server = PierServer::start(pier(), &args).unwrap();
 
     let seen = count(&server.addr, "a.test", 100).await;
     assert_eq!(seen, (1..=100).collect(), "every increment counted once");
+    let admin = server.admin_addr.clone().unwrap();
+    let metrics = pier_testkit::get(&admin, PROTOS[0], "/metrics")
+        .await
+        .unwrap()
+        .text();
+    let line = "pier_kv_operations_total{store=\"default\",backend=\"sqlite\",op=\"increment\",result=\"ok\"} 100";
+    assert!(metrics.lines().any(|l| l == line), "{line}:\n{metrics}");
+    assert!(metrics.contains("pier_kv_operation_duration_seconds_bucket{store=\"default\""));
     assert!(
         dir.path().join(".pier/data/default.sqlite").is_file(),
         "the default store is beside the manifest"
@@ -237,4 +245,54 @@ async fn a_redis_store_counts_and_survives_redis_going_away() {
     assert_eq!(answer, "1");
     let more = count(&server.addr, "a.test", 20).await;
     assert_eq!(more.len(), 20);
+}
+
+fn kv(dir: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(pier())
+        .arg("kv")
+        .args(args)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `pier kv` seeds and reads the stores `serve` uses, on both backends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pier_kv_reads_and_writes_the_stores_serve_uses() {
+    let redis = pier_testkit::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(guest("kv"), dir.path().join("kv.wasm")).unwrap();
+    let mut manifests = vec![MANIFEST.to_string()];
+    if let Some(redis) = &redis {
+        manifests.push(format!(
+            "{MANIFEST}\n[key_value_store.default]\ntype = \"redis\"\nurl = \"{}\"\n",
+            redis.url()
+        ));
+    }
+    for manifest in manifests {
+        std::fs::write(dir.path().join("pier.toml"), &manifest).unwrap();
+        assert_eq!(kv(dir.path(), &["default", "set", "hits", "41"]).0, Some(0));
+        let server =
+            PierServer::start(pier(), &[dir.path().join("pier.toml").to_str().unwrap()]).unwrap();
+        assert_eq!(ask(&server.addr, 0, "a.test", "/count").await.1, "42");
+        drop(server);
+        assert_eq!(
+            kv(dir.path(), &["default", "get", "hits"]),
+            (Some(0), "42".into(), String::new())
+        );
+        assert_eq!(kv(dir.path(), &["default", "list"]).1, "hits\n");
+        assert_eq!(kv(dir.path(), &["default", "delete", "hits"]).0, Some(0));
+        let (code, _, stderr) = kv(dir.path(), &["default", "get", "hits"]);
+        assert_eq!(code, Some(1));
+        assert_eq!(stderr, "pier: no value for \"hits\" in store default\n");
+    }
+    let (code, _, stderr) = kv(dir.path(), &["nope", "list"]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("no key-value store \"nope\""), "{stderr}");
 }
