@@ -3,6 +3,8 @@
 ;;   /count   opens "default" and increments "hits": answers the new count, in decimal
 ;;   /denied  opens "secret", which pier should not grant: answers the error ("access-denied")
 ;;   /big     sets a 300-byte key in "default": answers the error ("other: MESSAGE")
+;;   a path of 10 bytes (/key/00042): sets that path as a key in "default", to "v": answers
+;;            "stored" once the store has said so, or the error
 ;; Any other path answers "?".
 (module
   (import "wasi:keyvalue/store@0.2.0-draft" "open" (func $open (param i32 i32 i32)))
@@ -36,6 +38,7 @@
   (data (i32.const 96) "?")              ;; 1
   (data (i32.const 100) "v")             ;; 1
   (data (i32.const 112) "no-such-store") ;; 13
+  (data (i32.const 104) "stored")        ;; 6
   ;; 128..: a decimal number; 512..812: a 300-byte key (filled at /big)
   (global $ret i32 (i32.const 1024))
   (global $out i32 (i32.const 2048))
@@ -80,9 +83,11 @@
 
   (func (export "wasi:http/incoming-handler@0.2.12#handle") (param $request i32) (param $outparam i32)
     (local $response i32) (local $body i32) (local $stream i32) (local $len i32) (local $bucket i32)
+    (local $path i32)
     (i32.store (global.get $out) (i32.const 96))
     (i32.store offset=4 (global.get $out) (i32.const 1))
     (call $request.path (local.get $request) (global.get $ret))
+    (local.set $path (i32.load offset=4 (global.get $ret)))
     (local.set $len (i32.load offset=8 (global.get $ret)))
     (block $done
       (if (i32.eq (local.get $len) (i32.const 6)) ;; /count
@@ -101,6 +106,16 @@
           (if (i32.load8_u (global.get $ret))
             (then (call $error (i32.add (global.get $ret) (i32.const 4))) (br $done)))
           (call $bucket.drop (i32.load offset=4 (global.get $ret)))
+          (br $done)))
+      (if (i32.eq (local.get $len) (i32.const 10)) ;; /key/NNNNN
+        (then
+          (local.set $bucket (call $open_default))
+          (call $set (local.get $bucket) (local.get $path) (i32.const 10) (i32.const 100) (i32.const 1) (global.get $ret))
+          (call $bucket.drop (local.get $bucket))
+          (if (i32.load8_u (global.get $ret))
+            (then (call $error (i32.add (global.get $ret) (i32.const 4))) (br $done)))
+          (i32.store (global.get $out) (i32.const 104))
+          (i32.store offset=4 (global.get $out) (i32.const 6))
           (br $done)))
       (if (i32.eq (local.get $len) (i32.const 4)) ;; /big
         (then

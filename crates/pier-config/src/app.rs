@@ -109,6 +109,10 @@ pub struct AppSettings {
     pub prewarm: u32,
     /// `--state-dir`: where stores without a path of their own live.
     pub state_dir: Option<PathBuf>,
+    /// `--variables-file`: values of a manifest's variables.
+    pub variables_file: Option<PathBuf>,
+    /// `--runtime-config`: where a manifest's stores live in this deployment.
+    pub runtime_config: Option<PathBuf>,
     /// Limits on keys and values in stores.
     pub store_limits: crate::StoreLimits,
 }
@@ -197,14 +201,24 @@ impl App {
     }
 
     /// The app a manifest describes, with `rest` (the command line's) for what the manifest
-    /// leaves to the server, its variables given values from the environment and
-    /// `variables_file` (see [`crate::resolve_variables`]). Says what the manifest asks for
-    /// that pier does not serve yet.
-    pub fn from_manifest(
-        manifest: &Manifest,
-        variables_file: Option<&std::path::Path>,
-        rest: AppSettings,
-    ) -> Result<App, String> {
+    /// leaves to the server: its variables given values from the environment and the
+    /// variables file (see [`crate::resolve_variables`]), its stores placed as the runtime
+    /// configuration says, where it says anything (a store it names must be one the manifest
+    /// names).
+    pub fn from_manifest(manifest: &Manifest, rest: AppSettings) -> Result<App, String> {
+        let variables_file = rest.variables_file.as_deref();
+        let mut store_configs = manifest.key_value_stores.clone();
+        if let Some(runtime) = &rest.runtime_config {
+            for (name, config) in crate::load_runtime_config(runtime).map_err(|e| e.to_string())? {
+                if !store_configs.contains_key(&name) {
+                    return Err(format!(
+                        "{}: key-value store {name:?} is not one the manifest names (declare [key_value_store.{name}] there)",
+                        runtime.display()
+                    ));
+                }
+                store_configs.insert(name, config);
+            }
+        }
         let file = match variables_file {
             Some(path) => crate::load_variables_file(path)?,
             None => BTreeMap::new(),
@@ -278,8 +292,7 @@ impl App {
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(std::path::Path::new("."));
         let state = crate::state_dir(rest.state_dir.as_deref(), base);
-        let stores = manifest
-            .key_value_stores
+        let stores = store_configs
             .iter()
             .filter(|(name, _)| {
                 components
@@ -295,6 +308,7 @@ impl App {
             .collect();
         let mut described_by = vec![manifest.file.clone()];
         described_by.extend(variables_file.map(std::path::Path::to_path_buf));
+        described_by.extend(rest.runtime_config.clone());
         Ok(App {
             components,
             routes,
@@ -358,6 +372,8 @@ mod tests {
             },
             prewarm: 0,
             state_dir: None,
+            variables_file: None,
+            runtime_config: None,
             store_limits: crate::StoreLimits::default(),
         }
     }
@@ -392,7 +408,7 @@ source = "f.wasm"
 source = "g.wasm"
 "#,
         );
-        let app = App::from_manifest(&m, None, settings()).unwrap();
+        let app = App::from_manifest(&m, settings()).unwrap();
         assert_eq!(app.routes.len(), 2);
         let names: Vec<_> = app
             .filters

@@ -25,7 +25,7 @@ pub use limits::Limits;
 pub use listen::parse_listen_addr;
 pub use manifest::{
     Component, ComponentLimits, MANIFEST_VERSION, Manifest, ManifestError, Route, RoutePath,
-    StoreConfig, Target, Variable, load_manifest, parse_manifest,
+    StoreConfig, Target, Variable, load_manifest, load_runtime_config, parse_manifest,
 };
 pub use outbound::{Denied, OutboundPattern, OutboundPolicy, PatternError, is_special_purpose};
 pub use stores::{KvGrant, StoreLimits, StoreSpec, state_dir};

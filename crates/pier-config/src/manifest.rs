@@ -229,6 +229,42 @@ pub fn parse_manifest(text: &str, file: &Path) -> Result<Manifest, ManifestError
     Checker { base, at: &at }.check(raw, file)
 }
 
+/// Reads a runtime configuration file (`--runtime-config`): `[key_value_store.NAME]` tables, as
+/// in a manifest, saying where the stores the manifest names live in this deployment (paths
+/// relative to the file's directory). Checked to the line and column like a manifest.
+pub fn load_runtime_config(file: &Path) -> Result<BTreeMap<String, StoreConfig>, ManifestError> {
+    let text = std::fs::read_to_string(file).map_err(|e| ManifestError {
+        file: file.display().to_string(),
+        line: 1,
+        column: 1,
+        message: format!("cannot read it: {e}"),
+    })?;
+    let at = |span: std::ops::Range<usize>, message: String| {
+        let before = &text[..span.start.min(text.len())];
+        ManifestError {
+            file: file.display().to_string(),
+            line: before.matches('\n').count() + 1,
+            column: before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1,
+            message,
+        }
+    };
+    let raw: raw::RuntimeConfig = toml::from_str(&text).map_err(|e| {
+        at(
+            e.span().unwrap_or(0..0),
+            e.message().trim_end().replace('\n', " "),
+        )
+    })?;
+    let base = file.parent().unwrap_or(Path::new(""));
+    let checker = Checker { base, at: &at };
+    let mut stores = BTreeMap::new();
+    for (name, store) in raw.key_value_store {
+        check_name(&name, "key-value store").map_err(|e| at(name.span(), e))?;
+        let config = checker.store(store, &name)?;
+        stores.insert(name.into_inner(), config);
+    }
+    Ok(stores)
+}
+
 /// The manifest as written: every table denies keys it does not know.
 mod raw {
     use super::*;
@@ -246,6 +282,13 @@ mod raw {
         pub filter: BTreeMap<Spanned<String>, Filter>,
         #[serde(default)]
         pub variables: BTreeMap<Spanned<String>, Variable>,
+        #[serde(default)]
+        pub key_value_store: BTreeMap<Spanned<String>, KeyValueStore>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct RuntimeConfig {
         #[serde(default)]
         pub key_value_store: BTreeMap<Spanned<String>, KeyValueStore>,
     }

@@ -167,3 +167,41 @@ pub(crate) async fn every_operation(s: &dyn Store) {
     assert_eq!(all.len(), 25, "{all:?}");
     assert_eq!(all[0], "p00");
 }
+
+/// Writers racing with compare-and-swap, each retrying until its swap holds: every writer's
+/// increment is in the final value, none lost, none twice.
+#[cfg(test)]
+pub(crate) async fn swaps_under_contention(s: std::sync::Arc<dyn Store>) {
+    let writers: Vec<_> = (0..8)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let mut failed = 0;
+                for _ in 0..25 {
+                    loop {
+                        let seen = s.get("cas").await.unwrap();
+                        let n = seen.as_deref().map_or(0, |v| counter(v).unwrap());
+                        let next = (n + 1).to_string().into_bytes();
+                        if s.compare_and_swap("cas", seen.as_deref(), next)
+                            .await
+                            .unwrap()
+                        {
+                            break;
+                        }
+                        failed += 1;
+                    }
+                }
+                failed
+            })
+        })
+        .collect();
+    let mut failed = 0;
+    for w in writers {
+        failed += w.await.unwrap();
+    }
+    assert_eq!(
+        s.get("cas").await.unwrap(),
+        Some(b"200".to_vec()),
+        "{failed} swaps retried"
+    );
+}

@@ -236,6 +236,15 @@ mod tests {
         assert_eq!(other.get("p00").await.unwrap(), None);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn swaps_under_contention() {
+        let Some(server) = pier_testkit::RedisServer::start() else {
+            return;
+        };
+        let store = Redis::new(&server.url(), "c:").unwrap();
+        crate::swaps_under_contention(std::sync::Arc::new(store)).await;
+    }
+
     /// Redis down: an error within the timeout, never a hang; back: served again.
     #[tokio::test]
     async fn a_server_down_is_an_error_then_recovers() {

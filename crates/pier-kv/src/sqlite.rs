@@ -363,6 +363,12 @@ mod tests {
         crate::every_operation(&s).await;
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn swaps_under_contention() {
+        let (_dir, s) = store();
+        crate::swaps_under_contention(Arc::new(s)).await;
+    }
+
     /// Concurrent increments from many tasks and two store handles on one file (as two worker
     /// processes would have): none is lost.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

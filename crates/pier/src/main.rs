@@ -62,6 +62,9 @@ struct KvArgs {
     /// Where SQLite stores without a path live (as `serve --state-dir`).
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// Where the manifest's stores live in this deployment (as `serve --runtime-config`).
+    #[arg(long, value_name = "FILE")]
+    runtime_config: Option<PathBuf>,
     /// The store: a name the manifest declares (or `default`); without a manifest, NAME[=FILE|URL] as `serve --kv`.
     #[arg(value_name = "STORE")]
     store: String,
@@ -153,14 +156,22 @@ impl ServeArgs {
             compile: self.cache.options(),
             prewarm: self.prewarm,
             state_dir: self.stores.state_dir.clone(),
+            variables_file: self.variables_file.clone(),
+            runtime_config: self.stores.runtime_config.clone(),
             store_limits: StoreLimits {
                 max_key: self.stores.kv_max_key_size,
                 max_value: self.stores.kv_max_value_size,
             },
         };
-        if self.variables_file.is_some() && !self.source().is_some_and(|s| is_manifest(&s)) {
+        let manifest_given = self.source().is_some_and(|s| is_manifest(&s));
+        if self.variables_file.is_some() && !manifest_given {
             anyhow::bail!(
                 "--variables-file without a manifest: variables are declared in pier.toml"
+            );
+        }
+        if self.stores.runtime_config.is_some() && !manifest_given {
+            anyhow::bail!(
+                "--runtime-config without a manifest: with a single component, give stores with --kv NAME=FILE|URL"
             );
         }
         match (self.source(), &self.upstream) {
@@ -197,7 +208,7 @@ impl ServeArgs {
                     anyhow::bail!("{flag} with a manifest: {instead}");
                 }
                 let manifest = pier_config::load_manifest(&source)?;
-                App::from_manifest(&manifest, self.variables_file.as_deref(), settings)
+                App::from_manifest(&manifest, settings)
                     .map_err(|e| anyhow::anyhow!("{}: {e}", source.display()))
             }
             (Some(source), _) => Ok(App::one_component(
@@ -276,6 +287,9 @@ struct StoreArgs {
     /// Where SQLite stores without a path live (default: .pier/data beside the manifest, or here).
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// Where the manifest's key-value stores live in this deployment: [key_value_store.NAME] tables.
+    #[arg(long, value_name = "FILE")]
+    runtime_config: Option<PathBuf>,
     /// Longest key a guest may use in a store.
     #[arg(long, value_name = "SIZE", default_value = "256B", value_parser = parse_size_usize)]
     kv_max_key_size: usize,
@@ -824,7 +838,11 @@ async fn kv(args: KvArgs) -> anyhow::Result<ExitCode> {
     let spec = match &manifest {
         Some(file) => {
             let manifest = pier_config::load_manifest(file)?;
-            let config = manifest.key_value_stores.get(&args.store).ok_or_else(|| {
+            let mut stores = manifest.key_value_stores;
+            if let Some(runtime) = &args.runtime_config {
+                stores.extend(pier_config::load_runtime_config(runtime)?);
+            }
+            let config = stores.get(&args.store).ok_or_else(|| {
                 anyhow::anyhow!(
                     "{}: no key-value store {:?} (declare it as [key_value_store.{}])",
                     file.display(),

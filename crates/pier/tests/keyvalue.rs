@@ -296,3 +296,133 @@ async fn pier_kv_reads_and_writes_the_stores_serve_uses() {
     assert_eq!(code, Some(1));
     assert!(stderr.contains("no key-value store \"nope\""), "{stderr}");
 }
+
+/// One manifest, deployed against SQLite on a laptop and Redis in production: the runtime
+/// configuration says where the stores it names live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_config_places_the_manifests_stores() {
+    let Some(redis) = pier_testkit::RedisServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(guest("kv"), dir.path().join("kv.wasm")).unwrap();
+    std::fs::write(dir.path().join("pier.toml"), MANIFEST).unwrap();
+    let runtime = dir.path().join("production.toml");
+    std::fs::write(
+        &runtime,
+        format!(
+            "[key_value_store.default]\ntype = \"redis\"\nurl = \"{}\"\nprefix = \"prod:\"\n",
+            redis.url()
+        ),
+    )
+    .unwrap();
+    let manifest = dir.path().join("pier.toml");
+    let server = PierServer::start(
+        pier(),
+        &[
+            "--runtime-config",
+            runtime.to_str().unwrap(),
+            manifest.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    assert_eq!(ask(&server.addr, 0, "a.test", "/count").await.1, "1");
+    assert!(!dir.path().join(".pier").exists(), "not the SQLite default");
+    let runtime_arg = runtime.to_str().unwrap();
+    assert_eq!(
+        kv(
+            dir.path(),
+            &["--runtime-config", runtime_arg, "default", "get", "hits"]
+        )
+        .1,
+        "1"
+    );
+
+    std::fs::write(&runtime, "[key_value_store.other]\n").unwrap();
+    pier_testkit::assert_one_line_error(
+        pier(),
+        &[
+            "serve",
+            "--runtime-config",
+            runtime_arg,
+            manifest.to_str().unwrap(),
+        ],
+        &["key-value store \"other\" is not one the manifest names"],
+    );
+    std::fs::write(
+        &runtime,
+        "[key_value_store.default]\ntype = \"redis\"\nurl = \"http://x\"\n",
+    )
+    .unwrap();
+    pier_testkit::assert_one_line_error(
+        pier(),
+        &[
+            "serve",
+            "--runtime-config",
+            runtime_arg,
+            manifest.to_str().unwrap(),
+        ],
+        &["production.toml:3:7: url \"http://x\": expected redis://HOST:PORT"],
+    );
+}
+
+/// Writes under load, pier killed (`kill -9`) in the middle: every key whose request was
+/// answered is in the store afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_acknowledged_is_lost_when_pier_is_killed_mid_load() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(guest("kv"), dir.path().join("kv.wasm")).unwrap();
+    std::fs::write(dir.path().join("pier.toml"), MANIFEST).unwrap();
+    let manifest = dir.path().join("pier.toml");
+    let server = PierServer::start(pier(), &[manifest.to_str().unwrap()]).unwrap();
+    let clients: Vec<_> = (0..20)
+        .map(|c| {
+            let addr = server.addr.clone();
+            tokio::spawn(async move {
+                let mut stored = Vec::new();
+                for i in 0..1000 {
+                    let key = format!("/key/{:05}", c * 1000 + i);
+                    let req = Request::get(key.as_str())
+                        .header("host", "a.test")
+                        .body(Default::default())
+                        .unwrap();
+                    match send(&addr, PROTOS[c % 2], req).await {
+                        Ok(a) if a.status == StatusCode::OK && a.text() == "stored" => {
+                            stored.push(key)
+                        }
+                        Ok(a) => panic!("{key}: {} {}", a.status, a.text()),
+                        // Killed: this request may or may not have been written.
+                        Err(_) => break,
+                    }
+                }
+                stored
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    signal(server.pid(), "KILL").unwrap();
+    let mut acknowledged = Vec::new();
+    for client in clients {
+        acknowledged.extend(client.await.unwrap());
+    }
+    drop(server);
+    assert!(
+        acknowledged.len() > 100,
+        "only {} writes",
+        acknowledged.len()
+    );
+    let (code, listed, stderr) = kv(dir.path(), &["default", "list"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let listed: BTreeSet<&str> = listed.lines().collect();
+    let lost: Vec<_> = acknowledged
+        .iter()
+        .filter(|k| !listed.contains(k.as_str()))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} lost: {lost:?}",
+        lost.len(),
+        acknowledged.len()
+    );
+    eprintln!("{} acknowledged writes, all kept", acknowledged.len());
+}

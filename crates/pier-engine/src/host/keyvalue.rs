@@ -53,6 +53,8 @@ pub struct KeyValueLimits {
     pub max_batch: usize,
     /// Keys in one page of `list-keys`.
     pub page: usize,
+    /// Bytes of values one `get-many` may bring back.
+    pub max_batch_bytes: usize,
 }
 
 impl Default for KeyValueLimits {
@@ -62,6 +64,7 @@ impl Default for KeyValueLimits {
             max_value: 1 << 20,
             max_batch: 1000,
             page: 1000,
+            max_batch_bytes: 16 << 20,
         }
     }
 }
@@ -274,10 +277,25 @@ impl View<'_> {
         {
             return Ok(Err(e));
         }
-        Ok(match store.get_many(&keys).await {
-            Ok(values) => Ok(keys.into_iter().zip(values).collect()),
-            Err(e) => Err(e.into()),
-        })
+        // In chunks, so a batch of large values is refused before the host holds all of them.
+        let budget = self.granted.limits.max_batch_bytes;
+        let mut values = Vec::with_capacity(keys.len());
+        let mut bytes = 0usize;
+        for chunk in keys.chunks(BATCH_CHUNK) {
+            match store.get_many(chunk).await {
+                Ok(got) => {
+                    bytes += got.iter().flatten().map(Vec::len).sum::<usize>();
+                    if bytes > budget {
+                        return Ok(Err(Refusal::Other(format!(
+                            "the values asked for come to more than {budget} bytes: ask for fewer keys at once"
+                        ))));
+                    }
+                    values.extend(got);
+                }
+                Err(e) => return Ok(Err(e.into())),
+            }
+        }
+        Ok(Ok(keys.into_iter().zip(values).collect()))
     }
 
     async fn set_many(
@@ -308,6 +326,9 @@ impl View<'_> {
         Ok(store.delete_many(&keys).await.map_err(Refusal::from))
     }
 }
+
+/// Keys read at once in a `get-many`.
+const BATCH_CHUNK: usize = 16;
 
 /// A host function's result: a trap (a bad handle), or the operation's outcome.
 type Answer<T> = wasmtime::Result<Result<T, Refusal>>;
