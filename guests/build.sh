@@ -82,6 +82,14 @@ build_python() {
     echo "built $build/${name#*:}.wasm"
   done
   rm -rf "$out"
+  # The key-value app, against its own world (wasi:keyvalue 0.2.0-draft2).
+  out=$(mktemp -d)
+  cp guests/python/kv.py "$out/"
+  (cd "$out" && "$root/$tools/py/bin/componentize-py" -d "$root/$wit" -w pier:python-guests/kv bindings . >/dev/null &&
+    "$root/$tools/py/bin/componentize-py" -d "$root/$wit" -w pier:python-guests/kv componentize kv \
+      -o "$root/$build/python-kv.wasm" >/dev/null)
+  echo "built $build/python-kv.wasm"
+  rm -rf "$out"
 }
 
 build_js() {
@@ -92,6 +100,9 @@ build_js() {
   (cd guests/js && ./node_modules/.bin/componentize-js app.js --wit "$root/$wit" --world-name hello \
       -o "$root/$build/js-hello.wasm" >/dev/null)
   echo "built $build/js-hello.wasm"
+  (cd guests/js && ./node_modules/.bin/componentize-js kv.js --wit "$root/$wit" --world-name kv \
+      -o "$root/$build/js-kv.wasm" >/dev/null)
+  echo "built $build/js-kv.wasm"
 }
 
 # examples/app: its Python API (with wasi:config) and its JavaScript page -> examples/app/build/

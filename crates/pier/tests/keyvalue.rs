@@ -426,3 +426,73 @@ async fn nothing_acknowledged_is_lost_when_pier_is_killed_mid_load() {
     );
     eprintln!("{} acknowledged writes, all kept", acknowledged.len());
 }
+
+/// Apps from real toolchains: a componentize-py app through draft2 (counter, batch, key
+/// listing, an ungranted store) and a componentize-js app through draft, on one store, on
+/// SQLite and on Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_and_javascript_apps_use_the_store() {
+    let (Some(py), Some(js)) = (
+        pier_testkit::toolchain_guest("python-kv.wasm"),
+        pier_testkit::toolchain_guest("js-kv.wasm"),
+    ) else {
+        return;
+    };
+    let redis = pier_testkit::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(py, dir.path().join("py.wasm")).unwrap();
+    std::fs::copy(js, dir.path().join("js.wasm")).unwrap();
+    let base = r#"manifest_version = 1
+[[route]]
+host = "py.test"
+path = "/..."
+component = "py"
+[[route]]
+host = "js.test"
+path = "/..."
+component = "js"
+[component.py]
+source = "py.wasm"
+key_value_stores = ["default"]
+[component.js]
+source = "js.wasm"
+key_value_stores = ["default"]
+"#;
+    let mut manifests = vec![base.to_string()];
+    if let Some(redis) = &redis {
+        manifests.push(format!(
+            "{base}[key_value_store.default]\ntype = \"redis\"\nurl = \"{}\"\n",
+            redis.url()
+        ));
+    }
+    let cache = dir.path().join("cache");
+    for manifest in manifests {
+        std::fs::write(dir.path().join("pier.toml"), &manifest).unwrap();
+        let server = PierServer::start_with_env(
+            pier(),
+            &[dir.path().join("pier.toml").to_str().unwrap()],
+            &[("PIER_CACHE_DIR", cache.to_str().unwrap())],
+        )
+        .unwrap();
+        for n in 1..=3 {
+            let text = ask(&server.addr, n, "py.test", "/count").await.1;
+            assert_eq!(text, format!("count {n}\n"), "{}", server.log());
+        }
+        assert_eq!(ask(&server.addr, 0, "js.test", "/").await.1, "count 1\n");
+        assert_eq!(ask(&server.addr, 1, "js.test", "/").await.1, "count 2\n");
+        assert_eq!(
+            ask(&server.addr, 0, "py.test", "/batch").await.1,
+            "a=1 b=2 zz=-\n"
+        );
+        assert_eq!(
+            ask(&server.addr, 1, "py.test", "/keys").await.1,
+            "a\nb\njs-hits\npy-hits\n"
+        );
+        assert_eq!(
+            ask(&server.addr, 0, "py.test", "/denied").await.1,
+            "Error_AccessDenied\n"
+        );
+        drop(server);
+        std::fs::remove_dir_all(dir.path().join(".pier")).ok();
+    }
+}
