@@ -4,6 +4,8 @@
 /batch   sets a=1 and b=2 at once, then reads a, b and zz at once: "a=1 b=2 zz=-"
 /keys    every key of "default", a page at a time, sorted, one per line
 /denied  opens "secret" (not granted): the error's name
+/getset  one get and one set of "bench" (what a session lookup and update costs): "ok"
+/none    no store at all (the benchmark's baseline): "ok"
 """
 
 from componentize_py_types import Err, Ok
@@ -20,6 +22,8 @@ from wit_world.imports.types import (
 
 def answer(request: IncomingRequest) -> str:
     path = request.path_with_query() or "/"
+    if path == "/none":
+        return "ok"
     if path == "/denied":
         try:
             store.open("secret")
@@ -27,6 +31,10 @@ def answer(request: IncomingRequest) -> str:
         except Err as e:
             return type(e.value).__name__
     bucket = store.open("default")
+    if path == "/getset":
+        value = bucket.get("bench") or b"0"
+        bucket.set("bench", value)
+        return "ok"
     if path == "/count":
         return f"count {atomics.increment(bucket, 'py-hits', 1)}"
     if path == "/batch":

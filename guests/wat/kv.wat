@@ -3,12 +3,14 @@
 ;;   /count   opens "default" and increments "hits": answers the new count, in decimal
 ;;   /denied  opens "secret", which pier should not grant: answers the error ("access-denied")
 ;;   /big     sets a 300-byte key in "default": answers the error ("other: MESSAGE")
+;;   /gs      one get and one set of "bench" in "default" (the benchmark's request): "stored"
 ;;   a path of 10 bytes (/key/00042): sets that path as a key in "default", to "v": answers
 ;;            "stored" once the store has said so, or the error
 ;; Any other path answers "?".
 (module
   (import "wasi:keyvalue/store@0.2.0-draft" "open" (func $open (param i32 i32 i32)))
   (import "wasi:keyvalue/store@0.2.0-draft" "[method]bucket.set" (func $set (param i32 i32 i32 i32 i32 i32)))
+  (import "wasi:keyvalue/store@0.2.0-draft" "[method]bucket.get" (func $get (param i32 i32 i32 i32)))
   (import "wasi:keyvalue/store@0.2.0-draft" "[resource-drop]bucket" (func $bucket.drop (param i32)))
   (import "wasi:keyvalue/atomics@0.2.0-draft" "increment" (func $increment (param i32 i32 i32 i64 i32)))
   (import "wasi:http/types@0.2.12" "[method]incoming-request.path-with-query" (func $request.path (param i32 i32)))
@@ -111,6 +113,17 @@
         (then
           (local.set $bucket (call $open_default))
           (call $set (local.get $bucket) (local.get $path) (i32.const 10) (i32.const 100) (i32.const 1) (global.get $ret))
+          (call $bucket.drop (local.get $bucket))
+          (if (i32.load8_u (global.get $ret))
+            (then (call $error (i32.add (global.get $ret) (i32.const 4))) (br $done)))
+          (i32.store (global.get $out) (i32.const 104))
+          (i32.store offset=4 (global.get $out) (i32.const 6))
+          (br $done)))
+      (if (i32.eq (local.get $len) (i32.const 3)) ;; /gs
+        (then
+          (local.set $bucket (call $open_default))
+          (call $get (local.get $bucket) (i32.const 32) (i32.const 4) (global.get $ret))
+          (call $set (local.get $bucket) (i32.const 32) (i32.const 4) (i32.const 100) (i32.const 1) (global.get $ret))
           (call $bucket.drop (local.get $bucket))
           (if (i32.load8_u (global.get $ret))
             (then (call $error (i32.add (global.get $ret) (i32.const 4))) (br $done)))

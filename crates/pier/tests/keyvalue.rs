@@ -496,3 +496,140 @@ key_value_stores = ["default"]
         std::fs::remove_dir_all(dir.path().join(".pier")).ok();
     }
 }
+
+/// Redis killed and brought back while 20 clients count: while it is down, requests get the
+/// guest's error answer quickly (no 5xx, no hang); once it is back, every request counts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_going_away_under_load_never_hangs_or_traps() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    let Some(mut redis) = pier_testkit::RedisServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(guest("kv"), dir.path().join("kv.wasm")).unwrap();
+    std::fs::write(
+        dir.path().join("pier.toml"),
+        format!(
+            "{MANIFEST}\n[key_value_store.default]\ntype = \"redis\"\nurl = \"{}\"\n",
+            redis.url()
+        ),
+    )
+    .unwrap();
+    let manifest = dir.path().join("pier.toml");
+    let server = PierServer::start(pier(), &[manifest.to_str().unwrap()]).unwrap();
+    let back = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..20)
+        .map(|c| {
+            let addr = server.addr.clone();
+            let (back, stop) = (back.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut counted, mut refused, mut counted_after) = (0, 0, 0);
+                let mut slowest = Duration::ZERO;
+                while !stop.load(Ordering::Relaxed) {
+                    let is_back = back.load(Ordering::Relaxed);
+                    let started = Instant::now();
+                    let (status, text) = ask(&addr, c, "a.test", "/count").await;
+                    slowest = slowest.max(started.elapsed());
+                    assert_eq!(status, StatusCode::OK, "{text}");
+                    if text.parse::<u64>().is_ok() {
+                        counted += 1;
+                        counted_after += usize::from(is_back);
+                    } else {
+                        assert!(text.starts_with("other: redis 127.0.0.1:"), "{text}");
+                        assert!(!is_back, "refused after Redis was back: {text}");
+                        refused += 1;
+                    }
+                }
+                (counted, refused, counted_after, slowest)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let _redis = pier_testkit::RedisServer::start_on(redis.port).unwrap();
+    // Reconnected by the next operation; then a while of counting again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    back.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut counted, mut refused, mut after) = (0, 0, 0);
+    for client in clients {
+        let (c, r, a, slowest) = client.await.unwrap();
+        assert!(
+            slowest < Duration::from_secs(4),
+            "a request took {slowest:?}"
+        );
+        counted += c;
+        refused += r;
+        after += a;
+    }
+    assert!(refused > 0, "Redis was down for a second");
+    assert!(counted > refused, "{counted} counted, {refused} refused");
+    assert!(
+        after > 20,
+        "every client counts again once Redis is back: {after}"
+    );
+}
+
+/// A worker killed (`kill -9`) in the middle of writes: what it acknowledged is kept, and its
+/// replacement serves the same store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_acknowledged_is_lost_when_a_worker_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(guest("kv"), dir.path().join("kv.wasm")).unwrap();
+    std::fs::write(dir.path().join("pier.toml"), MANIFEST).unwrap();
+    let manifest = dir.path().join("pier.toml");
+    let server =
+        PierServer::start(pier(), &["--workers", "2", manifest.to_str().unwrap()]).unwrap();
+    let children = std::fs::read_to_string(format!(
+        "/proc/{0}/task/{0}/children",
+        server.pid()
+    ))
+    .unwrap();
+    let worker: u32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    let clients: Vec<_> = (0..10)
+        .map(|c| {
+            let addr = server.addr.clone();
+            tokio::spawn(async move {
+                let mut stored = Vec::new();
+                for i in 0..300 {
+                    let key = format!("/key/{:05}", c * 1000 + i);
+                    let req = Request::get(key.as_str())
+                        .header("host", "a.test")
+                        .body(Default::default())
+                        .unwrap();
+                    // A request on the killed worker's connection fails; the next goes to
+                    // the other worker or the replacement.
+                    if let Ok(a) = send(&addr, PROTOS[c % 2], req).await
+                        && a.status == StatusCode::OK
+                        && a.text() == "stored"
+                    {
+                        stored.push(key);
+                    }
+                }
+                stored
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    signal(worker, "KILL").unwrap();
+    let mut acknowledged = Vec::new();
+    for client in clients {
+        acknowledged.extend(client.await.unwrap());
+    }
+    drop(server);
+    let (code, listed, stderr) = kv(dir.path(), &["default", "list"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let listed: BTreeSet<&str> = listed.lines().collect();
+    let lost = acknowledged
+        .iter()
+        .filter(|k| !listed.contains(k.as_str()))
+        .count();
+    assert_eq!(lost, 0, "{lost} of {} acknowledged writes lost", acknowledged.len());
+    assert!(acknowledged.len() > 1000, "{}", acknowledged.len());
+}
