@@ -10,7 +10,6 @@
 
 use std::time::Duration;
 
-use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
 
@@ -81,15 +80,28 @@ impl Redis {
         format!("{}{key}", self.prefix)
     }
 
-    /// Runs `op` on the connection, within the timeout.
-    async fn run<T, F>(&self, op: impl FnOnce(ConnectionManager) -> F) -> Result<T>
-    where
-        F: Future<Output = redis::RedisResult<T>>,
-    {
-        let attempt = async {
-            let connection = self.connection().await?;
-            op(connection).await.map_err(|e| self.error(e))
-        };
+    /// Runs `cmd`, within the timeout. An idempotent command (one that does the same run
+    /// twice) that fails because the connection broke (Redis restarted, a network blip) is sent
+    /// once more on the connection the manager has made again meanwhile, so the first request
+    /// after Redis comes back succeeds. Others (`INCRBY`, compare-and-swap) are never sent
+    /// twice: one that may have been applied fails instead.
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+        idempotent: bool,
+    ) -> Result<T> {
+        self.bounded(async {
+            let mut connection = self.connection().await?;
+            match cmd.query_async(&mut connection).await {
+                Err(e) if idempotent && broken(&e) => cmd.query_async(&mut connection).await,
+                done => done,
+            }
+            .map_err(|e| self.error(e))
+        })
+        .await
+    }
+
+    async fn bounded<T>(&self, attempt: impl Future<Output = Result<T>>) -> Result<T> {
         match tokio::time::timeout(TIMEOUT, attempt).await {
             Ok(result) => result,
             Err(_) => Err(Error::Backend(format!(
@@ -99,6 +111,11 @@ impl Redis {
             ))),
         }
     }
+}
+
+/// Whether `e` says the connection broke, rather than the command failed.
+fn broken(e: &redis::RedisError) -> bool {
+    e.is_connection_dropped() || e.is_io_error() || e.is_connection_refusal()
 }
 
 /// `prefix` with the glob characters of `SCAN ... MATCH` escaped, then `*`.
@@ -117,39 +134,34 @@ fn pattern(prefix: &str) -> String {
 #[async_trait::async_trait]
 impl Store for Redis {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let key = self.key(key);
-        self.run(|mut c| async move { c.get(key).await }).await
+        self.query(redis::cmd("GET").arg(self.key(key)), true).await
     }
 
     async fn set(&self, key: &str, value: Vec<u8>) -> Result<()> {
-        let key = self.key(key);
-        self.run(|mut c| async move { c.set(key, value).await })
+        self.query(redis::cmd("SET").arg(self.key(key)).arg(value), true)
             .await
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        let key = self.key(key);
-        self.run(|mut c| async move { c.del(key).await }).await
+        self.query(redis::cmd("DEL").arg(self.key(key)), true).await
     }
 
     async fn exists(&self, key: &str) -> Result<bool> {
-        let key = self.key(key);
-        self.run(|mut c| async move { c.exists(key).await }).await
+        self.query(redis::cmd("EXISTS").arg(self.key(key)), true)
+            .await
     }
 
     async fn list_keys(&self, cursor: Option<u64>, limit: usize) -> Result<Keys> {
-        let pattern = pattern(&self.prefix);
         let (next, keys): (u64, Vec<String>) = self
-            .run(|mut c| async move {
+            .query(
                 redis::cmd("SCAN")
                     .arg(cursor.unwrap_or(0))
                     .arg("MATCH")
-                    .arg(pattern)
+                    .arg(pattern(&self.prefix))
                     .arg("COUNT")
-                    .arg(limit.max(1))
-                    .query_async(&mut c)
-                    .await
-            })
+                    .arg(limit.max(1)),
+                true,
+            )
             .await?;
         let keys = keys
             .into_iter()
@@ -162,8 +174,7 @@ impl Store for Redis {
     }
 
     async fn increment(&self, key: &str, delta: i64) -> Result<i64> {
-        let key = self.key(key);
-        self.run(|mut c| async move { c.incr(key, delta).await })
+        self.query(redis::cmd("INCRBY").arg(self.key(key)).arg(delta), false)
             .await
     }
 
@@ -172,17 +183,18 @@ impl Store for Redis {
             return Ok(Vec::new());
         }
         let keys: Vec<String> = keys.iter().map(|k| self.key(k)).collect();
-        self.run(|mut c| async move { redis::cmd("MGET").arg(keys).query_async(&mut c).await })
-            .await
+        self.query(redis::cmd("MGET").arg(keys), true).await
     }
 
     async fn set_many(&self, pairs: Vec<(String, Vec<u8>)>) -> Result<()> {
         if pairs.is_empty() {
             return Ok(());
         }
-        let pairs: Vec<(String, Vec<u8>)> =
-            pairs.into_iter().map(|(k, v)| (self.key(&k), v)).collect();
-        self.run(|mut c| async move { c.mset(&pairs).await }).await
+        let mut cmd = redis::cmd("MSET");
+        for (k, v) in pairs {
+            cmd.arg(self.key(&k)).arg(v);
+        }
+        self.query(&cmd, true).await
     }
 
     async fn delete_many(&self, keys: &[String]) -> Result<()> {
@@ -190,7 +202,7 @@ impl Store for Redis {
             return Ok(());
         }
         let keys: Vec<String> = keys.iter().map(|k| self.key(k)).collect();
-        self.run(|mut c| async move { c.del(keys).await }).await
+        self.query(redis::cmd("DEL").arg(keys), true).await
     }
 
     async fn compare_and_swap(
@@ -199,20 +211,20 @@ impl Store for Redis {
         expected: Option<&[u8]>,
         new: Vec<u8>,
     ) -> Result<bool> {
-        let key = self.key(key);
         let (has, expected) = match expected {
-            Some(v) => ("1", v.to_vec()),
-            None => ("0", Vec::new()),
+            Some(v) => ("1", v),
+            None => ("0", &[][..]),
         };
+        let mut invocation = self.swap.key(self.key(key));
+        invocation.arg(has).arg(expected).arg(new);
         let swapped: i64 = self
-            .run(|mut c| async move {
-                self.swap
-                    .key(key)
-                    .arg(has)
-                    .arg(expected)
-                    .arg(new)
-                    .invoke_async(&mut c)
+            .bounded(async {
+                let mut connection = self.connection().await?;
+                // Never sent twice: a first run that did swap would make the second fail.
+                invocation
+                    .invoke_async(&mut connection)
                     .await
+                    .map_err(|e| self.error(e))
             })
             .await?;
         Ok(swapped == 1)
