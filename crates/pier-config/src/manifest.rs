@@ -208,17 +208,7 @@ pub fn load_manifest(file: &Path) -> Result<Manifest, ManifestError> {
 
 /// Checks the manifest `text`, read from `file` (paths in it are relative to its directory).
 pub fn parse_manifest(text: &str, file: &Path) -> Result<Manifest, ManifestError> {
-    let at = |span: std::ops::Range<usize>, message: String| {
-        let before = &text[..span.start.min(text.len())];
-        let line = before.matches('\n').count() + 1;
-        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-        ManifestError {
-            file: file.display().to_string(),
-            line,
-            column,
-            message,
-        }
-    };
+    let at = |span, message| positioned(text, file, span, message);
     let raw: raw::Manifest = toml::from_str(text).map_err(|e| {
         at(
             e.span().unwrap_or(0..0),
@@ -227,6 +217,22 @@ pub fn parse_manifest(text: &str, file: &Path) -> Result<Manifest, ManifestError
     })?;
     let base = file.parent().unwrap_or(Path::new(""));
     Checker { base, at: &at }.check(raw, file)
+}
+
+/// `message` about the text of `file` at byte `span`, with its line and column.
+fn positioned(
+    text: &str,
+    file: &Path,
+    span: std::ops::Range<usize>,
+    message: String,
+) -> ManifestError {
+    let before = &text[..span.start.min(text.len())];
+    ManifestError {
+        file: file.display().to_string(),
+        line: before.matches('\n').count() + 1,
+        column: before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1,
+        message,
+    }
 }
 
 /// Reads a runtime configuration file (`--runtime-config`): `[key_value_store.NAME]` tables, as
@@ -239,15 +245,7 @@ pub fn load_runtime_config(file: &Path) -> Result<BTreeMap<String, StoreConfig>,
         column: 1,
         message: format!("cannot read it: {e}"),
     })?;
-    let at = |span: std::ops::Range<usize>, message: String| {
-        let before = &text[..span.start.min(text.len())];
-        ManifestError {
-            file: file.display().to_string(),
-            line: before.matches('\n').count() + 1,
-            column: before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1,
-            message,
-        }
-    };
+    let at = |span, message| positioned(&text, file, span, message);
     let raw: raw::RuntimeConfig = toml::from_str(&text).map_err(|e| {
         at(
             e.span().unwrap_or(0..0),

@@ -296,34 +296,26 @@ impl Drop for AccessRecord {
             .map(|d| d.as_micros() as u64);
         let complete = self.done && !self.failed;
         let status = crate::metrics::status_class(self.status);
-        match &self.labels {
+        // A manifest's routes say their route and component (fields left out when `None`).
+        let labels = self.labels.as_ref();
+        tracing::info!(
+            target: "pier::access",
+            method = %self.method,
+            path = self.uri.path(),
+            status = self.status.as_u16(),
+            bytes = self.bytes,
+            duration_us = elapsed.as_micros() as u64,
+            guest_us,
+            complete,
+            route = labels.map(|l| &*l.route),
+            component = labels.map(|l| &*l.component),
+        );
+        match labels {
             None => {
-                tracing::info!(
-                    target: "pier::access",
-                    method = %self.method,
-                    path = self.uri.path(),
-                    status = self.status.as_u16(),
-                    bytes = self.bytes,
-                    duration_us = elapsed.as_micros() as u64,
-                    guest_us,
-                    complete,
-                );
                 metrics::counter!(crate::metrics::REQUESTS, "status" => status).increment(1);
                 metrics::histogram!(crate::metrics::REQUEST_SECONDS).record(elapsed.as_secs_f64());
             }
             Some(Labels { route, component }) => {
-                tracing::info!(
-                    target: "pier::access",
-                    method = %self.method,
-                    path = self.uri.path(),
-                    status = self.status.as_u16(),
-                    bytes = self.bytes,
-                    duration_us = elapsed.as_micros() as u64,
-                    guest_us,
-                    complete,
-                    route = &**route,
-                    component = &**component,
-                );
                 let (route, component) = (route.clone(), component.clone());
                 metrics::counter!(crate::metrics::REQUESTS, "status" => status, "route" => route.clone(), "component" => component.clone()).increment(1);
                 metrics::histogram!(crate::metrics::REQUEST_SECONDS, "route" => route, "component" => component)

@@ -65,7 +65,7 @@ struct KvArgs {
     /// Where the manifest's stores live in this deployment (as `serve --runtime-config`).
     #[arg(long, value_name = "FILE")]
     runtime_config: Option<PathBuf>,
-    /// The store: a name the manifest declares (or `default`); without a manifest, NAME[=FILE|URL] as `serve --kv`.
+    /// A store the manifest names (or `default`); without a manifest, NAME[=FILE|URL] as serve --kv.
     #[arg(value_name = "STORE")]
     store: String,
     #[command(subcommand)]
@@ -281,7 +281,7 @@ struct CompileArgs {
 /// Key-value stores (`wasi:keyvalue`).
 #[derive(Args)]
 struct StoreArgs {
-    /// Grant the component a key-value store: NAME (SQLite in the state directory), NAME=FILE or NAME=redis://HOST:PORT.
+    /// Grant a key-value store: NAME (SQLite in the state directory), NAME=FILE or NAME=redis://HOST:PORT.
     #[arg(long, value_name = "NAME[=FILE|URL]")]
     kv: Vec<KvGrant>,
     /// Where SQLite stores without a path live (default: .pier/data beside the manifest, or here).

@@ -94,6 +94,10 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
     };
     let mut reloads = pier_http::Triggers::install(args.watch, &watched)?;
     let (reload, reloading) = watch::channel(0u64);
+    let signals = || Signals {
+        stop: stopping.clone(),
+        reload: reloading.clone(),
+    };
     let mut running = JoinSet::new();
     // Each worker's start-up log waits until the serving line is out: closing its stdin lets
     // it go.
@@ -124,16 +128,7 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
         for index in 0..n {
             let (child, stdout, log) = start(index, &sockets).await?;
             held_logs.push(log);
-            running.spawn(watch(
-                index,
-                child,
-                stdout,
-                Signals {
-                    stop: stopping.clone(),
-                    reload: reloading.clone(),
-                },
-                admin.clone(),
-            ));
+            running.spawn(watch(index, child, stdout, signals(), admin.clone()));
         }
         anyhow::Ok(())
     };
@@ -213,16 +208,7 @@ pub async fn supervise(args: &ServeArgs) -> anyhow::Result<()> {
             };
             match started {
                 Ok((child, stdout)) => {
-                    running.spawn(watch(
-                        index,
-                        child,
-                        stdout,
-                        Signals {
-                            stop: stopping.clone(),
-                            reload: reloading.clone(),
-                        },
-                        admin.clone(),
-                    ));
+                    running.spawn(watch(index, child, stdout, signals(), admin.clone()));
                 }
                 Err(e) => {
                     replacement_failed = Some(e);

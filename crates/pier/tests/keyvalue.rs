@@ -382,30 +382,7 @@ async fn nothing_acknowledged_is_lost_when_pier_is_killed_mid_load() {
     std::fs::write(dir.path().join("pier.toml"), MANIFEST).unwrap();
     let manifest = dir.path().join("pier.toml");
     let server = PierServer::start(pier(), &[manifest.to_str().unwrap()]).unwrap();
-    let clients: Vec<_> = (0..20)
-        .map(|c| {
-            let addr = server.addr.clone();
-            tokio::spawn(async move {
-                let mut stored = Vec::new();
-                for i in 0..1000 {
-                    let key = format!("/key/{:05}", c * 1000 + i);
-                    let req = Request::get(key.as_str())
-                        .header("host", "a.test")
-                        .body(Default::default())
-                        .unwrap();
-                    match send(&addr, PROTOS[c % 2], req).await {
-                        Ok(a) if a.status == StatusCode::OK && a.text() == "stored" => {
-                            stored.push(key)
-                        }
-                        Ok(a) => panic!("{key}: {} {}", a.status, a.text()),
-                        // Killed: this request may or may not have been written.
-                        Err(_) => break,
-                    }
-                }
-                stored
-            })
-        })
-        .collect();
+    let clients = write_keys(&server.addr, 20, 1000);
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     signal(server.pid(), "KILL").unwrap();
     let mut acknowledged = Vec::new();
@@ -418,19 +395,7 @@ async fn nothing_acknowledged_is_lost_when_pier_is_killed_mid_load() {
         "only {} writes",
         acknowledged.len()
     );
-    let (code, listed, stderr) = kv(dir.path(), &["default", "list"]);
-    assert_eq!(code, Some(0), "{stderr}");
-    let listed: BTreeSet<&str> = listed.lines().collect();
-    let lost: Vec<_> = acknowledged
-        .iter()
-        .filter(|k| !listed.contains(k.as_str()))
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "{} of {} lost: {lost:?}",
-        lost.len(),
-        acknowledged.len()
-    );
+    assert_kept(dir.path(), &acknowledged);
     eprintln!("{} acknowledged writes, all kept", acknowledged.len());
 }
 
@@ -596,30 +561,7 @@ async fn nothing_acknowledged_is_lost_when_a_worker_is_killed() {
     let children =
         std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", server.pid())).unwrap();
     let worker: u32 = children.split_whitespace().next().unwrap().parse().unwrap();
-    let clients: Vec<_> = (0..10)
-        .map(|c| {
-            let addr = server.addr.clone();
-            tokio::spawn(async move {
-                let mut stored = Vec::new();
-                for i in 0..300 {
-                    let key = format!("/key/{:05}", c * 1000 + i);
-                    let req = Request::get(key.as_str())
-                        .header("host", "a.test")
-                        .body(Default::default())
-                        .unwrap();
-                    // A request on the killed worker's connection fails; the next goes to
-                    // the other worker or the replacement.
-                    if let Ok(a) = send(&addr, PROTOS[c % 2], req).await
-                        && a.status == StatusCode::OK
-                        && a.text() == "stored"
-                    {
-                        stored.push(key);
-                    }
-                }
-                stored
-            })
-        })
-        .collect();
+    let clients = write_keys(&server.addr, 10, 300);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     signal(worker, "KILL").unwrap();
     let mut acknowledged = Vec::new();
@@ -627,18 +569,58 @@ async fn nothing_acknowledged_is_lost_when_a_worker_is_killed() {
         acknowledged.extend(client.await.unwrap());
     }
     drop(server);
-    let (code, listed, stderr) = kv(dir.path(), &["default", "list"]);
+    assert_kept(dir.path(), &acknowledged);
+    assert!(acknowledged.len() > 1000, "{}", acknowledged.len());
+}
+
+/// `clients` clients, each writing `per_client` distinct keys (`/key/NNNNN`, one request per
+/// connection, on to the next key when a request fails); each gives the keys whose writes were
+/// answered.
+fn write_keys(
+    addr: &str,
+    clients: usize,
+    per_client: usize,
+) -> Vec<tokio::task::JoinHandle<Vec<String>>> {
+    (0..clients)
+        .map(|c| {
+            let addr = addr.to_string();
+            tokio::spawn(async move {
+                let mut stored = Vec::new();
+                for i in 0..per_client {
+                    let key = format!("/key/{:05}", c * 1000 + i);
+                    let req = Request::get(key.as_str())
+                        .header("host", "a.test")
+                        .body(Default::default())
+                        .unwrap();
+                    // Killed: this request may or may not have been written.
+                    if let Ok(a) = send(&addr, PROTOS[c % 2], req).await {
+                        assert_eq!(
+                            (a.status, a.text().as_str()),
+                            (StatusCode::OK, "stored"),
+                            "{key}"
+                        );
+                        stored.push(key);
+                    }
+                }
+                stored
+            })
+        })
+        .collect()
+}
+
+/// Every key of `acknowledged` is in the default store of the app in `dir`.
+fn assert_kept(dir: &Path, acknowledged: &[String]) {
+    let (code, listed, stderr) = kv(dir, &["default", "list"]);
     assert_eq!(code, Some(0), "{stderr}");
     let listed: BTreeSet<&str> = listed.lines().collect();
-    let lost = acknowledged
+    let lost: Vec<_> = acknowledged
         .iter()
         .filter(|k| !listed.contains(k.as_str()))
-        .count();
-    assert_eq!(
-        lost,
-        0,
-        "{lost} of {} acknowledged writes lost",
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes lost: {lost:?}",
+        lost.len(),
         acknowledged.len()
     );
-    assert!(acknowledged.len() > 1000, "{}", acknowledged.len());
 }
