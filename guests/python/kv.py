@@ -6,6 +6,7 @@
 /denied  opens "secret" (not granted): the error's name
 /getset  one get and one set of "bench" (what a session lookup and update costs): "ok"
 /none    no store at all (the benchmark's baseline): "ok"
+/open    only opens "default"; /get opens and gets "bench" (what each step costs): "ok"
 """
 
 from componentize_py_types import Err, Ok
@@ -31,6 +32,11 @@ def answer(request: IncomingRequest) -> str:
         except Err as e:
             return type(e.value).__name__
     bucket = store.open("default")
+    if path == "/open":
+        return "ok"
+    if path == "/get":
+        bucket.get("bench")
+        return "ok"
     if path == "/getset":
         value = bucket.get("bench") or b"0"
         bucket.set("bench", value)
