@@ -485,14 +485,7 @@ impl<F: Fn(std::ops::Range<usize>, String) -> ManifestError> Checker<'_, F> {
             let mut names = Vec::new();
             for filter in raw.filters {
                 if !filters.contains_key(filter.get_ref()) {
-                    return Err(at(
-                        filter.span(),
-                        format!(
-                            "filter {:?} is not declared: add a [filter.{}] table",
-                            filter.get_ref(),
-                            filter.get_ref()
-                        ),
-                    ));
+                    return Err(at(filter.span(), undeclared("filter", "filter", &filter)));
                 }
                 names.push(filter.into_inner());
             }
@@ -612,7 +605,7 @@ impl<F: Fn(std::ops::Range<usize>, String) -> ManifestError> Checker<'_, F> {
             "component" if components.contains_key(v) => Ok(Target::Component(v.clone())),
             "component" => Err((self.at)(
                 value.span(),
-                format!("component {v:?} is not declared: add a [component.{v}] table"),
+                undeclared("component", "component", value),
             )),
             "upstream" => {
                 let ok = ["http://", "https://"]
@@ -684,11 +677,7 @@ impl<F: Fn(std::ops::Range<usize>, String) -> ManifestError> Checker<'_, F> {
             if !stores.contains_key(store.get_ref()) {
                 return Err(at(
                     store.span(),
-                    format!(
-                        "key-value store {:?} is not declared: add [key_value_store.{}]",
-                        store.get_ref(),
-                        store.get_ref()
-                    ),
+                    undeclared("key-value store", "key_value_store", &store),
                 ));
             }
             key_value_stores.push(store.into_inner());
@@ -758,6 +747,12 @@ impl<F: Fn(std::ops::Range<usize>, String) -> ManifestError> Checker<'_, F> {
             failure,
         })
     }
+}
+
+/// `what NAME is not declared: add a [table.NAME] table`.
+fn undeclared(what: &str, table: &str, name: &Spanned<String>) -> String {
+    let name = name.get_ref();
+    format!("{what} {name:?} is not declared: add a [{table}.{name}] table")
 }
 
 /// Names of components, filters and variables: lower-case letters, digits, `_` and `-`,

@@ -65,11 +65,6 @@ impl Files {
         Ok(Files { root, route })
     }
 
-    /// The directory served.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// Answers the request `req` (its body is not read).
     pub async fn serve(&self, req: &http::request::Parts) -> Response<ResponseBody> {
         let method = &req.method;
@@ -104,7 +99,7 @@ impl Files {
         let mut relative = PathBuf::new();
         relative.extend(&segments);
         let wants_dir = rest.ends_with('/');
-        let found = match self.open(&relative, wants_dir).await {
+        let found = match self.open(relative, wants_dir).await {
             Ok(Lookup::File(found)) => found,
             Ok(Lookup::Directory) => {
                 // `/docs` of a directory: on to `/docs/`, so the index's relative links work.
@@ -135,47 +130,24 @@ impl Files {
     }
 
     /// Opens `relative` under the root (a directory's `index.html` when `wants_dir` or it is a
-    /// directory), if it is a regular file whose real path lies under the root.
-    async fn open(&self, relative: &Path, wants_dir: bool) -> std::io::Result<Lookup> {
-        let mut candidate = self.root.join(relative);
-        let real = match tokio::fs::canonicalize(&candidate).await {
-            Ok(real) => real,
-            Err(e) if missing(&e) => return Ok(Lookup::Missing),
-            Err(e) => return Err(e),
-        };
-        if !real.starts_with(&self.root) {
-            return Ok(Lookup::Missing);
-        }
-        if tokio::fs::metadata(&real).await?.is_dir() {
-            if !wants_dir {
-                return Ok(Lookup::Directory);
-            }
-            candidate = real.join("index.html");
-        } else if wants_dir {
-            // `/file.txt/`: not a directory.
-            return Ok(Lookup::Missing);
-        }
-        let real = match tokio::fs::canonicalize(&candidate).await {
-            Ok(real) if real.starts_with(&self.root) => real,
-            Ok(_) => return Ok(Lookup::Missing),
-            Err(e) if missing(&e) => return Ok(Lookup::Missing),
-            Err(e) => return Err(e),
-        };
-        let file = match tokio::fs::File::open(&real).await {
-            Ok(file) => file,
-            Err(e) if missing(&e) => return Ok(Lookup::Missing),
-            Err(e) => return Err(e),
-        };
-        let meta = file.metadata().await?;
-        if !meta.is_file() {
-            return Ok(Lookup::Missing);
-        }
-        Ok(Lookup::File(Found {
-            file,
-            path: real,
-            len: meta.len(),
-            modified: meta.modified().ok(),
-        }))
+    /// directory), if it is a regular file whose real path lies under the root. The lookup
+    /// (two path resolutions, a stat, an open and an fstat) runs as one blocking task rather
+    /// than one hand-off to a blocking thread per call.
+    async fn open(&self, relative: PathBuf, wants_dir: bool) -> std::io::Result<Lookup> {
+        let root = self.root.clone();
+        let lookup = tokio::task::spawn_blocking(move || lookup(&root, &relative, wants_dir))
+            .await
+            .map_err(std::io::Error::other)?;
+        Ok(match lookup? {
+            Looked::File(file, meta) => Lookup::File(Found {
+                file: tokio::fs::File::from_std(file),
+                path: meta.path,
+                len: meta.len,
+                modified: meta.modified,
+            }),
+            Looked::Directory => Lookup::Directory,
+            Looked::Missing => Lookup::Missing,
+        })
     }
 }
 
@@ -183,6 +155,62 @@ enum Lookup {
     File(Found),
     Directory,
     Missing,
+}
+
+/// What [`lookup`] found: the file still a std one (it is made a tokio one on the async side).
+enum Looked {
+    File(std::fs::File, FoundMeta),
+    Directory,
+    Missing,
+}
+
+/// A found file's path and metadata.
+struct FoundMeta {
+    path: PathBuf,
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+/// `relative` under `root` (its real path), on the calling (blocking) thread.
+fn lookup(root: &Path, relative: &Path, wants_dir: bool) -> std::io::Result<Looked> {
+    let inside = |candidate: &Path| match std::fs::canonicalize(candidate) {
+        Ok(real) if real.starts_with(root) => Ok(Some(real)),
+        Ok(_) => Ok(None),
+        Err(e) if missing(&e) => Ok(None),
+        Err(e) => Err(e),
+    };
+    let Some(mut real) = inside(&root.join(relative))? else {
+        return Ok(Looked::Missing);
+    };
+    if std::fs::metadata(&real)?.is_dir() {
+        if !wants_dir {
+            return Ok(Looked::Directory);
+        }
+        let Some(index) = inside(&real.join("index.html"))? else {
+            return Ok(Looked::Missing);
+        };
+        real = index;
+    } else if wants_dir {
+        // `/file.txt/`: not a directory.
+        return Ok(Looked::Missing);
+    }
+    let file = match std::fs::File::open(&real) {
+        Ok(file) => file,
+        Err(e) if missing(&e) => return Ok(Looked::Missing),
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Ok(Looked::Missing);
+    }
+    Ok(Looked::File(
+        file,
+        FoundMeta {
+            path: real,
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        },
+    ))
 }
 
 fn missing(e: &std::io::Error) -> bool {

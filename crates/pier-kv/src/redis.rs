@@ -58,12 +58,14 @@ impl Redis {
     }
 
     async fn connection(&self) -> Result<ConnectionManager> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(TIMEOUT)
-            .set_response_timeout(TIMEOUT)
-            .set_number_of_retries(1);
         self.connection
-            .get_or_try_init(|| ConnectionManager::new_with_config(self.client.clone(), config))
+            .get_or_try_init(|| {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(TIMEOUT)
+                    .set_response_timeout(TIMEOUT)
+                    .set_number_of_retries(1);
+                ConnectionManager::new_with_config(self.client.clone(), config)
+            })
             .await
             .cloned()
             .map_err(|e| self.error(e))

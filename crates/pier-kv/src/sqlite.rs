@@ -31,7 +31,8 @@ const BUSY: Duration = Duration::from_secs(5);
 /// A store in one SQLite file.
 pub struct Sqlite {
     path: PathBuf,
-    writes: Mutex<mpsc::Sender<Write>>,
+    /// To the writer thread (a std `Sender` is shared without a lock).
+    writes: mpsc::Sender<Write>,
     readers: Mutex<Vec<Connection>>,
 }
 
@@ -79,21 +80,14 @@ impl Sqlite {
             .map_err(|e| Error::Backend(format!("cannot start the writer: {e}")))?;
         Ok(Sqlite {
             path: path.to_path_buf(),
-            writes: Mutex::new(tx),
+            writes: tx,
             readers: Mutex::default(),
         })
-    }
-
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     async fn write(&self, op: Op) -> Result<Outcome> {
         let (done, outcome) = oneshot::channel();
         self.writes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .send(Write { op, done })
             .map_err(|_| Error::Backend("the store's writer has stopped".into()))?;
         outcome

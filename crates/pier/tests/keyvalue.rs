@@ -146,7 +146,7 @@ fn store_grants_are_checked() {
     pier_testkit::assert_one_line_error(
         pier(),
         &["serve", manifest.to_str().unwrap()],
-        &["key-value store \"cache\" is not declared: add [key_value_store.cache]"],
+        &["key-value store \"cache\" is not declared: add a [key_value_store.cache] table"],
     );
     pier_testkit::assert_one_line_error(
         pier(),

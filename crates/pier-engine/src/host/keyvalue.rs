@@ -333,28 +333,31 @@ const BATCH_CHUNK: usize = 16;
 /// A host function's result: a trap (a bad handle), or the operation's outcome.
 type Answer<T> = wasmtime::Result<Result<T, Refusal>>;
 
-mod v1 {
-    //! `wasi:keyvalue@0.2.0-draft`.
-    use super::draft::wasi::keyvalue::{atomics, batch, store};
-    use super::*;
-
-    fn error(r: Refusal) -> store::Error {
-        match r {
-            Refusal::AccessDenied => store::Error::AccessDenied,
-            Refusal::Other(m) => store::Error::Other(m),
+/// What both versions' bindings share, written once: their `error` is the same variant, and
+/// `open` the same function (expanded inside `v1` and `v2`, where `store` is that version's).
+macro_rules! shared {
+    () => {
+        fn error(r: Refusal) -> store::Error {
+            match r {
+                Refusal::AccessDenied => store::Error::AccessDenied,
+                Refusal::Other(m) => store::Error::Other(m),
+            }
         }
-    }
 
-    impl store::Host for View<'_> {
-        async fn open(
-            &mut self,
-            identifier: String,
-        ) -> wasmtime::Result<Result<Resource<Bucket>, store::Error>> {
-            Ok(View::open(self, &identifier)?.map_err(error))
+        impl store::Host for View<'_> {
+            async fn open(
+                &mut self,
+                identifier: String,
+            ) -> wasmtime::Result<Result<Resource<Bucket>, store::Error>> {
+                Ok(View::open(self, &identifier)?.map_err(error))
+            }
         }
-    }
+    };
+}
 
-    impl store::HostBucket for View<'_> {
+/// The `bucket` methods both versions share (`list-keys` differs in its cursor).
+macro_rules! bucket_methods {
+    () => {
         async fn get(
             &mut self,
             b: Resource<Bucket>,
@@ -388,6 +391,44 @@ mod v1 {
             Ok(View::exists(self, &b, key).await?.map_err(error))
         }
 
+        async fn drop(&mut self, b: Resource<Bucket>) -> wasmtime::Result<()> {
+            self.table.delete(b)?;
+            Ok(())
+        }
+    };
+}
+
+/// The batch writes both versions share (`get-many` differs in its result).
+macro_rules! batch_writes {
+    () => {
+        async fn set_many(
+            &mut self,
+            b: Resource<Bucket>,
+            pairs: Vec<(String, Vec<u8>)>,
+        ) -> wasmtime::Result<Result<(), store::Error>> {
+            Ok(View::set_many(self, &b, pairs).await?.map_err(error))
+        }
+
+        async fn delete_many(
+            &mut self,
+            b: Resource<Bucket>,
+            keys: Vec<String>,
+        ) -> wasmtime::Result<Result<(), store::Error>> {
+            Ok(View::delete_many(self, &b, keys).await?.map_err(error))
+        }
+    };
+}
+
+mod v1 {
+    //! `wasi:keyvalue@0.2.0-draft`.
+    use super::draft::wasi::keyvalue::{atomics, batch, store};
+    use super::*;
+
+    shared!();
+
+    impl store::HostBucket for View<'_> {
+        bucket_methods!();
+
         async fn list_keys(
             &mut self,
             b: Resource<Bucket>,
@@ -400,11 +441,6 @@ mod v1 {
                     cursor: page.next,
                 })
                 .map_err(error))
-        }
-
-        async fn drop(&mut self, b: Resource<Bucket>) -> wasmtime::Result<()> {
-            self.table.delete(b)?;
-            Ok(())
         }
     }
 
@@ -429,6 +465,7 @@ mod v1 {
     }
 
     impl batch::Host for View<'_> {
+        batch_writes!();
         async fn get_many(
             &mut self,
             b: Resource<Bucket>,
@@ -439,22 +476,6 @@ mod v1 {
                 .map(|pairs| pairs.into_iter().map(|(k, v)| v.map(|v| (k, v))).collect())
                 .map_err(error))
         }
-
-        async fn set_many(
-            &mut self,
-            b: Resource<Bucket>,
-            pairs: Vec<(String, Vec<u8>)>,
-        ) -> wasmtime::Result<Result<(), store::Error>> {
-            Ok(View::set_many(self, &b, pairs).await?.map_err(error))
-        }
-
-        async fn delete_many(
-            &mut self,
-            b: Resource<Bucket>,
-            keys: Vec<String>,
-        ) -> wasmtime::Result<Result<(), store::Error>> {
-            Ok(View::delete_many(self, &b, keys).await?.map_err(error))
-        }
     }
 }
 
@@ -463,55 +484,10 @@ mod v2 {
     use super::draft2::wasi::keyvalue::{atomics, batch, store};
     use super::*;
 
-    fn error(r: Refusal) -> store::Error {
-        match r {
-            Refusal::AccessDenied => store::Error::AccessDenied,
-            Refusal::Other(m) => store::Error::Other(m),
-        }
-    }
-
-    impl store::Host for View<'_> {
-        async fn open(
-            &mut self,
-            identifier: String,
-        ) -> wasmtime::Result<Result<Resource<Bucket>, store::Error>> {
-            Ok(View::open(self, &identifier)?.map_err(error))
-        }
-    }
+    shared!();
 
     impl store::HostBucket for View<'_> {
-        async fn get(
-            &mut self,
-            b: Resource<Bucket>,
-            key: String,
-        ) -> wasmtime::Result<Result<Option<Vec<u8>>, store::Error>> {
-            Ok(View::get(self, &b, key).await?.map_err(error))
-        }
-
-        async fn set(
-            &mut self,
-            b: Resource<Bucket>,
-            key: String,
-            value: Vec<u8>,
-        ) -> wasmtime::Result<Result<(), store::Error>> {
-            Ok(View::set(self, &b, key, value).await?.map_err(error))
-        }
-
-        async fn delete(
-            &mut self,
-            b: Resource<Bucket>,
-            key: String,
-        ) -> wasmtime::Result<Result<(), store::Error>> {
-            Ok(View::delete(self, &b, key).await?.map_err(error))
-        }
-
-        async fn exists(
-            &mut self,
-            b: Resource<Bucket>,
-            key: String,
-        ) -> wasmtime::Result<Result<bool, store::Error>> {
-            Ok(View::exists(self, &b, key).await?.map_err(error))
-        }
+        bucket_methods!();
 
         async fn list_keys(
             &mut self,
@@ -534,11 +510,6 @@ mod v2 {
                     cursor: page.next.map(|n| n.to_string()),
                 })
                 .map_err(error))
-        }
-
-        async fn drop(&mut self, b: Resource<Bucket>) -> wasmtime::Result<()> {
-            self.table.delete(b)?;
-            Ok(())
         }
     }
 
@@ -620,28 +591,13 @@ mod v2 {
     }
 
     impl batch::Host for View<'_> {
+        batch_writes!();
         async fn get_many(
             &mut self,
             b: Resource<Bucket>,
             keys: Vec<String>,
         ) -> wasmtime::Result<Result<Vec<(String, Option<Vec<u8>>)>, store::Error>> {
             Ok(View::get_many(self, &b, keys).await?.map_err(error))
-        }
-
-        async fn set_many(
-            &mut self,
-            b: Resource<Bucket>,
-            pairs: Vec<(String, Vec<u8>)>,
-        ) -> wasmtime::Result<Result<(), store::Error>> {
-            Ok(View::set_many(self, &b, pairs).await?.map_err(error))
-        }
-
-        async fn delete_many(
-            &mut self,
-            b: Resource<Bucket>,
-            keys: Vec<String>,
-        ) -> wasmtime::Result<Result<(), store::Error>> {
-            Ok(View::delete_many(self, &b, keys).await?.map_err(error))
         }
     }
 }
