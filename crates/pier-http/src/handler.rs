@@ -2,6 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -9,6 +10,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body::Body;
 use pier_engine::{FailureKind, HttpApp, Ready};
+use pier_kv::Unsynced;
 use tokio::sync::oneshot;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
@@ -26,16 +28,16 @@ enum GuestEnd {
 
 /// What the guest had done when the request path stopped running it.
 enum First {
-    Ended(GuestEnd),
+    Ended((GuestEnd, Unsynced)),
     Head(Result<Result<Response<HyperOutgoingBody>, ErrorCode>, oneshot::error::RecvError>),
 }
 
-/// The response head the guest handed over (and how the guest ended, if it had by then), or
-/// how it ended without one.
+/// The response head the guest handed over (and how the guest ended, with the writes the
+/// answer waits for, if it had by then), or how it ended without one.
 enum Head {
     Set(
         Result<Response<HyperOutgoingBody>, ErrorCode>,
-        Option<GuestEnd>,
+        Option<(GuestEnd, Unsynced)>,
     ),
     Unset(GuestEnd),
 }
@@ -51,6 +53,11 @@ enum Head {
 /// If the guest fails before handing over the head, the client gets a 500 (504 for a timeout,
 /// 413 if it failed reading a body over the limit); if it fails after, the response body is
 /// aborted. `permit` (a slot of `--max-concurrency`) is held until the guest is done.
+///
+/// An answer is complete only once the key-value writes it depends on are on disk
+/// ([`pier_kv::SyncPoint`]): a guest that returned waits for them here, its instance already
+/// gone; a guest that streams waits before its body ends. If the disk fails them, the client
+/// gets a 500, or an aborted body.
 pub async fn handle<B>(
     app: Arc<HttpApp>,
     req: Request<B>,
@@ -100,9 +107,12 @@ where
 
     let outcome = Arc::new(GuestOutcome::default());
     let timeout = app.settings().timeout;
+    // Set once the guest streams its answer from a task of its own.
+    let streaming = Arc::new(AtomicBool::new(false));
     let mut guest = {
         let app = app.clone();
         let outcome = outcome.clone();
+        let streaming = streaming.clone();
         Box::pin(async move {
             let call = async {
                 let (proxy, instance) = match made {
@@ -162,8 +172,14 @@ where
             };
             let elapsed = started.elapsed();
             metrics::histogram!(crate::metrics::GUEST_SECONDS).record(elapsed.as_secs_f64());
+            let mut unsynced = store.data().unsynced();
+            // A guest streaming its answer ends it here: its writes must be on disk first.
+            let saved = !(streaming.load(Ordering::Acquire) && end == GuestEnd::Returned)
+                || saved(&app, std::mem::take(&mut unsynced), started)
+                    .await
+                    .is_ok();
             // Publish the outcome before the store (and with it the body sender) is dropped.
-            outcome.set(end == GuestEnd::Returned, elapsed);
+            outcome.set(end == GuestEnd::Returned && saved, elapsed);
             if let Ok(instance) = &result
                 && let Some(joined) = app.before_reset(&mut store, instance).await
                 && joined.gaps > 0
@@ -173,7 +189,7 @@ where
             }
             drop(store);
             drop(permit);
-            end
+            (end, unsynced)
         })
     };
 
@@ -187,22 +203,26 @@ where
     .await;
     let head = match first {
         // Done: the head, if it set one, is waiting in the channel.
-        First::Ended(end) => match receiver.try_recv() {
-            Ok(head) => Head::Set(head, Some(end)),
+        First::Ended((end, unsynced)) => match receiver.try_recv() {
+            Ok(head) => Head::Set(head, Some((end, unsynced))),
             Err(_) => Head::Unset(end),
         },
         First::Head(Ok(head)) => {
+            streaming.store(true, Ordering::Release);
             tokio::spawn(guest);
             Head::Set(head, None)
         }
         // The outparam was dropped unused: the guest is ending (or failing); see how.
-        First::Head(Err(_)) => Head::Unset(guest.await),
+        First::Head(Err(_)) => Head::Unset(guest.await.0),
     };
 
     let response = match head {
-        // Done, and its body with it: sent whole, with its length.
-        Head::Set(Ok(response), Some(GuestEnd::Returned)) => {
-            return (response.map(ResponseBody::returned), Some(outcome));
+        // Done, and its body with it: sent whole, with its length, once what it wrote is saved.
+        Head::Set(Ok(response), Some((GuestEnd::Returned, unsynced))) => {
+            match saved(&app, unsynced, started).await {
+                Ok(()) => return (response.map(ResponseBody::returned), Some(outcome)),
+                Err(response) => response,
+            }
         }
         Head::Set(Ok(response), _) => {
             return (
@@ -252,6 +272,52 @@ where
         },
     };
     (response, Some(outcome))
+}
+
+/// Waits until the key-value writes an answer depends on are on disk, within what is left of
+/// the request's timeout; the answer to send instead if they are not.
+async fn saved(
+    app: &HttpApp,
+    unsynced: Unsynced,
+    started: Instant,
+) -> Result<(), Response<ResponseBody>> {
+    if unsynced.is_empty() {
+        return Ok(());
+    }
+    let timeout = app.settings().timeout;
+    let waited = if timeout.is_zero() {
+        Ok(unsynced.wait().await)
+    } else {
+        let deadline = tokio::time::Instant::from_std(started + timeout);
+        tokio::time::timeout_at(deadline, unsynced.wait()).await
+    };
+    match waited {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            tracing::error!(
+                component = app.name(),
+                "the request's key-value writes were not saved: {e}"
+            );
+            Err(error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the request's writes could not be saved",
+            ))
+        }
+        Err(_) => {
+            tracing::error!(
+                component = app.name(),
+                "the request's key-value writes were not on disk within {}",
+                human(timeout)
+            );
+            Err(error_response(
+                StatusCode::GATEWAY_TIMEOUT,
+                &format!(
+                    "the request's writes were not saved within {}",
+                    human(timeout)
+                ),
+            ))
+        }
+    }
 }
 
 fn too_large(limit: Option<&BodyLimit>) -> Response<ResponseBody> {

@@ -1,7 +1,8 @@
 //! pier's key-value stores, behind one small async trait ([`Store`]), each backend tested on
-//! its own: [`Sqlite`], an embedded durable store (the bundled SQLite library, WAL, writes of
-//! requests arriving together committed in one transaction), and [`Redis`], for many processes
-//! or machines sharing state. No wasmtime here: the guest-facing `wasi:keyvalue` interfaces live
+//! its own: [`Sqlite`], an embedded durable store (the bundled SQLite library, WAL, each write
+//! committed on the caller's thread, the commits of requests arriving together put on the disk
+//! by one `fdatasync`, which answers wait for: [`SyncPoint`]), and [`Redis`], for many
+//! processes or machines sharing state. No wasmtime here: the guest-facing `wasi:keyvalue` interfaces live
 //! in pier-engine and call these.
 //!
 //! Counters (`increment`) are stored as decimal text (`"42"`), so a counter reads back as what
@@ -12,10 +13,12 @@
 mod measured;
 mod redis;
 mod sqlite;
+mod sync;
 
 pub use measured::{Measured, OPERATION_SECONDS, OPERATIONS};
 pub use redis::Redis;
 pub use sqlite::Sqlite;
+pub use sync::{SyncPoint, Unsynced};
 
 /// What a store operation can fail with (the guest sees `other(...)` with the message).
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +54,8 @@ pub struct Keys {
 pub trait Store: Send + Sync + 'static {
     /// The value of `key`, if it has one.
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
-    /// Sets `key` to `value`; once this returns, the value is durable (as the backend makes it).
+    /// Sets `key` to `value`; once this returns, the value outlives pier's process (and is on
+    /// disk as the backend makes it: see [`Store::sync_point`]).
     async fn set(&self, key: &str, value: Vec<u8>) -> Result<()>;
     /// Removes `key` (nothing if it has no value).
     async fn delete(&self, key: &str) -> Result<()>;
@@ -74,6 +78,13 @@ pub trait Store: Send + Sync + 'static {
         expected: Option<&[u8]>,
         new: Vec<u8>,
     ) -> Result<bool>;
+
+    /// What an answer that used this store must wait for before it is sent: the point covering
+    /// every write it has committed so far, when they are not all on disk yet. `None` for a
+    /// backend that makes a write as durable as it ever will before the call returns.
+    fn sync_point(&self) -> Option<SyncPoint> {
+        None
+    }
 }
 
 /// `value` as a counter: decimal text, surrounding spaces allowed.

@@ -46,6 +46,10 @@ impl Measured {
 
 #[async_trait::async_trait]
 impl Store for Measured {
+    fn sync_point(&self) -> Option<crate::SyncPoint> {
+        self.inner.sync_point()
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         self.measure("get", self.inner.get(key)).await
     }

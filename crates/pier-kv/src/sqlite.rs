@@ -1,45 +1,44 @@
-//! The embedded store: one SQLite database file per store (the bundled library), in WAL mode
-//! with `synchronous = FULL`, so an acknowledged write is on disk: a crash of the process (or
-//! of the machine) right after the answer loses nothing.
+//! The embedded store: one SQLite database file per store (the bundled library), in WAL mode.
 //!
-//! Writes go to one writer thread, which takes every write waiting when it starts a transaction
-//! and commits them together (group commit): requests that arrive together share one fsync, and
-//! each is answered only after the commit that holds it. Each write runs in a savepoint of its
-//! own, so one failing write does not undo the others. Reads run on a few read connections of
-//! their own (WAL lets them read while the writer writes). Several processes (`--workers`) may
-//! open the same file: SQLite's locks order their writes, and a read-modify-write (`increment`,
-//! compare-and-swap) runs inside an immediate transaction, so none is lost.
+//! A write runs on the calling thread, in a transaction of its own on the store's one write
+//! connection: some microseconds, and the guest calling `set` never waits on another thread (a
+//! guest that has to wait leaves pier's fast request path, which costs it far more than the
+//! write). When the call returns, the commit is in the operating system's hands
+//! (`synchronous = NORMAL`): it survives pier being killed at any moment. The store's syncer
+//! thread ([`crate::sync`]) then puts it on the disk, one `fdatasync` of the log for every commit
+//! made since its last (group commit), and the HTTP server sends an answer only once the
+//! commits of the stores its request used are there: a client never sees an answer that a
+//! power cut could undo, and the guest's instance is gone before the disk is waited for.
+//!
+//! When another process (`--workers`) holds the database's write lock, the write moves to a
+//! blocking thread that waits for it (up to 5 s), so a request thread never sleeps on a lock.
+//! A read-modify-write (`increment`, compare-and-swap) runs in one immediate transaction, so
+//! none is lost across processes. Reads run on read connections of their own, on the calling
+//! thread (WAL lets them read while a write commits). Checkpoints (copying the log into the
+//! database) run on the syncer thread, never on a request's.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
-use tokio::sync::oneshot;
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
+use crate::sync::{Disk, SyncPoint, Syncer};
 use crate::{Error, Keys, Result, Store, counter};
-
-/// Writes taken into one transaction, at most.
-const GROUP: usize = 256;
 
 /// Read connections kept open, at most.
 const READERS: usize = 4;
 
-/// How long a connection waits for another process's lock before failing.
+/// How long a write moved off the request thread waits for another process's lock.
 const BUSY: Duration = Duration::from_secs(5);
 
 /// A store in one SQLite file.
 pub struct Sqlite {
     path: PathBuf,
-    /// To the writer thread (a std `Sender` is shared without a lock).
-    writes: mpsc::Sender<Write>,
+    /// The write connection: used on the request's thread when free, else on a blocking one.
+    writer: Arc<Mutex<Connection>>,
     readers: Mutex<Vec<Connection>>,
-}
-
-/// One write and where its outcome goes.
-struct Write {
-    op: Op,
-    done: oneshot::Sender<Result<Outcome>>,
+    disk: Arc<Disk>,
 }
 
 enum Op {
@@ -72,27 +71,63 @@ impl Sqlite {
         writer.execute_batch(
             "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL) WITHOUT ROWID;",
         )?;
-        let (tx, rx) = mpsc::channel();
-        let shown = path.display().to_string();
-        std::thread::Builder::new()
-            .name("pier-kv-sqlite".into())
-            .spawn(move || write_loop(writer, rx, &shown))
-            .map_err(|e| Error::Backend(format!("cannot start the writer: {e}")))?;
+        // Checkpoints run on the syncer thread; a request's write never waits for another
+        // process's lock here (it moves to a blocking thread instead).
+        writer.pragma_update(None, "wal_autocheckpoint", 0)?;
+        writer.busy_timeout(Duration::ZERO)?;
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let disk = Disk::start(
+            &path.display().to_string(),
+            WalSyncer {
+                db: path.to_path_buf(),
+                wal: wal.into(),
+                file: None,
+                checkpointer: None,
+            },
+        )?;
         Ok(Sqlite {
             path: path.to_path_buf(),
-            writes: tx,
+            writer: Arc::new(Mutex::new(writer)),
             readers: Mutex::default(),
+            disk,
         })
     }
 
+    /// Runs `op` in a transaction of its own and counts its commit for the syncer: on this
+    /// thread if the write connection is free and no other process holds the lock, else on a
+    /// blocking thread that waits for them.
     async fn write(&self, op: Op) -> Result<Outcome> {
-        let (done, outcome) = oneshot::channel();
-        self.writes
-            .send(Write { op, done })
-            .map_err(|_| Error::Backend("the store's writer has stopped".into()))?;
+        self.disk.check()?;
+        if let Ok(mut conn) = self.writer.try_lock()
+            && let Some(outcome) = transact(&mut conn, &op)
+        {
+            drop(conn);
+            return self.committed(outcome);
+        }
+        let writer = self.writer.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let mut conn = writer.lock().unwrap_or_else(|e| e.into_inner());
+            conn.busy_timeout(BUSY)?;
+            let outcome = transact(&mut conn, &op).unwrap_or_else(|| {
+                Err(Error::Backend(format!(
+                    "the database is locked by another process (waited {}s)",
+                    BUSY.as_secs()
+                )))
+            });
+            conn.busy_timeout(Duration::ZERO)?;
+            outcome
+        })
+        .await
+        .map_err(|e| Error::Backend(format!("the write stopped: {e}")))?;
+        self.committed(outcome)
+    }
+
+    fn committed(&self, outcome: Result<Outcome>) -> Result<Outcome> {
+        if outcome.is_ok() {
+            self.disk.committed();
+        }
         outcome
-            .await
-            .map_err(|_| Error::Backend("the store's writer has stopped".into()))?
     }
 
     /// Runs `read` on a read connection, on the calling thread: a point read of a WAL database
@@ -114,7 +149,14 @@ impl Sqlite {
     }
 }
 
-/// A connection to `path`, set up for pier: WAL, durable commits, waiting on other processes.
+impl Drop for Sqlite {
+    fn drop(&mut self) {
+        self.disk.close();
+    }
+}
+
+/// A connection to `path`, set up for pier: WAL, commits left to the syncer to make durable,
+/// waiting on other processes (while it is set up).
 fn connect(path: &Path, read_only: bool) -> Result<Connection> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
@@ -129,54 +171,59 @@ fn connect(path: &Path, read_only: bool) -> Result<Connection> {
     if !read_only {
         conn.pragma_update(None, "journal_mode", "WAL")?;
     }
-    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
     Ok(conn)
 }
 
-/// The writer: takes the writes waiting, runs them in one immediate transaction (each in a
-/// savepoint), commits, then answers each. Ends when the store is dropped.
-fn write_loop(mut conn: Connection, writes: mpsc::Receiver<Write>, path: &str) {
-    while let Ok(first) = writes.recv() {
-        let mut group = vec![first];
-        while group.len() < GROUP {
-            match writes.try_recv() {
-                Ok(write) => group.push(write),
-                Err(_) => break,
-            }
-        }
-        let outcomes = match commit(&mut conn, &group) {
-            Ok(outcomes) => outcomes,
-            Err(e) => {
-                tracing::error!(store = path, "a write transaction failed: {e}");
-                let message = e.to_string();
-                group
-                    .iter()
-                    .map(|_| Err(Error::Backend(message.clone())))
-                    .collect()
-            }
-        };
-        for (write, outcome) in group.into_iter().zip(outcomes) {
-            let _ = write.done.send(outcome);
-        }
-    }
+/// `op` in an immediate transaction of its own: committed, or rolled back whole. `None` when
+/// another process holds the write lock (past the connection's busy timeout).
+fn transact(conn: &mut Connection, op: &Op) -> Option<Result<Outcome>> {
+    let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) if e.sqlite_error_code() == Some(ErrorCode::DatabaseBusy) => return None,
+        Err(e) => return Some(Err(e.into())),
+    };
+    Some(apply(&tx, op).and_then(|outcome| {
+        tx.commit()?;
+        Ok(outcome)
+    }))
 }
 
-fn commit(conn: &mut Connection, group: &[Write]) -> rusqlite::Result<Vec<Result<Outcome>>> {
-    let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let mut outcomes = Vec::with_capacity(group.len());
-    for write in group {
-        let sp = tx.savepoint()?;
-        match apply(&sp, &write.op) {
-            Ok(outcome) => {
-                sp.commit()?;
-                outcomes.push(Ok(outcome));
+/// Makes a SQLite store's commits durable: `fdatasync` of its write-ahead log (opened when
+/// first needed; SQLite creates it with the first write), and a passive checkpoint now and
+/// then on a connection of its own.
+struct WalSyncer {
+    db: PathBuf,
+    wal: PathBuf,
+    file: Option<std::fs::File>,
+    checkpointer: Option<Connection>,
+}
+
+impl Syncer for WalSyncer {
+    fn sync(&mut self) -> std::io::Result<()> {
+        let file = match &self.file {
+            Some(file) => file,
+            None => self.file.insert(std::fs::File::open(&self.wal)?),
+        };
+        file.sync_data()
+    }
+
+    fn tidy(&mut self) {
+        if self.checkpointer.is_none() {
+            match connect(&self.db, false) {
+                Ok(conn) => self.checkpointer = Some(conn),
+                Err(e) => {
+                    tracing::warn!(store = %self.db.display(), "cannot checkpoint: {e}");
+                    return;
+                }
             }
-            // Dropping the savepoint rolls back this write alone.
-            Err(e) => outcomes.push(Err(e)),
+        }
+        if let Some(conn) = &self.checkpointer
+            && let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+        {
+            tracing::warn!(store = %self.db.display(), "checkpoint failed: {e}");
         }
     }
-    tx.commit()?;
-    Ok(outcomes)
 }
 
 const UPSERT: &str = "INSERT INTO kv (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value";
@@ -239,6 +286,10 @@ fn done(outcome: Outcome) -> Result<()> {
 
 #[async_trait::async_trait]
 impl Store for Sqlite {
+    fn sync_point(&self) -> Option<SyncPoint> {
+        self.disk.point()
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         self.read(|conn| {
             conn.prepare_cached("SELECT value FROM kv WHERE key = ?1")?
@@ -401,9 +452,35 @@ mod tests {
     async fn acknowledged_writes_are_in_the_file() {
         let (dir, s) = store();
         s.set("kept", b"yes".to_vec()).await.unwrap();
+        // What an answer waits for: the syncer's fdatasync of the log.
+        if let Some(point) = s.sync_point() {
+            point.wait().await.unwrap();
+        }
+        assert!(s.sync_point().is_none(), "synced, nothing left to wait for");
         // Not dropped (as a killed process would not): a fresh connection reads it.
         let other = Sqlite::open(&dir.path().join("data/kv.sqlite")).unwrap();
         assert_eq!(other.get("kept").await.unwrap(), Some(b"yes".to_vec()));
         std::mem::forget(s);
+    }
+
+    /// A write while another process holds the database's write lock waits for it on a
+    /// blocking thread (the request's thread is free meanwhile), then succeeds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_waits_for_another_process_lock() {
+        let (dir, s) = store();
+        let other = Connection::open(dir.path().join("data/kv.sqlite")).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let s = Arc::new(s);
+        let write = tokio::spawn({
+            let s = s.clone();
+            async move { s.set("k", b"v".to_vec()).await }
+        });
+        // The runtime keeps running while the write waits.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!write.is_finished(), "the write did not wait for the lock");
+        assert_eq!(s.get("k").await.unwrap(), None);
+        other.execute_batch("COMMIT").unwrap();
+        write.await.unwrap().unwrap();
+        assert_eq!(s.get("k").await.unwrap(), Some(b"v".to_vec()));
     }
 }

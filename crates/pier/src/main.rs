@@ -891,6 +891,10 @@ async fn kv(args: KvArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    // Done only once what was written is on disk.
+    if let Some(point) = store.sync_point() {
+        point.wait().await.map_err(failed)?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

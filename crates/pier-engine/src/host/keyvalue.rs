@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use pier_kv::Store;
+use pier_kv::{Store, Unsynced};
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
 use super::HostState;
@@ -69,9 +69,13 @@ impl Default for KeyValueLimits {
     }
 }
 
-/// The stores granted to one component, by the name it opens them with.
+/// The stores granted to one component, by the name it opens them with, and (in one store of
+/// wasmtime's, one request) the stores opened so far.
 #[derive(Clone, Default)]
-pub struct KeyValueState(Arc<Granted>);
+pub struct KeyValueState {
+    granted: Arc<Granted>,
+    opened: Vec<Arc<dyn Store>>,
+}
 
 #[derive(Default)]
 struct Granted {
@@ -87,17 +91,30 @@ impl KeyValueState {
         stores: BTreeMap<String, Arc<dyn Store>>,
         limits: KeyValueLimits,
     ) -> KeyValueState {
-        KeyValueState(Arc::new(Granted {
-            component: component.into(),
-            stores,
-            limits,
-        }))
+        KeyValueState {
+            granted: Arc::new(Granted {
+                component: component.into(),
+                stores,
+                limits,
+            }),
+            opened: Vec::new(),
+        }
+    }
+
+    /// What the answer must wait for: the writes of the stores opened so far that are not on
+    /// disk yet (those of other requests committed before included; see [`pier_kv::SyncPoint`]).
+    pub fn unsynced(&self) -> Unsynced {
+        let mut unsynced = Unsynced::default();
+        for store in &self.opened {
+            unsynced.add(store.sync_point());
+        }
+        unsynced
     }
 }
 
 impl std::fmt::Debug for KeyValueState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_set().entries(self.0.stores.keys()).finish()
+        f.debug_set().entries(self.granted.stores.keys()).finish()
     }
 }
 
@@ -113,17 +130,20 @@ pub struct Cas {
     seen: Option<Vec<u8>>,
 }
 
-/// What the host functions see: the store's resource table and the component's grants.
+/// What the host functions see: the store's resource table, the component's grants and the
+/// stores opened.
 pub(crate) struct View<'a> {
     table: &'a mut ResourceTable,
     granted: &'a Granted,
+    opened: &'a mut Vec<Arc<dyn Store>>,
 }
 
 impl KeyValueState {
-    pub(crate) fn view<'a>(&'a self, table: &'a mut ResourceTable) -> View<'a> {
+    pub(crate) fn view<'a>(&'a mut self, table: &'a mut ResourceTable) -> View<'a> {
         View {
             table,
-            granted: &self.0,
+            granted: &self.granted,
+            opened: &mut self.opened,
         }
     }
 }
@@ -168,6 +188,9 @@ impl View<'_> {
             );
             return Ok(Err(Refusal::AccessDenied));
         };
+        if !self.opened.iter().any(|o| Arc::ptr_eq(o, store)) {
+            self.opened.push(store.clone());
+        }
         let bucket = self.table.push(Bucket {
             store: store.clone(),
         })?;

@@ -94,6 +94,12 @@ impl HostState {
         self.keyvalue.view(&mut self.table)
     }
 
+    /// The key-value writes the request's answer must wait for: see
+    /// [`KeyValueState::unsynced`].
+    pub fn unsynced(&self) -> pier_kv::Unsynced {
+        self.keyvalue.unsynced()
+    }
+
     /// Whether the WASI context has been built.
     #[cfg(test)]
     pub(crate) fn wasi_is_built(&self) -> bool {
