@@ -3,15 +3,18 @@
 doing one `get` and one `set` per request (`/getset`), on SQLite and on Redis (loopback), against
 the same app doing no storage (`/none`), all in the same run.
 
-For --rounds rounds, each configuration is started afresh (release pier, warmed compile cache,
-PIER_LOG=warn), warmed for 2 s, then loaded with `wrk -t2` at each concurrency for --duration
-seconds. It prints req/s and latency (p50, p99) per configuration and concurrency, and the cost
-a store adds per request: at c=1 the difference of mean latencies, at c=50 the difference of
-1/throughput (CPU per request on the saturated machine). Redis's own round trip (a PING, from
+One release pier per backend (warmed compile cache, PIER_LOG=warn) serves both paths; each is
+warmed for 2 s, then for --rounds rounds the two paths are loaded in turn (`wrk -t2`, or -t1 at
+c=1) at each concurrency for --duration seconds, so drift on a shared machine cancels out. It
+prints req/s and latency per path and concurrency, and the cost a store adds per request: at
+c=1 the difference of mean latencies, at c=50 the difference of 1/throughput (CPU per request
+on the saturated machine). Redis's own round trip (a PING, from
 Python, sequential) is printed beside it. JSON goes to bench/results/kv.json.
 
     cargo build --release -p pier && guests/build.sh python && apt-get install wrk redis-server
     python3 bench/kv.py --rounds 3 --duration 8
+
+`bench/run.py` runs it as its `kv` scenario, in the same run as the others.
 """
 import argparse
 import json
@@ -116,68 +119,79 @@ def wrk(url, c, seconds):
     }
 
 
+def measure(rounds=3, duration=8.0, concurrency=(1, 50), log=print):
+    """Runs the benchmark; returns the report (also written to bench/results/kv.json)."""
+    for need in (PIER, GUEST):
+        if not os.path.exists(need):
+            sys.exit(f"{need} is missing: cargo build --release -p pier && guests/build.sh python")
+    work = tempfile.mkdtemp(prefix="pier-kv-bench-")
+    redis, port = start_redis(work)
+    rtt = redis_rtt_us(port)
+    cache = os.path.join(work, "cache")
+    backends = {
+        "sqlite": "",
+        "redis": f'[key_value_store.default]\ntype = "redis"\nurl = "redis://127.0.0.1:{port}"\n',
+    }
+    # backend -> path -> concurrency -> measurements
+    results = {b: {p: {c: [] for c in concurrency} for p in ("/none", "/getset")} for b in backends}
+    try:
+        for backend, store in backends.items():
+            app = os.path.join(work, f"app-{backend}")
+            os.mkdir(app)
+            shutil.copy(GUEST, os.path.join(app, "app.wasm"))
+            with open(os.path.join(app, "pier.toml"), "w") as f:
+                f.write(MANIFEST.format(store=store))
+            proc, addr = start_pier(app, cache)
+            try:
+                for path in ("/none", "/getset"):
+                    wrk(f"http://{addr}{path}", 50, 2)
+                # The two paths of one process, alternated: drift cancels out.
+                for r in range(rounds):
+                    for c in concurrency:
+                        for path in ("/none", "/getset"):
+                            m = wrk(f"http://{addr}{path}", c, duration)
+                            results[backend][path][c].append(m)
+                            log(f"round {r + 1} {backend:6} {path:7} c={c:<3} {m['rps']:8.0f} req/s  "
+                                f"mean {m['mean_ms']:.3f} ms  p50 {m['p50_ms']:.3f}  p99 {m['p99_ms']:.3f}  "
+                                f"non-2xx {m['non2xx']}")
+            finally:
+                proc.terminate()
+                proc.wait()
+    finally:
+        redis.terminate()
+        redis.wait()
+    log(f"Redis round trip (PING, loopback, sequential): {rtt:.1f} us")
+    summary = {}
+    for backend in backends:
+        for c in concurrency:
+            med = {p: {k: statistics.median(m[k] for m in results[backend][p][c]) for k in ("rps", "mean_ms")}
+                   for p in ("/none", "/getset")}
+            none, getset = med["/none"], med["/getset"]
+            if c == 1:
+                added, how = (getset["mean_ms"] - none["mean_ms"]) * 1000, "mean latency"
+            else:
+                added, how = (1 / getset["rps"] - 1 / none["rps"]) * 1e6, "1/throughput"
+            summary[f"{backend}-c{c}"] = round(added, 1)
+            log(f"c={c:<3} {backend:6}: {getset['rps']:8.0f} req/s vs {none['rps']:8.0f} without a store "
+                f"(x{getset['rps'] / none['rps']:.2f}); adds {added:6.1f} us per request ({how})")
+    report = {"redis_rtt_us": round(rtt, 1), "added_us": summary,
+              "results": {b: {p: {str(c): v for c, v in by_c.items()} for p, by_c in r.items()}
+                          for b, r in results.items()}}
+    os.makedirs(os.path.join(ROOT, "bench/results"), exist_ok=True)
+    with open(os.path.join(ROOT, "bench/results/kv.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=8)
     parser.add_argument("--concurrency", default="1,50")
     args = parser.parse_args()
-    for need in (PIER, GUEST):
-        if not os.path.exists(need):
-            sys.exit(f"{need} is missing: cargo build --release -p pier && guests/build.sh python")
-    concurrency = [int(c) for c in args.concurrency.split(",")]
-    work = tempfile.mkdtemp(prefix="pier-kv-bench-")
-    redis, port = start_redis(work)
-    rtt = redis_rtt_us(port)
-    cache = os.path.join(work, "cache")
-    configs = {
-        "none": ("", "/none"),
-        "sqlite": ("", "/getset"),
-        "redis": (f'[key_value_store.default]\ntype = "redis"\nurl = "redis://127.0.0.1:{port}"\n', "/getset"),
-    }
-    results = {name: {c: [] for c in concurrency} for name in configs}
-    try:
-        for r in range(args.rounds):
-            for name, (store, path) in configs.items():
-                app = os.path.join(work, f"app-{name}")
-                shutil.rmtree(app, ignore_errors=True)
-                os.mkdir(app)
-                shutil.copy(GUEST, os.path.join(app, "app.wasm"))
-                with open(os.path.join(app, "pier.toml"), "w") as f:
-                    f.write(MANIFEST.format(store=store))
-                proc, addr = start_pier(app, cache)
-                url = f"http://{addr}{path}"
-                wrk(url, 50, 2)
-                for c in concurrency:
-                    m = wrk(url, c, args.duration)
-                    results[name][c].append(m)
-                    print(f"round {r + 1} {name:6} c={c:<3} {m['rps']:8.0f} req/s  mean {m['mean_ms']:.3f} ms  "
-                          f"p50 {m['p50_ms']:.3f}  p99 {m['p99_ms']:.3f}  non-2xx {m['non2xx']}", flush=True)
-                proc.terminate()
-                proc.wait()
-    finally:
-        redis.terminate()
-        redis.wait()
-    print(f"\nRedis round trip (PING, loopback, sequential): {rtt:.1f} us")
-    summary = {}
-    for c in concurrency:
-        med = {n: {k: statistics.median(m[k] for m in results[n][c]) for k in ("rps", "mean_ms", "p50_ms", "p99_ms")}
-               for n in configs}
-        for name in ("sqlite", "redis"):
-            if c == 1:
-                added = (med[name]["mean_ms"] - med["none"]["mean_ms"]) * 1000
-                how = "mean latency"
-            else:
-                added = (1 / med[name]["rps"] - 1 / med["none"]["rps"]) * 1e6
-                how = "1/throughput"
-            summary[f"{name}-c{c}"] = added
-            print(f"c={c:<3} {name:6}: {med[name]['rps']:8.0f} req/s vs {med['none']['rps']:8.0f} without a store "
-                  f"(x{med[name]['rps'] / med['none']['rps']:.2f}); adds {added:6.1f} us per request ({how})")
-    os.makedirs(os.path.join(ROOT, "bench/results"), exist_ok=True)
-    with open(os.path.join(ROOT, "bench/results/kv.json"), "w") as f:
-        json.dump({"redis_rtt_us": rtt, "results": {n: {str(c): v for c, v in r.items()} for n, r in results.items()},
-                   "added_us": summary}, f, indent=1)
-    shutil.rmtree(work, ignore_errors=True)
+    measure(args.rounds, args.duration, [int(c) for c in args.concurrency.split(",")],
+            log=lambda line: print(line, flush=True))
 
 
 if __name__ == "__main__":

@@ -46,6 +46,10 @@ SCENARIOS = {
     "forward": ("forward.wasm", "GET", 0, b"hello from pier"),
 }
 
+# Scenarios measured by a harness of their own, in the same run (pier only: no other server here
+# has the interface). kv: what a key-value store adds to a Python request (bench/kv.py).
+OWN_HARNESS = {"kv"}
+
 # Extra pier flags of a scenario.
 SCENARIO_PIER_ARGS = {"python-unmerged": ["--no-optimize"]}
 
@@ -290,7 +294,7 @@ def measure(proc, port, conc, duration, method, body, expect, headers):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--scenarios", default=",".join([*SCENARIOS, *OWN_HARNESS]))
     parser.add_argument("--concurrency", default="1,50")
     parser.add_argument("--duration", type=int, default=8, help="seconds per measurement")
     parser.add_argument("--rounds", type=int, default=2, help="A B A B rounds")
@@ -308,8 +312,10 @@ def main():
         args.duration, args.rounds = 2, 1
     scenarios = [s for s in args.scenarios.split(",") if s]
     for s in scenarios:
-        if s not in SCENARIOS:
-            parser.error(f"unknown scenario {s!r} (known: {', '.join(SCENARIOS)})")
+        if s not in SCENARIOS and s not in OWN_HARNESS:
+            parser.error(f"unknown scenario {s!r} (known: {', '.join([*SCENARIOS, *OWN_HARNESS])})")
+    own = [s for s in scenarios if s in OWN_HARNESS]
+    scenarios = [s for s in scenarios if s not in OWN_HARNESS]
     concurrency = [int(c) for c in args.concurrency.split(",")]
     if not shutil.which("wrk"):
         sys.exit("bench/run.py needs wrk (apt-get install wrk)")
@@ -340,9 +346,23 @@ def main():
                     "samples": [r["rps"] for r in rs],
                 })
 
+    kv = None
+    if "kv" in own:
+        sys.path.insert(0, str(ROOT / "bench"))
+        import kv as kv_bench
+        if not (ROOT / "guests" / "build" / "python-kv.wasm").exists():
+            sh(ROOT / "guests" / "build.sh", "python", cwd=ROOT)
+        kv = kv_bench.measure(args.rounds, args.duration, concurrency,
+                              log=lambda line: print(f"  kv {line}", file=sys.stderr))
+
     if UPSTREAM["proc"]:
         UPSTREAM["proc"].terminate()
     print_table(rows)
+    if kv:
+        print(f"\nkv: what one get + one set adds to a Python request (Redis round trip "
+              f"{kv['redis_rtt_us']} us):")
+        for key, added in kv["added_us"].items():
+            print(f"  {key}: {added} us")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     report = {
@@ -352,7 +372,7 @@ def main():
                     "cpu": cpu_model()},
         "duration_s": args.duration, "rounds": args.rounds,
         "pier_args": PIER_ARGS, "pier_log": PIER_LOG,
-        "rows": rows, "ratios": ratios(rows),
+        "rows": rows, "ratios": ratios(rows), "kv": kv,
     }
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
