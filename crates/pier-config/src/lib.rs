@@ -114,6 +114,8 @@ pub struct RunConfig {
     pub cache: CacheConfig,
     /// Merge dynamically linked core modules when compiling a component (`--no-optimize`: no).
     pub optimize: bool,
+    /// Where the program may send HTTP requests (`wasi:http/outgoing-handler`), and how.
+    pub outbound: OutboundConfig,
 }
 
 #[cfg(test)]

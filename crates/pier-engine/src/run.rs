@@ -12,7 +12,7 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
 use crate::cache::CompileCache;
 use crate::engine::{EngineKind, new_engine};
-use crate::host::{DenyAll, HostState};
+use crate::host::{HostState, Outbound};
 use crate::http_app::{AppError, check_dir, export_names, exports_list};
 use crate::load::{WasmFile, WasmKind};
 
@@ -31,8 +31,9 @@ pub enum RunOutcome {
     Trap(wasmtime::Error),
 }
 
-/// Loads and runs the program `config` names.
-pub async fn run(config: &RunConfig) -> anyhow::Result<RunOutcome> {
+/// Loads and runs the program `config` names; a component's outgoing HTTP requests go to
+/// `outbound`.
+pub async fn run(config: &RunConfig, outbound: Arc<dyn Outbound>) -> anyhow::Result<RunOutcome> {
     let wasm = WasmFile::read(&config.app)?;
     let engine = new_engine(EngineKind::Run)?;
     let cache = CompileCache::new(&config.cache).optimize(config.optimize);
@@ -41,7 +42,7 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunOutcome> {
     }
     let wasi = wasi_builder(config, &wasm)?;
     let result = match wasm.kind {
-        WasmKind::Component => run_component(&engine, &cache, &wasm, wasi).await?,
+        WasmKind::Component => run_component(&engine, &cache, &wasm, wasi, outbound).await?,
         WasmKind::Module => run_module(&engine, &cache, &wasm, wasi).await?,
     };
     Ok(match result {
@@ -71,6 +72,7 @@ async fn run_component(
     cache: &CompileCache,
     wasm: &WasmFile,
     mut wasi: WasiCtxBuilder,
+    outbound: Arc<dyn Outbound>,
 ) -> anyhow::Result<wasmtime::Result<i32>> {
     let (component, _) = cache
         .component(engine, wasm)
@@ -105,7 +107,7 @@ async fn run_component(
     let pre = linker
         .instantiate_pre(&component)
         .map_err(|e| AppError::link(wasm, e))?;
-    let mut store = Store::new(engine, HostState::new(wasi.build(), Arc::new(DenyAll)));
+    let mut store = Store::new(engine, HostState::new(wasi.build(), outbound));
     store.set_epoch_deadline(NO_DEADLINE);
     let command = match CommandPre::new(pre) {
         Ok(pre) => pre,

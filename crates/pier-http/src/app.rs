@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use pier_config::{App, OutboundConfig, StoreSpec, TargetSpec};
+use pier_config::{App, OutboundConfig, RunConfig, StoreSpec, TargetSpec};
 use pier_engine::{
     CompileCache, EngineKind, HttpApp, KeyValueLimits, KeyValueState, MemoryReset, PoolSizes,
     StoreSettings, WasmFile,
@@ -249,4 +249,11 @@ pub fn check(app: &App) -> anyhow::Result<Checked> {
         components: app.components.len(),
         filters: app.filters.len(),
     })
+}
+
+/// Runs the program `config` names (`pier run`), its outgoing HTTP requests sent through pier's
+/// client under `config.outbound` (denied unless a pattern allows them).
+pub async fn run(config: &RunConfig) -> anyhow::Result<pier_engine::RunOutcome> {
+    let outbound = Arc::new(OutboundClient::new(&config.outbound)?);
+    pier_engine::run(config, outbound).await
 }

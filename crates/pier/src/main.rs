@@ -258,6 +258,8 @@ struct RunArgs {
     grants: GrantArgs,
     #[command(flatten)]
     cache: CacheArgs,
+    #[command(flatten)]
+    outbound: OutboundArgs,
     /// The program to run, then its arguments (everything after the program goes to it).
     #[arg(
         value_name = "APP.wasm [ARGS]",
@@ -775,8 +777,9 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         cache: args.cache.config(),
         optimize: !args.cache.no_optimize,
         grants: args.grants.grants(),
+        outbound: args.outbound.config(),
     };
-    match pier_engine::run(&config).await? {
+    match pier_http::run(&config).await? {
         RunOutcome::Exit(code) => Ok(ExitCode::from(code as u8)),
         RunOutcome::Trap(e) => {
             eprintln!(

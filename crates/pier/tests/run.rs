@@ -209,3 +209,59 @@ fn a_trap_prints_the_trap_with_its_backtrace_and_exits_non_zero() {
         );
     }
 }
+
+/// A one-shot origin on a free loopback port: answers each connection's request `200 OK` and
+/// sends the request line it saw down the channel.
+fn origin() -> (u16, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (seen, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut first = String::new();
+            let _ = reader.read_line(&mut first);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+            let _ = seen.send(first.trim_end().to_string());
+        }
+    });
+    (port, lines)
+}
+
+/// A command's outgoing HTTP goes through pier's client and outbound policy: denied unless
+/// `--allow-outbound` allows the URL (the guest gets HTTP-request-denied and nothing is sent),
+/// then sent.
+#[test]
+fn a_commands_outgoing_requests_follow_the_outbound_policy() {
+    let app = pier_testkit::guest("fetch-command").display().to_string();
+    let (port, seen) = origin();
+    let authority = format!("127.0.0.1:{port}");
+
+    let out = run(&[&app, &authority]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "error-code 15\n", "{}", stderr(&out));
+    assert!(
+        seen.try_recv().is_err(),
+        "a denied request reached the origin"
+    );
+
+    // Allowed for another port only: still denied.
+    let out = run(&["--allow-outbound", "http://127.0.0.1:1", &app, &authority]);
+    assert_eq!(stdout(&out), "error-code 15\n", "{}", stderr(&out));
+
+    let allow = format!("http://{authority}");
+    let out = run(&["--allow-outbound", &allow, &app, &authority]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "status 200\n", "{}", stderr(&out));
+    assert_eq!(
+        seen.recv_timeout(std::time::Duration::from_secs(5))
+            .unwrap(),
+        "GET / HTTP/1.1"
+    );
+}
