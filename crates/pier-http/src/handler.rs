@@ -174,12 +174,12 @@ where
             metrics::histogram!(crate::metrics::GUEST_SECONDS).record(elapsed.as_secs_f64());
             let mut unsynced = store.data().unsynced();
             // A guest streaming its answer ends it here: its writes must be on disk first.
-            let saved = !(streaming.load(Ordering::Acquire) && end == GuestEnd::Returned)
+            let kept = !(streaming.load(Ordering::Acquire) && end == GuestEnd::Returned)
                 || saved(&app, std::mem::take(&mut unsynced), started)
                     .await
                     .is_ok();
             // Publish the outcome before the store (and with it the body sender) is dropped.
-            outcome.set(end == GuestEnd::Returned && saved, elapsed);
+            outcome.set(end == GuestEnd::Returned && kept, elapsed);
             if let Ok(instance) = &result
                 && let Some(joined) = app.before_reset(&mut store, instance).await
                 && joined.gaps > 0

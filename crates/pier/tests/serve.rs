@@ -222,10 +222,12 @@ async fn a_guest_that_never_answers_is_a_500_with_a_log_line() {
         );
         assert_eq!(answer.text(), "the component returned no response\n");
     }
+    // The log reaches the test through a pipe and a reader thread: wait for it.
     assert!(
-        server
-            .log()
-            .contains("guest returned without setting a response"),
+        server.wait_for_log(
+            "guest returned without setting a response",
+            Duration::from_secs(5)
+        ),
         "{}",
         server.log()
     );
