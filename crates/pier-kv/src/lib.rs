@@ -2,8 +2,8 @@
 //! its own: [`Sqlite`], an embedded durable store (the bundled SQLite library, WAL, each write
 //! committed on the caller's thread, the commits of requests arriving together put on the disk
 //! by one `fdatasync`, which answers wait for: [`SyncPoint`]), and [`Redis`], for many
-//! processes or machines sharing state. No wasmtime here: the guest-facing `wasi:keyvalue` interfaces live
-//! in pier-engine and call these.
+//! processes or machines sharing state. No wasmtime here: the guest-facing `wasi:keyvalue`
+//! interfaces live in pier-engine and call these.
 //!
 //! Counters (`increment`) are stored as decimal text (`"42"`), so a counter reads back as what
 //! it is, and a Redis backend's `INCRBY` keeps the same format.

@@ -4,7 +4,7 @@
 //! the limit are an error to the guest, not a trap.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use http::{Request, StatusCode};
 use pier_testkit::{PROTOS, PierServer, guest, send, signal};
@@ -204,18 +204,7 @@ async fn a_redis_store_counts_and_survives_redis_going_away() {
     let Some(mut redis) = pier_testkit::RedisServer::start() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(guest("kv"), dir.path().join("kv.wasm")).unwrap();
-    std::fs::write(
-        dir.path().join("pier.toml"),
-        format!(
-            "{}\n[key_value_store.default]\ntype = \"redis\"\nurl = \"{}\"\nprefix = \"test:\"\n",
-            MANIFEST,
-            redis.url()
-        ),
-    )
-    .unwrap();
-    let manifest = dir.path().join("pier.toml");
+    let (dir, manifest) = redis_app(&redis, "prefix = \"test:\"\n");
     let server =
         PierServer::start(pier(), &["--workers", "2", manifest.to_str().unwrap()]).unwrap();
     let seen = count(&server.addr, "a.test", 200).await;
@@ -252,6 +241,23 @@ async fn a_redis_store_counts_and_survives_redis_going_away() {
     assert_eq!(in_a_row, 10, "Redis is back: requests count again");
     let more = count(&server.addr, "a.test", 20).await;
     assert_eq!(more.len(), 20);
+}
+
+/// The kv guest's app in a new directory, its `default` store on `redis` (`extra`: more keys of
+/// that table); the directory and its manifest's path.
+fn redis_app(redis: &pier_testkit::RedisServer, extra: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(guest("kv"), dir.path().join("kv.wasm")).unwrap();
+    let manifest = dir.path().join("pier.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "{MANIFEST}\n[key_value_store.default]\ntype = \"redis\"\nurl = \"{}\"\n{extra}",
+            redis.url()
+        ),
+    )
+    .unwrap();
+    (dir, manifest)
 }
 
 fn kv(dir: &Path, args: &[&str]) -> (Option<i32>, String, String) {
@@ -480,17 +486,7 @@ async fn redis_going_away_under_load_never_hangs_or_traps() {
     let Some(mut redis) = pier_testkit::RedisServer::start() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(guest("kv"), dir.path().join("kv.wasm")).unwrap();
-    std::fs::write(
-        dir.path().join("pier.toml"),
-        format!(
-            "{MANIFEST}\n[key_value_store.default]\ntype = \"redis\"\nurl = \"{}\"\n",
-            redis.url()
-        ),
-    )
-    .unwrap();
-    let manifest = dir.path().join("pier.toml");
+    let (_dir, manifest) = redis_app(&redis, "");
     let server = PierServer::start(pier(), &[manifest.to_str().unwrap()]).unwrap();
     let back = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
