@@ -44,7 +44,14 @@ SCENARIOS = {
     "js": ("js-hello.wasm", "GET", 0, b"hello from javascript"),
     # The WAT forwarding guest, sending each request on to a native hello upstream.
     "forward": ("forward.wasm", "GET", 0, b"hello from pier"),
+    # A WASI 0.3 service (the WASI test suite's http-service: GET / answers "hey").
+    "p3-hello": ("http-service.wasm", "GET", 0, b"hey"),
 }
+
+# Scenarios of WASI 0.3 components: `wasmtime serve` runs them with its 0.3 default (one
+# instance serves up to 128 requests, 16 at once) as "wasmtime", and with reuse off (a fresh
+# instance per request, as pier) as "wasmtime-fresh".
+P3 = {"p3-hello"}
 
 # Scenarios measured by a harness of their own, in the same run (pier only: no other server here
 # has the interface). kv: what a key-value store adds to a Python request (bench/kv.py).
@@ -93,6 +100,9 @@ def prepare(scenarios):
         file = SCENARIOS[name][0]
         if name == "hello":
             src = ROOT / "examples" / "hello" / "hello.wasm"
+        elif name in P3:
+            src = ROOT.parent / "shared" / "wasi-testsuite" / "tests" / "rust" / "testsuite" / \
+                "wasm32-wasip3" / file
         elif name in ("echo", "forward"):
             src = WORK / file
             sh("cargo", "run", "--quiet", "--locked", "-p", "pier-testkit", "--bin", "pier-guest", "--",
@@ -102,12 +112,15 @@ def prepare(scenarios):
             if not src.exists():
                 sh(ROOT / "guests" / "build.sh", name.removesuffix("-unmerged"), cwd=ROOT)
         cwasm = WORK / (file + ".wasmtime.cwasm")
-        sh(cli, "compile", src, "-o", cwasm)
+        sh(cli, "compile", *(WASMTIME_P3 if name in P3 else []), src, "-o", cwasm)
         sh(ROOT / "target" / "release" / "pier", "compile", *SCENARIO_PIER_ARGS.get(name, []), src,
            env=pier_env())
         guests[name] = (src, cwasm)
     return cli, guests
 
+
+# What `wasmtime serve` (and `compile`) needs for a WASI 0.3 component.
+WASMTIME_P3 = ["-W", "component-model-async=y", "-S", "p3=y"]
 
 PIER_ARGS = []
 PIER_LOG = "warn"
@@ -154,8 +167,12 @@ def start(server, guests, name, cli, port):
         if name == "forward":
             cmd[4:4] = ["--allow-outbound", f"http://127.0.0.1:{upstream_port()}"]
         env = pier_env()
-    elif server == "wasmtime":
+    elif server.startswith("wasmtime"):
         cmd = [cli, "serve", "-S", "cli", "--allow-precompiled", "--addr", addr, cwasm]
+        if name in P3:
+            cmd[2:2] = WASMTIME_P3
+        if server == "wasmtime-fresh":
+            cmd[2:2] = ["--max-instance-reuse-count", "1"]
         env = dict(os.environ)
     else:
         cmd = [ROOT / "target" / "release" / "native-hello", addr]
@@ -324,7 +341,8 @@ def main():
     rows = []
     for name in scenarios:
         piers = ["pier" if w == "1" else f"pier-w{w}" for w in args.workers.split(",") if w]
-        servers = piers + ["wasmtime"] + (["native"] if name in ("hello", "forward") else [])
+        servers = piers + ["wasmtime"] + (["wasmtime-fresh"] if name in P3 else []) + \
+            (["native"] if name in ("hello", "forward") else [])
         for conc in concurrency:
             samples = {s: [] for s in servers}
             for _ in range(args.rounds):
@@ -397,10 +415,12 @@ def ratios(rows):
         if not server.startswith("pier"):
             continue
         wt = by.get((name, conc, "wasmtime"))
+        fresh = by.get((name, conc, "wasmtime-fresh"))
         nat = by.get((name, conc, "native"))
         out.append({
             "scenario": name, "concurrency": conc, "server": server,
             "rps_vs_wasmtime": round(r["rps"] / wt["rps"], 2) if wt else None,
+            "rps_vs_wasmtime_fresh": round(r["rps"] / fresh["rps"], 2) if fresh else None,
             "rps_vs_native": round(r["rps"] / nat["rps"], 2) if nat else None,
             "p99_vs_wasmtime": round(r["p99_ms"] / wt["p99_ms"], 2) if wt else None,
             "rss_vs_wasmtime": round(r["peak_rss_mb"] / wt["peak_rss_mb"], 2) if wt else None,
@@ -416,12 +436,13 @@ def print_table(rows):
         print(f"| {r['scenario']} | {r['concurrency']} | {r['server']} | {r['rps']:,} | {r['p50_ms']} | "
               f"{r['p99_ms']} | {r['peak_rss_mb']} | {r['peak_pss_mb']} |")
     print()
-    print("| scenario | c | server | /wasmtime req/s | /native req/s | p99 /wasmtime | RSS /wasmtime "
-          "| PSS /wasmtime |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|")
+    print("| scenario | c | server | /wasmtime req/s | /wasmtime-fresh req/s | /native req/s "
+          "| p99 /wasmtime | RSS /wasmtime | PSS /wasmtime |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
     for x in ratios(rows):
         fmt = lambda v: "-" if v is None else f"{v:.2f}x"
-        print(f"| {x['scenario']} | {x['concurrency']} | {x['server']} | {fmt(x['rps_vs_wasmtime'])} | {fmt(x['rps_vs_native'])} | "
+        print(f"| {x['scenario']} | {x['concurrency']} | {x['server']} | {fmt(x['rps_vs_wasmtime'])} | "
+              f"{fmt(x['rps_vs_wasmtime_fresh'])} | {fmt(x['rps_vs_native'])} | "
               f"{fmt(x['p99_vs_wasmtime'])} | {fmt(x['rss_vs_wasmtime'])} | {fmt(x['pss_vs_wasmtime'])} |")
 
 

@@ -245,6 +245,7 @@ impl App {
                         guest: guest.clone(),
                     })
                     .collect(),
+                sockets: crate::SocketPolicy::new(Vec::new(), c.allowed_sockets.clone()),
             };
             let spec = ComponentSpec {
                 source: c.source.clone(),

@@ -82,6 +82,8 @@ pub struct Grants {
     pub dirs: Vec<DirGrant>,
     /// What it reads with `wasi:config/store`: its variables, resolved.
     pub config: crate::ConfigValues,
+    /// What it may reach with `wasi:sockets`.
+    pub sockets: crate::SocketPolicy,
 }
 
 impl Grants {

@@ -11,6 +11,7 @@ mod limits;
 mod listen;
 mod manifest;
 mod outbound;
+mod sockets;
 mod stores;
 mod units;
 mod variables;
@@ -28,6 +29,9 @@ pub use manifest::{
     StoreConfig, Target, Variable, load_manifest, load_runtime_config, parse_manifest,
 };
 pub use outbound::{Denied, OutboundPattern, OutboundPolicy, PatternError, is_special_purpose};
+pub use sockets::{
+    SocketDenied, SocketGrant, SocketGrantError, SocketPolicy, SocketSwitch, SocketUse, SwitchError,
+};
 pub use stores::{KvGrant, StoreLimits, StoreSpec, state_dir};
 pub use units::{UnitError, parse_duration, parse_size};
 pub use variables::{

@@ -19,6 +19,7 @@
 //! env = { MODE = "prod" }
 //! dirs = { "/data" = "./data" }
 //! allowed_outbound = ["https://payments.example.com"]
+//! allowed_sockets = ["tcp-connect:db.internal:5432"]
 //! variables = { db_url = "{{ database_url }}" }
 //! limits = { memory = "64MiB", timeout = "5s", concurrency = 100 }
 //!
@@ -148,6 +149,8 @@ pub struct Component {
     pub allowed_outbound: Vec<OutboundPattern>,
     /// Whether it may call the app's own routes (`http://self`).
     pub allow_self: bool,
+    /// What it may reach with `wasi:sockets` (`allowed_sockets`, as `--allow-socket`).
+    pub allowed_sockets: Vec<crate::SocketGrant>,
     /// Its variables: name to template (`{{ app_variable }}` parts).
     pub variables: BTreeMap<String, String>,
     /// The key-value stores it may open, by name.
@@ -330,6 +333,8 @@ mod raw {
         pub dirs: BTreeMap<String, Spanned<String>>,
         #[serde(default)]
         pub allowed_outbound: Vec<Spanned<String>>,
+        #[serde(default)]
+        pub allowed_sockets: Vec<Spanned<String>>,
         #[serde(default)]
         pub variables: BTreeMap<String, Spanned<String>>,
         #[serde(default)]
@@ -660,6 +665,16 @@ impl<F: Fn(std::ops::Range<usize>, String) -> ManifestError> Checker<'_, F> {
                 .map_err(|e| at(pattern.span(), e.to_string()))?;
             allowed_outbound.push(parsed);
         }
+        let allowed_sockets = raw
+            .allowed_sockets
+            .iter()
+            .map(|grant| {
+                grant
+                    .get_ref()
+                    .parse::<crate::SocketGrant>()
+                    .map_err(|e| at(grant.span(), e.to_string()))
+            })
+            .collect::<Result<_, _>>()?;
         let mut templates = BTreeMap::new();
         for (name, template) in raw.variables {
             for used in template_names(template.get_ref()).map_err(|e| at(template.span(), e))? {
@@ -710,6 +725,7 @@ impl<F: Fn(std::ops::Range<usize>, String) -> ManifestError> Checker<'_, F> {
             dirs,
             allowed_outbound,
             allow_self,
+            allowed_sockets,
             variables: templates,
             key_value_stores,
             limits: ComponentLimits {
@@ -824,6 +840,7 @@ source = "api.wasm"
 env = { MODE = "prod" }
 dirs = { "/data" = "./data" }
 allowed_outbound = ["https://payments.example.com", "http://self"]
+allowed_sockets = ["tcp-connect:db.internal:5432"]
 variables = { db_url = "{{ database_url }}" }
 limits = { memory = "64MiB", timeout = "5s", concurrency = 100 }
 
@@ -871,6 +888,11 @@ api_token = { required = true, secret = true }
         assert_eq!(api.dirs["/data"], dir.path().join("./data"));
         assert!(api.allow_self);
         assert_eq!(api.allowed_outbound.len(), 1);
+        assert_eq!(api.allowed_sockets.len(), 1);
+        assert_eq!(
+            api.allowed_sockets[0].to_string(),
+            "tcp-connect:db.internal:5432"
+        );
         assert_eq!(
             api.limits,
             ComponentLimits {
@@ -911,7 +933,7 @@ api_token = { required = true, secret = true }
             (
                 "source = \"auth.wasm\"",
                 "source = \"gone.wasm\"",
-                ":28:10: source \"gone.wasm\":",
+                ":29:10: source \"gone.wasm\":",
             ),
             (
                 "files = \"public/\"",
@@ -923,7 +945,12 @@ api_token = { required = true, secret = true }
                 "{{ databse_url }}",
                 "variable \"databse_url\" is not declared",
             ),
-            ("memory = \"64MiB\"", "memory = \"64 lots\"", ":25:21:"),
+            ("memory = \"64MiB\"", "memory = \"64 lots\"", ":26:21:"),
+            (
+                "tcp-connect:db.internal:5432",
+                "tcp:db.internal:5432",
+                ":24:20: invalid --allow-socket",
+            ),
             (
                 "manifest_version = 1",
                 "manifest_version = 2",

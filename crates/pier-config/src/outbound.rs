@@ -203,7 +203,7 @@ impl OutboundPattern {
 }
 
 /// An IPv4-mapped IPv6 address is checked as the IPv4 address it carries.
-fn canonical(ip: IpAddr) -> IpAddr {
+pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
         v4 => v4,

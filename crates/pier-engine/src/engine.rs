@@ -193,8 +193,10 @@ pub(crate) const WASM_PAGE: u64 = 64 << 10;
 /// Bytes of one table element in the pool (a pointer).
 const TABLE_ELEMENT: u64 = 8;
 
-/// Builds the engine for `kind`.
-pub fn new_engine(kind: EngineKind) -> wasmtime::Result<Engine> {
+/// Builds the engine for `kind`, with the component model's concurrency (what WASI 0.3's async
+/// functions, streams and futures need) if `p3`. Without it, a component's calls take
+/// wasmtime's direct path: no event loop around each call, which is what a 0.2 request wants.
+pub fn new_engine(kind: EngineKind, p3: bool) -> wasmtime::Result<Engine> {
     let mut config = Config::new();
     config
         .wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Enable)
@@ -203,7 +205,8 @@ pub fn new_engine(kind: EngineKind) -> wasmtime::Result<Engine> {
         // Guest time limits: one shared ticker advances the epoch (see `start_epoch_ticker`)
         // and each store decides what a tick means for it. Enabled for both kinds so compiled
         // code (and so the compile cache entry) is the same for `serve`, `run` and `compile`.
-        .epoch_interruption(true);
+        .epoch_interruption(true)
+        .concurrency_support(p3);
     if let EngineKind::Serve { pool, reset } = kind {
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(
             pool, reset,
@@ -319,7 +322,7 @@ mod tests {
 
     #[test]
     fn the_pool_is_fitted_to_the_memories_and_tables_a_component_defines() {
-        let engine = new_engine(EngineKind::Run).unwrap();
+        let engine = new_engine(EngineKind::Run, false).unwrap();
         let guessed = PoolSizes::guessed(10, 3);
         let fitted = |modules: &[&str]| {
             guessed.fitted(&Component::new(&engine, component(modules)).unwrap())
@@ -354,10 +357,13 @@ mod tests {
             .build()
             .unwrap();
         let live = |sizes: PoolSizes| {
-            let engine = new_engine(EngineKind::Serve {
-                pool: sizes,
-                reset: MemoryReset::Whole,
-            })
+            let engine = new_engine(
+                EngineKind::Serve {
+                    pool: sizes,
+                    reset: MemoryReset::Whole,
+                },
+                false,
+            )
             .unwrap();
             let component = Component::new(&engine, &three).unwrap();
             let pre = wasmtime::component::Linker::<()>::new(&engine)
@@ -398,7 +404,7 @@ mod tests {
             ("a larger table", &["(table 16385 funcref)"], DirtyPages),
             ("a small memory that may grow", &["(memory 1 65536)"], Whole),
         ];
-        let engine = new_engine(EngineKind::Run).unwrap();
+        let engine = new_engine(EngineKind::Run, false).unwrap();
         for (what, modules, expected) in cases {
             let wat = component(modules);
             let component = Component::new(&engine, &wat).unwrap();

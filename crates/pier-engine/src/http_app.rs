@@ -1,5 +1,5 @@
-//! A `wasi:http/proxy` component, compiled, linked and pre-instantiated once, ready to give
-//! every request a fresh store.
+//! A `wasi:http` component (a 0.2 `proxy` or a 0.3 `service`), compiled, linked and
+//! pre-instantiated once, ready to give every request a fresh store.
 //!
 //! Instances can be made ahead of their requests ([`StoreSettings::prewarm`]): a background task
 //! keeps a few fresh, never-used instances ready, so a request does not wait for instantiation
@@ -18,6 +18,7 @@ use wasmtime::component::{
 };
 use wasmtime::{Engine, Store, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyIndices};
+use wasmtime_wasi_http::p3::bindings::{Service, ServiceIndices};
 
 use crate::cache::{CacheOutcome, CompileCache};
 use crate::dirty::Joined;
@@ -30,7 +31,7 @@ use crate::load::{WasmFile, WasmKind};
 /// The export a `wasi:http/proxy` 0.2 component answers requests through.
 const INCOMING_HANDLER: &str = "wasi:http/incoming-handler@0.2.";
 /// The export of a `wasi:cli/command` component.
-const CLI_RUN: &str = "wasi:cli/run@0.2.";
+pub(crate) const CLI_RUN: &str = "wasi:cli/run@0.2.";
 
 /// Why a file cannot be served.
 #[derive(Debug, thiserror::Error)]
@@ -41,15 +42,20 @@ pub enum AppError {
          component (run preview1 programs with `pier run`)"
     )]
     CoreModule { path: String },
-    /// A component with no `wasi:http/incoming-handler` export.
-    #[error("{path} does not export wasi:http/incoming-handler@0.2 (it exports: {exports}){hint}")]
+    /// A component with no `wasi:http/incoming-handler` or `wasi:http/handler` export.
+    #[error(
+        "{path} exports neither wasi:http/incoming-handler@0.2 nor wasi:http/handler@0.3 \
+         (it exports: {exports}){hint}"
+    )]
     NoHandler {
         path: String,
         exports: String,
         hint: &'static str,
     },
     /// A component that does not export `wasi:cli/run`.
-    #[error("{path} does not export wasi:cli/run@0.2 (it exports: {exports}){hint}")]
+    #[error(
+        "{path} exports neither wasi:cli/run@0.2 nor wasi:cli/run@0.3 (it exports: {exports}){hint}"
+    )]
     NoRun {
         path: String,
         exports: String,
@@ -104,6 +110,16 @@ pub(crate) fn export_names(engine: &Engine, component: &Component) -> Vec<String
         .collect()
 }
 
+/// Whether `component` exports an interface instance whose name starts with `prefix`.
+pub(crate) fn exports(engine: &Engine, component: &Component, prefix: &str) -> bool {
+    component
+        .component_type()
+        .exports(engine)
+        .any(|(name, item)| {
+            name.starts_with(prefix) && matches!(item.ty, ComponentItem::ComponentInstance(_))
+        })
+}
+
 pub(crate) fn exports_list(names: &[String]) -> String {
     if names.is_empty() {
         "nothing".to_string()
@@ -136,9 +152,27 @@ impl Default for StoreSettings {
 
 /// A fresh store and its instance, ready for one request.
 pub struct Ready {
+    /// The store, holding only this instance.
     pub store: Store<HostState>,
-    pub proxy: Proxy,
+    /// Its `wasi:http` handler.
+    pub guest: Guest,
+    /// The instance itself (for [`HttpApp::before_reset`]).
     pub instance: Instance,
+}
+
+/// A component instance's `wasi:http` handler, of the WASI version it speaks.
+pub enum Guest {
+    /// `wasi:http/incoming-handler@0.2`: called with a request and a response outparam.
+    P2(Proxy),
+    /// `wasi:http/handler@0.3`: called with a request, returns a response
+    /// ([`crate::p3::handle`]).
+    P3(Service),
+}
+
+/// Where a component's `wasi:http` handler is, found once when it is loaded.
+enum Handler {
+    P2(ProxyIndices),
+    P3(ServiceIndices),
 }
 
 /// The instances made ahead of their requests, and the task that makes them.
@@ -153,8 +187,8 @@ struct Warm {
 /// A `wasi:http/proxy` component ready to serve.
 pub struct HttpApp {
     pre: InstancePre<HostState>,
-    /// Where the `wasi:http` exports are, checked once.
-    indices: ProxyIndices,
+    /// Where the `wasi:http` handler is, checked once.
+    handler: Handler,
     /// The component's reset hint ([`crate::optimize::hint`]), if the optimiser gave it one.
     hint: Option<ComponentExportIndex>,
     /// Whether the hint is called after each request: only when the pool resets memories by
@@ -188,16 +222,12 @@ impl HttpApp {
             .component(engine, wasm)
             .map_err(|e| AppError::compile(wasm, e))?;
 
-        let exports = export_names(engine, &component);
-        let handler = component
-            .component_type()
-            .exports(engine)
-            .any(|(name, item)| {
-                name.starts_with(INCOMING_HANDLER)
-                    && matches!(item.ty, ComponentItem::ComponentInstance(_))
-            });
-        if !handler {
-            let hint = if exports.iter().any(|e| e.starts_with(CLI_RUN)) {
+        // A component may export both (the WASI 0.3 test components do): 0.3 is preferred.
+        let p3 = exports(engine, &component, crate::p3::HANDLER);
+        if !p3 && !exports(engine, &component, INCOMING_HANDLER) {
+            let exports = export_names(engine, &component);
+            let command = |e: &String| e.starts_with(CLI_RUN) || e.starts_with(crate::p3::CLI_RUN);
+            let hint = if exports.iter().any(command) {
                 "; it is a command: run it with `pier run`"
             } else {
                 ""
@@ -210,11 +240,16 @@ impl HttpApp {
         }
 
         let mut linker = Linker::<HostState>::new(engine);
-        crate::host::link(&mut linker).map_err(|e| AppError::link(wasm, e))?;
+        crate::host::link(&mut linker, wasm.p3).map_err(|e| AppError::link(wasm, e))?;
         let pre = linker
             .instantiate_pre(&component)
             .map_err(|e| AppError::link(wasm, e))?;
-        let indices = ProxyIndices::new(&pre).map_err(|e| AppError::link(wasm, e))?;
+        let handler = if p3 {
+            ServiceIndices::new(&pre).map(Handler::P3)
+        } else {
+            ProxyIndices::new(&pre).map(Handler::P2)
+        }
+        .map_err(|e| AppError::link(wasm, e))?;
         let hint = component.get_export_index(None, crate::optimize::hint::EXPORT);
 
         for dir in &grants.dirs {
@@ -223,13 +258,14 @@ impl HttpApp {
         let name: Arc<str> = wasm.name.as_str().into();
         Ok(HttpApp {
             pre,
-            indices,
+            handler,
             hint,
             join_runs: false,
             wasi: Arc::new(WasiRecipe {
                 component: name.clone(),
                 env: grants.resolve_env(|name| std::env::var(name).ok()),
                 dirs: grants.dirs.clone(),
+                sockets: Arc::new(grants.sockets.clone()),
             }),
             granted: Granted {
                 config: ConfigState::new(&grants.config.0),
@@ -257,7 +293,7 @@ impl HttpApp {
         pool: PoolSizes,
     ) -> anyhow::Result<(Engine, HttpApp)> {
         let load = |pool, reset| -> anyhow::Result<(Engine, HttpApp)> {
-            let engine = new_engine(EngineKind::Serve { pool, reset })?;
+            let engine = new_engine(EngineKind::Serve { pool, reset }, wasm.p3)?;
             let app = HttpApp::load(&engine, wasm, grants, cache, settings)?;
             Ok((engine, app))
         };
@@ -298,6 +334,11 @@ impl HttpApp {
             }
         );
         Ok((engine, app))
+    }
+
+    /// Whether the component is served as a WASI 0.3 service ([`Guest::P3`]).
+    pub fn is_p3(&self) -> bool {
+        matches!(self.handler, Handler::P3(_))
     }
 
     /// The compiled component.
@@ -378,24 +419,27 @@ impl HttpApp {
     /// start functions) gets its own deadline; the request's starts when it is taken.
     async fn instantiate_ahead(&self) -> wasmtime::Result<Ready> {
         let mut store = self.new_store();
-        let (proxy, instance) = self.instantiate(&mut store).await?;
+        let (guest, instance) = self.instantiate(&mut store).await?;
         store.data_mut().deadline = None;
         Ok(Ready {
             store,
-            proxy,
+            guest,
             instance,
         })
     }
 
-    /// A fresh instance in `store`: its `wasi:http` exports, and the instance itself (for
+    /// A fresh instance in `store`: its `wasi:http` handler, and the instance itself (for
     /// [`before_reset`](Self::before_reset)).
     pub async fn instantiate(
         &self,
         store: &mut Store<HostState>,
-    ) -> wasmtime::Result<(Proxy, Instance)> {
+    ) -> wasmtime::Result<(Guest, Instance)> {
         let instance = self.pre.instantiate_async(&mut *store).await?;
-        let proxy = self.indices.load(&mut *store, &instance)?;
-        Ok((proxy, instance))
+        let guest = match &self.handler {
+            Handler::P2(indices) => Guest::P2(indices.load(&mut *store, &instance)?),
+            Handler::P3(indices) => Guest::P3(indices.load(&mut *store, &instance)?),
+        };
+        Ok((guest, instance))
     }
 
     /// Called when a request's guest has returned, just before its store is dropped: for a
@@ -515,12 +559,14 @@ mod tests {
         use wasmtime_wasi_http::WasiHttpView;
         use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
-        let engine = new_engine(EngineKind::Run).unwrap();
         let wasm = WasmFile::read(&pier_testkit::guest(guest)).unwrap();
+        let engine = new_engine(EngineKind::Run, wasm.p3).unwrap();
         let cache = CompileCache::new(&pier_config::CacheConfig::Disabled);
         let app = HttpApp::load(&engine, &wasm, grants, &cache, StoreSettings::default()).unwrap();
         let mut store = app.new_store();
-        let (proxy, _) = app.instantiate(&mut store).await.unwrap();
+        let (Guest::P2(proxy), _) = app.instantiate(&mut store).await.unwrap() else {
+            panic!("{guest} is a 0.2 guest");
+        };
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let mut http = store.data_mut().http();
         let body = Empty::<bytes::Bytes>::new()

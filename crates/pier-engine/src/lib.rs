@@ -9,6 +9,7 @@ mod host;
 mod http_app;
 mod load;
 pub mod optimize;
+pub mod p3;
 mod report;
 mod run;
 
@@ -20,7 +21,7 @@ pub use engine::{
 pub use host::{
     ConfigState, DenyAll, Granted, GuestLog, HostState, KeyValueLimits, KeyValueState, Outbound,
 };
-pub use http_app::{AppError, HttpApp, Ready, StoreSettings};
+pub use http_app::{AppError, Guest, HttpApp, Ready, StoreSettings};
 pub use load::{LoadError, WasmFile, WasmKind, kind_of};
 pub use report::{FailureKind, describe_guest_error};
 pub use run::{RunOutcome, TRAP_EXIT_CODE, run};

@@ -40,6 +40,9 @@ pub struct WasmFile {
     pub bytes: Vec<u8>,
     /// Component or core module.
     pub kind: WasmKind,
+    /// Whether it is a component that speaks WASI 0.3 ([`crate::p3::speaks_p3`]): it compiles
+    /// and runs on an engine with concurrency support.
+    pub p3: bool,
 }
 
 const MAGIC: &[u8; 4] = b"\0asm";
@@ -63,11 +66,13 @@ impl WasmFile {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "app".to_string());
+        let p3 = kind == WasmKind::Component && crate::p3::speaks_p3(&bytes);
         Ok(WasmFile {
             path: path.to_path_buf(),
             name,
             bytes,
             kind,
+            p3,
         })
     }
 

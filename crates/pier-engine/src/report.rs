@@ -73,10 +73,13 @@ mod tests {
 
     #[test]
     fn an_instance_the_pool_has_no_slot_for_is_pool_full_not_a_trap() {
-        let engine = new_engine(EngineKind::Serve {
-            pool: PoolSizes::guessed(1, 0),
-            reset: MemoryReset::Whole,
-        })
+        let engine = new_engine(
+            EngineKind::Serve {
+                pool: PoolSizes::guessed(1, 0),
+                reset: MemoryReset::Whole,
+            },
+            false,
+        )
         .unwrap();
         let component = Component::new(
             &engine,
@@ -100,7 +103,7 @@ mod tests {
             pre.instantiate_async(&mut second).await.unwrap();
         });
         // A trap is still a trap.
-        let plain = new_engine(EngineKind::Run).unwrap();
+        let plain = new_engine(EngineKind::Run, false).unwrap();
         let trapping = Component::new(
             &plain,
             "(component (core module $m (start $f) (func $f unreachable)) \

@@ -1,10 +1,11 @@
-//! `pier run`: a `wasi:cli/command` component or a preview1 core module, with the terminal's
-//! stdio and exactly the granted env and dirs. The guest's exit code becomes pier's.
+//! `pier run`: a `wasi:cli/command` component (WASI 0.2 or 0.3) or a preview1 core module, with
+//! the terminal's stdio and exactly the granted env and dirs. The guest's exit code becomes
+//! pier's.
 
 use std::sync::Arc;
 
 use pier_config::RunConfig;
-use wasmtime::component::{Linker, types::ComponentItem};
+use wasmtime::component::Linker;
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::CommandPre;
@@ -13,7 +14,7 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 use crate::cache::CompileCache;
 use crate::engine::{EngineKind, new_engine};
 use crate::host::{HostState, Outbound};
-use crate::http_app::{AppError, check_dir, export_names, exports_list};
+use crate::http_app::{AppError, check_dir, export_names, exports, exports_list};
 use crate::load::{WasmFile, WasmKind};
 
 /// Exit code for a guest that trapped, as a process killed by SIGABRT (what `wasmtime run` does).
@@ -35,7 +36,7 @@ pub enum RunOutcome {
 /// `outbound`.
 pub async fn run(config: &RunConfig, outbound: Arc<dyn Outbound>) -> anyhow::Result<RunOutcome> {
     let wasm = WasmFile::read(&config.app)?;
-    let engine = new_engine(EngineKind::Run)?;
+    let engine = new_engine(EngineKind::Run, wasm.p3)?;
     let cache = CompileCache::new(&config.cache).optimize(config.optimize);
     for dir in &config.grants.dirs {
         check_dir(dir)?;
@@ -55,18 +56,30 @@ pub async fn run(config: &RunConfig, outbound: Arc<dyn Outbound>) -> anyhow::Res
 }
 
 fn wasi_builder(config: &RunConfig, wasm: &WasmFile) -> anyhow::Result<WasiCtxBuilder> {
+    // The program's name is its file name only, as `wasmtime run` gives it: where the file is
+    // on the host is not the guest's to know.
+    let argv0 = wasm.path.file_name().map_or_else(
+        || wasm.display().to_string(),
+        |name| name.to_string_lossy().into_owned(),
+    );
     let mut wasi = WasiCtxBuilder::new();
     wasi.inherit_stdio()
-        .arg(wasm.display().to_string())
+        .arg(argv0)
         .args(&config.args)
         .envs(&config.grants.resolve_env(|name| std::env::var(name).ok()));
     for dir in &config.grants.dirs {
         wasi.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadWrite)?;
     }
+    crate::host::grant_sockets(
+        &mut wasi,
+        &Arc::new(config.grants.sockets.clone()),
+        &wasm.name.as_str().into(),
+    );
     Ok(wasi)
 }
 
-/// Runs `wasi:cli/run`. The outer error is a load problem; the inner one is how the guest ended.
+/// Runs `wasi:cli/run` (0.3 if the component exports both). The outer error is a load problem;
+/// the inner one is how the guest ended.
 async fn run_component(
     engine: &Engine,
     cache: &CompileCache,
@@ -77,19 +90,13 @@ async fn run_component(
     let (component, _) = cache
         .component(engine, wasm)
         .map_err(|e| AppError::compile(wasm, e))?;
-    let runs = component
-        .component_type()
-        .exports(engine)
-        .any(|(name, item)| {
-            name.starts_with("wasi:cli/run@0.2.")
-                && matches!(item.ty, ComponentItem::ComponentInstance(_))
-        });
-    if !runs {
+    let p3 = exports(engine, &component, crate::p3::CLI_RUN);
+    if !p3 && !exports(engine, &component, crate::http_app::CLI_RUN) {
         let exports = export_names(engine, &component);
-        let hint = if exports
-            .iter()
-            .any(|e| e.starts_with("wasi:http/incoming-handler@"))
-        {
+        let http = |e: &String| {
+            e.starts_with("wasi:http/incoming-handler@") || e.starts_with("wasi:http/handler@")
+        };
+        let hint = if exports.iter().any(http) {
             "; it is an HTTP component: serve it with `pier serve`"
         } else {
             ""
@@ -103,12 +110,16 @@ async fn run_component(
         .into());
     }
     let mut linker = Linker::<HostState>::new(engine);
-    crate::host::link(&mut linker).map_err(|e| AppError::link(wasm, e))?;
+    crate::host::link(&mut linker, wasm.p3).map_err(|e| AppError::link(wasm, e))?;
     let pre = linker
         .instantiate_pre(&component)
         .map_err(|e| AppError::link(wasm, e))?;
     let mut store = Store::new(engine, HostState::new(wasi.build(), outbound));
     store.set_epoch_deadline(NO_DEADLINE);
+    if p3 {
+        let outcome = crate::p3::run(&mut store, pre).await;
+        return Ok(outcome.map(|status| if status.is_ok() { 0 } else { 1 }));
+    }
     let command = match CommandPre::new(pre) {
         Ok(pre) => pre,
         Err(e) => return Err(AppError::link(wasm, e).into()),

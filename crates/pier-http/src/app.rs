@@ -88,7 +88,10 @@ pub fn build(app: &App) -> anyhow::Result<Built> {
     if engines.is_empty() {
         // Upstreams only: an engine for the filters.
         let reset = MemoryReset::large(pier_engine::swap_is_on());
-        engines.push(pier_engine::new_engine(EngineKind::Serve { pool, reset })?);
+        engines.push(pier_engine::new_engine(
+            EngineKind::Serve { pool, reset },
+            false,
+        )?);
     }
     let filters = filters(&engines[0], app)?;
     let mut routes = Vec::new();
@@ -216,11 +219,11 @@ pub struct Checked {
 /// provide, with its directories granted; every filter starts (`proxy_on_vm_start`,
 /// `proxy_on_configure`); every static files directory is there.
 pub fn check(app: &App) -> anyhow::Result<Checked> {
-    let engine = pier_engine::new_engine(EngineKind::Run)?;
     let compile = &app.settings.compile;
     let cache = CompileCache::new(&compile.cache).optimize(compile.optimize);
     for (name, component) in &app.components {
         let wasm = WasmFile::read(&component.source)?;
+        let engine = pier_engine::new_engine(EngineKind::Run, wasm.p3)?;
         HttpApp::load(
             &engine,
             &wasm,
@@ -242,7 +245,7 @@ pub fn check(app: &App) -> anyhow::Result<Checked> {
         }
     }
     if !app.filters.is_empty() {
-        filters(&engine, app)?;
+        filters(&pier_engine::new_engine(EngineKind::Run, false)?, app)?;
     }
     Ok(Checked {
         routes: app.routes.len(),

@@ -1,4 +1,4 @@
-//! The component handler: one request, one fresh instance.
+//! The component handler: one request, one fresh instance (of a WASI 0.2 or 0.3 component).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body::Body;
-use pier_engine::{FailureKind, HttpApp, Ready};
+use pier_engine::{FailureKind, Guest, HttpApp, Ready};
 use pier_kv::Unsynced;
 use tokio::sync::oneshot;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
 
 use crate::body::{GuestOutcome, ResponseBody, busy_response, error_response};
 use crate::limits::BodyLimit;
@@ -26,20 +27,64 @@ enum GuestEnd {
     Failed(FailureKind),
 }
 
+/// A response head a guest handed over, or the error code it answered with instead (as text).
+type GuestHead = Result<Response<HyperOutgoingBody>, String>;
+
 /// What the guest had done when the request path stopped running it.
 enum First {
     Ended((GuestEnd, Unsynced)),
-    Head(Result<Result<Response<HyperOutgoingBody>, ErrorCode>, oneshot::error::RecvError>),
+    Head(Result<GuestHead, oneshot::error::RecvError>),
 }
 
 /// The response head the guest handed over (and how the guest ended, with the writes the
 /// answer waits for, if it had by then), or how it ended without one.
 enum Head {
-    Set(
-        Result<Response<HyperOutgoingBody>, ErrorCode>,
-        Option<(GuestEnd, Unsynced)>,
-    ),
+    Set(GuestHead, Option<(GuestEnd, Unsynced)>),
     Unset(GuestEnd),
+}
+
+/// The request as the guest's handler takes it: a 0.2 request and response outparam in the
+/// store's table, or a 0.3 request given to the call itself.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per request, moved once into the guest's future"
+)]
+enum Call<B> {
+    P2 {
+        request: wasmtime::component::Resource<HostIncomingRequest>,
+        outparam: wasmtime::component::Resource<HostResponseOutparam>,
+    },
+    P3 {
+        request: Request<B>,
+        head: oneshot::Sender<pier_engine::p3::Head>,
+    },
+}
+
+/// Where the guest's response head arrives.
+enum HeadReceiver {
+    P2(oneshot::Receiver<Result<Response<HyperOutgoingBody>, ErrorCode>>),
+    P3(oneshot::Receiver<pier_engine::p3::Head>),
+}
+
+impl HeadReceiver {
+    fn poll(&mut self, cx: &mut std::task::Context<'_>) -> Poll<First> {
+        let head = match self {
+            HeadReceiver::P2(r) => Pin::new(r).poll(cx).map(|h| h.map(|h| h.map_err(text))),
+            HeadReceiver::P3(r) => Pin::new(r).poll(cx).map(|h| h.map(|h| h.map_err(text))),
+        };
+        head.map(First::Head)
+    }
+
+    fn try_recv(&mut self) -> Option<GuestHead> {
+        match self {
+            HeadReceiver::P2(r) => r.try_recv().ok().map(|h| h.map_err(text)),
+            HeadReceiver::P3(r) => r.try_recv().ok().map(|h| h.map_err(text)),
+        }
+    }
+}
+
+fn text(code: impl std::fmt::Debug) -> String {
+    format!("{code:?}")
 }
 
 /// Answers `req` with a fresh instance of `app`.
@@ -73,36 +118,42 @@ where
     let (mut store, made) = match app.take_ready() {
         Some(Ready {
             store,
-            proxy,
+            guest,
             instance,
-        }) => (store, Some((proxy, instance))),
+        }) => (store, Some((guest, instance))),
         None => (app.new_store(), None),
     };
     let method = req.method().clone();
     let uri = req.uri().clone();
-    let (sender, mut receiver) = oneshot::channel();
-    let mut http = store.data_mut().http();
-    let request = match http.new_incoming_request(Scheme::Http, req) {
-        Ok(request) => request,
-        Err(e) => {
-            return (
-                error_response(StatusCode::BAD_REQUEST, &format!("bad request: {e}")),
-                None,
-            );
-        }
-    };
-    let outparam = match http.new_response_outparam(sender) {
-        Ok(outparam) => outparam,
-        Err(e) => {
-            tracing::error!(
-                component = app.name(),
-                "cannot create the response outparam: {e:#}"
-            );
-            return (
-                error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
-                None,
-            );
-        }
+    let (call, mut receiver) = if app.is_p3() {
+        let (head, receiver) = oneshot::channel();
+        (Call::P3 { request: req, head }, HeadReceiver::P3(receiver))
+    } else {
+        let (sender, receiver) = oneshot::channel();
+        let mut http = store.data_mut().http();
+        let request = match http.new_incoming_request(Scheme::Http, req) {
+            Ok(request) => request,
+            Err(e) => {
+                return (
+                    error_response(StatusCode::BAD_REQUEST, &format!("bad request: {e}")),
+                    None,
+                );
+            }
+        };
+        let outparam = match http.new_response_outparam(sender) {
+            Ok(outparam) => outparam,
+            Err(e) => {
+                tracing::error!(
+                    component = app.name(),
+                    "cannot create the response outparam: {e:#}"
+                );
+                return (
+                    error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+                    None,
+                );
+            }
+        };
+        (Call::P2 { request, outparam }, HeadReceiver::P2(receiver))
     };
 
     let outcome = Arc::new(GuestOutcome::default());
@@ -115,7 +166,7 @@ where
         let streaming = streaming.clone();
         Box::pin(async move {
             let call = async {
-                let (proxy, instance) = match made {
+                let (guest, instance) = match made {
                     Some(made) => {
                         metrics::counter!(crate::metrics::INSTANCES, "made" => "ahead")
                             .increment(1);
@@ -130,11 +181,26 @@ where
                         made
                     }
                 };
-                proxy
-                    .wasi_http_incoming_handler()
-                    .call_handle(&mut store, request, outparam)
-                    .await
-                    .map(|()| instance)
+                match (guest, call) {
+                    (Guest::P2(proxy), Call::P2 { request, outparam }) => {
+                        proxy
+                            .wasi_http_incoming_handler()
+                            .call_handle(&mut store, request, outparam)
+                            .await
+                    }
+                    (Guest::P3(service), Call::P3 { request, head }) => {
+                        pier_engine::p3::handle(
+                            &mut store,
+                            &service,
+                            request,
+                            http::uri::Scheme::HTTP,
+                            head,
+                        )
+                        .await
+                    }
+                    _ => unreachable!("an app's instances all speak the version it was loaded as"),
+                }
+                .map(|()| instance)
             };
             // The epoch deadline stops a guest that computes past its time; this also stops
             // one that waits past it (on a body, say). Dropping the call drops the instance.
@@ -198,14 +264,14 @@ where
         if let Poll::Ready(end) = guest.as_mut().poll(cx) {
             return Poll::Ready(First::Ended(end));
         }
-        Pin::new(&mut receiver).poll(cx).map(First::Head)
+        receiver.poll(cx)
     })
     .await;
     let head = match first {
         // Done: the head, if it set one, is waiting in the channel.
         First::Ended((end, unsynced)) => match receiver.try_recv() {
-            Ok(head) => Head::Set(head, Some((end, unsynced))),
-            Err(_) => Head::Unset(end),
+            Some(head) => Head::Set(head, Some((end, unsynced))),
+            None => Head::Unset(end),
         },
         First::Head(Ok(head)) => {
             streaming.store(true, Ordering::Release);
@@ -233,7 +299,7 @@ where
         Head::Set(Err(code), _) => {
             tracing::warn!(
                 component = app.name(),
-                "guest answered with an error: {code:?}"
+                "guest answered with an error: {code}"
             );
             error_response(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -10,10 +10,13 @@ use pier_proxywasm::{Filter, Pairs, StreamInfo};
 
 fn stream(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let engine = pier_engine::new_engine(pier_engine::EngineKind::Serve {
-        pool: pier_engine::PoolSizes::guessed(16, 16),
-        reset: pier_engine::MemoryReset::DirtyPages,
-    })
+    let engine = pier_engine::new_engine(
+        pier_engine::EngineKind::Serve {
+            pool: pier_engine::PoolSizes::guessed(16, 16),
+            reset: pier_engine::MemoryReset::DirtyPages,
+        },
+        false,
+    )
     .unwrap();
     let path =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guests/proxywasm/noop.wat");

@@ -24,6 +24,12 @@ pub fn prepare_wit(wasi_wit: &Path, root: &Path, version: &str, out: &Path) -> R
         let text = std::fs::read_to_string(entry.path())?;
         std::fs::write(deps.join(entry.file_name()), retarget(&text, version))?;
     }
+    // WASI 0.3, beside 0.2 (as `p3-NAME.wit`: the packages differ by version only).
+    for entry in std::fs::read_dir(wasi_wit.join("../src/p3/wit/deps"))? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        std::fs::copy(entry.path(), deps.join(format!("p3-{name}")))?;
+    }
     let config = config_wit(wasi_wit)?;
     copy_dir(&config, &deps.join("config"))?;
     // The wasi:keyvalue versions pier serves, as pier-engine binds them.

@@ -31,6 +31,25 @@ pub fn repo_root() -> PathBuf {
         .expect("repo root")
 }
 
+/// The WASI test suite (WebAssembly/wasi-testsuite's prebuilt tests, their specifications and
+/// runner), used in place at `../shared/wasi-testsuite` beside the repository.
+pub fn wasi_testsuite() -> PathBuf {
+    let path = repo_root().join("../shared/wasi-testsuite");
+    assert!(
+        path.join("tests").is_dir(),
+        "the WASI test suite is not at {}",
+        path.display()
+    );
+    path
+}
+
+/// A WASI 0.3 test component of the suite, by name (`http-service-echo`).
+pub fn wasip3_test(name: &str) -> PathBuf {
+    wasi_testsuite()
+        .join("tests/rust/testsuite/wasm32-wasip3")
+        .join(format!("{name}.wasm"))
+}
+
 /// A guest built by `guests/build.sh` from a third-party toolchain (componentize-py,
 /// componentize-js), under `guests/build/`. `None` when it has not been built, which fails the
 /// test in CI (where `.ci/run` builds them) and skips it, loudly, elsewhere.

@@ -11,7 +11,7 @@ use pier_config::{
     FilterFailure, FilterOptions, FilterSpec, Grants, Limits, OutboundConfig, OutboundPattern,
     OutboundPolicy, RunConfig, parse_duration, parse_listen_addr, parse_size,
 };
-use pier_config::{KvGrant, StoreLimits};
+use pier_config::{KvGrant, SocketGrant, SocketPolicy, SocketSwitch, StoreLimits};
 use pier_engine::{CacheOutcome, CompileCache, EngineKind, RunOutcome, WasmFile, WasmKind};
 use pier_http::Listen;
 
@@ -192,6 +192,11 @@ impl ServeArgs {
                         !self.grants.dirs.is_empty(),
                         "--dir",
                         "give each component its dirs in the manifest",
+                    ),
+                    (
+                        !self.grants.sockets.is_empty() || !self.grants.switches.is_empty(),
+                        "--allow-socket/-S",
+                        "give each component its allowed_sockets in the manifest",
                     ),
                     (
                         !self.outbound.allow.is_empty(),
@@ -593,6 +598,12 @@ struct GrantArgs {
     /// Preopen a host directory for the guest, as HOST_DIR or HOST_DIR::GUEST_DIR.
     #[arg(long = "dir", value_name = "HOST_DIR[::GUEST_DIR]")]
     dirs: Vec<DirGrant>,
+    /// Let the guest use wasi:sockets: tcp-connect|tcp-listen|udp:HOST:PORT, e.g. udp:10.0.0.0/8:53
+    #[arg(long = "allow-socket", value_name = "USE:HOST:PORT")]
+    sockets: Vec<SocketGrant>,
+    /// wasmtime's network switches: inherit-network, allow-ip-name-lookup, tcp, udp (each =y|n)
+    #[arg(short = 'S', long = "wasi", value_name = "SWITCH[=y|n],...", value_parser = SocketSwitch::parse_list)]
+    switches: Vec<Vec<SocketSwitch>>,
 }
 
 #[derive(Args)]
@@ -610,6 +621,7 @@ impl GrantArgs {
         Grants {
             env: self.env.clone(),
             dirs: self.dirs.clone(),
+            sockets: SocketPolicy::new(self.switches.concat(), self.sockets.clone()),
             ..Grants::default()
         }
     }
@@ -796,7 +808,7 @@ fn compile(args: CompileArgs) -> anyhow::Result<()> {
     let wasm = WasmFile::read(&args.app)?;
     let cache = CompileCache::new(&args.cache.config()).optimize(!args.cache.no_optimize);
     // Code compiled for `run` is the same as for `serve` (only instance allocation differs).
-    let engine = pier_engine::new_engine(EngineKind::Run)?;
+    let engine = pier_engine::new_engine(EngineKind::Run, wasm.p3)?;
     let outcome = match wasm.kind {
         WasmKind::Component => cache.component(&engine, &wasm).map(|(_, o)| o),
         WasmKind::Module => cache.module(&engine, &wasm).map(|(_, o)| o),

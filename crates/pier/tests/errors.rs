@@ -139,7 +139,7 @@ fn a_command_given_to_serve_is_pointed_to_run() {
         &["serve", &app],
         &[
             &app,
-            "does not export wasi:http/incoming-handler",
+            "exports neither wasi:http/incoming-handler@0.2 nor wasi:http/handler@0.3",
             "wasi:cli/run@0.2",
             "run it with `pier run`",
         ],
@@ -153,7 +153,7 @@ fn an_http_component_given_to_run_is_pointed_to_serve() {
         &["run", &app],
         &[
             &app,
-            "does not export wasi:cli/run",
+            "exports neither wasi:cli/run@0.2 nor wasi:cli/run@0.3",
             "wasi:http/incoming-handler@0.2.12",
             "serve it with `pier serve`",
         ],

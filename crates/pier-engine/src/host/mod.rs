@@ -5,6 +5,7 @@
 //! - [`http`]: `wasi:http`, outgoing requests through the app's [`Outbound`];
 //! - [`config`]: `wasi:config/store`, the component's variables;
 //! - [`keyvalue`]: `wasi:keyvalue` (two versions), the stores granted to the component;
+//! - [`sockets`]: `wasi:sockets` (linked with the WASI core), what the grants let it reach;
 //!
 //! and [`guest_log`] carries a guest's stdout and stderr to pier's log. The resource table is
 //! the store's, shared by all of them.
@@ -13,6 +14,7 @@ mod config;
 mod guest_log;
 mod http;
 mod keyvalue;
+mod sockets;
 mod wasi;
 
 use std::sync::Arc;
@@ -25,6 +27,7 @@ pub use config::ConfigState;
 pub use guest_log::GuestLog;
 pub use http::{DenyAll, Outbound};
 pub use keyvalue::{KeyValueLimits, KeyValueState};
+pub(crate) use sockets::grant as grant_sockets;
 pub(crate) use wasi::WasiRecipe;
 
 /// State of one store: each capability's, the resource table they share, and the store's
@@ -117,8 +120,12 @@ pub struct Granted {
 }
 
 /// Links every capability pier offers a component: the WASI core, `wasi:http`, `wasi:config`,
-/// `wasi:keyvalue`, and the reset hint of pier's optimiser.
-pub(crate) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+/// `wasi:keyvalue`, and the reset hint of pier's optimiser; with `p3` (an engine with
+/// concurrency support), the WASI 0.3 interfaces too ([`crate::p3::link`]).
+pub(crate) fn link(linker: &mut Linker<HostState>, p3: bool) -> wasmtime::Result<()> {
+    if p3 {
+        crate::p3::link(linker)?;
+    }
     wasi::link(linker)?;
     http::link(linker)?;
     config::link(linker)?;
@@ -133,9 +140,9 @@ mod tests {
     /// Every capability links into one linker, none defining what another does.
     #[test]
     fn every_capability_links_once() {
-        let engine = crate::new_engine(crate::EngineKind::Run).unwrap();
+        let engine = crate::new_engine(crate::EngineKind::Run, true).unwrap();
         let mut linker = Linker::<HostState>::new(&engine);
-        link(&mut linker).unwrap();
+        link(&mut linker, true).unwrap();
         let values: std::collections::BTreeMap<String, String> =
             [("token".to_string(), "s3cret".to_string())].into();
         let config = ConfigState::new(&values);

@@ -41,6 +41,8 @@ pub(crate) struct WasiRecipe {
     pub(crate) env: Vec<(String, String)>,
     /// Directories to preopen.
     pub(crate) dirs: Vec<DirGrant>,
+    /// What it may reach with `wasi:sockets`.
+    pub(crate) sockets: Arc<pier_config::SocketPolicy>,
 }
 
 impl WasiRecipe {
@@ -52,6 +54,7 @@ impl WasiRecipe {
         wasi.envs(&self.env)
             .stdout(GuestLog::new(self.component.clone(), "stdout"))
             .stderr(GuestLog::new(self.component.clone(), "stderr"));
+        super::sockets::grant(&mut wasi, &self.sockets, &self.component);
         for dir in &self.dirs {
             if let Err(e) = wasi.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadWrite) {
                 tracing::error!(

@@ -1,0 +1,153 @@
+//! `wasi:sockets` (0.2 and 0.3 alike): what a component's [`SocketPolicy`] lets its guests
+//! reach. wasmtime's implementation asks before every bind, listen, accept, connect, send and
+//! receive; pier answers from the policy, looking up the host names grants name at that moment
+//! (so a grant follows its name's current addresses), and logs each refusal once with the grant
+//! that would allow it. A socket lives in its instance's resource table and closes with it.
+//!
+//! Nothing granted: wasmtime's defaults stand, and a guest cannot make a socket at all.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use pier_config::{SocketPolicy, SocketUse};
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::sockets::SocketAddrUse;
+
+/// Grants `builder`'s guest what `policy` allows; refusals are logged under `component`.
+pub(crate) fn grant(
+    builder: &mut WasiCtxBuilder,
+    policy: &Arc<SocketPolicy>,
+    component: &Arc<str>,
+) {
+    if policy.is_empty() {
+        return;
+    }
+    builder
+        .allow_tcp(policy.tcp())
+        .allow_udp(policy.udp())
+        .allow_ip_name_lookup(policy.ip_name_lookup());
+    let policy = policy.clone();
+    let component = component.clone();
+    builder.socket_addr_check(move |addr, used| {
+        let policy = policy.clone();
+        let component = component.clone();
+        Box::pin(async move { allowed(&policy, &component, addr, used).await })
+    });
+}
+
+/// Whether `policy` allows `used` with `addr`.
+async fn allowed(
+    policy: &SocketPolicy,
+    component: &str,
+    addr: SocketAddr,
+    used: SocketAddrUse,
+) -> bool {
+    let what = match used {
+        SocketAddrUse::TcpBind => return verdict(component, used, policy.check_bind(true, addr)),
+        SocketAddrUse::UdpBind => return verdict(component, used, policy.check_bind(false, addr)),
+        // Listening was checked; every client of a granted listener may connect.
+        SocketAddrUse::TcpAccept => return true,
+        SocketAddrUse::TcpListen => SocketUse::TcpListen,
+        SocketAddrUse::TcpConnect => SocketUse::TcpConnect,
+        SocketAddrUse::UdpSend | SocketAddrUse::UdpReceive => SocketUse::Udp,
+    };
+    let mut checked = policy.check(what, addr, |_| Vec::new());
+    if checked.is_err() && policy.names().next().is_some() {
+        let resolved = resolve(policy.names()).await;
+        checked = policy.check(what, addr, |name| {
+            resolved.get(name).cloned().unwrap_or_default()
+        });
+    }
+    verdict(component, used, checked)
+}
+
+fn verdict(
+    component: &str,
+    used: SocketAddrUse,
+    checked: Result<(), pier_config::SocketDenied>,
+) -> bool {
+    match checked {
+        Ok(()) => true,
+        // A datagram from a peer no grant names is dropped; saying so for each one would let
+        // any sender fill the log.
+        Err(denied) if matches!(used, SocketAddrUse::UdpReceive) => {
+            tracing::debug!(component, "{denied}");
+            false
+        }
+        Err(denied) => {
+            tracing::warn!(component, "{denied}");
+            false
+        }
+    }
+}
+
+/// The addresses each name has now (none for a name that does not resolve).
+async fn resolve<'a>(names: impl Iterator<Item = &'a str>) -> HashMap<String, Vec<IpAddr>> {
+    let mut resolved = HashMap::new();
+    for name in names {
+        let addrs = match tokio::net::lookup_host((name, 0)).await {
+            Ok(addrs) => addrs.map(|a| a.ip()).collect(),
+            Err(e) => {
+                tracing::debug!("socket grant {name}: cannot resolve: {e}");
+                Vec::new()
+            }
+        };
+        resolved.insert(name.to_string(), addrs);
+    }
+    resolved
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(grants: &[&str]) -> SocketPolicy {
+        SocketPolicy::new(vec![], grants.iter().map(|g| g.parse().unwrap()).collect())
+    }
+
+    #[tokio::test]
+    async fn each_use_wasmtime_asks_about_maps_to_the_grant_for_it() {
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let connect = policy(&["tcp-connect:localhost:5432"]);
+        // A connect: the implicit bind, then the address.
+        assert!(allowed(&connect, "t", addr("0.0.0.0:0"), SocketAddrUse::TcpBind).await);
+        assert!(
+            allowed(
+                &connect,
+                "t",
+                addr("127.0.0.1:5432"),
+                SocketAddrUse::TcpConnect
+            )
+            .await
+        );
+        assert!(
+            !allowed(
+                &connect,
+                "t",
+                addr("127.0.0.1:5433"),
+                SocketAddrUse::TcpConnect
+            )
+            .await
+        );
+        // No listening on the strength of a grant to connect.
+        assert!(!allowed(&connect, "t", addr("0.0.0.0:0"), SocketAddrUse::TcpListen).await);
+        assert!(!allowed(&connect, "t", addr("0.0.0.0:0"), SocketAddrUse::UdpBind).await);
+        // A name that does not resolve grants nothing (the policy's tests cover names that do).
+        let nowhere = policy(&["tcp-connect:no-such-host.invalid:80"]);
+        assert!(
+            !allowed(
+                &nowhere,
+                "t",
+                addr("203.0.113.1:80"),
+                SocketAddrUse::TcpConnect
+            )
+            .await
+        );
+        let udp = policy(&["udp:127.0.0.1:53"]);
+        assert!(allowed(&udp, "t", addr("0.0.0.0:0"), SocketAddrUse::UdpBind).await);
+        assert!(allowed(&udp, "t", addr("127.0.0.1:53"), SocketAddrUse::UdpSend).await);
+        assert!(allowed(&udp, "t", addr("127.0.0.1:53"), SocketAddrUse::UdpReceive).await);
+        assert!(!allowed(&udp, "t", addr("127.0.0.2:53"), SocketAddrUse::UdpReceive).await);
+    }
+}
