@@ -7,7 +7,8 @@
 #   guests/build.sh c          C programs and C Proxy-Wasm filters -> guests/prebuilt/
 #                              (committed; needs Debian's clang, lld and wasi-libc)
 #   guests/build.sh examples   examples/hello/hello.wat -> hello.wasm (committed)
-#   guests/build.sh python     componentize-py hello and fetch -> guests/build/python-*.wasm
+#   guests/build.sh python     componentize-py hello, fetch, kv and a WASI 0.3 service ->
+#                              guests/build/python-*.wasm
 #   guests/build.sh js         componentize-js hello -> guests/build/js-hello.wasm
 #   guests/build.sh app        examples/app's Python and JavaScript components ->
 #                              examples/app/build/api.wasm and web.wasm
@@ -89,6 +90,14 @@ build_python() {
     "$root/$tools/py/bin/componentize-py" -d "$root/$wit" -w pier:python-guests/kv componentize kv \
       -o "$root/$build/python-kv.wasm" >/dev/null)
   echo "built $build/python-kv.wasm"
+  rm -rf "$out"
+  # A WASI 0.3 service (wasi:http/service@0.3.0).
+  out=$(mktemp -d)
+  cp guests/python/service.py "$out/"
+  (cd "$out" && "$root/$tools/py/bin/componentize-py" -d "$root/$wit" -w pier:python-guests/service bindings . >/dev/null &&
+    "$root/$tools/py/bin/componentize-py" -d "$root/$wit" -w pier:python-guests/service componentize service \
+      -o "$root/$build/python-p3.wasm" >/dev/null)
+  echo "built $build/python-p3.wasm"
   rm -rf "$out"
 }
 

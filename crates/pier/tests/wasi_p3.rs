@@ -228,3 +228,78 @@ async fn a_proxy_wasm_filter_runs_in_front_of_a_0_3_service() {
         assert_eq!(answer.headers["x-filter-response"], "1", "{proto:?}");
     }
 }
+
+/// componentize-py's WASI 0.3 service (guests/python/service.py): it echoes a request body
+/// chunk by chunk, so the first half comes back before the client has sent the second (bodies
+/// stream both ways at once), and its `wasi:http/client` requests go through pier's outbound
+/// policy.
+#[tokio::test]
+async fn a_python_0_3_service_streams_both_ways_and_its_requests_follow_the_policy() {
+    use http_body_util::BodyExt;
+
+    let Some(app) = pier_testkit::toolchain_guest("python-p3.wasm") else {
+        return;
+    };
+    let upstream = pier_testkit::echo_upstream().await;
+    let allow = format!("http://{upstream}");
+    // An 18 MB component: compiled once into a cache kept between runs.
+    let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("p3-serve-cache");
+    let server = PierServer::start_with_env(
+        pier(),
+        &["--allow-outbound", &allow, app.to_str().unwrap()],
+        &[("PIER_CACHE_DIR", cache.to_str().unwrap())],
+    )
+    .unwrap();
+    for proto in [Proto::H1, Proto::H2] {
+        let answer = pier_testkit::get(&server.addr, proto, "/hi").await.unwrap();
+        assert_eq!(answer.text(), "hello from python 0.3 at /hi\n", "{proto:?}");
+
+        let mut client = Client::connect(&server.addr, proto).await.unwrap();
+        let (tx, body) = pier_testkit::channel_body();
+        let req = Request::builder()
+            .method("POST")
+            .uri("/echo")
+            .body(body)
+            .unwrap();
+        tx.send(Bytes::from_static(b"first half, ")).await.unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(20), client.send(req))
+            .await
+            .expect("the head comes while the request body is still open")
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{proto:?}");
+        let mut body = response.into_body();
+        let first = tokio::time::timeout(Duration::from_secs(20), body.frame())
+            .await
+            .expect("the first half comes back before the second is sent")
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.into_data().unwrap(), "first half, ", "{proto:?}");
+        tx.send(Bytes::from_static(b"second half")).await.unwrap();
+        drop(tx);
+        let rest = body.collect().await.unwrap().to_bytes();
+        assert_eq!(rest, "second half", "{proto:?}");
+    }
+    let fetch = |url: String| {
+        Request::builder()
+            .uri("/fetch")
+            .header("x-fetch", url)
+            .body(http_body_util::Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let granted = pier_testkit::send(&server.addr, Proto::H1, fetch(format!("{allow}/callout")))
+        .await
+        .unwrap();
+    assert_eq!(granted.text(), "status 200: callout body");
+    let denied = pier_testkit::send(&server.addr, Proto::H1, fetch("http://127.0.0.1:9/".into()))
+        .await
+        .unwrap();
+    assert_eq!(denied.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(denied.text(), "error ErrorCode_HttpRequestDenied\n");
+    assert!(
+        server
+            .log()
+            .contains("http://127.0.0.1:9 is not allowed (grant it with --allow-outbound"),
+        "{}",
+        server.log()
+    );
+}
