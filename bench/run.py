@@ -50,7 +50,8 @@ SCENARIOS = {
 
 # Scenarios of WASI 0.3 components: `wasmtime serve` runs them with its 0.3 default (one
 # instance serves up to 128 requests, 16 at once) as "wasmtime", and with reuse off (a fresh
-# instance per request, as pier) as "wasmtime-fresh".
+# instance per request, as pier) as "wasmtime-fresh"; pier also runs them with
+# `--instance-reuse 128` (16 at once, as wasmtime) as "pier-reuse".
 P3 = {"p3-hello"}
 
 # Scenarios measured by a harness of their own, in the same run (pier only: no other server here
@@ -84,10 +85,12 @@ def sh(*cmd, **kw):
     return subprocess.run([str(c) for c in cmd], check=True, **kw)
 
 
-def prepare(scenarios):
-    """Builds pier and the native anchor, installs wasmtime, builds and precompiles the guests."""
+def prepare(scenarios, build=True):
+    """Builds pier and the native anchor (unless `build` is false), installs wasmtime, builds and
+    precompiles the guests."""
     WORK.mkdir(parents=True, exist_ok=True)
-    sh("cargo", "build", "--release", "--locked", "-p", "pier", "-p", "native-hello", cwd=ROOT)
+    if build:
+        sh("cargo", "build", "--release", "--locked", "-p", "pier", "-p", "native-hello", cwd=ROOT)
     wasmtime = TOOLS / "py" / "bin" / "wasmtime"
     if not wasmtime.exists():
         sh(sys.executable, "-m", "venv", TOOLS / "py")
@@ -161,7 +164,12 @@ def start(server, guests, name, cli, port):
     addr = f"127.0.0.1:{port}"
     if server.startswith("pier"):
         # "pier" is one process; "pier-wN" is `pier serve --workers N`.
-        workers = ["--workers", server.removeprefix("pier-w")] if server != "pier" else []
+        if server == "pier-reuse":
+            workers = ["--instance-reuse", "128"]
+        elif server != "pier":
+            workers = ["--workers", server.removeprefix("pier-w")]
+        else:
+            workers = []
         cmd = [ROOT / "target" / "release" / "pier", "serve", "--addr", addr, *workers, *PIER_ARGS,
                *SCENARIO_PIER_ARGS.get(name, []), src]
         if name == "forward":
@@ -321,6 +329,8 @@ def main():
                         help="pier --workers values to measure, each as a server of its own in the same run")
     parser.add_argument("--pier-log", default="warn", help="PIER_LOG for pier (info turns the access log on)")
     parser.add_argument("--out", default="latest.json", help="file name under bench/results/")
+    parser.add_argument("--no-build", action="store_true",
+                        help="measure target/release as it is, without building it first")
     args = parser.parse_args()
     global PIER_LOG
     PIER_ARGS.extend(args.pier_args.split())
@@ -337,11 +347,11 @@ def main():
     if not shutil.which("wrk"):
         sys.exit("bench/run.py needs wrk (apt-get install wrk)")
 
-    cli, guests = prepare(scenarios)
+    cli, guests = prepare(scenarios, build=not args.no_build)
     rows = []
     for name in scenarios:
         piers = ["pier" if w == "1" else f"pier-w{w}" for w in args.workers.split(",") if w]
-        servers = piers + ["wasmtime"] + (["wasmtime-fresh"] if name in P3 else []) + \
+        servers = piers + (["pier-reuse", "wasmtime", "wasmtime-fresh"] if name in P3 else ["wasmtime"]) + \
             (["native"] if name in ("hello", "forward") else [])
         for conc in concurrency:
             samples = {s: [] for s in servers}

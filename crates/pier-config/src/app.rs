@@ -75,6 +75,8 @@ pub struct ComponentSpec {
     pub allow_self: bool,
     /// The key-value stores it may open (names in [`App::stores`]).
     pub key_value_stores: Vec<String>,
+    /// Requests one instance serves, when not the app's (`--instance-reuse`).
+    pub instance_reuse: Option<u32>,
 }
 
 impl ComponentSpec {
@@ -89,6 +91,7 @@ impl ComponentSpec {
             concurrency: None,
             allow_self: false,
             key_value_stores: Vec::new(),
+            instance_reuse: None,
         }
     }
 }
@@ -107,6 +110,8 @@ pub struct AppSettings {
     pub compile: CompileOptions,
     /// Instances made ahead of their requests.
     pub prewarm: u32,
+    /// `--instance-reuse`: requests one instance serves (1: a fresh instance per request).
+    pub instance_reuse: u32,
     /// `--state-dir`: where stores without a path of their own live.
     pub state_dir: Option<PathBuf>,
     /// `--variables-file`: values of a manifest's variables.
@@ -256,6 +261,7 @@ impl App {
                 concurrency: c.limits.concurrency,
                 allow_self: c.allow_self,
                 key_value_stores: c.key_value_stores.clone(),
+                instance_reuse: c.instance_reuse,
             };
             components.insert(name.clone(), spec);
         }
@@ -372,6 +378,7 @@ mod tests {
                 optimize: true,
             },
             prewarm: 0,
+            instance_reuse: 1,
             state_dir: None,
             variables_file: None,
             runtime_config: None,

@@ -19,7 +19,7 @@
 //! env = { MODE = "prod" }
 //! dirs = { "/data" = "./data" }
 //! allowed_outbound = ["https://payments.example.com"]
-//! allowed_sockets = ["tcp-connect:db.internal:5432"]
+//! allowed_sockets = ["tcp-connect:db.example.com:5432"]
 //! variables = { db_url = "{{ database_url }}" }
 //! limits = { memory = "64MiB", timeout = "5s", concurrency = 100 }
 //!
@@ -151,6 +151,8 @@ pub struct Component {
     pub allow_self: bool,
     /// What it may reach with `wasi:sockets` (`allowed_sockets`, as `--allow-socket`).
     pub allowed_sockets: Vec<crate::SocketGrant>,
+    /// `instance_reuse`: requests one instance serves (as `--instance-reuse`).
+    pub instance_reuse: Option<u32>,
     /// Its variables: name to template (`{{ app_variable }}` parts).
     pub variables: BTreeMap<String, String>,
     /// The key-value stores it may open, by name.
@@ -335,6 +337,7 @@ mod raw {
         pub allowed_outbound: Vec<Spanned<String>>,
         #[serde(default)]
         pub allowed_sockets: Vec<Spanned<String>>,
+        pub instance_reuse: Option<Spanned<u32>>,
         #[serde(default)]
         pub variables: BTreeMap<String, Spanned<String>>,
         #[serde(default)]
@@ -675,6 +678,12 @@ impl<F: Fn(std::ops::Range<usize>, String) -> ManifestError> Checker<'_, F> {
                     .map_err(|e| at(grant.span(), e.to_string()))
             })
             .collect::<Result<_, _>>()?;
+        let instance_reuse = match &raw.instance_reuse {
+            Some(n) if *n.get_ref() < 1 => {
+                return Err(at(n.span(), "instance_reuse: at least 1".into()));
+            }
+            n => n.as_ref().map(|n| *n.get_ref()),
+        };
         let mut templates = BTreeMap::new();
         for (name, template) in raw.variables {
             for used in template_names(template.get_ref()).map_err(|e| at(template.span(), e))? {
@@ -726,6 +735,7 @@ impl<F: Fn(std::ops::Range<usize>, String) -> ManifestError> Checker<'_, F> {
             allowed_outbound,
             allow_self,
             allowed_sockets,
+            instance_reuse,
             variables: templates,
             key_value_stores,
             limits: ComponentLimits {
@@ -840,7 +850,8 @@ source = "api.wasm"
 env = { MODE = "prod" }
 dirs = { "/data" = "./data" }
 allowed_outbound = ["https://payments.example.com", "http://self"]
-allowed_sockets = ["tcp-connect:db.internal:5432"]
+allowed_sockets = ["tcp-connect:db.example.com:5432"]
+instance_reuse = 8
 variables = { db_url = "{{ database_url }}" }
 limits = { memory = "64MiB", timeout = "5s", concurrency = 100 }
 
@@ -891,8 +902,9 @@ api_token = { required = true, secret = true }
         assert_eq!(api.allowed_sockets.len(), 1);
         assert_eq!(
             api.allowed_sockets[0].to_string(),
-            "tcp-connect:db.internal:5432"
+            "tcp-connect:db.example.com:5432"
         );
+        assert_eq!(api.instance_reuse, Some(8));
         assert_eq!(
             api.limits,
             ComponentLimits {
@@ -933,7 +945,7 @@ api_token = { required = true, secret = true }
             (
                 "source = \"auth.wasm\"",
                 "source = \"gone.wasm\"",
-                ":29:10: source \"gone.wasm\":",
+                ":30:10: source \"gone.wasm\":",
             ),
             (
                 "files = \"public/\"",
@@ -945,11 +957,16 @@ api_token = { required = true, secret = true }
                 "{{ databse_url }}",
                 "variable \"databse_url\" is not declared",
             ),
-            ("memory = \"64MiB\"", "memory = \"64 lots\"", ":26:21:"),
+            ("memory = \"64MiB\"", "memory = \"64 lots\"", ":27:21:"),
             (
-                "tcp-connect:db.internal:5432",
+                "tcp-connect:db.example.com:5432",
                 "tcp:db.internal:5432",
                 ":24:20: invalid --allow-socket",
+            ),
+            (
+                "instance_reuse = 8",
+                "instance_reuse = 0",
+                ":25:18: instance_reuse: at least 1",
             ),
             (
                 "manifest_version = 1",

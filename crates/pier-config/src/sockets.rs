@@ -12,7 +12,8 @@
 //! Guests reach addresses, not names, so a grant naming a host is checked against the addresses
 //! that name resolves to when the guest connects. As for outbound HTTP, a loopback, private or
 //! link-local address is reachable only through a grant that names it (an address or range
-//! containing it, or `localhost` for loopback), never through `*` or another name.
+//! containing it, or `localhost` for loopback), never through `*` or another name: a database
+//! on a private network is granted by its address or range (`tcp-connect:10.0.0.0/8:5432`).
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -48,7 +49,7 @@ impl SocketUse {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "invalid --allow-socket {input:?}: {reason} (expected USE:HOST:PORT, USE one of tcp-connect, \
-     tcp-listen, udp; e.g. tcp-connect:db.internal:5432, tcp-listen:127.0.0.1:9000-9100, \
+     tcp-listen, udp; e.g. tcp-connect:db.example.com:5432, tcp-listen:127.0.0.1:9000-9100, \
      udp:10.0.0.0/8:53)"
 )]
 pub struct SocketGrantError {
@@ -184,7 +185,8 @@ pub enum SocketSwitch {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "invalid -S {0:?}: pier takes inherit-network, allow-ip-name-lookup, tcp and udp (each \
-     optionally =y or =n; grant single addresses with --allow-socket)"
+     optionally =y or =n; grant single addresses with --allow-socket), and cli, http, p3 and \
+     common, which are always on"
 )]
 pub struct SwitchError(String);
 
@@ -194,7 +196,12 @@ impl SocketSwitch {
         const ALWAYS_ON: &[&str] = &["cli", "http", "p3", "common"];
         input
             .split(',')
-            .filter(|one| !ALWAYS_ON.contains(&one.split_once('=').map_or(*one, |(n, _)| n)))
+            // Turning one of these on changes nothing; off is not possible, and refused below.
+            .filter(|one| {
+                ALWAYS_ON
+                    .iter()
+                    .all(|on| *one != *on && *one != format!("{on}=y"))
+            })
             .map(|one| {
                 let err = || SwitchError(one.to_string());
                 let (name, value) = one.split_once('=').unwrap_or((one, "y"));
@@ -290,7 +297,7 @@ impl SocketPolicy {
     /// Whether the guest may look names up: `-S allow-ip-name-lookup`, or a grant that names a
     /// host (wasmtime's lookup is all or nothing; what the guest then reaches is still checked).
     pub fn ip_name_lookup(&self) -> bool {
-        let implied = self.grants.iter().any(|g| g.host_name().is_some());
+        let implied = self.names().next().is_some();
         self.switch(|s| match s {
             SocketSwitch::AllowIpNameLookup(on) => Some(*on),
             _ => None,
@@ -303,9 +310,13 @@ impl SocketPolicy {
         !self.tcp() && !self.udp() && !self.ip_name_lookup()
     }
 
-    /// The grants that name hosts, whose addresses a check needs.
+    /// The host names grants name, whose addresses a check needs (`localhost` needs none:
+    /// it names the loopback addresses).
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.grants.iter().filter_map(SocketGrant::host_name)
+        self.grants
+            .iter()
+            .filter_map(SocketGrant::host_name)
+            .filter(|name| *name != "localhost")
     }
 
     /// Checks binding a TCP (`tcp`) or UDP socket to the local `addr`. Binding to the
@@ -324,12 +335,22 @@ impl SocketPolicy {
         if any_local && (self.inherit_network || self.grants.iter().any(protocol)) {
             return Ok(());
         }
-        let what = if tcp {
-            SocketUse::TcpListen
+        if tcp {
+            return self.check(SocketUse::TcpListen, addr, |_| Vec::new());
+        }
+        // A `udp` grant names peers; binding a given local address and port (to serve on it)
+        // needs one naming that address, not `*` or a name.
+        let named = self.inherit_network
+            || self.grants.iter().any(|g| {
+                g.what == SocketUse::Udp
+                    && matches!(g.host, Host::Net(_))
+                    && g.allows(SocketUse::Udp, addr, &[])
+            });
+        if named {
+            Ok(())
         } else {
-            SocketUse::Udp
-        };
-        self.check(what, addr, |_| Vec::new())
+            Err(denial(SocketUse::Udp, addr))
+        }
     }
 
     /// Checks `what` with `addr`: the remote address to connect or send to, or receive from,
@@ -348,23 +369,29 @@ impl SocketPolicy {
             g.allows(what, addr, &resolved)
         });
         if allowed {
-            return Ok(());
-        }
-        let ip = canonical(addr.ip());
-        let host = if ip.is_ipv6() {
-            format!("[{ip}]")
+            Ok(())
         } else {
-            ip.to_string()
-        };
-        let verb = match what {
-            SocketUse::TcpConnect => "to",
-            SocketUse::TcpListen => "on",
-            SocketUse::Udp => "with",
-        };
-        Err(SocketDenied {
-            what: format!("{} {verb} {host}:{}", what.name(), addr.port()),
-            grant: format!("--allow-socket {}:{host}:{}", what.name(), addr.port()),
-        })
+            Err(denial(what, addr))
+        }
+    }
+}
+
+/// `what` with `addr` refused, with the grant that would allow it.
+fn denial(what: SocketUse, addr: SocketAddr) -> SocketDenied {
+    let ip = canonical(addr.ip());
+    let host = if ip.is_ipv6() {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
+    };
+    let verb = match what {
+        SocketUse::TcpConnect => "to",
+        SocketUse::TcpListen => "on",
+        SocketUse::Udp => "with",
+    };
+    SocketDenied {
+        what: format!("{} {verb} {host}:{}", what.name(), addr.port()),
+        grant: format!("--allow-socket {}:{host}:{}", what.name(), addr.port()),
     }
 }
 
@@ -383,7 +410,7 @@ mod tests {
     #[test]
     fn grants_parse_or_explain() {
         for ok in [
-            "tcp-connect:db.internal:5432",
+            "tcp-connect:db.example.com:5432",
             "tcp-listen:127.0.0.1:9000-9100",
             "udp:10.0.0.0/8:53",
             "tcp-connect:[::1]:80",
@@ -536,6 +563,20 @@ mod tests {
     }
 
     #[test]
+    fn a_udp_grant_names_peers_and_binding_a_local_address_needs_one_naming_it() {
+        let peers = policy(&["udp:*:53", "udp:10.0.0.0/8:53"]);
+        assert!(peers.check_bind(false, addr("0.0.0.0:0")).is_ok());
+        assert!(peers.check_bind(false, addr("198.51.100.7:53")).is_err());
+        assert!(
+            peers.check_bind(false, addr("10.0.0.9:53")).is_ok(),
+            "named by its range"
+        );
+        assert!(peers.check_bind(false, addr("0.0.0.0:53")).is_err());
+        // `localhost` needs no lookup, so it does not open name lookup.
+        assert!(!policy(&["tcp-connect:localhost:80"]).ip_name_lookup());
+    }
+
+    #[test]
     fn binding_to_any_address_needs_only_the_protocol() {
         let tcp = policy(&["tcp-connect:203.0.113.5:1"]);
         assert!(tcp.check_bind(true, addr("0.0.0.0:0")).is_ok());
@@ -584,9 +625,10 @@ mod tests {
             [SocketSwitch::Tcp(true)],
             "what pier always provides is taken and ignored"
         );
-        for bad in ["inherit", "tcp=maybe", "keyvalue"] {
+        for bad in ["inherit", "tcp=maybe", "keyvalue", "http=n", "cli=n"] {
             let e = SocketSwitch::parse_list(bad).unwrap_err().to_string();
             assert!(e.contains("pier takes inherit-network"), "{bad}: {e}");
+            assert!(e.contains("always on"), "{bad}: {e}");
         }
     }
 }

@@ -8,7 +8,7 @@
 //! is used by one request only.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use pier_config::{DirGrant, Grants};
@@ -137,6 +137,9 @@ pub struct StoreSettings {
     pub timeout: Duration,
     /// Instances kept made ahead of their requests; zero makes every instance on its request.
     pub prewarm: usize,
+    /// Requests one instance serves ([`crate::reuse`]); 1, the default, is a fresh instance
+    /// per request.
+    pub reuse: usize,
 }
 
 impl Default for StoreSettings {
@@ -146,6 +149,7 @@ impl Default for StoreSettings {
             max_memory: limits.max_memory,
             timeout: limits.timeout,
             prewarm: 0,
+            reuse: 1,
         }
     }
 }
@@ -203,6 +207,8 @@ pub struct HttpApp {
     settings: StoreSettings,
     outbound: Arc<dyn Outbound>,
     warm: Arc<Warm>,
+    /// With `settings.reuse` > 1: the workers holding reused instances, started on first use.
+    workers: OnceLock<wasmtime_wasi_http::handler::ProxyHandler<crate::reuse::Workers>>,
 }
 
 impl HttpApp {
@@ -276,6 +282,7 @@ impl HttpApp {
             settings,
             outbound: Arc::new(DenyAll),
             warm: Arc::default(),
+            workers: OnceLock::new(),
         })
     }
 
@@ -293,7 +300,9 @@ impl HttpApp {
         pool: PoolSizes,
     ) -> anyhow::Result<(Engine, HttpApp)> {
         let load = |pool, reset| -> anyhow::Result<(Engine, HttpApp)> {
-            let engine = new_engine(EngineKind::Serve { pool, reset }, wasm.p3)?;
+            // Reused instances run on wasmtime's workers, which call every guest concurrently.
+            let concurrent = wasm.p3 || settings.reuse > 1;
+            let engine = new_engine(EngineKind::Serve { pool, reset }, concurrent)?;
             let app = HttpApp::load(&engine, wasm, grants, cache, settings)?;
             Ok((engine, app))
         };
@@ -369,6 +378,22 @@ impl HttpApp {
     /// The limits each store gets.
     pub fn settings(&self) -> StoreSettings {
         self.settings
+    }
+
+    /// Answers `req` on a reused instance ([`crate::reuse`]; only with `settings.reuse` > 1).
+    /// Errors: a trap or failure of the instance (it ends every request it was serving), or
+    /// [`wasmtime_wasi_http::handler::ExpirationError`] for a request past the timeout.
+    pub async fn handle_reused(
+        self: &Arc<Self>,
+        req: http::Request<wasmtime_wasi_http::WasiBody>,
+    ) -> wasmtime::Result<http::Response<wasmtime_wasi_http::WasiBody>> {
+        let workers = self.workers.get_or_init(|| {
+            wasmtime_wasi_http::handler::ProxyHandler::new(crate::reuse::Workers {
+                app: Arc::downgrade(self),
+                uses: self.settings.reuse,
+            })
+        });
+        workers.handle((), req).await
     }
 
     /// An instance made ahead of time, with its deadline now started, if one is ready; taking

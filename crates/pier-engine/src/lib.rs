@@ -1,6 +1,6 @@
 //! pier's engine layer: the wasmtime engine, loading and caching compiled code, the per-store
-//! host state, and the two kinds of app pier runs (`wasi:http/proxy` components for serving,
-//! `wasi:cli` programs for `pier run`).
+//! host state, and the two kinds of app pier runs (`wasi:http` components for serving, WASI 0.2
+//! or 0.3, on fresh or reused instances; `wasi:cli` programs for `pier run`).
 
 mod cache;
 mod dirty;
@@ -11,6 +11,7 @@ mod load;
 pub mod optimize;
 pub mod p3;
 mod report;
+mod reuse;
 mod run;
 
 pub use cache::{CacheOutcome, CompileCache};

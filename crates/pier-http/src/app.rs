@@ -59,7 +59,19 @@ pub fn build(app: &App) -> anyhow::Result<Built> {
                 .unwrap_or(app.settings.limits.max_memory),
             timeout: component.timeout.unwrap_or(app.settings.limits.timeout),
             prewarm: app.settings.prewarm as usize,
+            reuse: component
+                .instance_reuse
+                .unwrap_or(app.settings.instance_reuse)
+                .max(1) as usize,
         };
+        // An answer waits for the key-value writes its request made; a reused instance's
+        // writes are not told apart by request yet.
+        if settings.reuse > 1 && !component.key_value_stores.is_empty() {
+            anyhow::bail!(
+                "component {name}: instance reuse with key-value stores is not supported yet \
+                 (serve it with a fresh instance per request)"
+            );
+        }
         let (engine, mut http) =
             HttpApp::load_for_serving(&wasm, &component.grants, &cache, settings, pool)?;
         let outbound = match &component.outbound {

@@ -113,6 +113,9 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
+    if app.settings().reuse > 1 {
+        return reused(app, req, body_limit, permit).await;
+    }
     let started = Instant::now();
     // An instance made ahead of time if one is ready, else one made for this request below.
     let (mut store, made) = match app.take_ready() {
@@ -338,6 +341,118 @@ where
         },
     };
     (response, Some(outcome))
+}
+
+/// Answers `req` on an instance that serves several requests (`--instance-reuse`, see
+/// `pier_engine::HttpApp::handle_reused`): the same status codes as a fresh instance gives, but
+/// a trap ends every request the instance was serving. `permit` is held until the head (the
+/// workers themselves take at most `--instance-reuse`'s share of requests each).
+async fn reused<B>(
+    app: Arc<HttpApp>,
+    mut req: Request<B>,
+    body_limit: Option<BodyLimit>,
+    permit: Option<crate::service::Permits>,
+) -> (Response<ResponseBody>, Option<Arc<GuestOutcome>>)
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    use http_body_util::BodyExt;
+
+    let started = Instant::now();
+    // The workers take the request's scheme and authority from its URI: give an origin-form
+    // HTTP/1.1 request the ones a fresh instance would see, from a `Host` header that parses
+    // as an authority and nothing else (never as part of the path). Without one, a 0.2 guest
+    // cannot be given the request: 400, as a fresh instance answers.
+    if req.uri().authority().is_none() {
+        let authority = req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.parse::<http::uri::Authority>().ok());
+        let Some(authority) = authority else {
+            return (
+                error_response(StatusCode::BAD_REQUEST, "bad request: no valid Host header"),
+                None,
+            );
+        };
+        let mut parts = req.uri().clone().into_parts();
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = Some(authority);
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        match http::Uri::from_parts(parts) {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(e) => {
+                return (
+                    error_response(StatusCode::BAD_REQUEST, &format!("bad request: {e}")),
+                    None,
+                );
+            }
+        }
+    }
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let answered = app
+        .handle_reused(req.map(|body| body.map_err(Into::into).boxed_unsync()))
+        .await;
+    drop(permit);
+    let elapsed = started.elapsed();
+    metrics::histogram!(crate::metrics::GUEST_SECONDS).record(elapsed.as_secs_f64());
+    let outcome = Arc::new(GuestOutcome::default());
+    match answered {
+        Ok(response) => {
+            outcome.set(true, elapsed);
+            let response = response.map(|body| ResponseBody::guest(body, outcome.clone()));
+            (response, Some(outcome))
+        }
+        Err(e) => {
+            outcome.set(false, elapsed);
+            let timeout = app.settings().timeout;
+            // A request past its time, or one whose instance was stopped for computing past it
+            // (the worker then ends, and says only that).
+            let expired = e
+                .downcast_ref::<wasmtime_wasi_http::handler::ExpirationError>()
+                .is_some()
+                || (e
+                    .downcast_ref::<wasmtime_wasi_http::handler::TrapOrPanicError>()
+                    .is_some()
+                    && !timeout.is_zero()
+                    && elapsed >= timeout);
+            // An instance that could not be made says why inside the error it is wrapped in.
+            let made = e.downcast_ref::<wasmtime_wasi_http::handler::InstantiationError<()>>();
+            let kind = if expired {
+                FailureKind::Timeout
+            } else if let Some(made) = made {
+                FailureKind::of(&made.error)
+            } else {
+                FailureKind::of(&e)
+            };
+            metrics::counter!(crate::metrics::GUEST_FAILURES, "kind" => kind.as_str()).increment(1);
+            let report = pier_engine::describe_guest_error(&e);
+            tracing::error!(component = app.name(), %method, path, kind = kind.as_str(), "guest failed: {report}");
+            let response = match kind {
+                _ if body_limit.as_ref().is_some_and(BodyLimit::exceeded) => {
+                    too_large(body_limit.as_ref())
+                }
+                FailureKind::Timeout => error_response(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &format!("the component did not answer within {}", human(timeout)),
+                ),
+                FailureKind::OutOfMemory => error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the component ran out of memory",
+                ),
+                FailureKind::PoolFull => {
+                    busy_response("server busy: no instance free for the request, retry shortly")
+                }
+                FailureKind::Trap => {
+                    error_response(StatusCode::INTERNAL_SERVER_ERROR, "the component failed")
+                }
+            };
+            (response, Some(outcome))
+        }
+    }
 }
 
 /// Waits until the key-value writes an answer depends on are on disk, within what is left of

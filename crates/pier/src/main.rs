@@ -109,6 +109,9 @@ struct ServeArgs {
     /// Fresh instances made ahead of their requests (each still serves one request).
     #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16))]
     prewarm: u32,
+    /// Requests one instance serves (0.2: one at a time, 0.3: 16 at once); 1 = fresh per request
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    instance_reuse: u32,
     /// Worker processes serving together on one port; one per core serves most.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     workers: u32,
@@ -155,6 +158,7 @@ impl ServeArgs {
             outbound: self.outbound.config(),
             compile: self.cache.options(),
             prewarm: self.prewarm,
+            instance_reuse: self.instance_reuse,
             state_dir: self.stores.state_dir.clone(),
             variables_file: self.variables_file.clone(),
             runtime_config: self.stores.runtime_config.clone(),
@@ -807,7 +811,9 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 fn compile(args: CompileArgs) -> anyhow::Result<()> {
     let wasm = WasmFile::read(&args.app)?;
     let cache = CompileCache::new(&args.cache.config()).optimize(!args.cache.no_optimize);
-    // Code compiled for `run` is the same as for `serve` (only instance allocation differs).
+    // Code compiled for `run` is the same as for `serve` (only instance allocation differs),
+    // except with `serve --instance-reuse`, whose engine calls a 0.2 component concurrently too:
+    // that compiles on its first start.
     let engine = pier_engine::new_engine(EngineKind::Run, wasm.p3)?;
     let outcome = match wasm.kind {
         WasmKind::Component => cache.component(&engine, &wasm).map(|(_, o)| o),

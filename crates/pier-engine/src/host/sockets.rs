@@ -53,7 +53,9 @@ async fn allowed(
         SocketAddrUse::UdpSend | SocketAddrUse::UdpReceive => SocketUse::Udp,
     };
     let mut checked = policy.check(what, addr, |_| Vec::new());
-    if checked.is_err() && policy.names().next().is_some() {
+    // Names are looked up for what the guest does, not for every datagram any peer sends it.
+    let receive = matches!(used, SocketAddrUse::UdpReceive);
+    if checked.is_err() && !receive && policy.names().next().is_some() {
         let resolved = resolve(policy.names()).await;
         checked = policy.check(what, addr, |name| {
             resolved.get(name).cloned().unwrap_or_default()
