@@ -324,23 +324,30 @@ where
                     "the component returned no response",
                 )
             }
-            GuestEnd::Failed(FailureKind::Timeout) => error_response(
-                StatusCode::GATEWAY_TIMEOUT,
-                &format!("the component did not answer within {}", human(timeout)),
-            ),
-            GuestEnd::Failed(FailureKind::OutOfMemory) => error_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the component ran out of memory",
-            ),
-            GuestEnd::Failed(FailureKind::PoolFull) => {
-                busy_response("server busy: no instance free for the request, retry shortly")
-            }
-            GuestEnd::Failed(FailureKind::Trap) => {
-                error_response(StatusCode::INTERNAL_SERVER_ERROR, "the component failed")
-            }
+            GuestEnd::Failed(kind) => failed(kind, timeout),
         },
     };
     (response, Some(outcome))
+}
+
+/// What the client gets when the guest failed before answering.
+fn failed(kind: FailureKind, timeout: Duration) -> Response<ResponseBody> {
+    match kind {
+        FailureKind::Timeout => error_response(
+            StatusCode::GATEWAY_TIMEOUT,
+            &format!("the component did not answer within {}", human(timeout)),
+        ),
+        FailureKind::OutOfMemory => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the component ran out of memory",
+        ),
+        FailureKind::PoolFull => {
+            busy_response("server busy: no instance free for the request, retry shortly")
+        }
+        FailureKind::Trap => {
+            error_response(StatusCode::INTERNAL_SERVER_ERROR, "the component failed")
+        }
+    }
 }
 
 /// Answers `req` on an instance that serves several requests (`--instance-reuse`, see
@@ -431,24 +438,10 @@ where
             metrics::counter!(crate::metrics::GUEST_FAILURES, "kind" => kind.as_str()).increment(1);
             let report = pier_engine::describe_guest_error(&e);
             tracing::error!(component = app.name(), %method, path, kind = kind.as_str(), "guest failed: {report}");
-            let response = match kind {
-                _ if body_limit.as_ref().is_some_and(BodyLimit::exceeded) => {
-                    too_large(body_limit.as_ref())
-                }
-                FailureKind::Timeout => error_response(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    &format!("the component did not answer within {}", human(timeout)),
-                ),
-                FailureKind::OutOfMemory => error_response(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "the component ran out of memory",
-                ),
-                FailureKind::PoolFull => {
-                    busy_response("server busy: no instance free for the request, retry shortly")
-                }
-                FailureKind::Trap => {
-                    error_response(StatusCode::INTERNAL_SERVER_ERROR, "the component failed")
-                }
+            let response = if body_limit.as_ref().is_some_and(BodyLimit::exceeded) {
+                too_large(body_limit.as_ref())
+            } else {
+                failed(kind, timeout)
             };
             (response, Some(outcome))
         }

@@ -411,6 +411,33 @@ pub async fn request(
     send(addr, proto, req).await
 }
 
+/// Sends `n` `POST path` requests at once, half over HTTP/1.1 and half over HTTP/2, each with a
+/// body of its own, and asserts each is answered 200 with its own body (an echoing guest).
+pub async fn echo_at_once(addr: &str, path: &str, n: usize) {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let addr = addr.to_string();
+        let path = path.to_string();
+        tasks.push(tokio::spawn(async move {
+            let proto = if i % 2 == 0 { Proto::H1 } else { Proto::H2 };
+            let body = format!("request {i}");
+            let answer = request(&addr, proto, "POST", &path, body.as_bytes())
+                .await
+                .unwrap();
+            assert_eq!(
+                answer.status,
+                StatusCode::OK,
+                "{proto:?}: {}",
+                answer.text()
+            );
+            assert_eq!(answer.text(), body);
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
 /// `GET path` over a new connection.
 pub async fn get(addr: &str, proto: Proto, path: &str) -> Result<Answer> {
     request(addr, proto, "GET", path, b"").await

@@ -44,22 +44,7 @@ async fn a_0_2_instance_serves_n_requests_one_after_another() {
 async fn a_0_3_instance_serves_requests_at_once_and_fails_as_fresh_ones_do() {
     let echo = pier_testkit::wasip3_test("http-service-echo");
     let server = serve(&["--instance-reuse", "1000", echo.to_str().unwrap()]);
-    let mut tasks = Vec::new();
-    for i in 0..48 {
-        let addr = server.addr.clone();
-        tasks.push(tokio::spawn(async move {
-            let proto = if i % 2 == 0 { Proto::H1 } else { Proto::H2 };
-            let body = format!("request {i}");
-            let answer = pier_testkit::request(&addr, proto, "POST", "/echo", body.as_bytes())
-                .await
-                .unwrap();
-            assert_eq!(answer.status, StatusCode::OK);
-            assert_eq!(answer.text(), body);
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
+    pier_testkit::echo_at_once(&server.addr, "/echo", 48).await;
     // The Host header gives the request its authority and nothing else: one that would
     // reach into the path is refused, not spliced into the URI.
     let req = http::Request::builder()

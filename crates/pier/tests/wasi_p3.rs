@@ -125,22 +125,7 @@ async fn a_0_3_guest_is_held_to_the_same_limits() {
 #[tokio::test]
 async fn concurrent_requests_each_get_an_instance() {
     let server = serve(&pier_testkit::wasip3_test("http-service-echo"), &[]);
-    let mut tasks = Vec::new();
-    for i in 0..64 {
-        let addr = server.addr.clone();
-        tasks.push(tokio::spawn(async move {
-            let proto = if i % 2 == 0 { Proto::H1 } else { Proto::H2 };
-            let body = format!("request {i}");
-            let answer = pier_testkit::request(&addr, proto, "POST", "/echo", body.as_bytes())
-                .await
-                .unwrap();
-            assert_eq!(answer.status, StatusCode::OK);
-            assert_eq!(answer.text(), body);
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
+    pier_testkit::echo_at_once(&server.addr, "/echo", 64).await;
 }
 
 /// `pier run ARGS`.
