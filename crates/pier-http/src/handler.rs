@@ -352,8 +352,8 @@ fn failed(kind: FailureKind, timeout: Duration) -> Response<ResponseBody> {
 
 /// Answers `req` on an instance that serves several requests (`--instance-reuse`, see
 /// `pier_engine::HttpApp::handle_reused`): the same status codes as a fresh instance gives, but
-/// a trap ends every request the instance was serving. `permit` is held until the head (the
-/// workers themselves take at most `--instance-reuse`'s share of requests each).
+/// a trap ends every request the instance was serving. `permit` is held until the response
+/// body has ended (the instance writes it while it serves other requests).
 async fn reused<B>(
     app: Arc<HttpApp>,
     mut req: Request<B>,
@@ -403,14 +403,16 @@ where
     let answered = app
         .handle_reused(req.map(|body| body.map_err(Into::into).boxed_unsync()))
         .await;
-    drop(permit);
     let elapsed = started.elapsed();
     metrics::histogram!(crate::metrics::GUEST_SECONDS).record(elapsed.as_secs_f64());
     let outcome = Arc::new(GuestOutcome::default());
     match answered {
         Ok(response) => {
             outcome.set(true, elapsed);
-            let response = response.map(|body| ResponseBody::guest(body, outcome.clone()));
+            let response = response.map(|inner| {
+                let body = Holding { inner, permit }.boxed_unsync();
+                ResponseBody::guest(body, outcome.clone())
+            });
             (response, Some(outcome))
         }
         Err(e) => {
@@ -445,6 +447,37 @@ where
             };
             (response, Some(outcome))
         }
+    }
+}
+
+/// A reused instance's response body, holding the request's `--max-concurrency` slot until the
+/// body has ended (or is dropped).
+struct Holding {
+    inner: HyperOutgoingBody,
+    permit: Option<crate::service::Permits>,
+}
+
+impl Body for Holding {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None | Some(Err(_)))) {
+            self.permit = None;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

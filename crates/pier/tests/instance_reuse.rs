@@ -109,3 +109,75 @@ fn reuse_with_key_value_stores_is_refused_until_supported() {
         &["instance reuse with key-value stores is not supported yet"],
     );
 }
+
+/// A reused instance writes a response body while it serves other requests: the request holds
+/// its `--max-concurrency` slot until its body has ended, as with a fresh instance.
+#[tokio::test]
+async fn a_streaming_response_holds_its_concurrency_slot_until_it_ends() {
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+
+    let Some(app) = pier_testkit::toolchain_guest("python-p3.wasm") else {
+        return;
+    };
+    let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("reuse-cache");
+    let server = PierServer::start_with_env(
+        pier(),
+        &[
+            "--instance-reuse",
+            "100",
+            "--max-concurrency",
+            "1",
+            app.to_str().unwrap(),
+        ],
+        &[("PIER_CACHE_DIR", cache.to_str().unwrap())],
+    )
+    .unwrap();
+    let mut client = pier_testkit::Client::connect(&server.addr, Proto::H1)
+        .await
+        .unwrap();
+    let (tx, body) = pier_testkit::channel_body();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/echo")
+        .body(body)
+        .unwrap();
+    tx.send(Bytes::from_static(b"first, ")).await.unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(20), client.send(req))
+        .await
+        .expect("the head comes while the body streams")
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, "first, ");
+    // The slot is taken while the body streams.
+    let busy = pier_testkit::get(&server.addr, Proto::H1, "/")
+        .await
+        .unwrap();
+    assert_eq!(
+        busy.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        busy.text()
+    );
+    tx.send(Bytes::from_static(b"last")).await.unwrap();
+    drop(tx);
+    assert_eq!(body.collect().await.unwrap().to_bytes(), "last");
+    // And free once it has ended.
+    let mut answered = None;
+    for _ in 0..50 {
+        let answer = pier_testkit::get(&server.addr, Proto::H1, "/")
+            .await
+            .unwrap();
+        if answer.status == StatusCode::OK {
+            answered = Some(answer);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        answered.expect("the slot came back").text(),
+        "hello from python 0.3 at /\n"
+    );
+}
