@@ -225,12 +225,10 @@ impl SocketSwitch {
 /// What a guest may do with `wasi:sockets`. The default grants nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SocketPolicy {
-    /// `-S inherit-network`: any address.
-    pub inherit_network: bool,
     /// Switches that override what the grants imply, in flag order.
-    pub switches: Vec<SocketSwitch>,
+    switches: Vec<SocketSwitch>,
     /// `--allow-socket` grants.
-    pub grants: Vec<SocketGrant>,
+    grants: Vec<SocketGrant>,
 }
 
 /// A socket operation the policy refused, with the grant that would allow it.
@@ -251,28 +249,26 @@ impl fmt::Display for SocketDenied {
 impl SocketPolicy {
     /// A policy from `-S` switches and `--allow-socket` grants.
     pub fn new(switches: Vec<SocketSwitch>, grants: Vec<SocketGrant>) -> Self {
-        let inherit_network = switches
-            .iter()
-            .rev()
-            .find_map(|s| match s {
-                SocketSwitch::InheritNetwork(on) => Some(*on),
-                _ => None,
-            })
-            .unwrap_or(false);
-        SocketPolicy {
-            inherit_network,
-            switches,
-            grants,
-        }
+        SocketPolicy { switches, grants }
     }
 
+    /// The last of the switches `pick` answers for (a later switch wins).
     fn switch(&self, pick: impl Fn(&SocketSwitch) -> Option<bool>) -> Option<bool> {
         self.switches.iter().rev().find_map(pick)
     }
 
+    /// `-S inherit-network`: any address, TCP and UDP.
+    fn inherit_network(&self) -> bool {
+        self.switch(|s| match s {
+            SocketSwitch::InheritNetwork(on) => Some(*on),
+            _ => None,
+        })
+        .unwrap_or(false)
+    }
+
     /// Whether the guest may make TCP sockets at all.
     pub fn tcp(&self) -> bool {
-        let implied = self.inherit_network
+        let implied = self.inherit_network()
             || self
                 .grants
                 .iter()
@@ -286,7 +282,8 @@ impl SocketPolicy {
 
     /// Whether the guest may make UDP sockets at all.
     pub fn udp(&self) -> bool {
-        let implied = self.inherit_network || self.grants.iter().any(|g| g.what == SocketUse::Udp);
+        let implied =
+            self.inherit_network() || self.grants.iter().any(|g| g.what == SocketUse::Udp);
         self.switch(|s| match s {
             SocketSwitch::Udp(on) => Some(*on),
             _ => None,
@@ -332,7 +329,7 @@ impl SocketPolicy {
                 g.what == SocketUse::Udp
             }
         };
-        if any_local && (self.inherit_network || self.grants.iter().any(protocol)) {
+        if any_local && (self.inherit_network() || self.grants.iter().any(protocol)) {
             return Ok(());
         }
         if tcp {
@@ -340,7 +337,7 @@ impl SocketPolicy {
         }
         // A `udp` grant names peers; binding a given local address and port (to serve on it)
         // needs one naming that address, not `*` or a name.
-        let named = self.inherit_network
+        let named = self.inherit_network()
             || self.grants.iter().any(|g| {
                 g.what == SocketUse::Udp
                     && matches!(g.host, Host::Net(_))
@@ -361,7 +358,7 @@ impl SocketPolicy {
         addr: SocketAddr,
         resolve: impl Fn(&str) -> Vec<IpAddr>,
     ) -> Result<(), SocketDenied> {
-        if self.inherit_network {
+        if self.inherit_network() {
             return Ok(());
         }
         let allowed = self.grants.iter().any(|g| {

@@ -111,7 +111,7 @@ pub(crate) fn export_names(engine: &Engine, component: &Component) -> Vec<String
 }
 
 /// Whether `component` exports an interface instance whose name starts with `prefix`.
-pub(crate) fn exports(engine: &Engine, component: &Component, prefix: &str) -> bool {
+pub(crate) fn exports_instance(engine: &Engine, component: &Component, prefix: &str) -> bool {
     component
         .component_type()
         .exports(engine)
@@ -229,8 +229,8 @@ impl HttpApp {
             .map_err(|e| AppError::compile(wasm, e))?;
 
         // A component may export both (the WASI 0.3 test components do): 0.3 is preferred.
-        let p3 = exports(engine, &component, crate::p3::HANDLER);
-        if !p3 && !exports(engine, &component, INCOMING_HANDLER) {
+        let p3 = exports_instance(engine, &component, crate::p3::HANDLER);
+        if !p3 && !exports_instance(engine, &component, INCOMING_HANDLER) {
             let exports = export_names(engine, &component);
             let command = |e: &String| e.starts_with(CLI_RUN) || e.starts_with(crate::p3::CLI_RUN);
             let hint = if exports.iter().any(command) {

@@ -79,24 +79,20 @@ pub(crate) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
 /// a failure of the host's side; dropping the future drops the guest mid-call.
 ///
 /// The request keeps its scheme and authority: from its URI (HTTP/2) or, for an origin-form
-/// HTTP/1.1 request, `scheme` and the `Host` header.
+/// HTTP/1.1 request, `http` (as 0.2 guests are told) and the `Host` header ([`authority`]).
 pub async fn handle<B>(
     store: &mut Store<HostState>,
     service: &Service,
     req: http::Request<B>,
-    scheme: Scheme,
     head: oneshot::Sender<Head>,
 ) -> wasmtime::Result<()>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
+    let authority = authority(&req);
     let (parts, body) = req.into_parts();
-    let authority = parts.uri.authority().cloned().or_else(|| {
-        let host = parts.headers.get(http::header::HOST)?.to_str().ok()?;
-        host.parse::<Authority>().ok()
-    });
-    let scheme = parts.uri.scheme().cloned().unwrap_or(scheme);
+    let scheme = parts.uri.scheme().cloned().unwrap_or(Scheme::HTTP);
     let headers = FieldMap::new_immutable(store.data_mut().http().hooks, parts.headers);
     let (request, io) = wasmtime_wasi_http::p3::Request::new(
         parts.method,
@@ -122,6 +118,15 @@ where
             Ok(())
         })
         .await?
+}
+
+/// A request's authority: its URI's, or the `Host` header's when that parses as an authority
+/// and nothing more (a header reaching into the path, `x/admin?`, gives none).
+pub fn authority<B>(req: &http::Request<B>) -> Option<Authority> {
+    req.uri().authority().cloned().or_else(|| {
+        let host = req.headers().get(http::header::HOST)?.to_str().ok()?;
+        host.parse::<Authority>().ok()
+    })
 }
 
 /// Runs a WASI 0.3 command's `run` in `store` to its end: `Ok(Err(()))` is the guest's own

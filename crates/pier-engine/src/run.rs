@@ -14,7 +14,7 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 use crate::cache::CompileCache;
 use crate::engine::{EngineKind, new_engine};
 use crate::host::{HostState, Outbound};
-use crate::http_app::{AppError, check_dir, export_names, exports, exports_list};
+use crate::http_app::{AppError, check_dir, export_names, exports_instance, exports_list};
 use crate::load::{WasmFile, WasmKind};
 
 /// Exit code for a guest that trapped, as a process killed by SIGABRT (what `wasmtime run` does).
@@ -90,8 +90,8 @@ async fn run_component(
     let (component, _) = cache
         .component(engine, wasm)
         .map_err(|e| AppError::compile(wasm, e))?;
-    let p3 = exports(engine, &component, crate::p3::CLI_RUN);
-    if !p3 && !exports(engine, &component, crate::http_app::CLI_RUN) {
+    let p3 = exports_instance(engine, &component, crate::p3::CLI_RUN);
+    if !p3 && !exports_instance(engine, &component, crate::http_app::CLI_RUN) {
         let exports = export_names(engine, &component);
         let http = |e: &String| {
             e.starts_with("wasi:http/incoming-handler@") || e.starts_with("wasi:http/handler@")

@@ -192,14 +192,7 @@ where
                             .await
                     }
                     (Guest::P3(service), Call::P3 { request, head }) => {
-                        pier_engine::p3::handle(
-                            &mut store,
-                            &service,
-                            request,
-                            http::uri::Scheme::HTTP,
-                            head,
-                        )
-                        .await
+                        pier_engine::p3::handle(&mut store, &service, request, head).await
                     }
                     _ => unreachable!("an app's instances all speak the version it was loaded as"),
                 }
@@ -228,14 +221,7 @@ where
                 Ok(_) => GuestEnd::Returned,
                 Err(e) => {
                     let kind = FailureKind::of(e);
-                    metrics::counter!(crate::metrics::GUEST_FAILURES, "kind" => kind.as_str())
-                        .increment(1);
-                    let report = pier_engine::describe_guest_error(e);
-                    if kind == FailureKind::PoolFull {
-                        tracing::warn!(component = app.name(), %method, path = uri.path(), "no instance for the request, answered 503: {report}");
-                    } else {
-                        tracing::error!(component = app.name(), %method, path = uri.path(), kind = kind.as_str(), "guest failed: {report}");
-                    }
+                    report_failure(&app, &method, uri.path(), kind, e);
                     GuestEnd::Failed(kind)
                 }
             };
@@ -330,6 +316,23 @@ where
     (response, Some(outcome))
 }
 
+/// Counts a guest's failure and logs it with its cause.
+fn report_failure(
+    app: &HttpApp,
+    method: &http::Method,
+    path: &str,
+    kind: FailureKind,
+    e: &wasmtime::Error,
+) {
+    metrics::counter!(crate::metrics::GUEST_FAILURES, "kind" => kind.as_str()).increment(1);
+    let report = pier_engine::describe_guest_error(e);
+    if kind == FailureKind::PoolFull {
+        tracing::warn!(component = app.name(), %method, path, "no instance for the request, answered 503: {report}");
+    } else {
+        tracing::error!(component = app.name(), %method, path, kind = kind.as_str(), "guest failed: {report}");
+    }
+}
+
 /// What the client gets when the guest failed before answering.
 fn failed(kind: FailureKind, timeout: Duration) -> Response<ResponseBody> {
     match kind {
@@ -372,12 +375,7 @@ where
     // as an authority and nothing else (never as part of the path). Without one, a 0.2 guest
     // cannot be given the request: 400, as a fresh instance answers.
     if req.uri().authority().is_none() {
-        let authority = req
-            .headers()
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.parse::<http::uri::Authority>().ok());
-        let Some(authority) = authority else {
+        let Some(authority) = pier_engine::p3::authority(&req) else {
             return (
                 error_response(StatusCode::BAD_REQUEST, "bad request: no valid Host header"),
                 None,
@@ -437,9 +435,7 @@ where
             } else {
                 FailureKind::of(&e)
             };
-            metrics::counter!(crate::metrics::GUEST_FAILURES, "kind" => kind.as_str()).increment(1);
-            let report = pier_engine::describe_guest_error(&e);
-            tracing::error!(component = app.name(), %method, path, kind = kind.as_str(), "guest failed: {report}");
+            report_failure(&app, &method, &path, kind, &e);
             let response = if body_limit.as_ref().is_some_and(BodyLimit::exceeded) {
                 too_large(body_limit.as_ref())
             } else {
