@@ -7,7 +7,7 @@
 #   guests/build.sh c          C programs and C Proxy-Wasm filters -> guests/prebuilt/
 #                              (committed; needs Debian's clang, lld and wasi-libc)
 #   guests/build.sh examples   examples/hello/hello.wat -> hello.wasm (committed)
-#   guests/build.sh python     componentize-py hello, fetch, kv and a WASI 0.3 service ->
+#   guests/build.sh python     componentize-py hello, fetch, kv, a WASI 0.3 service and middleware ->
 #                              guests/build/python-*.wasm
 #   guests/build.sh js         componentize-js hello -> guests/build/js-hello.wasm
 #   guests/build.sh app        examples/app's Python and JavaScript components ->
@@ -98,6 +98,14 @@ build_python() {
     "$root/$tools/py/bin/componentize-py" -d "$root/$wit" -w pier:python-guests/service componentize service \
       -o "$root/$build/python-p3.wasm" >/dev/null)
   echo "built $build/python-p3.wasm"
+  rm -rf "$out"
+  # A WASI 0.3 middleware (wasi:http/middleware@0.3.0).
+  out=$(mktemp -d)
+  cp guests/python/middleware.py "$out/"
+  (cd "$out" && "$root/$tools/py/bin/componentize-py" -d "$root/$wit" -w pier:python-guests/middleware bindings . >/dev/null &&
+    "$root/$tools/py/bin/componentize-py" -d "$root/$wit" -w pier:python-guests/middleware componentize middleware \
+      -o "$root/$build/python-middleware.wasm" >/dev/null)
+  echo "built $build/python-middleware.wasm"
   rm -rf "$out"
 }
 

@@ -40,6 +40,9 @@ pub struct RouteSpec {
     pub target: TargetSpec,
     /// The filters in front of it: indices into [`App::filters`], in order.
     pub filters: Vec<usize>,
+    /// The WASI 0.3 middleware components between the filters and the target, by name,
+    /// outermost first.
+    pub middleware: Vec<String>,
     /// Whether the guest is told the route (`x-pier-route`, `x-pier-path-info`): for a
     /// manifest's routes, not for the single route of a command line.
     pub announce: bool,
@@ -193,6 +196,7 @@ impl App {
             path: RoutePath::Prefix(String::new()),
             target,
             filters: (0..filters.len()).collect(),
+            middleware: Vec::new(),
             announce: false,
         };
         App {
@@ -289,6 +293,7 @@ impl App {
                 path: route.path.clone(),
                 target,
                 filters,
+                middleware: route.middleware.clone(),
                 announce: true,
             });
         }

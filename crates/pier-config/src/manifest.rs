@@ -13,6 +13,7 @@
 //! path = "/api/..."            # "/..." suffix: a prefix; otherwise exact
 //! component = "api"
 //! filters = ["auth"]
+//! middleware = ["session"]    # WASI 0.3 middleware components, outermost first
 //!
 //! [component.api]
 //! source = "api.wasm"
@@ -91,6 +92,9 @@ pub struct Route {
     pub target: Target,
     /// Filters in front of it, by name, in order.
     pub filters: Vec<String>,
+    /// WASI 0.3 middleware components between the filters and the target, by name, the first
+    /// one outermost: each passes the request on to the next (the last to the target).
+    pub middleware: Vec<String>,
 }
 
 /// A route's path pattern.
@@ -323,6 +327,8 @@ mod raw {
         pub files: Option<Spanned<String>>,
         #[serde(default)]
         pub filters: Vec<Spanned<String>>,
+        #[serde(default)]
+        pub middleware: Vec<Spanned<String>>,
     }
 
     #[derive(Deserialize)]
@@ -497,6 +503,16 @@ impl<F: Fn(std::ops::Range<usize>, String) -> ManifestError> Checker<'_, F> {
                 }
                 names.push(filter.into_inner());
             }
+            let mut middleware = Vec::new();
+            for name in raw.middleware {
+                if !components.contains_key(name.get_ref()) {
+                    return Err(at(
+                        name.span(),
+                        undeclared("middleware component", "component", &name),
+                    ));
+                }
+                middleware.push(name.into_inner());
+            }
             if let Some((_, _, first)) = seen.iter().find(|(h, p, _)| *h == host && *p == path) {
                 let first = at(first.clone(), String::new());
                 return Err(at(
@@ -517,6 +533,7 @@ impl<F: Fn(std::ops::Range<usize>, String) -> ManifestError> Checker<'_, F> {
                 path,
                 target,
                 filters: names,
+                middleware,
             });
         }
         Ok(Manifest {
@@ -863,6 +880,14 @@ failure = "fail-closed"
 [variables]
 database_url = { default = "sqlite://x" }
 api_token = { required = true, secret = true }
+
+[[route]]
+path = "/account/..."
+component = "api"
+middleware = ["session"]
+
+[component.session]
+source = "auth.wasm"
 "#;
 
     fn parse(dir: &Path, text: &str) -> Result<Manifest, ManifestError> {
@@ -886,6 +911,7 @@ api_token = { required = true, secret = true }
                     Some("admin.example.com".into()),
                     RoutePath::Prefix("".into())
                 ),
+                (None, RoutePath::Prefix("/account".into())),
             ]
         );
         assert_eq!(m.routes[0].target, Target::Component("api".into()));
@@ -894,6 +920,8 @@ api_token = { required = true, secret = true }
             Target::Files(dir.path().join("public/"))
         );
         assert_eq!(m.routes[2].filters, ["auth"]);
+        assert_eq!(m.routes[3].middleware, ["session"]);
+        assert!(m.routes[0].middleware.is_empty());
         let api = &m.components["api"];
         assert_eq!(api.source, dir.path().join("api.wasm"));
         assert_eq!(api.dirs["/data"], dir.path().join("./data"));
@@ -936,6 +964,11 @@ api_token = { required = true, secret = true }
                 "filters = [\"auth\"]",
                 "filters = [\"nope\"]",
                 ":17:12: filter \"nope\" is not declared",
+            ),
+            (
+                "middleware = [\"session\"]",
+                "middleware = [\"sesion\"]",
+                ":41:15: middleware component \"sesion\" is not declared",
             ),
             (
                 "path = \"/\"",

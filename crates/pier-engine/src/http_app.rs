@@ -120,6 +120,16 @@ pub(crate) fn exports_instance(engine: &Engine, component: &Component, prefix: &
         })
 }
 
+/// Whether `component` imports an interface instance whose name starts with `prefix`.
+fn imports_instance(engine: &Engine, component: &Component, prefix: &str) -> bool {
+    component
+        .component_type()
+        .imports(engine)
+        .any(|(name, item)| {
+            name.starts_with(prefix) && matches!(item.ty, ComponentItem::ComponentInstance(_))
+        })
+}
+
 pub(crate) fn exports_list(names: &[String]) -> String {
     if names.is_empty() {
         "nothing".to_string()
@@ -193,6 +203,8 @@ pub struct HttpApp {
     pre: InstancePre<HostState>,
     /// Where the `wasi:http` handler is, checked once.
     handler: Handler,
+    /// Whether it imports `wasi:http/handler` too: a middleware, which passes requests on.
+    middleware: bool,
     /// The component's reset hint ([`crate::optimize::hint`]), if the optimiser gave it one.
     hint: Option<ComponentExportIndex>,
     /// Whether the hint is called after each request: only when the pool resets memories by
@@ -257,6 +269,7 @@ impl HttpApp {
         }
         .map_err(|e| AppError::link(wasm, e))?;
         let hint = component.get_export_index(None, crate::optimize::hint::EXPORT);
+        let middleware = p3 && imports_instance(engine, &component, crate::p3::HANDLER);
 
         for dir in &grants.dirs {
             check_dir(dir)?;
@@ -265,6 +278,7 @@ impl HttpApp {
         Ok(HttpApp {
             pre,
             handler,
+            middleware,
             hint,
             join_runs: false,
             wasi: Arc::new(WasiRecipe {
@@ -348,6 +362,13 @@ impl HttpApp {
     /// Whether the component is served as a WASI 0.3 service ([`Guest::P3`]).
     pub fn is_p3(&self) -> bool {
         matches!(self.handler, Handler::P3(_))
+    }
+
+    /// Whether the component is a WASI 0.3 middleware: it imports `wasi:http/handler` as well
+    /// as exporting it, and passes requests on to the next link given to its stores
+    /// ([`HostState::set_downstream`]).
+    pub fn is_middleware(&self) -> bool {
+        self.middleware
     }
 
     /// The compiled component.

@@ -63,7 +63,8 @@ fn fresh_instance(c: &mut Criterion) {
                             |never: Infallible| -> wasmtime_wasi_http::Error { match never {} },
                         ))
                         .unwrap();
-                    let (response, _) = pier_http::handler::handle(app, req, None, None).await;
+                    let (response, _) =
+                        pier_http::handler::handle(app, req, None, None, None).await;
                     assert_eq!(response.status(), 200);
                     response.into_body().collect().await.unwrap();
                 }

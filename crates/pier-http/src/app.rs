@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use pier_config::{App, OutboundConfig, RunConfig, StoreSpec, TargetSpec};
+use pier_config::{App, OutboundConfig, RouteSpec, RunConfig, StoreSpec, TargetSpec};
 use pier_engine::{
     CompileCache, EngineKind, HttpApp, KeyValueLimits, KeyValueState, MemoryReset, PoolSizes,
     StoreSettings, WasmFile,
@@ -15,7 +15,7 @@ use pier_engine::{
 use tokio::sync::Semaphore;
 
 use crate::{
-    FilterChain, FilterSettings, Handler, NamedUpstreams, OutboundClient, Routed, Upstream,
+    Chain, FilterChain, FilterSettings, Handler, NamedUpstreams, OutboundClient, Routed, Upstream,
 };
 
 /// A built application, ready for a [`crate::Server`].
@@ -52,7 +52,12 @@ pub fn build(app: &App) -> anyhow::Result<Built> {
         ..KeyValueLimits::default()
     };
     for (name, component) in &app.components {
-        let wasm = WasmFile::read(&component.source)?;
+        let mut wasm = WasmFile::read(&component.source)?;
+        // A manifest's components are logged by their names there (one file may serve as
+        // several, with different grants and limits); a command line's by its file's.
+        if !app.described_by.is_empty() {
+            wasm.name = name.clone();
+        }
         let settings = StoreSettings {
             max_memory: component
                 .max_memory
@@ -66,6 +71,12 @@ pub fn build(app: &App) -> anyhow::Result<Built> {
         };
         // An answer waits for the key-value writes its request made; a reused instance's
         // writes are not told apart by request yet.
+        if settings.reuse > 1 && app.routes.iter().any(|r| r.middleware.contains(name)) {
+            anyhow::bail!(
+                "component {name}: instance reuse is not supported for middleware (its next \
+                 link is given per request: serve it with a fresh instance per request)"
+            );
+        }
         if settings.reuse > 1 && !component.key_value_stores.is_empty() {
             anyhow::bail!(
                 "component {name}: instance reuse with key-value stores is not supported yet \
@@ -106,8 +117,10 @@ pub fn build(app: &App) -> anyhow::Result<Built> {
         )?);
     }
     let filters = filters(&engines[0], app)?;
+    let is_middleware = |name: &str| components.get(name).map(|(http, _)| http.is_middleware());
     let mut routes = Vec::new();
     for route in &app.routes {
+        check_chain(route, is_middleware)?;
         let (handler, component_limit) = match &route.target {
             TargetSpec::Component(name) => {
                 let (http, limit) = components
@@ -133,6 +146,16 @@ pub fn build(app: &App) -> anyhow::Result<Built> {
                 (Handler::Files(Arc::new(files)), None)
             }
         };
+        let handler = if route.middleware.is_empty() {
+            handler
+        } else {
+            let links = route
+                .middleware
+                .iter()
+                .map(|name| components[name].0.clone())
+                .collect();
+            Handler::Chain(Arc::new(Chain::new(links, handler)))
+        };
         routes.push(Routed {
             host: route.host.clone(),
             path: route.path.clone(),
@@ -151,6 +174,35 @@ pub fn build(app: &App) -> anyhow::Result<Built> {
         routes,
         self_routes,
     })
+}
+
+/// Checks what a route's components are for: each of its middleware imports
+/// `wasi:http/handler` (it has a next link to pass requests to) and its target component does
+/// not (it would have none). `is_middleware` tells, by component name.
+fn check_chain(
+    route: &RouteSpec,
+    is_middleware: impl Fn(&str) -> Option<bool>,
+) -> anyhow::Result<()> {
+    let pattern = route.path.pattern();
+    for name in &route.middleware {
+        if is_middleware(name) == Some(false) {
+            anyhow::bail!(
+                "route {pattern}: component {name} is listed as middleware but does not import \
+                 wasi:http/handler@0.3 (middleware imports and exports it: the \
+                 wasi:http/middleware world)"
+            );
+        }
+    }
+    if let TargetSpec::Component(name) = &route.target
+        && is_middleware(name) == Some(true)
+    {
+        anyhow::bail!(
+            "route {pattern}: component {name} imports wasi:http/handler@0.3, so it is \
+             middleware: list it in the route's `middleware`, in front of the component that \
+             answers"
+        );
+    }
+    Ok(())
 }
 
 /// Opens every store of `app`, measured.
@@ -233,10 +285,11 @@ pub struct Checked {
 pub fn check(app: &App) -> anyhow::Result<Checked> {
     let compile = &app.settings.compile;
     let cache = CompileCache::new(&compile.cache).optimize(compile.optimize);
+    let mut middleware = BTreeMap::new();
     for (name, component) in &app.components {
         let wasm = WasmFile::read(&component.source)?;
         let engine = pier_engine::new_engine(EngineKind::Run, wasm.p3)?;
-        HttpApp::load(
+        let http = HttpApp::load(
             &engine,
             &wasm,
             &component.grants,
@@ -244,8 +297,10 @@ pub fn check(app: &App) -> anyhow::Result<Checked> {
             StoreSettings::default(),
         )
         .map_err(|e| anyhow::anyhow!("component {name}: {e}"))?;
+        middleware.insert(name.as_str(), http.is_middleware());
     }
     for route in &app.routes {
+        check_chain(route, |name| middleware.get(name).copied())?;
         if let TargetSpec::Files(dir) = &route.target {
             crate::Files::new(dir, route.path.clone()).map_err(|e| {
                 anyhow::anyhow!(
@@ -271,4 +326,45 @@ pub fn check(app: &App) -> anyhow::Result<Checked> {
 pub async fn run(config: &RunConfig) -> anyhow::Result<pier_engine::RunOutcome> {
     let outbound = Arc::new(OutboundClient::new(&config.outbound)?);
     pier_engine::run(config, outbound).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(target: &str, middleware: &[&str]) -> RouteSpec {
+        RouteSpec {
+            host: None,
+            path: pier_config::RoutePath::Prefix("/api".into()),
+            target: TargetSpec::Component(target.into()),
+            filters: Vec::new(),
+            middleware: middleware.iter().map(|m| m.to_string()).collect(),
+            announce: true,
+        }
+    }
+
+    #[test]
+    fn a_chain_has_middleware_in_front_and_a_handler_behind() {
+        let is_middleware = |name: &str| match name {
+            "auth" => Some(true),
+            "api" => Some(false),
+            _ => None,
+        };
+        check_chain(&route("api", &[]), is_middleware).unwrap();
+        check_chain(&route("api", &["auth", "auth"]), is_middleware).unwrap();
+        let wrong = check_chain(&route("api", &["api"]), is_middleware).unwrap_err();
+        assert_eq!(
+            wrong.to_string(),
+            "route /api/...: component api is listed as middleware but does not import \
+             wasi:http/handler@0.3 (middleware imports and exports it: the \
+             wasi:http/middleware world)"
+        );
+        let wrong = check_chain(&route("auth", &[]), is_middleware).unwrap_err();
+        assert!(
+            wrong
+                .to_string()
+                .starts_with("route /api/...: component auth imports wasi:http/handler@0.3"),
+            "{wrong}"
+        );
+    }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body::Body;
-use pier_engine::{FailureKind, Guest, HttpApp, Ready};
+use pier_engine::{FailureKind, Guest, HttpApp, Outbound, Ready};
 use pier_kv::Unsynced;
 use tokio::sync::oneshot;
 use wasmtime_wasi_http::WasiHttpView;
@@ -103,17 +103,22 @@ fn text(code: impl std::fmt::Debug) -> String {
 /// ([`pier_kv::SyncPoint`]): a guest that returned waits for them here, its instance already
 /// gone; a guest that streams waits before its body ends. If the disk fails them, the client
 /// gets a 500, or an aborted body.
+///
+/// A middleware component ([`HttpApp::is_middleware`]) passes requests on to `next`
+/// ([`crate::middleware`]).
 pub async fn handle<B>(
     app: Arc<HttpApp>,
     req: Request<B>,
     body_limit: Option<BodyLimit>,
     permit: Option<crate::service::Permits>,
+    next: Option<Arc<dyn Outbound>>,
 ) -> (Response<ResponseBody>, Option<Arc<GuestOutcome>>)
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
     if app.settings().reuse > 1 {
+        debug_assert!(next.is_none(), "middleware is served on fresh instances");
         return reused(app, req, body_limit, permit).await;
     }
     let started = Instant::now();
@@ -126,6 +131,9 @@ where
         }) => (store, Some((guest, instance))),
         None => (app.new_store(), None),
     };
+    if let Some(next) = next {
+        store.data_mut().set_downstream(next);
+    }
     let method = req.method().clone();
     let uri = req.uri().clone();
     let (call, mut receiver) = if app.is_p3() {

@@ -27,6 +27,8 @@ pub enum Handler {
     Upstream(Arc<Upstream>),
     /// Static files under one directory.
     Files(Arc<crate::files::Files>),
+    /// WASI 0.3 middleware components in front of one of the others.
+    Chain(Arc<crate::middleware::Chain>),
     /// No route: 404.
     NotFound,
 }
@@ -196,23 +198,38 @@ impl Pipeline {
         limit: BodyLimit,
         permit: Permits,
     ) -> (Response<ResponseBody>, Option<Arc<GuestOutcome>>) {
-        match &self.handler {
-            Handler::Component(app) => {
-                handler::handle(app.clone(), req, Some(limit), Some(permit)).await
-            }
-            Handler::Upstream(upstream) => {
-                let response = upstream.handle(req, peer).await;
-                drop(permit);
-                (response, None)
-            }
-            Handler::Files(files) => {
-                let (head, _body) = req.into_parts();
-                let response = files.serve(&head).await;
-                drop(permit);
-                (response, None)
-            }
-            Handler::NotFound => unreachable!("answered before admission"),
+        answer(&self.handler, req, peer, Some(limit), Some(permit)).await
+    }
+}
+
+/// Answers `req` (from `peer`, its body under `limit`) with `handler`, holding `permit` while
+/// the handler works: for a route, or for the last link of a middleware chain.
+pub(crate) async fn answer<B>(
+    handler: &Handler,
+    req: Request<B>,
+    peer: std::net::SocketAddr,
+    limit: Option<BodyLimit>,
+    permit: Option<Permits>,
+) -> (Response<ResponseBody>, Option<Arc<GuestOutcome>>)
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    match handler {
+        Handler::Component(app) => handler::handle(app.clone(), req, limit, permit, None).await,
+        Handler::Chain(chain) => chain.handle(req, peer, limit, permit).await,
+        Handler::Upstream(upstream) => {
+            let response = upstream.handle(req, peer).await;
+            drop(permit);
+            (response, None)
         }
+        Handler::Files(files) => {
+            let (head, _body) = req.into_parts();
+            let response = files.serve(&head).await;
+            drop(permit);
+            (response, None)
+        }
+        Handler::NotFound => unreachable!("answered before admission"),
     }
 }
 

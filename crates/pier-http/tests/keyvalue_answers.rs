@@ -35,7 +35,7 @@ async fn the_answer_waits_until_the_write_is_on_disk() {
                     .map_err(|never: Infallible| -> wasmtime_wasi_http::Error { match never {} }),
             )
             .unwrap();
-        let (response, _) = pier_http::handler::handle(app.clone(), req, None, None).await;
+        let (response, _) = pier_http::handler::handle(app.clone(), req, None, None, None).await;
         assert_eq!(response.status(), 200);
         // The syncer has put the increment on disk by the time the answer is handed over.
         assert!(

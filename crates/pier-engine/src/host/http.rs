@@ -24,7 +24,21 @@ impl HttpState {
     pub(crate) fn new(outbound: Arc<dyn Outbound>) -> HttpState {
         HttpState {
             ctx: WasiHttpCtx::new(),
-            hooks: OutboundHooks(outbound),
+            hooks: OutboundHooks::new(outbound),
+        }
+    }
+
+    /// The same view with `hooks` in place of the store's outbound client (a middleware's
+    /// next link: [`super::downstream`]).
+    pub(crate) fn view_with<'a>(
+        &'a mut self,
+        table: &'a mut ResourceTable,
+        hooks: &'a mut OutboundHooks,
+    ) -> WasiHttpCtxView<'a> {
+        WasiHttpCtxView {
+            ctx: &mut self.ctx,
+            table,
+            hooks,
         }
     }
 
@@ -99,8 +113,14 @@ const FORBIDDEN: [http::HeaderName; 10] = [
     http::HeaderName::from_static("http2-settings"),
 ];
 
-/// wasmtime-wasi-http's hooks, routed to the app's [`Outbound`].
-struct OutboundHooks(Arc<dyn Outbound>);
+/// wasmtime-wasi-http's hooks, routed to an [`Outbound`].
+pub(crate) struct OutboundHooks(Arc<dyn Outbound>);
+
+impl OutboundHooks {
+    pub(crate) fn new(outbound: Arc<dyn Outbound>) -> Self {
+        OutboundHooks(outbound)
+    }
+}
 
 impl WasiHttpHooks for OutboundHooks {
     fn forbidden_header_filter(&mut self) -> wasmtime_wasi_http::ForbiddenHeaderFilter {

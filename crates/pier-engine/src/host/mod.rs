@@ -3,6 +3,7 @@
 //!
 //! - [`wasi`]: the WASI 0.2 core (cli, clocks, random, io, filesystem, sockets);
 //! - [`http`]: `wasi:http`, outgoing requests through the app's [`Outbound`];
+//! - [`downstream`]: `wasi:http/handler@0.3` imported, a middleware's next link;
 //! - [`config`]: `wasi:config/store`, the component's variables;
 //! - [`keyvalue`]: `wasi:keyvalue` (two versions), the stores granted to the component;
 //! - [`sockets`]: `wasi:sockets` (linked with the WASI core), what the grants let it reach;
@@ -11,6 +12,7 @@
 //! the store's, shared by all of them.
 
 mod config;
+mod downstream;
 mod guest_log;
 mod http;
 mod keyvalue;
@@ -35,6 +37,7 @@ pub(crate) use wasi::WasiRecipe;
 pub struct HostState {
     wasi: wasi::WasiState,
     http: http::HttpState,
+    downstream: downstream::DownstreamState,
     config: ConfigState,
     keyvalue: KeyValueState,
     table: ResourceTable,
@@ -70,6 +73,7 @@ impl HostState {
         HostState {
             wasi,
             http: http::HttpState::new(outbound),
+            downstream: downstream::DownstreamState::default(),
             config: granted.config,
             keyvalue: granted.keyvalue,
             table: ResourceTable::new(),
@@ -91,6 +95,22 @@ impl HostState {
 
     fn http_and_table(&mut self) -> (&mut http::HttpState, &mut ResourceTable) {
         (&mut self.http, &mut self.table)
+    }
+
+    fn http_table_and_downstream(
+        &mut self,
+    ) -> (
+        &mut http::HttpState,
+        &mut ResourceTable,
+        &mut downstream::DownstreamState,
+    ) {
+        (&mut self.http, &mut self.table, &mut self.downstream)
+    }
+
+    /// Sends the requests a middleware component passes on (`wasi:http/handler.handle`) to
+    /// `next`, the next link of its route's chain.
+    pub fn set_downstream(&mut self, next: Arc<dyn Outbound>) {
+        self.downstream = downstream::DownstreamState::new(next);
     }
 
     fn keyvalue(&mut self) -> keyvalue::View<'_> {
@@ -121,10 +141,12 @@ pub struct Granted {
 
 /// Links every capability pier offers a component: the WASI core, `wasi:http`, `wasi:config`,
 /// `wasi:keyvalue`, and the reset hint of pier's optimiser; with `p3` (an engine with
-/// concurrency support), the WASI 0.3 interfaces too ([`crate::p3::link`]).
+/// concurrency support), the WASI 0.3 interfaces too ([`crate::p3::link`]) and a middleware's
+/// `wasi:http/handler` import.
 pub(crate) fn link(linker: &mut Linker<HostState>, p3: bool) -> wasmtime::Result<()> {
     if p3 {
         crate::p3::link(linker)?;
+        downstream::link(linker)?;
     }
     wasi::link(linker)?;
     http::link(linker)?;
