@@ -5,6 +5,10 @@
                      response goes out before the request body has ended)
     GET  /fetch      sends GET to the URL in the `x-fetch` header with wasi:http/client and
                      answers its status and body, or 502 with the error code
+    GET  /url        200 "SCHEME://AUTHORITY/PATH": the request as the guest was given it
+    GET  /count      200 "count N": how many requests this instance has answered
+    GET  /abort      200, writes "partial" to the body, then fails
+The echo's response trailers are the request's.
 """
 
 import wit_world
@@ -22,12 +26,16 @@ def no_trailers():
         lambda: Ok(None))
 
 
-def respond(status, headers, body_writer):
+ANSWERED = 0
+
+
+def respond(status, headers, body_writer, trailers_rx=None):
     """A response whose body `body_writer(stream)` writes from a task of its own (after
     `handle` has returned the response: the only way to write a 0.3 response body)."""
     writer, reader = wit_world.byte_stream()
-    # No trailers: the writer is dropped unwritten, and the reader gets the default.
-    _, trailers_rx = no_trailers()
+    if trailers_rx is None:
+        # No trailers: the writer is dropped unwritten, and the reader gets the default.
+        _, trailers_rx = no_trailers()
 
     async def write():
         with writer:
@@ -50,11 +58,13 @@ def text(status, body):
 
 class Handler(exports.Handler):
     async def handle(self, request: Request) -> Response:
+        global ANSWERED
+        ANSWERED += 1
         method = request.get_method()
         path = request.get_path_with_query() or "/"
         if isinstance(method, Method_Post) and path == "/echo":
             _, done = wit_world.result_unit_wasi_http_types_error_code_future(lambda: Ok(None))
-            body, _trailers = Request.consume_body(request, done)
+            body, trailers = Request.consume_body(request, done)
 
             async def echo(stream):
                 with body:
@@ -63,7 +73,20 @@ class Handler(exports.Handler):
                         if chunk:
                             await stream.write_all(chunk)
 
-            return respond(200, [("content-type", b"application/octet-stream")], echo)
+            return respond(200, [("content-type", b"application/octet-stream")], echo, trailers)
+        if path == "/url":
+            scheme = request.get_scheme()
+            name = {Scheme_Http: "http", Scheme_Https: "https"}.get(type(scheme))
+            name = name or getattr(scheme, "value", "none")
+            return text(200, f"{name}://{request.get_authority()}{path}")
+        if path == "/count":
+            return text(200, f"count {ANSWERED}")
+        if path == "/abort":
+            async def fail(stream):
+                await stream.write_all(b"partial")
+                raise RuntimeError("the body fails on purpose")
+
+            return respond(200, [("content-type", b"text/plain")], fail)
         if isinstance(method, Method_Get) and path == "/fetch":
             url = request.get_headers().get("x-fetch")
             if not url:

@@ -79,7 +79,7 @@ pub(crate) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
 /// a failure of the host's side; dropping the future drops the guest mid-call.
 ///
 /// The request keeps its scheme and authority: from its URI (HTTP/2) or, for an origin-form
-/// HTTP/1.1 request, `http` (as 0.2 guests are told) and the `Host` header ([`authority`]).
+/// HTTP/1.1 request, its connection's ([`scheme`]) and the `Host` header ([`authority`]).
 pub async fn handle<B>(
     store: &mut Store<HostState>,
     service: &Service,
@@ -91,8 +91,8 @@ where
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
     let authority = authority(&req);
+    let scheme = scheme(&req);
     let (parts, body) = req.into_parts();
-    let scheme = parts.uri.scheme().cloned().unwrap_or(Scheme::HTTP);
     let headers = FieldMap::new_immutable(store.data_mut().http().hooks, parts.headers);
     let (request, io) = wasmtime_wasi_http::p3::Request::new(
         parts.method,
@@ -118,6 +118,16 @@ where
             Ok(())
         })
         .await?
+}
+
+/// A request's scheme: its URI's (an HTTP/2 request's `:scheme`), else the one the server put
+/// in its extensions (`https` for an HTTP/1.1 request over TLS), else `http`.
+pub fn scheme<B>(req: &http::Request<B>) -> Scheme {
+    req.uri()
+        .scheme()
+        .or_else(|| req.extensions().get::<Scheme>())
+        .cloned()
+        .unwrap_or(Scheme::HTTP)
 }
 
 /// A request's authority: its URI's, or the `Host` header's when that parses as an authority

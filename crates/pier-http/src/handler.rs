@@ -142,7 +142,12 @@ where
     } else {
         let (sender, receiver) = oneshot::channel();
         let mut http = store.data_mut().http();
-        let request = match http.new_incoming_request(Scheme::Http, req) {
+        let scheme = match pier_engine::p3::scheme(&req) {
+            s if s == http::uri::Scheme::HTTP => Scheme::Http,
+            s if s == http::uri::Scheme::HTTPS => Scheme::Https,
+            s => Scheme::Other(s.to_string()),
+        };
+        let request = match http.new_incoming_request(scheme, req) {
             Ok(request) => request,
             Err(e) => {
                 return (
@@ -174,6 +179,7 @@ where
     let mut guest = {
         let app = app.clone();
         let outcome = outcome.clone();
+        let limit = body_limit.clone();
         let streaming = streaming.clone();
         Box::pin(async move {
             let call = async {
@@ -241,8 +247,11 @@ where
                 || saved(&app, std::mem::take(&mut unsynced), started)
                     .await
                     .is_ok();
-            // Publish the outcome before the store (and with it the body sender) is dropped.
-            outcome.set(end == GuestEnd::Returned && kept, elapsed);
+            // Publish the outcome before the store (and with it the body sender) is dropped. A
+            // guest that read a request body cut at the limit answered a request it did not
+            // see whole: its response fails too.
+            let cut = limit.as_ref().is_some_and(BodyLimit::exceeded);
+            outcome.set(end == GuestEnd::Returned && kept && !cut, elapsed);
             if let Ok(instance) = &result
                 && let Some(joined) = app.before_reset(&mut store, instance).await
                 && joined.gaps > 0
@@ -280,6 +289,12 @@ where
     };
 
     let response = match head {
+        // The request body went past the limit before the answer started: 413, whatever the
+        // guest made of the part it read (a 0.3 guest sees a cut body end, with an error only
+        // in its trailers).
+        Head::Set(Ok(_), _) if body_limit.as_ref().is_some_and(BodyLimit::exceeded) => {
+            too_large(body_limit.as_ref())
+        }
         // Done, and its body with it: sent whole, with its length, once what it wrote is saved.
         Head::Set(Ok(response), Some((GuestEnd::Returned, unsynced))) => {
             match saved(&app, unsynced, started).await {
@@ -390,7 +405,7 @@ where
             );
         };
         let mut parts = req.uri().clone().into_parts();
-        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.scheme = Some(pier_engine::p3::scheme(&req));
         parts.authority = Some(authority);
         if parts.path_and_query.is_none() {
             parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
@@ -413,6 +428,10 @@ where
     metrics::histogram!(crate::metrics::GUEST_SECONDS).record(elapsed.as_secs_f64());
     let outcome = Arc::new(GuestOutcome::default());
     match answered {
+        Ok(_) if body_limit.as_ref().is_some_and(BodyLimit::exceeded) => {
+            outcome.set(false, elapsed);
+            (too_large(body_limit.as_ref()), Some(outcome))
+        }
         Ok(response) => {
             outcome.set(true, elapsed);
             let response = response.map(|inner| {

@@ -346,6 +346,7 @@ impl Server {
                 header_timeout: limits.header_timeout,
                 draining: draining.clone(),
                 peer,
+                secure: tls.is_some(),
             };
             let tls = tls.clone();
             // `--header-timeout 0` turns the slow-client limits off, this one too.
@@ -416,6 +417,8 @@ struct Connection {
     header_timeout: Duration,
     draining: watch::Receiver<bool>,
     peer: SocketAddr,
+    /// Whether it came over TLS: its requests' scheme is `https`.
+    secure: bool,
 }
 
 impl Connection {
@@ -431,7 +434,13 @@ impl Connection {
         let io = TokioIo::new(Tracked::new(stream, activity.clone()));
         let routes = self.routes.clone();
         let requests = activity.clone();
-        let service = service_fn(move |req| {
+        let secure = self.secure;
+        let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            // An HTTP/1.1 request names no scheme: its connection's goes with it (what a guest
+            // is told it was sent with).
+            if secure && req.uri().scheme().is_none() {
+                req.extensions_mut().insert(http::uri::Scheme::HTTPS);
+            }
             // Marked as begun here, as soon as hyper has the head, not when the response
             // future first runs: the watchdog must never see a request that has arrived as a
             // slow client's missing head.

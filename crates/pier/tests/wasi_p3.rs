@@ -288,3 +288,197 @@ async fn a_python_0_3_service_streams_both_ways_and_its_requests_follow_the_poli
         server.log()
     );
 }
+
+/// `pier serve` of componentize-py's 0.3 service with `args`, its compiled code cached between
+/// runs; `None` when the guest has not been built.
+fn python_service(args: &[&str]) -> Option<PierServer> {
+    let app = pier_testkit::toolchain_guest("python-p3.wasm")?;
+    let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("p3-serve-cache");
+    let mut all = args.to_vec();
+    all.push(app.to_str().unwrap());
+    Some(
+        PierServer::start_with_env(pier(), &all, &[("PIER_CACHE_DIR", cache.to_str().unwrap())])
+            .unwrap(),
+    )
+}
+
+/// Over TLS a 0.3 guest is told the request came as `https`, over both protocols (an HTTP/1.1
+/// request names no scheme: the connection's is given).
+#[tokio::test]
+async fn a_0_3_service_over_tls_is_told_https() {
+    use http_body_util::Full;
+
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let Some(server) = python_service(&[
+        "--tls-cert",
+        cert_path.to_str().unwrap(),
+        "--tls-key",
+        key_path.to_str().unwrap(),
+    ]) else {
+        return;
+    };
+    for alpn in [b"h2".as_slice(), b"http/1.1"] {
+        let (mut client, proto) = pier_testkit::connect_tls(&server.addr, cert.cert.der(), &[alpn])
+            .await
+            .unwrap();
+        let req = Request::builder()
+            .uri("/url")
+            .header("host", "localhost")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = match &mut client {
+            // An HTTP/2 request names its scheme itself (the test client's `send` says http).
+            Client::H2(sender) => {
+                let (mut parts, body) = req.into_parts();
+                parts.uri = "https://localhost/url".parse().unwrap();
+                parts.headers.remove("host");
+                sender
+                    .send_request(Request::from_parts(parts, body))
+                    .await
+                    .unwrap()
+            }
+            Client::H1(_) => client.send(req).await.unwrap(),
+        };
+        let answer = pier_testkit::read(response).await.unwrap();
+        assert_eq!(answer.status, StatusCode::OK, "{proto:?}");
+        assert!(
+            answer.text().starts_with("https://"),
+            "{proto:?}: {}",
+            answer.text()
+        );
+        assert!(
+            answer.text().ends_with("/url"),
+            "{proto:?}: {}",
+            answer.text()
+        );
+    }
+    let plain = python_service(&[]).unwrap();
+    let answer = pier_testkit::get(&plain.addr, Proto::H1, "/url")
+        .await
+        .unwrap();
+    assert!(answer.text().starts_with("http://"), "{}", answer.text());
+}
+
+/// A 0.3 guest's request trailers reach it and its response trailers reach the client: the
+/// echo answers with the request's own.
+#[tokio::test]
+async fn trailers_pass_through_a_0_3_guest_both_ways() {
+    use http_body_util::{BodyExt, Full};
+
+    let Some(server) = python_service(&[]) else {
+        return;
+    };
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-checksum", "abc".parse().unwrap());
+    let body =
+        Full::new(Bytes::from_static(b"data")).with_trailers(std::future::ready(Some(Ok::<
+            _,
+            std::convert::Infallible,
+        >(
+            trailers
+        ))));
+    let req = Request::post("/echo").body(body).unwrap();
+    let mut client = Client::connect(&server.addr, Proto::H2).await.unwrap();
+    let answer = pier_testkit::read(client.send(req).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.text(), "data");
+    let trailers = answer.trailers.expect("the request's trailers come back");
+    assert_eq!(trailers["x-checksum"], "abc");
+}
+
+/// A 0.3 guest that fails while writing its body (after its head went out) aborts the
+/// response: the client never takes it for complete, and the next request is served.
+#[tokio::test]
+async fn a_0_3_guest_failing_mid_body_aborts_the_response() {
+    use http_body_util::{BodyExt, Full};
+
+    let Some(server) = python_service(&[]) else {
+        return;
+    };
+    for proto in [Proto::H1, Proto::H2] {
+        let mut client = Client::connect(&server.addr, proto).await.unwrap();
+        let req = Request::get("/abort")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(20), async {
+            // HTTP/1.1 may close the connection before the buffered head is flushed; HTTP/2
+            // delivers the head, then resets the stream.
+            let response = client.send(req).await?;
+            assert_eq!(response.status(), StatusCode::OK, "{proto:?}");
+            response
+                .into_body()
+                .collect()
+                .await
+                .map_err(anyhow::Error::from)
+        })
+        .await
+        .expect("an aborted response never hangs");
+        assert!(outcome.is_err(), "{proto:?}: the body ended as if complete");
+        let next = pier_testkit::get(&server.addr, proto, "/ok").await.unwrap();
+        assert_eq!(next.status, StatusCode::OK, "{proto:?}");
+    }
+}
+
+/// A module-level counter in the guest: every request of the default finds it at zero (a fresh
+/// instance each); with `--instance-reuse` one instance answers several, and it counts up
+/// (what reuse trades away).
+#[tokio::test]
+async fn every_0_3_request_gets_a_fresh_instance_unless_reuse_is_asked() {
+    let Some(fresh) = python_service(&[]) else {
+        return;
+    };
+    let reused = python_service(&["--instance-reuse", "8"]).unwrap();
+    let mut counts = Vec::new();
+    for proto in [Proto::H1, Proto::H2, Proto::H1, Proto::H2] {
+        let answer = pier_testkit::get(&fresh.addr, proto, "/count")
+            .await
+            .unwrap();
+        assert_eq!(answer.text(), "count 1", "{proto:?}");
+        let answer = pier_testkit::get(&reused.addr, proto, "/count")
+            .await
+            .unwrap();
+        counts.push(answer.text());
+    }
+    assert!(
+        counts.iter().any(|c| c != "count 1"),
+        "a reused instance counted on: {counts:?}"
+    );
+}
+
+/// A 0.3 guest reading a request body past `--max-body` (sent without a length, so only the
+/// reading finds it too large) gets 413, as a 0.2 guest does.
+#[tokio::test]
+async fn a_0_3_guest_reading_past_the_body_limit_answers_413() {
+    let server = serve(
+        &pier_testkit::wasip3_test("http-service-echo"),
+        &["--max-body", "1KiB"],
+    );
+    for proto in [Proto::H1, Proto::H2] {
+        let mut client = Client::connect(&server.addr, proto).await.unwrap();
+        let (tx, body) = pier_testkit::channel_body();
+        let req = Request::post("/echo").body(body).unwrap();
+        let sent = tokio::spawn(async move {
+            for _ in 0..8 {
+                if tx.send(Bytes::from(vec![b'x'; 512])).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let answer = pier_testkit::read(client.send(req).await.unwrap())
+            .await
+            .unwrap();
+        let _ = sent.await;
+        assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE, "{proto:?}");
+        assert!(
+            answer.text().contains("larger than 1024 bytes"),
+            "{}",
+            answer.text()
+        );
+    }
+}
