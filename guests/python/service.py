@@ -8,8 +8,12 @@
     GET  /url        200 "SCHEME://AUTHORITY/PATH": the request as the guest was given it
     GET  /count      200 "count N": how many requests this instance has answered
     GET  /abort      200, writes "partial" to the body, then fails
+    GET  /random     200, 16 random hex digits, `cache-control: max-age=60` (a shared cache
+                     may keep it); /random/private: the same, `cache-control: private`
 The echo's response trailers are the request's.
 """
+
+import os
 
 import wit_world
 from wit_world import exports
@@ -79,6 +83,14 @@ class Handler(exports.Handler):
             name = {Scheme_Http: "http", Scheme_Https: "https"}.get(type(scheme))
             name = name or getattr(scheme, "value", "none")
             return text(200, f"{name}://{request.get_authority()}{path}")
+        if path.startswith("/random"):
+            cc = b"private" if path == "/random/private" else b"max-age=60"
+            data = os.urandom(8).hex().encode()
+
+            async def write_random(stream):
+                await stream.write_all(data)
+
+            return respond(200, [("cache-control", cc)], write_random)
         if path == "/count":
             return text(200, f"count {ANSWERED}")
         if path == "/abort":

@@ -23,6 +23,8 @@ pub struct App {
     pub filters: Vec<FilterSpec>,
     /// The key-value stores its components may open, by name.
     pub stores: BTreeMap<String, crate::StoreSpec>,
+    /// The shared HTTP caches its routes name.
+    pub caches: BTreeMap<String, crate::CacheSpec>,
     /// Limits, outbound client, compiling, filter VMs: what the command line sets.
     pub settings: AppSettings,
     /// The files that describe it (the manifest, the variables file), if any.
@@ -43,6 +45,9 @@ pub struct RouteSpec {
     /// The WASI 0.3 middleware components between the filters and the target, by name,
     /// outermost first.
     pub middleware: Vec<String>,
+    /// The shared HTTP cache in front of the target (after the filters): a key of
+    /// [`App::caches`].
+    pub cache: Option<String>,
     /// Whether the guest is told the route (`x-pier-route`, `x-pier-path-info`): for a
     /// manifest's routes, not for the single route of a command line.
     pub announce: bool,
@@ -123,7 +128,13 @@ pub struct AppSettings {
     pub runtime_config: Option<PathBuf>,
     /// Limits on keys and values in stores.
     pub store_limits: crate::StoreLimits,
+    /// `--cache`: the shared HTTP cache in front of a command line's single route (a
+    /// manifest's routes name theirs).
+    pub http_cache: Option<crate::CacheSpec>,
 }
+
+/// The name of the cache of a command line's single route (`--cache`), on its metrics.
+pub const ONE_CACHE: &str = "default";
 
 /// How compiled code is made and kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,13 +208,21 @@ impl App {
             target,
             filters: (0..filters.len()).collect(),
             middleware: Vec::new(),
+            cache: rest.http_cache.as_ref().map(|_| ONE_CACHE.to_string()),
             announce: false,
         };
+        let caches = rest
+            .http_cache
+            .clone()
+            .map(|spec| (ONE_CACHE.to_string(), spec))
+            .into_iter()
+            .collect();
         App {
             components,
             routes: vec![route],
             filters,
             stores: BTreeMap::new(),
+            caches,
             settings: rest,
             described_by: Vec::new(),
         }
@@ -294,6 +313,7 @@ impl App {
                 target,
                 filters,
                 middleware: route.middleware.clone(),
+                cache: route.cache.clone(),
                 announce: true,
             });
         }
@@ -326,6 +346,7 @@ impl App {
             routes,
             filters,
             stores,
+            caches: manifest.caches.clone(),
             settings: rest,
             described_by,
         })
@@ -388,6 +409,7 @@ mod tests {
             variables_file: None,
             runtime_config: None,
             store_limits: crate::StoreLimits::default(),
+            http_cache: None,
         }
     }
 

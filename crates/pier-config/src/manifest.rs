@@ -14,6 +14,7 @@
 //! component = "api"
 //! filters = ["auth"]
 //! middleware = ["session"]    # WASI 0.3 middleware components, outermost first
+//! cache = "pages"              # the shared HTTP cache in front of it
 //!
 //! [component.api]
 //! source = "api.wasm"
@@ -27,6 +28,10 @@
 //! [filter.auth]
 //! source = "auth.wasm"
 //! config = '{"realm":"api"}'
+//!
+//! [cache.pages]
+//! size = "256MiB"              # in memory, bounded in bytes
+//! max_entry = "8MiB"           # larger responses are sent, not stored
 //!
 //! [variables]
 //! database_url = { default = "sqlite://x" }
@@ -79,6 +84,8 @@ pub struct Manifest {
     pub variables: BTreeMap<String, Variable>,
     /// `[key_value_store.NAME]`; `default` is there even when not declared (SQLite).
     pub key_value_stores: BTreeMap<String, StoreConfig>,
+    /// `[cache.NAME]`: the shared HTTP caches routes name.
+    pub caches: BTreeMap<String, crate::CacheSpec>,
 }
 
 /// One `[[route]]`.
@@ -95,6 +102,8 @@ pub struct Route {
     /// WASI 0.3 middleware components between the filters and the target, by name, the first
     /// one outermost: each passes the request on to the next (the last to the target).
     pub middleware: Vec<String>,
+    /// The shared HTTP cache in front of its target (after its filters), by name.
+    pub cache: Option<String>,
 }
 
 /// A route's path pattern.
@@ -291,6 +300,17 @@ mod raw {
         pub variables: BTreeMap<Spanned<String>, Variable>,
         #[serde(default)]
         pub key_value_store: BTreeMap<Spanned<String>, KeyValueStore>,
+        #[serde(default)]
+        pub cache: BTreeMap<Spanned<String>, Cache>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Cache {
+        #[serde(rename = "type")]
+        pub kind: Option<Spanned<String>>,
+        pub size: Option<Spanned<String>>,
+        pub max_entry: Option<Spanned<String>>,
     }
 
     #[derive(Deserialize)]
@@ -329,6 +349,7 @@ mod raw {
         pub filters: Vec<Spanned<String>>,
         #[serde(default)]
         pub middleware: Vec<Spanned<String>>,
+        pub cache: Option<Spanned<String>>,
     }
 
     #[derive(Deserialize)]
@@ -448,6 +469,26 @@ impl<F: Fn(std::ops::Range<usize>, String) -> ManifestError> Checker<'_, F> {
             filters.insert(name.into_inner(), spec);
         }
 
+        let mut caches = BTreeMap::new();
+        for (name, raw) in raw.cache {
+            check_name(&name, "cache").map_err(|e| at(name.span(), e))?;
+            fn text(v: &Option<Spanned<String>>) -> Option<&str> {
+                v.as_ref().map(|v| v.get_ref().as_str())
+            }
+            let spec =
+                crate::CacheSpec::parse(text(&raw.kind), text(&raw.size), text(&raw.max_entry))
+                    .map_err(|(key, message)| {
+                        let span = match key {
+                            "type" => raw.kind.as_ref(),
+                            "size" => raw.size.as_ref(),
+                            _ => raw.max_entry.as_ref(),
+                        }
+                        .map_or(name.span(), |v| v.span());
+                        at(span, message)
+                    })?;
+            caches.insert(name.into_inner(), spec);
+        }
+
         let mut routes: Vec<Route> = Vec::new();
         let mut seen: Vec<(Option<String>, RoutePath, std::ops::Range<usize>)> = Vec::new();
         for raw in raw.route {
@@ -513,6 +554,12 @@ impl<F: Fn(std::ops::Range<usize>, String) -> ManifestError> Checker<'_, F> {
                 }
                 middleware.push(name.into_inner());
             }
+            let cache = match raw.cache {
+                Some(name) if !caches.contains_key(name.get_ref()) => {
+                    return Err(at(name.span(), undeclared("cache", "cache", &name)));
+                }
+                name => name.map(Spanned::into_inner),
+            };
             if let Some((_, _, first)) = seen.iter().find(|(h, p, _)| *h == host && *p == path) {
                 let first = at(first.clone(), String::new());
                 return Err(at(
@@ -534,6 +581,7 @@ impl<F: Fn(std::ops::Range<usize>, String) -> ManifestError> Checker<'_, F> {
                 target,
                 filters: names,
                 middleware,
+                cache,
             });
         }
         Ok(Manifest {
@@ -545,6 +593,7 @@ impl<F: Fn(std::ops::Range<usize>, String) -> ManifestError> Checker<'_, F> {
             filters,
             variables,
             key_value_stores: stores,
+            caches,
         })
     }
 
@@ -888,6 +937,14 @@ middleware = ["session"]
 
 [component.session]
 source = "auth.wasm"
+
+[[route]]
+path = "/cached/..."
+upstream = "http://127.0.0.1:9000"
+cache = "pages"
+
+[cache.pages]
+size = "64MiB"
 "#;
 
     fn parse(dir: &Path, text: &str) -> Result<Manifest, ManifestError> {
@@ -912,6 +969,7 @@ source = "auth.wasm"
                     RoutePath::Prefix("".into())
                 ),
                 (None, RoutePath::Prefix("/account".into())),
+                (None, RoutePath::Prefix("/cached".into())),
             ]
         );
         assert_eq!(m.routes[0].target, Target::Component("api".into()));
@@ -921,6 +979,8 @@ source = "auth.wasm"
         );
         assert_eq!(m.routes[2].filters, ["auth"]);
         assert_eq!(m.routes[3].middleware, ["session"]);
+        assert_eq!(m.routes[4].cache.as_deref(), Some("pages"));
+        assert_eq!(m.caches["pages"].size, 64 << 20);
         assert!(m.routes[0].middleware.is_empty());
         let api = &m.components["api"];
         assert_eq!(api.source, dir.path().join("api.wasm"));
@@ -964,6 +1024,16 @@ source = "auth.wasm"
                 "filters = [\"auth\"]",
                 "filters = [\"nope\"]",
                 ":17:12: filter \"nope\" is not declared",
+            ),
+            (
+                "cache = \"pages\"",
+                "cache = \"page\"",
+                ":49:9: cache \"page\" is not declared",
+            ),
+            (
+                "size = \"64MiB\"",
+                "size = \"lots\"",
+                ":52:8: size = \"lots\"",
             ),
             (
                 "middleware = [\"session\"]",

@@ -14,6 +14,7 @@ use pier_engine::{
 };
 use tokio::sync::Semaphore;
 
+use crate::cache::SharedCache;
 use crate::{
     Chain, FilterChain, FilterSettings, Handler, NamedUpstreams, OutboundClient, Routed, Upstream,
 };
@@ -117,6 +118,11 @@ pub fn build(app: &App) -> anyhow::Result<Built> {
         )?);
     }
     let filters = filters(&engines[0], app)?;
+    let caches: BTreeMap<&String, Arc<SharedCache>> = app
+        .caches
+        .iter()
+        .map(|(name, spec)| (name, SharedCache::new(name, spec)))
+        .collect();
     let is_middleware = |name: &str| components.get(name).map(|(http, _)| http.is_middleware());
     let mut routes = Vec::new();
     for route in &app.routes {
@@ -155,6 +161,16 @@ pub fn build(app: &App) -> anyhow::Result<Built> {
                 .map(|name| components[name].0.clone())
                 .collect();
             Handler::Chain(Arc::new(Chain::new(links, handler)))
+        };
+        // The cache is outermost: a hit runs no middleware either.
+        let handler = match &route.cache {
+            Some(name) => {
+                let cache = caches
+                    .get(name)
+                    .ok_or_else(|| anyhow::anyhow!("route to an unknown cache {name}"))?;
+                Handler::Cached(cache.clone(), Box::new(handler))
+            }
+            None => handler,
         };
         routes.push(Routed {
             host: route.host.clone(),
@@ -339,6 +355,7 @@ mod tests {
             target: TargetSpec::Component(target.into()),
             filters: Vec::new(),
             middleware: middleware.iter().map(|m| m.to_string()).collect(),
+            cache: None,
             announce: true,
         }
     }

@@ -76,6 +76,8 @@ pub enum ResponseBody {
     File(crate::files::FileBody),
     /// A response that is aborted at once (a filter closed the stream).
     Reset,
+    /// A body stored in a cache as it is sent.
+    Storing(Box<crate::cache::Storing>),
 }
 
 impl ResponseBody {
@@ -167,6 +169,7 @@ impl Body for ResponseBody {
             ResponseBody::Filtered(inner) => Pin::new(&mut **inner).poll_frame(cx),
             ResponseBody::File(file) => Pin::new(file).poll_frame(cx),
             ResponseBody::Reset => Poll::Ready(Some(Err("a filter closed the stream".into()))),
+            ResponseBody::Storing(inner) => Pin::new(&mut **inner).poll_frame(cx),
         }
     }
 
@@ -182,6 +185,7 @@ impl Body for ResponseBody {
             ResponseBody::Guest { .. } | ResponseBody::Reset => false,
             ResponseBody::Filtered(inner) => inner.is_end_stream(),
             ResponseBody::File(file) => file.is_end_stream(),
+            ResponseBody::Storing(inner) => inner.is_end_stream(),
         }
     }
 
@@ -197,6 +201,7 @@ impl Body for ResponseBody {
             ResponseBody::Filtered(inner) => inner.size_hint(),
             ResponseBody::File(file) => file.size_hint(),
             ResponseBody::Reset => SizeHint::default(),
+            ResponseBody::Storing(inner) => inner.size_hint(),
         }
     }
 }

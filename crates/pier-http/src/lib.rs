@@ -3,7 +3,9 @@
 pub mod admin;
 mod app;
 mod body;
+pub mod cache;
 mod callouts;
+mod conditional;
 mod conn;
 mod files;
 mod filters;

@@ -39,6 +39,16 @@ pub const OUTBOUND_SECONDS: &str = "pier_outbound_request_duration_seconds";
 /// Response body bytes received by outgoing requests.
 pub const OUTBOUND_BYTES_IN: &str = "pier_outbound_response_body_bytes_total";
 
+/// Requests through a shared HTTP cache (`cache`), by `result`: `hit`, `stale` (sent stale:
+/// while revalidating, or in place of an error), `revalidated` (a 304 refreshed it), `miss`,
+/// `bypass` (a method the cache does not answer), `collapsed` (answered by another request's
+/// fetch).
+pub const CACHE_REQUESTS: &str = "pier_cache_requests_total";
+/// Bytes of responses stored in a cache.
+pub const CACHE_STORED_BYTES: &str = "pier_cache_stored_bytes_total";
+/// Bytes of entries a cache evicted for room.
+pub const CACHE_EVICTED_BYTES: &str = "pier_cache_evicted_bytes_total";
+
 /// Pool slots (`kind`: `memory`, `table`) that served an instance before and are free now: warm,
 /// so the next instance of the same component starts there without page faults.
 pub const POOL_WARM_SLOTS: &str = "pier_pool_unused_warm_slots";

@@ -20,6 +20,7 @@ use crate::limits::{BodyLimit, LimitedBody, content_length, header_problem};
 use crate::upstream::Upstream;
 
 /// What answers requests once the filters have let them through.
+#[derive(Clone)]
 pub enum Handler {
     /// A `wasi:http/proxy` component, a fresh instance per request.
     Component(Arc<HttpApp>),
@@ -29,6 +30,8 @@ pub enum Handler {
     Files(Arc<crate::files::Files>),
     /// WASI 0.3 middleware components in front of one of the others.
     Chain(Arc<crate::middleware::Chain>),
+    /// A shared HTTP cache in front of one of the others.
+    Cached(Arc<crate::cache::SharedCache>, Box<Handler>),
     /// No route: 404.
     NotFound,
 }
@@ -218,6 +221,9 @@ where
     match handler {
         Handler::Component(app) => handler::handle(app.clone(), req, limit, permit, None).await,
         Handler::Chain(chain) => chain.handle(req, peer, limit, permit).await,
+        Handler::Cached(cache, inner) => {
+            crate::cache::serve(cache, inner, req, peer, limit, permit).await
+        }
         Handler::Upstream(upstream) => {
             let response = upstream.handle(req, peer).await;
             drop(permit);

@@ -134,7 +134,9 @@ struct ServeArgs {
     #[command(flatten)]
     grants: GrantArgs,
     #[command(flatten)]
-    cache: CacheArgs,
+    cache: CompileCacheArgs,
+    #[command(flatten)]
+    http_cache: HttpCacheArgs,
     /// Proxy every request to this origin (http://HOST:PORT or https://...), not a component.
     #[arg(long, value_name = "URL", conflicts_with = "app", value_parser = parse_origin)]
     upstream: Option<http::Uri>,
@@ -166,6 +168,7 @@ impl ServeArgs {
                 max_key: self.stores.kv_max_key_size,
                 max_value: self.stores.kv_max_value_size,
             },
+            http_cache: self.http_cache.spec()?,
         };
         let manifest_given = self.source().is_some_and(|s| is_manifest(&s));
         if self.variables_file.is_some() && !manifest_given {
@@ -211,6 +214,11 @@ impl ServeArgs {
                         !self.stores.kv.is_empty(),
                         "--kv",
                         "give each component its key_value_stores in the manifest",
+                    ),
+                    (
+                        self.http_cache.http_cache.is_some(),
+                        "--cache",
+                        "declare caches as [cache.NAME] and name them on routes",
                     ),
                 ];
                 if let Some((_, flag, instead)) = per_component.iter().find(|(given, ..)| *given) {
@@ -266,7 +274,7 @@ struct RunArgs {
     #[command(flatten)]
     grants: GrantArgs,
     #[command(flatten)]
-    cache: CacheArgs,
+    cache: CompileCacheArgs,
     #[command(flatten)]
     outbound: OutboundArgs,
     /// The program to run, then its arguments (everything after the program goes to it).
@@ -283,7 +291,7 @@ struct RunArgs {
 #[derive(Args)]
 struct CompileArgs {
     #[command(flatten)]
-    cache: CacheArgs,
+    cache: CompileCacheArgs,
     /// The component or module to compile.
     #[arg(value_name = "APP.wasm")]
     app: PathBuf,
@@ -593,6 +601,47 @@ fn parse_size_usize(s: &str) -> Result<usize, String> {
     usize::try_from(n).map_err(|_| format!("{s} is too large"))
 }
 
+/// The shared HTTP cache of a single component or upstream (a manifest declares its own).
+#[derive(Args)]
+struct HttpCacheArgs {
+    /// Cache responses (RFC 9111) in memory, in front of the component or upstream
+    #[arg(long = "cache", value_name = "memory", num_args = 0..=1, default_missing_value = "memory")]
+    http_cache: Option<String>,
+    /// Bytes --cache holds at most [default: 256MiB]
+    #[arg(long, value_name = "SIZE", requires = "http_cache")]
+    cache_size: Option<String>,
+    /// Largest response body --cache keeps [default: 8MiB]
+    #[arg(long, value_name = "SIZE", requires = "http_cache")]
+    cache_max_entry: Option<String>,
+}
+
+impl HttpCacheArgs {
+    fn spec(&self) -> anyhow::Result<Option<pier_config::CacheSpec>> {
+        let Some(kind) = &self.http_cache else {
+            return Ok(None);
+        };
+        let kind = if kind.starts_with("redis://") || kind.starts_with("rediss://") {
+            "redis"
+        } else {
+            kind.as_str()
+        };
+        pier_config::CacheSpec::parse(
+            Some(kind),
+            self.cache_size.as_deref(),
+            self.cache_max_entry.as_deref(),
+        )
+        .map(Some)
+        .map_err(|(key, message)| {
+            let flag = match key {
+                "size" => "--cache-size",
+                "max_entry" => "--cache-max-entry",
+                _ => "--cache",
+            };
+            anyhow::anyhow!("{flag}: {message}")
+        })
+    }
+}
+
 /// What the guest may see of the host; nothing unless granted here.
 #[derive(Args)]
 struct GrantArgs {
@@ -611,7 +660,7 @@ struct GrantArgs {
 }
 
 #[derive(Args)]
-struct CacheArgs {
+struct CompileCacheArgs {
     /// Neither read nor write the compile cache ($PIER_CACHE_DIR, or the user cache dir).
     #[arg(long)]
     no_cache: bool,
@@ -631,7 +680,7 @@ impl GrantArgs {
     }
 }
 
-impl CacheArgs {
+impl CompileCacheArgs {
     fn options(&self) -> CompileOptions {
         CompileOptions {
             cache: self.config(),

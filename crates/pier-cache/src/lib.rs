@@ -1,0 +1,427 @@
+//! pier's shared HTTP cache (RFC 9111, with RFC 5861's `stale-while-revalidate` and
+//! `stale-if-error`): what may be stored and for how long, what a request may be answered with,
+//! and the store the responses are kept in.
+//!
+//! The freshness rules (`Cache-Control`, `Expires`, `Age`, heuristics, `Vary`, the request's own
+//! directives, `Authorization`) are `http-cache-semantics`' [`CachePolicy`], as a shared cache.
+//! pier adds what a reverse proxy needs around it: the exact headers kept (repeated fields stay
+//! repeated), `Set-Cookie` never stored, the RFC 5861 windows, conditional requests answered from
+//! the store, invalidation by unsafe methods, the `Cache-Status` header (RFC 9211), and a store
+//! bounded in bytes ([`MemoryStore`]).
+//!
+//! This crate knows nothing of servers or bodies in flight: pier-http asks it what to do with a
+//! request ([`Cache::lookup`]) and gives it complete responses to keep ([`Cache::store`]).
+
+#![deny(missing_docs)]
+
+mod entry;
+mod memory;
+mod status;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::{HeaderMap, Method, Uri, request};
+use http_cache_semantics::{AfterResponse, BeforeRequest, CacheOptions};
+
+pub use entry::{Entry, Windows};
+pub use http_cache_semantics::CachePolicy;
+pub use memory::MemoryStore;
+pub use status::{CacheStatus, Forward};
+
+/// What a request may be answered with.
+#[derive(Debug)]
+pub enum Lookup {
+    /// A stored response that may be sent as it is.
+    Fresh(Arc<Entry>),
+    /// A stored response that must be revalidated with the origin first (`revalidate` is the
+    /// request to send it: the client's, with the entry's validators added); `while_revalidating`
+    /// when `stale-while-revalidate` lets it be sent meanwhile.
+    Stale {
+        /// The stored response.
+        entry: Arc<Entry>,
+        /// The conditional request that asks the origin whether it is still good.
+        revalidate: Box<request::Parts>,
+        /// Whether it may be sent now, revalidated in the background.
+        while_revalidating: bool,
+    },
+    /// Nothing stored for the request; `vary` when something is stored for its URL, but for
+    /// other values of the headers its `Vary` names.
+    Miss {
+        /// Stored for other values of the `Vary` headers.
+        vary: bool,
+    },
+}
+
+/// Most variants (responses differing by `Vary`) kept for one URL; the oldest goes first.
+const MAX_VARIANTS: usize = 8;
+
+/// A named cache over a store.
+pub struct Cache {
+    name: String,
+    store: MemoryStore,
+    /// Largest body one entry keeps.
+    max_entry: u64,
+}
+
+impl Cache {
+    /// The cache `name`, keeping entries of up to `max_entry` bytes in `store`.
+    pub fn new(name: &str, store: MemoryStore, max_entry: u64) -> Cache {
+        Cache {
+            name: name.to_string(),
+            store,
+            max_entry,
+        }
+    }
+
+    /// Its name, as its metrics and log say it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Largest body one entry keeps.
+    pub fn max_entry(&self) -> u64 {
+        self.max_entry
+    }
+
+    /// The bytes its entries take now.
+    pub fn size(&self) -> u64 {
+        self.store.size()
+    }
+
+    /// What `req` (a `GET` or `HEAD`, its URI absolute: see [`key`]) may be answered with at
+    /// `now`.
+    pub fn lookup(&self, req: &request::Parts, now: SystemTime) -> Lookup {
+        let Some(variants) = self.store.get(&key(&req.uri)) else {
+            return Lookup::Miss { vary: false };
+        };
+        let mut vary = false;
+        for entry in variants.iter() {
+            match entry.policy.before_request(req, now) {
+                BeforeRequest::Fresh(_) => return Lookup::Fresh(entry.clone()),
+                BeforeRequest::Stale { matches: false, .. } => vary = true,
+                BeforeRequest::Stale {
+                    request,
+                    matches: true,
+                } => {
+                    return Lookup::Stale {
+                        while_revalidating: entry.windows.while_revalidating(entry.stale_at, now)
+                            && !no_cache(&req.headers),
+                        entry: entry.clone(),
+                        revalidate: Box::new(request),
+                    };
+                }
+            }
+        }
+        Lookup::Miss { vary }
+    }
+
+    /// The policy for `response` to `req` received at `now`, if pier may store it: storable by
+    /// RFC 9111 as a shared cache, and without `Set-Cookie` (which must never reach another
+    /// client).
+    pub fn policy(
+        &self,
+        req: &request::Parts,
+        response: &http::response::Parts,
+        now: SystemTime,
+    ) -> Option<CachePolicy> {
+        if response.headers.contains_key(http::header::SET_COOKIE) {
+            return None;
+        }
+        if req.method != Method::GET {
+            return None;
+        }
+        let options = CacheOptions {
+            shared: true,
+            ..CacheOptions::default()
+        };
+        let policy = CachePolicy::new_options(req, response, now, options);
+        policy.is_storable().then_some(policy)
+    }
+
+    /// Keeps `entry` for its request's URL, in place of a variant with the same `Vary` values.
+    /// A body over [`max_entry`](Self::max_entry) is not kept.
+    pub fn store(&self, uri: &Uri, entry: Entry) {
+        if entry.body.len() as u64 > self.max_entry {
+            return;
+        }
+        self.keep(uri, Arc::new(entry));
+    }
+
+    fn keep(&self, uri: &Uri, entry: Arc<Entry>) {
+        let key = key(uri);
+        let mut variants: Vec<Arc<Entry>> = self
+            .store
+            .get(&key)
+            .map(|v| {
+                v.iter()
+                    .filter(|old| !old.same_variant(&entry))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        variants.insert(0, entry);
+        variants.truncate(MAX_VARIANTS);
+        self.store.put(key, Arc::new(variants));
+    }
+
+    /// `entry` revalidated by the origin's `304 Not Modified` (`not_modified`) to `req` at
+    /// `now`, kept in its place.
+    pub fn refresh(
+        &self,
+        entry: &Entry,
+        req: &request::Parts,
+        not_modified: &http::response::Parts,
+        now: SystemTime,
+    ) -> Arc<Entry> {
+        let policy = match entry.policy.after_response(req, not_modified, now) {
+            AfterResponse::NotModified(policy, _) | AfterResponse::Modified(policy, _) => policy,
+        };
+        let fresh = Arc::new(entry.revalidated(policy, &not_modified.headers, now));
+        self.keep(&req.uri, fresh.clone());
+        fresh
+    }
+
+    /// Forgets every response stored for `uri` (an unsafe method succeeded on it, or an
+    /// operator purged it).
+    pub fn invalidate(&self, uri: &Uri) {
+        self.store.remove(&key(uri));
+    }
+
+    /// Forgets every response stored under URLs starting with `prefix`
+    /// (`https://example.com/api/`); how many URLs were forgotten.
+    pub fn invalidate_prefix(&self, prefix: &str) -> usize {
+        self.store.remove_prefix(prefix)
+    }
+}
+
+/// The key of a URI: scheme, authority (lower case) and path with query. `GET` and `HEAD` share
+/// it (a `HEAD` is answered from a stored `GET`).
+pub fn key(uri: &Uri) -> String {
+    let scheme = uri.scheme_str().unwrap_or("http");
+    let authority = uri
+        .authority()
+        .map(|a| a.as_str().to_ascii_lowercase())
+        .unwrap_or_default();
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    format!("{scheme}://{authority}{path}")
+}
+
+/// Whether the request says `no-cache` (`Cache-Control` or `Pragma`): nothing stored may be sent
+/// without asking the origin, not even while revalidating.
+fn no_cache(headers: &HeaderMap) -> bool {
+    let says = |name: http::header::HeaderName| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|d| d.trim().eq_ignore_ascii_case("no-cache"))
+    };
+    says(http::header::CACHE_CONTROL) || says(http::header::PRAGMA)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http::{Request, Response};
+
+    use super::*;
+
+    fn cache() -> Cache {
+        Cache::new("test", MemoryStore::new(1 << 20, |_| {}), 1 << 16)
+    }
+
+    fn get(uri: &str, headers: &[(&str, &str)]) -> request::Parts {
+        let mut req = Request::get(uri).header("host", "example.com");
+        for (n, v) in headers {
+            req = req.header(*n, *v);
+        }
+        req.body(()).unwrap().into_parts().0
+    }
+
+    fn response(headers: &[(&str, &str)]) -> http::response::Parts {
+        let mut res = Response::builder().status(200);
+        for (n, v) in headers {
+            res = res.header(*n, *v);
+        }
+        res.body(()).unwrap().into_parts().0
+    }
+
+    /// Stores `res` for `req` at `at` if the cache takes it.
+    fn keep(
+        cache: &Cache,
+        req: &request::Parts,
+        res: &http::response::Parts,
+        at: SystemTime,
+    ) -> bool {
+        let Some(policy) = cache.policy(req, res, at) else {
+            return false;
+        };
+        let entry = Entry::new(
+            req,
+            policy,
+            res.status,
+            &res.headers,
+            Bytes::from("body"),
+            at,
+        );
+        cache.store(&req.uri, entry);
+        true
+    }
+
+    #[test]
+    fn a_fresh_response_is_a_hit_until_it_goes_stale_then_it_is_revalidated() {
+        let cache = cache();
+        let t0 = SystemTime::now();
+        let req = get("http://example.com/a", &[]);
+        let res = response(&[("cache-control", "max-age=60"), ("etag", "\"v1\"")]);
+        assert!(keep(&cache, &req, &res, t0));
+        let Lookup::Fresh(entry) = cache.lookup(&req, t0 + Duration::from_secs(10)) else {
+            panic!("fresh for 60 s");
+        };
+        assert_eq!(entry.age(t0 + Duration::from_secs(10)), 10);
+        assert_eq!(entry.ttl(t0 + Duration::from_secs(10)), 50);
+        match cache.lookup(&req, t0 + Duration::from_secs(61)) {
+            Lookup::Stale {
+                revalidate,
+                while_revalidating,
+                ..
+            } => {
+                assert_eq!(revalidate.headers["if-none-match"], "\"v1\"");
+                assert!(!while_revalidating);
+            }
+            other => panic!("stale after 60 s: {other:?}"),
+        }
+        // The request's own max-age=5 finds a 10 s old response too old.
+        let strict = get("http://example.com/a", &[("cache-control", "max-age=5")]);
+        assert!(matches!(
+            cache.lookup(&strict, t0 + Duration::from_secs(10)),
+            Lookup::Stale { .. }
+        ));
+        assert!(matches!(
+            cache.lookup(&get("http://example.com/b", &[]), t0),
+            Lookup::Miss { vary: false }
+        ));
+        cache.invalidate(&req.uri);
+        assert!(matches!(cache.lookup(&req, t0), Lookup::Miss { .. }));
+    }
+
+    #[test]
+    fn responses_vary_by_the_headers_vary_names() {
+        let cache = cache();
+        let t0 = SystemTime::now();
+        let res = response(&[("cache-control", "max-age=60"), ("vary", "accept-language")]);
+        let en = get("http://example.com/v", &[("accept-language", "en")]);
+        let fr = get("http://example.com/v", &[("accept-language", "fr")]);
+        assert!(keep(&cache, &en, &res, t0));
+        assert!(matches!(cache.lookup(&en, t0), Lookup::Fresh(_)));
+        assert!(matches!(cache.lookup(&fr, t0), Lookup::Miss { vary: true }));
+        assert!(keep(&cache, &fr, &res, t0));
+        assert!(matches!(cache.lookup(&fr, t0), Lookup::Fresh(_)));
+        assert!(
+            matches!(cache.lookup(&en, t0), Lookup::Fresh(_)),
+            "both kept"
+        );
+        let star = response(&[("cache-control", "max-age=60"), ("vary", "*")]);
+        let req = get("http://example.com/star", &[]);
+        assert!(keep(&cache, &req, &star, t0));
+        assert!(matches!(
+            cache.lookup(&req, t0),
+            Lookup::Miss { vary: true }
+        ));
+    }
+
+    #[test]
+    fn what_a_shared_cache_must_not_store_is_not_stored() {
+        let cache = cache();
+        let t0 = SystemTime::now();
+        let req = get("http://example.com/p", &[]);
+        for headers in [
+            &[("cache-control", "private, max-age=60")][..],
+            &[("cache-control", "no-store")],
+            &[("cache-control", "max-age=60"), ("set-cookie", "id=1")],
+        ] {
+            assert!(!keep(&cache, &req, &response(headers), t0), "{headers:?}");
+        }
+        let authorized = get("http://example.com/p", &[("authorization", "Bearer x")]);
+        let res = response(&[("cache-control", "max-age=60")]);
+        assert!(!keep(&cache, &authorized, &res, t0));
+        let public = response(&[("cache-control", "public, max-age=60")]);
+        assert!(keep(&cache, &authorized, &public, t0));
+        let no_store = get("http://example.com/p", &[("cache-control", "no-store")]);
+        assert!(!keep(&cache, &no_store, &res, t0));
+        let post = Request::post("http://example.com/p")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        assert!(!keep(&cache, &post, &res, t0));
+    }
+
+    #[test]
+    fn stale_while_revalidate_lets_a_stale_response_be_sent_meanwhile() {
+        let cache = cache();
+        let t0 = SystemTime::now();
+        let req = get("http://example.com/s", &[]);
+        let res = response(&[("cache-control", "max-age=1, stale-while-revalidate=30")]);
+        assert!(keep(&cache, &req, &res, t0));
+        let at = t0 + Duration::from_secs(10);
+        assert!(matches!(
+            cache.lookup(&req, at),
+            Lookup::Stale {
+                while_revalidating: true,
+                ..
+            }
+        ));
+        let at = t0 + Duration::from_secs(40);
+        assert!(matches!(
+            cache.lookup(&req, at),
+            Lookup::Stale {
+                while_revalidating: false,
+                ..
+            }
+        ));
+        let no_cache = get("http://example.com/s", &[("cache-control", "no-cache")]);
+        assert!(matches!(
+            cache.lookup(&no_cache, t0 + Duration::from_secs(10)),
+            Lookup::Stale {
+                while_revalidating: false,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn the_store_is_bounded_in_bytes_and_big_bodies_are_not_kept() {
+        let evicted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = evicted.clone();
+        let store = MemoryStore::new(64 << 10, move |bytes| {
+            counted.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        });
+        let cache = Cache::new("small", store, 8 << 10);
+        let t0 = SystemTime::now();
+        let res = response(&[("cache-control", "max-age=60")]);
+        for i in 0..100 {
+            let req = get(&format!("http://example.com/{i}"), &[]);
+            let policy = cache.policy(&req, &res, t0).unwrap();
+            let body = Bytes::from(vec![b'x'; 4 << 10]);
+            cache.store(
+                &req.uri,
+                Entry::new(&req, policy, res.status, &res.headers, body, t0),
+            );
+        }
+        assert!(cache.size() <= 64 << 10, "{}", cache.size());
+        assert!(evicted.load(std::sync::atomic::Ordering::Relaxed) > 0);
+        let req = get("http://example.com/big", &[]);
+        let policy = cache.policy(&req, &res, t0).unwrap();
+        let body = Bytes::from(vec![b'x'; 9 << 10]);
+        cache.store(
+            &req.uri,
+            Entry::new(&req, policy, res.status, &res.headers, body, t0),
+        );
+        assert!(matches!(cache.lookup(&req, t0), Lookup::Miss { .. }));
+    }
+}

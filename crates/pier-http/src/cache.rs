@@ -1,0 +1,673 @@
+//! The shared HTTP cache in front of a route's handler ([`pier_cache`]): after the route's
+//! request filters and before its handler, so a filter that refuses a request refuses it on a
+//! hit too, and the response filters see what is sent, hit or miss. A hit costs no instance and
+//! no origin request.
+//!
+//! - `GET` (and `HEAD`, answered from a stored `GET`): a fresh stored response is sent with its
+//!   `Age` (a conditional request gets its `304`, a one-range request its `206`); a stale one is
+//!   revalidated with its validators (a `304` refreshes it), or sent while it is revalidated in
+//!   the background (`stale-while-revalidate`), or sent in place of the origin's failure
+//!   (`stale-if-error`); a miss goes to the handler and, if storable, is kept as its body
+//!   streams to the client (an aborted or oversize body is not kept). `only-if-cached` with
+//!   nothing usable stored: `504`.
+//! - Concurrent misses for one URL wait for the first one's response instead of each asking the
+//!   origin (request collapsing), for at most [`COLLAPSE_WAIT`].
+//! - A successful unsafe method (`POST`, `PUT`, `DELETE`, ...) forgets what is stored for its
+//!   URL, and for the URLs its `Location` and `Content-Location` name on the same host.
+//! - Every response says what happened in `Cache-Status` (RFC 9211).
+//! - Request fields that could change an answer without being in the key (`X-Forwarded-Host`
+//!   and the like, [`UNKEYED`]) are not passed on, so no client can have a poisoned response
+//!   stored for others.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry as Slot;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header, request};
+use http_body::{Body, Frame, SizeHint};
+use pier_cache::{Cache, CacheStatus, Entry, Forward, Lookup, MemoryStore};
+use tokio::sync::watch;
+
+use crate::body::{BodyError, GuestOutcome, ResponseBody, error_response};
+use crate::conditional::{self, Condition};
+use crate::limits::BodyLimit;
+use crate::service::{Handler, Permits, answer};
+
+/// Longest a request waits for another's fetch of the same URL before sending its own.
+pub const COLLAPSE_WAIT: Duration = Duration::from_secs(10);
+
+/// Request fields that origins and frameworks commonly let change a response (the host, scheme
+/// or path they think they serve, the method) but that are not part of the cache's key: removed
+/// from `GET` and `HEAD` requests through a cache.
+const UNKEYED: [&str; 9] = [
+    "x-forwarded-host",
+    "x-forwarded-scheme",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// A response, and how its guest ended if a guest answered it.
+type Answered = (Response<ResponseBody>, Option<Arc<GuestOutcome>>);
+
+/// `Cache-Status` (RFC 9211).
+pub const CACHE_STATUS: &str = "cache-status";
+
+/// One named cache as the server uses it: its store, and the fetches in flight.
+pub struct SharedCache {
+    cache: Cache,
+    /// URLs being fetched, each with what tells the requests waiting for it that it is done
+    /// (its sender is dropped).
+    inflight: Mutex<HashMap<String, watch::Receiver<()>>>,
+}
+
+impl SharedCache {
+    /// The cache `name` as `spec` describes it.
+    pub fn new(name: &str, spec: &pier_config::CacheSpec) -> Arc<SharedCache> {
+        let label = name.to_string();
+        let store = MemoryStore::new(spec.size, move |bytes| {
+            metrics::counter!(crate::metrics::CACHE_EVICTED_BYTES, "cache" => label.clone())
+                .increment(bytes);
+        });
+        Arc::new(SharedCache {
+            cache: Cache::new(name, store, spec.max_entry),
+            inflight: Mutex::default(),
+        })
+    }
+
+    /// The cache itself.
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    /// Leads the fetch of `key`, or, when another request leads it, what tells when it is done.
+    fn join(self: &Arc<Self>, key: &str) -> Result<Leading, watch::Receiver<()>> {
+        match self.inflight.lock().unwrap().entry(key.to_string()) {
+            Slot::Occupied(fetch) => Err(fetch.get().clone()),
+            Slot::Vacant(slot) => {
+                let (done, waiting) = watch::channel(());
+                slot.insert(waiting);
+                Ok(Leading {
+                    shared: self.clone(),
+                    key: key.to_string(),
+                    _done: done,
+                })
+            }
+        }
+    }
+
+    /// Forgets what is stored for `uri`, and for the same-host URLs `headers`' `Location` and
+    /// `Content-Location` name.
+    fn invalidate(&self, uri: &Uri, headers: &HeaderMap) {
+        self.cache.invalidate(uri);
+        for name in [header::LOCATION, header::CONTENT_LOCATION] {
+            let Some(target) = headers.get(name).and_then(|v| v.to_str().ok()) else {
+                continue;
+            };
+            let Ok(target) = target.parse::<Uri>() else {
+                continue;
+            };
+            let same_host = target
+                .authority()
+                .is_none_or(|a| Some(a) == uri.authority());
+            if !same_host {
+                continue;
+            }
+            let mut parts = uri.clone().into_parts();
+            parts.path_and_query = target.path_and_query().cloned();
+            if let Ok(other) = Uri::from_parts(parts) {
+                self.cache.invalidate(&other);
+            }
+        }
+    }
+
+    fn count(&self, result: &'static str) {
+        metrics::counter!(crate::metrics::CACHE_REQUESTS, "cache" => self.cache.name().to_string(), "result" => result)
+            .increment(1);
+    }
+}
+
+/// The fetch of one URL that other requests for it wait for; done when dropped (once its
+/// response is stored, or known not to be).
+struct Leading {
+    shared: Arc<SharedCache>,
+    key: String,
+    _done: watch::Sender<()>,
+}
+
+impl Drop for Leading {
+    fn drop(&mut self) {
+        self.shared.inflight.lock().unwrap().remove(&self.key);
+    }
+}
+
+/// Answers `req` from `shared` or with `handler` (see the module's description). `permit` and
+/// `limit` are the request's, as for the handler alone. (Boxed: the handler it fronts is
+/// answered by [`answer`], which calls this for a cache.)
+pub(crate) fn serve<'a, B>(
+    shared: &'a Arc<SharedCache>,
+    handler: &'a Handler,
+    req: Request<B>,
+    peer: SocketAddr,
+    limit: Option<BodyLimit>,
+    permit: Option<Permits>,
+) -> Pin<Box<dyn Future<Output = Answered> + Send + 'a>>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    Box::pin(serve_now(shared, handler, req, peer, limit, permit))
+}
+
+async fn serve_now<B>(
+    shared: &Arc<SharedCache>,
+    handler: &Handler,
+    req: Request<B>,
+    peer: SocketAddr,
+    limit: Option<BodyLimit>,
+    permit: Option<Permits>,
+) -> (Response<ResponseBody>, Option<Arc<GuestOutcome>>)
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    let uri = effective_uri(&req);
+    let method = req.method().clone();
+    if method != Method::GET && method != Method::HEAD {
+        let (mut response, outcome) = answer(handler, req, peer, limit, permit).await;
+        let safe = matches!(method, Method::OPTIONS | Method::TRACE);
+        let status = response.status();
+        if !safe && (status.is_success() || status.is_redirection()) {
+            shared.invalidate(&uri, response.headers());
+        }
+        shared.count("bypass");
+        mark(&mut response, &CacheStatus::forward(Forward::Method));
+        return (response, outcome);
+    }
+    // Fields that could change the answer without being part of the key are not passed on: a
+    // client cannot have a poisoned response stored for everyone.
+    let mut req = req;
+    for name in UNKEYED {
+        req.headers_mut().remove(name);
+    }
+    // The request as the cache sees it: a GET (a HEAD is answered from one) for the absolute
+    // URL, its Host the URL's authority whatever the protocol said.
+    let keyed = keyed(&req, &uri);
+    let key = pier_cache::key(&uri);
+    let mut collapsed = false;
+    let (status, leading) = loop {
+        let now = SystemTime::now();
+        match shared.cache.lookup(&keyed, now) {
+            Lookup::Fresh(entry) => {
+                shared.count(if collapsed { "collapsed" } else { "hit" });
+                let mut status = CacheStatus::hit(entry.ttl(now));
+                status.collapsed = collapsed;
+                return (from_entry(&entry, &req, &status, now), None);
+            }
+            Lookup::Stale {
+                entry,
+                revalidate,
+                while_revalidating,
+            } => {
+                if while_revalidating {
+                    if let Ok(leading) = shared.join(&key) {
+                        tokio::spawn(refresh(
+                            shared.clone(),
+                            handler.clone(),
+                            entry.clone(),
+                            keyed.clone(),
+                            revalidate,
+                            peer,
+                            leading,
+                        ));
+                    }
+                    shared.count("stale");
+                    let mut status = CacheStatus::hit(entry.ttl(now));
+                    status.fwd = Some(Forward::Stale);
+                    status.detail = Some("stale-while-revalidate");
+                    return (from_entry(&entry, &req, &status, now), None);
+                }
+                if only_if_cached(req.headers()) {
+                    return (not_cached(), None);
+                }
+                let leading = shared.join(&key).ok();
+                let (response, outcome) =
+                    answer(handler, empty_request(*revalidate), peer, limit, permit).await;
+                let now = SystemTime::now();
+                let mut status = CacheStatus::forward(forward_reason(req.headers()));
+                status.fwd_status = Some(response.status().as_u16());
+                return match revalidated(shared, &entry, &keyed, response, now) {
+                    Revalidated::Refreshed(entry) => {
+                        shared.count("revalidated");
+                        status.ttl = Some(entry.ttl(now));
+                        (from_entry(&entry, &req, &status, now), None)
+                    }
+                    Revalidated::Failed => {
+                        shared.count("stale");
+                        status.hit = true;
+                        status.ttl = Some(entry.ttl(now));
+                        status.detail = Some("stale-if-error");
+                        (from_entry(&entry, &req, &status, now), None)
+                    }
+                    Revalidated::Replaced(response) => {
+                        shared.count("miss");
+                        let stored =
+                            store_through(shared, *response, &keyed, &uri, leading, status);
+                        (stored, outcome)
+                    }
+                };
+            }
+            Lookup::Miss { vary } => {
+                if only_if_cached(req.headers()) {
+                    return (not_cached(), None);
+                }
+                let why = if vary {
+                    Forward::VaryMiss
+                } else {
+                    Forward::UriMiss
+                };
+                match shared.join(&key) {
+                    Ok(leading) => break (CacheStatus::forward(why), Some(leading)),
+                    Err(mut done) if !collapsed => {
+                        collapsed = true;
+                        let _ = tokio::time::timeout(COLLAPSE_WAIT, done.changed()).await;
+                    }
+                    // Waited once already: fetch without leading.
+                    Err(_) => break (CacheStatus::forward(why), None),
+                }
+            }
+        }
+    };
+    shared.count("miss");
+    let head = method == Method::HEAD;
+    let (response, outcome) = answer(handler, req, peer, limit, permit).await;
+    let mut status = status;
+    status.fwd_status = Some(response.status().as_u16());
+    if head {
+        let mut response = response;
+        mark(&mut response, &status);
+        return (response, outcome);
+    }
+    (
+        store_through(shared, response, &keyed, &uri, leading, status),
+        outcome,
+    )
+}
+
+/// How a revalidation ended.
+enum Revalidated {
+    /// `304`: the stored response, refreshed.
+    Refreshed(Arc<Entry>),
+    /// The origin failed and `stale-if-error` lets the stored response be sent.
+    Failed,
+    /// Anything else: a new response, in place of the stored one.
+    Replaced(Box<Response<ResponseBody>>),
+}
+
+/// What the origin's `response` to the revalidation of `entry` makes of it.
+fn revalidated(
+    shared: &SharedCache,
+    entry: &Arc<Entry>,
+    keyed: &request::Parts,
+    response: Response<ResponseBody>,
+    now: SystemTime,
+) -> Revalidated {
+    let code = response.status();
+    if code == StatusCode::NOT_MODIFIED {
+        let (parts, _) = response.into_parts();
+        return Revalidated::Refreshed(shared.cache.refresh(entry, keyed, &parts, now));
+    }
+    let failed = matches!(code.as_u16(), 500 | 502 | 503 | 504);
+    if failed && entry.usable_on_error(now) {
+        return Revalidated::Failed;
+    }
+    Revalidated::Replaced(Box::new(response))
+}
+
+/// Revalidates `entry` in the background (`stale-while-revalidate`), storing what comes back.
+async fn refresh(
+    shared: Arc<SharedCache>,
+    handler: Handler,
+    entry: Arc<Entry>,
+    keyed: request::Parts,
+    revalidate: Box<request::Parts>,
+    peer: SocketAddr,
+    leading: Leading,
+) {
+    use http_body_util::BodyExt;
+
+    let uri = keyed.uri.clone();
+    let (response, _) = answer(&handler, empty_request(*revalidate), peer, None, None).await;
+    let now = SystemTime::now();
+    if let Revalidated::Replaced(response) = revalidated(&shared, &entry, &keyed, response, now) {
+        let status = CacheStatus::forward(Forward::Stale);
+        let stored = store_through(&shared, *response, &keyed, &uri, Some(leading), status);
+        // Read it through, so that it is stored.
+        let _ = stored.into_body().collect().await;
+    }
+}
+
+/// `response` on its way to the client, stored as its body streams if the cache may keep it.
+fn store_through(
+    shared: &Arc<SharedCache>,
+    response: Response<ResponseBody>,
+    keyed: &request::Parts,
+    uri: &Uri,
+    leading: Option<Leading>,
+    mut status: CacheStatus,
+) -> Response<ResponseBody> {
+    let now = SystemTime::now();
+    let (mut parts, body) = response.into_parts();
+    let too_big = content_length(&parts.headers).is_some_and(|n| n > shared.cache.max_entry());
+    let policy = (!too_big && parts.status != StatusCode::PARTIAL_CONTENT)
+        .then(|| shared.cache.policy(keyed, &parts, now))
+        .flatten();
+    let Some(policy) = policy else {
+        mark_parts(&mut parts.headers, &status);
+        return Response::from_parts(parts, body);
+    };
+    let stored = Storing {
+        inner: body,
+        kept: BytesMut::new(),
+        keep: true,
+        expected: content_length(&parts.headers),
+        store: Some(ToStore {
+            shared: shared.clone(),
+            keyed: keyed.clone(),
+            uri: uri.clone(),
+            policy,
+            status: parts.status,
+            headers: parts.headers.clone(),
+            received: now,
+        }),
+        _leading: leading,
+    };
+    status.stored = true;
+    mark_parts(&mut parts.headers, &status);
+    Response::from_parts(parts, ResponseBody::Storing(Box::new(stored)))
+}
+
+/// What a [`Storing`] body stores when it ends cleanly.
+struct ToStore {
+    shared: Arc<SharedCache>,
+    keyed: request::Parts,
+    uri: Uri,
+    policy: pier_cache::CachePolicy,
+    status: StatusCode,
+    headers: HeaderMap,
+    received: SystemTime,
+}
+
+/// A response body kept as it streams to the client, and stored when it has ended cleanly
+/// within the cache's entry size (an error, trailers, or too many bytes: not stored).
+pub struct Storing {
+    inner: ResponseBody,
+    kept: BytesMut,
+    keep: bool,
+    /// Its `Content-Length`, when it has one: all of it has come when that much has.
+    expected: Option<u64>,
+    store: Option<ToStore>,
+    _leading: Option<Leading>,
+}
+
+impl Storing {
+    /// The body has ended cleanly: stores it if all of it was kept.
+    fn finish(&mut self) {
+        if let Some(store) = self.store.take()
+            && self.keep
+        {
+            let body = std::mem::take(&mut self.kept).freeze();
+            let bytes = body.len() as u64;
+            let entry = Entry::new(
+                &store.keyed,
+                store.policy,
+                store.status,
+                &store.headers,
+                body,
+                store.received,
+            );
+            store.shared.cache.store(&store.uri, entry);
+            metrics::counter!(crate::metrics::CACHE_STORED_BYTES, "cache" => store.shared.cache.name().to_string())
+                .increment(bytes);
+        }
+        // Done: the requests waiting for this fetch look again.
+        self._leading = None;
+    }
+}
+
+impl Body for Storing {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        match &frame {
+            Poll::Ready(Some(Ok(frame))) => {
+                match frame.data_ref() {
+                    Some(data) if this.keep => {
+                        let max = this
+                            .store
+                            .as_ref()
+                            .map_or(0, |s| s.shared.cache.max_entry());
+                        if (this.kept.len() + data.len()) as u64 > max {
+                            this.keep = false;
+                            this.kept = BytesMut::new();
+                        } else {
+                            this.kept.extend_from_slice(data);
+                        }
+                    }
+                    Some(_) => {}
+                    None => this.keep = false,
+                }
+                // A body of known length may not be polled past its last bytes.
+                let complete = this.expected == Some(this.kept.len() as u64);
+                if this.keep && (complete || this.inner.is_end_stream()) {
+                    this.finish();
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                this.keep = false;
+                this.finish();
+            }
+            Poll::Ready(None) => this.finish(),
+            Poll::Pending => {}
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The response for `req` from `entry`, at `now`, with `status`: its stored head with `Age`,
+/// or what `req`'s conditions or range make of it (`304`, `412`, `206`, `416`).
+fn from_entry<B>(
+    entry: &Entry,
+    req: &Request<B>,
+    status: &CacheStatus,
+    now: SystemTime,
+) -> Response<ResponseBody> {
+    let mut headers = entry.headers.clone();
+    headers.insert(header::AGE, HeaderValue::from(entry.age(now)));
+    let etag = headers
+        .get(header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let last_modified = headers
+        .get(header::LAST_MODIFIED)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let modified = last_modified
+        .as_deref()
+        .and_then(|d| httpdate::parse_http_date(d).ok());
+    let mut code = entry.status;
+    let mut body = entry.body.clone();
+    if entry.status == StatusCode::OK {
+        match conditional::evaluate(req.headers(), etag.as_deref(), modified) {
+            Condition::NotModified => {
+                code = StatusCode::NOT_MODIFIED;
+                body = Bytes::new();
+                headers.remove(header::CONTENT_LENGTH);
+            }
+            Condition::Failed => {
+                code = StatusCode::PRECONDITION_FAILED;
+                body = Bytes::new();
+            }
+            Condition::Proceed => {
+                let len = entry.body.len() as u64;
+                match conditional::range(
+                    req.headers(),
+                    len,
+                    etag.as_deref(),
+                    last_modified.as_deref(),
+                ) {
+                    Ok(Some((first, last))) => {
+                        code = StatusCode::PARTIAL_CONTENT;
+                        body = entry.body.slice(first as usize..=last as usize);
+                        headers.insert(
+                            header::CONTENT_RANGE,
+                            HeaderValue::from_str(&format!("bytes {first}-{last}/{len}"))
+                                .expect("digits"),
+                        );
+                    }
+                    Ok(None) => {}
+                    Err(()) => {
+                        code = StatusCode::RANGE_NOT_SATISFIABLE;
+                        body = Bytes::new();
+                        headers.insert(
+                            header::CONTENT_RANGE,
+                            HeaderValue::from_str(&format!("bytes */{len}")).expect("digits"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    if code != StatusCode::NOT_MODIFIED {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
+    mark_parts(&mut headers, status);
+    let body = if req.method() == Method::HEAD || body.is_empty() {
+        ResponseBody::Full(None)
+    } else {
+        ResponseBody::Full(Some(body))
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = code;
+    *response.headers_mut() = headers;
+    response
+}
+
+/// `504` for an `only-if-cached` request with nothing usable stored (RFC 9111 §5.2.1.7).
+fn not_cached() -> Response<ResponseBody> {
+    let mut response = error_response(
+        StatusCode::GATEWAY_TIMEOUT,
+        "only-if-cached: no stored response for the request",
+    );
+    let mut status = CacheStatus::forward(Forward::UriMiss);
+    status.detail = Some("only-if-cached");
+    mark(&mut response, &status);
+    response
+}
+
+fn mark(response: &mut Response<ResponseBody>, status: &CacheStatus) {
+    mark_parts(response.headers_mut(), status);
+}
+
+fn mark_parts(headers: &mut HeaderMap, status: &CacheStatus) {
+    headers.append(CACHE_STATUS, status.header());
+}
+
+/// Why a request with a stored response went to the origin: its own directives, or the
+/// response's staleness.
+fn forward_reason(headers: &HeaderMap) -> Forward {
+    let says = |directive: &str| {
+        headers
+            .get_all(header::CACHE_CONTROL)
+            .iter()
+            .chain(headers.get_all(header::PRAGMA))
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|d| d.trim().eq_ignore_ascii_case(directive))
+    };
+    if says("no-cache") || says("max-age=0") {
+        Forward::Request
+    } else {
+        Forward::Stale
+    }
+}
+
+fn only_if_cached(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|d| d.trim().eq_ignore_ascii_case("only-if-cached"))
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// The URL a request is for: its scheme (the connection's for HTTP/1.1), authority (`Host` on
+/// HTTP/1.1) and path with query.
+fn effective_uri<B>(req: &Request<B>) -> Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(pier_engine::p3::scheme(req));
+    parts.authority = pier_engine::p3::authority(req)
+        .or_else(|| Some(http::uri::Authority::from_static("localhost")));
+    parts.path_and_query = Some(
+        req.uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(parts).expect("scheme, authority and path make a URI")
+}
+
+/// `req`'s head as the cache judges it: a `GET` of `uri`, its `Host` the URI's authority.
+fn keyed<B>(req: &Request<B>, uri: &Uri) -> request::Parts {
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = Method::GET;
+    parts.uri = uri.clone();
+    parts.headers = req.headers().clone();
+    if let Some(authority) = uri.authority()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        parts.headers.insert(header::HOST, host);
+    }
+    parts
+}
+
+/// A request with `head` and no body (a revalidation).
+fn empty_request(head: request::Parts) -> Request<crate::filters::RequestBody> {
+    use http_body_util::BodyExt;
+
+    let empty = http_body_util::Empty::<Bytes>::new().map_err(|never| match never {});
+    Request::from_parts(head, empty.boxed_unsync())
+}

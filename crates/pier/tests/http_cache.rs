@@ -1,0 +1,527 @@
+//! The shared HTTP cache (`--cache`, `cache = "NAME"` on a manifest route), end to end: pier
+//! with `--upstream` in front of a test origin that counts the requests it gets, one RFC 9111
+//! (and RFC 5861, RFC 9211) behaviour per test.
+//!
+//! The origin answers each request as its query says: `cc` (Cache-Control), `etag`, `vary`,
+//! `cookie` (a Set-Cookie), `size` (the body's length; else the body is `body of PATH?QUERY`),
+//! `delay` (milliseconds before answering); a request whose `If-None-Match` holds the `etag`
+//! gets `304`; while it is down it answers `503`. A request's `X-Forwarded-Host` ends its body
+//! (`@HOST`), as an origin that trusts it would.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use pier_testkit::{Answer, PierServer, Proto};
+
+fn pier() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_pier"))
+}
+
+/// The test origin.
+#[derive(Clone, Default)]
+struct Origin {
+    /// Requests by method and path with query, and the 304s among them.
+    seen: Arc<Mutex<HashMap<String, usize>>>,
+    down: Arc<AtomicBool>,
+}
+
+impl Origin {
+    async fn start() -> (Origin, SocketAddr) {
+        let origin = Origin::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let serving = origin.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let origin = serving.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let origin = origin.clone();
+                        async move { Ok::<_, Infallible>(origin.answer(req).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        (origin, addr)
+    }
+
+    fn count(&self, what: &str) {
+        *self
+            .seen
+            .lock()
+            .unwrap()
+            .entry(what.to_string())
+            .or_default() += 1;
+    }
+
+    /// How many `what` (`GET /a?x`, `304 /a?x`) it has seen.
+    fn seen(&self, what: &str) -> usize {
+        self.seen.lock().unwrap().get(what).copied().unwrap_or(0)
+    }
+
+    async fn answer(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let target = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        self.count(&format!("{} {target}", req.method()));
+        let query: HashMap<String, String> = req
+            .uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.replace("%20", " ").replace("%2C", ",")))
+            .collect();
+        if let Some(ms) = query.get("delay") {
+            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+        }
+        if self.down.load(Ordering::Relaxed) {
+            return Response::builder()
+                .status(503)
+                .body(Full::new(Bytes::from_static(b"down")))
+                .unwrap();
+        }
+        let mut response = Response::builder();
+        if let Some(cc) = query.get("cc") {
+            response = response.header("cache-control", cc);
+        }
+        if let Some(vary) = query.get("vary") {
+            response = response.header("vary", vary);
+        }
+        if let Some(cookie) = query.get("cookie") {
+            response = response.header("set-cookie", cookie);
+        }
+        response = response
+            .header("x-origin-link", "a")
+            .header("x-origin-link", "b");
+        if let Some(etag) = query.get("etag") {
+            let etag = format!("\"{etag}\"");
+            let matches = req
+                .headers()
+                .get("if-none-match")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+            response = response.header("etag", &etag);
+            if matches {
+                self.count(&format!("304 {target}"));
+                return response.status(304).body(Full::new(Bytes::new())).unwrap();
+            }
+        }
+        let language = req
+            .headers()
+            .get("accept-language")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        // What an origin that trusts X-Forwarded-Host would do with it.
+        let host = req
+            .headers()
+            .get("x-forwarded-host")
+            .map(|h| format!("@{}", h.to_str().unwrap()))
+            .unwrap_or_default();
+        let body = match query.get("size") {
+            Some(n) => Bytes::from(vec![b'x'; n.parse().unwrap()]),
+            None => Bytes::from(format!("body of {target}{language}{host}")),
+        };
+        response.body(Full::new(body)).unwrap()
+    }
+}
+
+/// pier with `--upstream` to `origin` and `--cache`, and `args`.
+fn pier_in_front(origin: SocketAddr, args: &[&str]) -> PierServer {
+    let upstream = format!("http://{origin}");
+    let mut all = vec!["--upstream", &upstream, "--cache"];
+    all.extend_from_slice(args);
+    PierServer::start(pier(), &all).unwrap()
+}
+
+async fn get(pier: &PierServer, target: &str, headers: &[(&str, &str)]) -> Answer {
+    send(pier, "GET", target, headers).await
+}
+
+async fn send(pier: &PierServer, method: &str, target: &str, headers: &[(&str, &str)]) -> Answer {
+    let mut req = Request::builder().method(method).uri(target);
+    for (n, v) in headers {
+        req = req.header(*n, *v);
+    }
+    let req = req.body(Full::new(Bytes::new())).unwrap();
+    pier_testkit::send(&pier.addr, Proto::H1, req)
+        .await
+        .unwrap()
+}
+
+fn status(answer: &Answer) -> String {
+    answer
+        .headers
+        .get("cache-status")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_fresh_response_is_answered_from_the_cache_with_its_age() {
+    let (origin, addr) = Origin::start().await;
+    let pier = pier_in_front(addr, &[]);
+    let target = "/a?cc=max-age=60";
+    let first = get(&pier, target, &[]).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(status(&first), "pier; fwd=uri-miss; fwd-status=200; stored");
+    for proto in [Proto::H1, Proto::H2] {
+        let req = Request::get(target).body(Full::new(Bytes::new())).unwrap();
+        let hit = pier_testkit::send(&pier.addr, proto, req).await.unwrap();
+        assert_eq!(hit.text(), first.text(), "{proto:?}");
+        assert!(
+            status(&hit).starts_with("pier; hit; ttl="),
+            "{}",
+            status(&hit)
+        );
+        assert!(hit.headers.contains_key("age"));
+        // Repeated header fields come back as the origin sent them.
+        assert_eq!(hit.headers.get_all("x-origin-link").iter().count(), 2);
+    }
+    assert_eq!(origin.seen(&format!("GET {target}")), 1);
+    // Another URL is another entry.
+    get(&pier, "/b?cc=max-age=60", &[]).await;
+    assert_eq!(origin.seen("GET /b?cc=max-age=60"), 1);
+}
+
+#[tokio::test]
+async fn what_a_shared_cache_must_not_store_goes_to_the_origin_every_time() {
+    let (origin, addr) = Origin::start().await;
+    let pier = pier_in_front(addr, &[]);
+    for target in [
+        "/p?cc=private,max-age=60",
+        "/p?cc=no-store",
+        "/p?cc=max-age=60&cookie=session=1",
+    ] {
+        for _ in 0..2 {
+            let answer = get(&pier, target, &[]).await;
+            assert_eq!(status(&answer), "pier; fwd=uri-miss; fwd-status=200");
+        }
+        assert_eq!(origin.seen(&format!("GET {target}")), 2, "{target}");
+    }
+    // A request with credentials: stored only when the response says it may be shared.
+    let auth = [("authorization", "Bearer secret")];
+    get(&pier, "/auth?cc=max-age=60", &auth).await;
+    get(&pier, "/auth?cc=max-age=60", &auth).await;
+    assert_eq!(origin.seen("GET /auth?cc=max-age=60"), 2);
+    get(&pier, "/auth?cc=public,max-age=60", &auth).await;
+    get(&pier, "/auth?cc=public,max-age=60", &auth).await;
+    assert_eq!(origin.seen("GET /auth?cc=public,max-age=60"), 1);
+    // The request's no-store.
+    let no_store = [("cache-control", "no-store")];
+    get(&pier, "/ns?cc=max-age=60", &no_store).await;
+    get(&pier, "/ns?cc=max-age=60", &[]).await;
+    assert_eq!(origin.seen("GET /ns?cc=max-age=60"), 2);
+}
+
+#[tokio::test]
+async fn head_conditionals_and_ranges_are_answered_from_a_stored_get() {
+    let (origin, addr) = Origin::start().await;
+    let pier = pier_in_front(addr, &[]);
+    let target = "/h?cc=max-age=60&etag=v1";
+    let full = get(&pier, target, &[]).await;
+    let len = full.body.len();
+    let head = send(&pier, "HEAD", target, &[]).await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert!(head.body.is_empty());
+    assert_eq!(head.headers["content-length"], len.to_string().as_str());
+    assert!(status(&head).starts_with("pier; hit"), "{}", status(&head));
+
+    let not_modified = get(&pier, target, &[("if-none-match", "\"v1\"")]).await;
+    assert_eq!(not_modified.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(not_modified.headers["etag"], "\"v1\"");
+
+    let part = get(&pier, target, &[("range", "bytes=0-3")]).await;
+    assert_eq!(part.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(part.text(), "body");
+    assert_eq!(
+        part.headers["content-range"],
+        format!("bytes 0-3/{len}").as_str()
+    );
+    let beyond = get(&pier, target, &[("range", "bytes=9999-")]).await;
+    assert_eq!(beyond.status, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(origin.seen(&format!("GET {target}")), 1, "all from one GET");
+    assert_eq!(origin.seen(&format!("HEAD {target}")), 0);
+}
+
+#[tokio::test]
+async fn responses_vary_by_the_request_headers_vary_names() {
+    let (origin, addr) = Origin::start().await;
+    let pier = pier_in_front(addr, &[]);
+    let target = "/v?cc=max-age=60&vary=accept-language";
+    let en = [("accept-language", "en")];
+    let fr = [("accept-language", "fr")];
+    assert_eq!(
+        get(&pier, target, &en).await.text(),
+        format!("body of {target}en")
+    );
+    let french = get(&pier, target, &fr).await;
+    assert_eq!(french.text(), format!("body of {target}fr"));
+    assert_eq!(
+        status(&french),
+        "pier; fwd=vary-miss; fwd-status=200; stored"
+    );
+    assert_eq!(
+        get(&pier, target, &en).await.text(),
+        format!("body of {target}en")
+    );
+    assert_eq!(
+        get(&pier, target, &fr).await.text(),
+        format!("body of {target}fr")
+    );
+    assert_eq!(origin.seen(&format!("GET {target}")), 2);
+    // Vary: * is never answered from the cache.
+    let star = "/v?cc=max-age=60&vary=*";
+    get(&pier, star, &[]).await;
+    get(&pier, star, &[]).await;
+    assert_eq!(origin.seen(&format!("GET {star}")), 2);
+}
+
+#[tokio::test]
+async fn a_stale_response_is_revalidated_and_a_304_refreshes_it() {
+    let (origin, addr) = Origin::start().await;
+    let pier = pier_in_front(addr, &[]);
+    let target = "/r?cc=max-age=0&etag=v7";
+    let first = get(&pier, target, &[]).await;
+    let second = get(&pier, target, &[]).await;
+    assert_eq!(second.status, StatusCode::OK);
+    assert_eq!(second.text(), first.text());
+    assert_eq!(status(&second), "pier; fwd=stale; fwd-status=304; ttl=0");
+    assert_eq!(origin.seen(&format!("304 {target}")), 1);
+
+    // A request's own no-cache sends a fresh entry to the origin too.
+    let fresh = "/r?cc=max-age=60&etag=v8";
+    get(&pier, fresh, &[]).await;
+    let asked = get(&pier, fresh, &[("cache-control", "no-cache")]).await;
+    assert!(
+        status(&asked).starts_with("pier; fwd=request; fwd-status=304"),
+        "{}",
+        status(&asked)
+    );
+    assert_eq!(origin.seen(&format!("304 {fresh}")), 1);
+
+    // only-if-cached: what is stored, or 504.
+    let cached = get(&pier, fresh, &[("cache-control", "only-if-cached")]).await;
+    assert_eq!(cached.status, StatusCode::OK);
+    let none = get(&pier, "/nothing", &[("cache-control", "only-if-cached")]).await;
+    assert_eq!(none.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(origin.seen("GET /nothing"), 0);
+}
+
+#[tokio::test]
+async fn stale_if_error_and_stale_while_revalidate() {
+    let (origin, addr) = Origin::start().await;
+    let pier = pier_in_front(addr, &[]);
+    let target = "/e?cc=max-age=0,stale-if-error=60";
+    let first = get(&pier, target, &[]).await;
+    origin.down.store(true, Ordering::Relaxed);
+    let stale = get(&pier, target, &[]).await;
+    assert_eq!(
+        stale.status,
+        StatusCode::OK,
+        "the stored response, not the 503"
+    );
+    assert_eq!(stale.text(), first.text());
+    assert!(
+        status(&stale).ends_with("detail=stale-if-error"),
+        "{}",
+        status(&stale)
+    );
+    // Without the directive, the origin's error goes through.
+    let plain = "/e?cc=max-age=0";
+    origin.down.store(false, Ordering::Relaxed);
+    get(&pier, plain, &[]).await;
+    origin.down.store(true, Ordering::Relaxed);
+    assert_eq!(
+        get(&pier, plain, &[]).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    origin.down.store(false, Ordering::Relaxed);
+
+    let target = "/w?cc=max-age=0,stale-while-revalidate=60";
+    get(&pier, target, &[]).await;
+    let meanwhile = get(&pier, target, &[]).await;
+    assert!(
+        status(&meanwhile).ends_with("detail=stale-while-revalidate"),
+        "{}",
+        status(&meanwhile)
+    );
+    // The revalidation happens behind the answer.
+    for _ in 0..100 {
+        if origin.seen(&format!("GET {target}")) == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(origin.seen(&format!("GET {target}")), 2);
+}
+
+#[tokio::test]
+async fn an_unsafe_method_invalidates_the_url() {
+    let (origin, addr) = Origin::start().await;
+    let pier = pier_in_front(addr, &[]);
+    let target = "/i?cc=max-age=60";
+    get(&pier, target, &[]).await;
+    get(&pier, target, &[]).await;
+    assert_eq!(origin.seen(&format!("GET {target}")), 1);
+    let posted = send(&pier, "POST", target, &[]).await;
+    assert_eq!(status(&posted), "pier; fwd=method");
+    let after = get(&pier, target, &[]).await;
+    assert!(
+        status(&after).starts_with("pier; fwd=uri-miss"),
+        "{}",
+        status(&after)
+    );
+    assert_eq!(origin.seen(&format!("GET {target}")), 2);
+}
+
+#[tokio::test]
+async fn concurrent_misses_reach_the_origin_once() {
+    let (origin, addr) = Origin::start().await;
+    let pier = pier_in_front(addr, &[]);
+    let target = "/c?cc=max-age=60&delay=300";
+    let mut all = tokio::task::JoinSet::new();
+    for i in 0..100 {
+        let addr = pier.addr.clone();
+        all.spawn(async move {
+            let proto = if i % 2 == 0 { Proto::H1 } else { Proto::H2 };
+            let req = Request::get(target).body(Full::new(Bytes::new())).unwrap();
+            pier_testkit::send(&addr, proto, req).await.unwrap()
+        });
+    }
+    let mut collapsed = 0;
+    while let Some(answer) = all.join_next().await {
+        let answer = answer.unwrap();
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.text(), format!("body of {target}"));
+        collapsed += status(&answer).contains("collapsed") as usize;
+    }
+    assert_eq!(origin.seen(&format!("GET {target}")), 1);
+    assert!(collapsed > 0);
+}
+
+#[tokio::test]
+async fn a_body_over_the_entry_size_is_sent_but_not_stored() {
+    let (origin, addr) = Origin::start().await;
+    let pier = pier_in_front(addr, &["--cache-max-entry", "1KiB"]);
+    let big = "/big?cc=max-age=60&size=2048";
+    for _ in 0..2 {
+        assert_eq!(get(&pier, big, &[]).await.body.len(), 2048);
+    }
+    assert_eq!(origin.seen(&format!("GET {big}")), 2);
+    let small = "/small?cc=max-age=60&size=512";
+    get(&pier, small, &[]).await;
+    get(&pier, small, &[]).await;
+    assert_eq!(origin.seen(&format!("GET {small}")), 1);
+}
+
+/// A manifest's routes name a `[cache.NAME]`: a component's cacheable answer is sent again
+/// without running the component (its random body comes back the same), a private one never
+/// is; the route's Proxy-Wasm filter runs on hits too (its response header is on them), and a
+/// filter that answers a request itself answers before the cache.
+#[tokio::test]
+async fn a_manifest_route_caches_a_component_behind_its_filters() {
+    let Some(service) = pier_testkit::toolchain_guest("python-p3.wasm") else {
+        return;
+    };
+    let (origin, addr) = Origin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(service, dir.path().join("service.wasm")).unwrap();
+    std::fs::copy(
+        pier_testkit::guest("filter-headers"),
+        dir.path().join("filter.wasm"),
+    )
+    .unwrap();
+    let manifest = format!(
+        r#"manifest_version = 1
+[[route]]
+path = "/random/..."
+component = "service"
+cache = "pages"
+filters = ["headers"]
+
+[[route]]
+path = "/t/..."
+upstream = "http://{addr}"
+cache = "pages"
+filters = ["headers"]
+
+[component.service]
+source = "service.wasm"
+
+[filter.headers]
+source = "filter.wasm"
+
+[cache.pages]
+size = "16MiB"
+"#
+    );
+    std::fs::write(dir.path().join("pier.toml"), manifest).unwrap();
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("p3-serve-cache");
+    let pier = PierServer::start_with_env(
+        pier(),
+        &[dir.path().join("pier.toml").to_str().unwrap()],
+        &[("PIER_CACHE_DIR", cache.to_str().unwrap())],
+    )
+    .unwrap();
+
+    let first = get(&pier, "/random/a", &[]).await;
+    let again = get(&pier, "/random/a", &[]).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(
+        again.text(),
+        first.text(),
+        "the same answer, from the cache"
+    );
+    assert!(
+        status(&again).starts_with("pier; hit"),
+        "{}",
+        status(&again)
+    );
+    assert_eq!(
+        again.headers["x-filter-response"], "1",
+        "the filter ran on the hit"
+    );
+    let private = get(&pier, "/random/private", &[]).await;
+    let private_again = get(&pier, "/random/private", &[]).await;
+    assert_ne!(private.text(), private_again.text(), "never shared");
+
+    let local = get(&pier, "/t/local?cc=max-age=60", &[]).await;
+    assert_eq!(local.status, StatusCode::NO_CONTENT);
+    assert!(!local.headers.contains_key("cache-status"));
+    assert_eq!(origin.seen("GET /t/local?cc=max-age=60"), 0);
+}
+
+/// A header that is not part of the key cannot change what is stored for everyone: the
+/// X-Forwarded-Host family does not reach the origin through the cache.
+#[tokio::test]
+async fn unkeyed_headers_cannot_poison_the_cache() {
+    let (origin, addr) = Origin::start().await;
+    let pier = pier_in_front(addr, &[]);
+    let target = "/poison?cc=max-age=60";
+    let evil = get(&pier, target, &[("x-forwarded-host", "evil.example")]).await;
+    assert_eq!(evil.text(), format!("body of {target}"));
+    let next = get(&pier, target, &[]).await;
+    assert_eq!(next.text(), format!("body of {target}"));
+    assert!(status(&next).starts_with("pier; hit"));
+    assert_eq!(origin.seen(&format!("GET {target}")), 1);
+}
