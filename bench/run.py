@@ -46,7 +46,29 @@ SCENARIOS = {
     "forward": ("forward.wasm", "GET", 0, b"hello from pier"),
     # A WASI 0.3 service (the WASI test suite's http-service: GET / answers "hey").
     "p3-hello": ("http-service.wasm", "GET", 0, b"hey"),
+    # The shared HTTP cache: pier --upstream --cache in front of a native hello that says
+    # `cache-control: max-age=3600` ("pier": every request a hit), the same without --cache
+    # ("pier-nocache": every request proxied), and the native hello itself.
+    "cache-hit": (None, "GET", 0, b"hello from pier"),
 }
+
+# Scenarios with no guest.
+NO_GUEST = {"cache-hit"}
+
+# The origin of the cache-hit scenario, started on first use.
+CACHE_ORIGIN = {"port": None, "proc": None}
+
+
+def cache_origin_port():
+    if CACHE_ORIGIN["port"] is None:
+        port = free_port()
+        CACHE_ORIGIN["proc"] = subprocess.Popen(
+            [str(ROOT / "target" / "release" / "native-hello"), f"127.0.0.1:{port}",
+             "--cache-control", "max-age=3600"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        CACHE_ORIGIN["port"] = port
+        wait_http(port, b"hello", "GET", 0)
+    return CACHE_ORIGIN["port"]
 
 # Scenarios of WASI 0.3 components: `wasmtime serve` runs them with its 0.3 default (one
 # instance serves up to 128 requests, 16 at once) as "wasmtime", and with reuse off (a fresh
@@ -101,6 +123,8 @@ def prepare(scenarios, build=True):
     guests = {}
     for name in scenarios:
         file = SCENARIOS[name][0]
+        if name in NO_GUEST:
+            continue
         if name == "hello":
             src = ROOT / "examples" / "hello" / "hello.wasm"
         elif name in P3:
@@ -172,6 +196,10 @@ def start(server, guests, name, cli, port):
             workers = []
         cmd = [ROOT / "target" / "release" / "pier", "serve", "--addr", addr, *workers, *PIER_ARGS,
                *SCENARIO_PIER_ARGS.get(name, []), src]
+        if name == "cache-hit":
+            cache = [] if server == "pier-nocache" else ["--cache"]
+            cmd = [ROOT / "target" / "release" / "pier", "serve", "--addr", addr, *PIER_ARGS,
+                   "--upstream", f"http://127.0.0.1:{cache_origin_port()}", *cache]
         if name == "forward":
             cmd[4:4] = ["--allow-outbound", f"http://127.0.0.1:{upstream_port()}"]
         env = pier_env()
@@ -353,6 +381,8 @@ def main():
         piers = ["pier" if w == "1" else f"pier-w{w}" for w in args.workers.split(",") if w]
         servers = piers + (["pier-reuse", "wasmtime", "wasmtime-fresh"] if name in P3 else ["wasmtime"]) + \
             (["native"] if name in ("hello", "forward") else [])
+        if name == "cache-hit":
+            servers = ["pier", "pier-nocache", "native"]
         for conc in concurrency:
             samples = {s: [] for s in servers}
             for _ in range(args.rounds):
@@ -383,8 +413,9 @@ def main():
         kv = kv_bench.measure(args.rounds, args.duration, concurrency,
                               log=lambda line: print(f"  kv {line}", file=sys.stderr))
 
-    if UPSTREAM["proc"]:
-        UPSTREAM["proc"].terminate()
+    for started in (UPSTREAM, CACHE_ORIGIN):
+        if started["proc"]:
+            started["proc"].terminate()
     print_table(rows)
     if kv:
         print(f"\nkv: what one get + one set adds to a Python request (Redis round trip "

@@ -9,6 +9,8 @@
 //! - With `--work-us N` it first computes for N microseconds on every request: a server that
 //!   costs that much more CPU per request, to read how a slower server's throughput falls on
 //!   the benchmark's machine (bench/RESULTS.md).
+//! - With `--cache-control VALUE` its hello carries that `Cache-Control` (the origin of the
+//!   cache benchmark).
 
 use std::convert::Infallible;
 
@@ -34,6 +36,14 @@ async fn main() -> std::io::Result<()> {
         let us = args.get(i + 1).expect("--work-us needs N");
         std::time::Duration::from_micros(us.parse().expect("--work-us needs a number"))
     });
+    let cache_control: Option<&'static str> =
+        args.iter().position(|a| a == "--cache-control").map(|i| {
+            &*args
+                .get(i + 1)
+                .expect("--cache-control needs VALUE")
+                .clone()
+                .leak()
+        });
     let addr = args
         .first()
         .filter(|a| !a.starts_with("--"))
@@ -60,7 +70,7 @@ async fn main() -> std::io::Result<()> {
                     }
                     match forward {
                         Some(upstream) => forward_to(&client, &upstream, req).await,
-                        None => Ok::<_, Infallible>(hello()),
+                        None => Ok::<_, Infallible>(hello(cache_control)),
                     }
                 }
             });
@@ -79,7 +89,7 @@ fn compute_for(work: std::time::Duration) {
     }
 }
 
-fn hello() -> Response<Body> {
+fn hello(cache_control: Option<&'static str>) -> Response<Body> {
     let mut response = Response::new(
         Full::new(Bytes::from_static(b"hello from pier\n"))
             .map_err(|never| match never {})
@@ -88,6 +98,11 @@ fn hello() -> Response<Body> {
     response
         .headers_mut()
         .insert("content-type", "text/plain".parse().unwrap());
+    if let Some(value) = cache_control {
+        response
+            .headers_mut()
+            .insert("cache-control", value.parse().unwrap());
+    }
     response
 }
 

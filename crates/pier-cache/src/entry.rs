@@ -24,6 +24,8 @@ pub struct Entry {
     pub windows: Windows,
     /// The request header values its `Vary` names, as the request that stored it had them.
     vary: Vec<(HeaderName, Vec<http::HeaderValue>)>,
+    /// `Vary: *`: it matches no request.
+    vary_any: bool,
 }
 
 impl Entry {
@@ -44,6 +46,12 @@ impl Entry {
                 (name, values)
             })
             .collect();
+        let vary_any = headers
+            .get_all(http::header::VARY)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|n| n.trim() == "*");
         Entry {
             stale_at: now + policy.time_to_live(now),
             windows: Windows::of(&headers),
@@ -52,6 +60,7 @@ impl Entry {
             headers,
             body,
             vary,
+            vary_any,
         }
     }
 
@@ -79,12 +88,23 @@ impl Entry {
             headers,
             body: self.body.clone(),
             vary: self.vary.clone(),
+            vary_any: self.vary_any,
         }
     }
 
     /// Whether `other` answers the same requests (the same values of the headers `Vary` names).
     pub(crate) fn same_variant(&self, other: &Entry) -> bool {
         self.vary == other.vary
+    }
+
+    /// Whether a request with `headers` has the values of the headers `Vary` names that the
+    /// request that stored it had (never, for `Vary: *`).
+    pub(crate) fn matches(&self, headers: &HeaderMap) -> bool {
+        !self.vary_any
+            && self
+                .vary
+                .iter()
+                .all(|(name, values)| headers.get_all(name).iter().eq(values.iter()))
     }
 
     /// Bytes it takes in a store, roughly: its body and its header fields.

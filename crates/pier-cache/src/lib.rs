@@ -89,6 +89,24 @@ impl Cache {
         self.store.size()
     }
 
+    /// A fresh entry for a request to `key` with `headers` at `now`, when the request has no
+    /// directives of its own (no `Cache-Control`, no `Pragma`): the common case, answered
+    /// without building the request's view for [`lookup`](Self::lookup). `None`: ask
+    /// [`lookup`](Self::lookup).
+    pub fn fresh(&self, key: &str, headers: &HeaderMap, now: SystemTime) -> Option<Arc<Entry>> {
+        if headers.contains_key(http::header::CACHE_CONTROL)
+            || headers.contains_key(http::header::PRAGMA)
+        {
+            return None;
+        }
+        let variants = self.store.get(key)?;
+        variants
+            .iter()
+            .find(|entry| entry.matches(headers))
+            .filter(|entry| now < entry.stale_at)
+            .cloned()
+    }
+
     /// What `req` (a `GET` or `HEAD`, its URI absolute: see [`key`]) may be answered with at
     /// `now`.
     pub fn lookup(&self, req: &request::Parts, now: SystemTime) -> Lookup {
@@ -183,9 +201,9 @@ impl Cache {
     }
 
     /// Forgets every response stored for `uri` (an unsafe method succeeded on it, or an
-    /// operator purged it).
-    pub fn invalidate(&self, uri: &Uri) {
-        self.store.remove(&key(uri));
+    /// operator purged it); whether any was.
+    pub fn invalidate(&self, uri: &Uri) -> bool {
+        self.store.remove(&key(uri))
     }
 
     /// Forgets every response stored under URLs starting with `prefix`
@@ -282,6 +300,17 @@ mod tests {
         let Lookup::Fresh(entry) = cache.lookup(&req, t0 + Duration::from_secs(10)) else {
             panic!("fresh for 60 s");
         };
+        let k = key(&req.uri);
+        assert!(
+            cache
+                .fresh(&k, &req.headers, t0 + Duration::from_secs(59))
+                .is_some()
+        );
+        assert!(
+            cache
+                .fresh(&k, &req.headers, t0 + Duration::from_secs(60))
+                .is_none()
+        );
         assert_eq!(entry.age(t0 + Duration::from_secs(10)), 10);
         assert_eq!(entry.ttl(t0 + Duration::from_secs(10)), 50);
         match cache.lookup(&req, t0 + Duration::from_secs(61)) {
@@ -325,6 +354,10 @@ mod tests {
             matches!(cache.lookup(&en, t0), Lookup::Fresh(_)),
             "both kept"
         );
+        let key = |r: &request::Parts| super::key(&r.uri);
+        assert!(cache.fresh(&key(&en), &en.headers, t0).is_some());
+        let de = get("http://example.com/v", &[("accept-language", "de")]);
+        assert!(cache.fresh(&key(&de), &de.headers, t0).is_none());
         let star = response(&[("cache-control", "max-age=60"), ("vary", "*")]);
         let req = get("http://example.com/star", &[]);
         assert!(keep(&cache, &req, &star, t0));
@@ -332,6 +365,7 @@ mod tests {
             cache.lookup(&req, t0),
             Lookup::Miss { vary: true }
         ));
+        assert!(cache.fresh(&key(&req), &req.headers, t0).is_none());
     }
 
     #[test]

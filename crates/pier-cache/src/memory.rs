@@ -41,8 +41,8 @@ impl MemoryStore {
         self.entries.insert(key, variants);
     }
 
-    pub(crate) fn remove(&self, key: &str) {
-        self.entries.invalidate(key);
+    pub(crate) fn remove(&self, key: &str) -> bool {
+        self.entries.remove(key).is_some()
     }
 
     pub(crate) fn remove_prefix(&self, prefix: &str) -> usize {

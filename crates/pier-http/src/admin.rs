@@ -1,5 +1,6 @@
-//! The admin listener (`/metrics`, `/healthz`): this process's metrics, or, in the supervisor of
-//! `pier serve --workers`, every worker's (see [`Workers`]).
+//! The admin listener (`/metrics`, `/healthz`, and `PURGE /cache/NAME?url=URL` for the HTTP
+//! caches): this process's metrics and caches, or, in the supervisor of `pier serve --workers`,
+//! every worker's (see [`Workers`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -8,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -26,9 +27,18 @@ pub enum Admin {
 }
 
 impl Admin {
-    /// The status, content type and body answering `path`.
-    async fn respond(&self, path: &str) -> (StatusCode, &'static str, String) {
+    /// The status, content type and body answering `method` on `path` with `query`.
+    async fn respond(
+        &self,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+    ) -> (StatusCode, &'static str, String) {
         const EXPOSITION: &str = "text/plain; version=0.0.4";
+        if let Some(name) = path.strip_prefix("/cache/") {
+            let (status, body) = self.purge(method, name, query).await;
+            return (status, "text/plain", body);
+        }
         match (path, self) {
             ("/metrics", Admin::Process(handle, live)) => {
                 crate::metrics::record_pool(&live.engines());
@@ -49,10 +59,83 @@ impl Admin {
             _ => (
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                "not found: try /metrics or /healthz\n".to_string(),
+                "not found: try /metrics, /healthz or PURGE /cache/NAME?url=URL\n".to_string(),
             ),
         }
     }
+
+    /// `PURGE` (or `DELETE`) `/cache/NAME?url=URL` forgets what cache NAME stores for URL;
+    /// `?prefix=URL` for every URL starting with it (`http://example.com/api/`). Answers how
+    /// many URLs were forgotten (summed over the workers of `--workers`).
+    async fn purge(
+        &self,
+        method: &Method,
+        name: &str,
+        query: Option<&str>,
+    ) -> (StatusCode, String) {
+        if method.as_str() != "PURGE" && method != Method::DELETE {
+            return (
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} /cache/{name}: use PURGE or DELETE\n"),
+            );
+        }
+        let Some((what, target)) = purge_target(query) else {
+            return (
+                StatusCode::BAD_REQUEST,
+                "give the URL to forget: ?url=URL, or ?prefix=URL for every URL under it\n"
+                    .to_string(),
+            );
+        };
+        match self {
+            Admin::Process(_, live) => {
+                let Some(cache) = live.cache(name) else {
+                    return (StatusCode::NOT_FOUND, format!("no cache named {name}\n"));
+                };
+                let purged = match what {
+                    Purge::Url => match target.parse::<http::Uri>() {
+                        Ok(uri) if uri.authority().is_some() => {
+                            usize::from(cache.cache().invalidate(&uri))
+                        }
+                        _ => {
+                            return (
+                                StatusCode::BAD_REQUEST,
+                                format!("url={target}: an absolute URL (http://HOST/PATH)\n"),
+                            );
+                        }
+                    },
+                    Purge::Prefix => cache.cache().invalidate_prefix(&target),
+                };
+                tracing::info!(cache = name, target, purged, "purged");
+                (StatusCode::OK, format!("purged {purged}\n"))
+            }
+            Admin::Workers(workers) => workers.purge(method, name, query.unwrap_or("")).await,
+        }
+    }
+}
+
+/// What a purge forgets.
+enum Purge {
+    /// One URL.
+    Url,
+    /// Every URL starting with a prefix.
+    Prefix,
+}
+
+/// The purge a query asks for (`url=` or `prefix=`, percent-decoded).
+fn purge_target(query: Option<&str>) -> Option<(Purge, String)> {
+    query?.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        let what = match key {
+            "url" => Purge::Url,
+            "prefix" => Purge::Prefix,
+            _ => return None,
+        };
+        let value = percent_encoding::percent_decode_str(value)
+            .decode_utf8()
+            .ok()?
+            .into_owned();
+        (!value.is_empty()).then_some((what, value))
+    })
 }
 
 /// The workers of `pier serve --workers`, as the supervisor's admin listener sees them: each
@@ -109,6 +192,41 @@ impl Workers {
         )
     }
 
+    /// A purge sent to every running worker (each has a cache of its own): the sum of what
+    /// they forgot, or the first refusal.
+    async fn purge(&self, method: &Method, name: &str, query: &str) -> (StatusCode, String) {
+        let target = format!("/cache/{name}?{query}");
+        let sends = self
+            .listeners
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| self.running[*index].load(Ordering::Relaxed))
+            .filter_map(|(_, listener)| listener.local_addr().ok())
+            .map(|addr| {
+                let target = target.clone();
+                async move {
+                    tokio::time::timeout(WORKER_SCRAPE_TIMEOUT, ask(addr, method.clone(), &target))
+                        .await
+                }
+            });
+        let mut purged = 0;
+        for answer in futures_util::future::join_all(sends).await {
+            match answer {
+                Ok(Ok((StatusCode::OK, body))) => {
+                    purged += body
+                        .trim()
+                        .strip_prefix("purged ")
+                        .and_then(|n| n.parse::<usize>().ok())
+                        .unwrap_or(0);
+                }
+                Ok(Ok((status, body))) => return (status, body),
+                Ok(Err(e)) => tracing::warn!("a worker did not take the purge: {e}"),
+                Err(_) => tracing::warn!("a worker did not answer the purge in time"),
+            }
+        }
+        (StatusCode::OK, format!("purged {purged}\n"))
+    }
+
     /// Every running worker's metrics, merged into one exposition.
     async fn render(&self) -> String {
         let scrapes = self
@@ -139,17 +257,30 @@ impl Workers {
 
 /// One worker's `/metrics`.
 async fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
+    let (status, body) = ask(addr, Method::GET, "/metrics").await?;
+    anyhow::ensure!(status == StatusCode::OK, "{status}");
+    Ok(body)
+}
+
+/// `method target` on a worker's admin listener at `addr`: the status and body.
+async fn ask(
+    addr: SocketAddr,
+    method: Method,
+    target: &str,
+) -> anyhow::Result<(StatusCode, String)> {
     use http_body_util::{BodyExt, Empty};
     let stream = tokio::net::TcpStream::connect(addr).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    let request = Request::get("/metrics")
+    let request = Request::builder()
+        .method(method)
+        .uri(target)
         .header(http::header::HOST, addr.to_string())
         .body(Empty::<Bytes>::new())?;
     let response = sender.send_request(request).await?;
-    anyhow::ensure!(response.status() == StatusCode::OK, "{}", response.status());
+    let status = response.status();
     let body = response.into_body().collect().await?.to_bytes();
-    Ok(String::from_utf8(body.to_vec())?)
+    Ok((status, String::from_utf8(body.to_vec())?))
 }
 
 /// One exposition made of the workers' (`texts[N]` is worker N's, `None` if it did not answer):
@@ -255,7 +386,9 @@ pub async fn serve(listener: TcpListener, admin: Admin) {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let admin = admin.clone();
                 async move {
-                    let (status, content_type, body) = admin.respond(req.uri().path()).await;
+                    let (status, content_type, body) = admin
+                        .respond(req.method(), req.uri().path(), req.uri().query())
+                        .await;
                     Ok::<_, Infallible>(admin_response(status, content_type, body))
                 }
             });

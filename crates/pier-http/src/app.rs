@@ -28,6 +28,8 @@ pub struct Built {
     pub routes: Vec<Routed>,
     /// What `http://self` reaches: connect it to the server's routes.
     pub self_routes: crate::SelfRoutes,
+    /// Its shared HTTP caches, by name (for the admin listener's purge).
+    pub caches: BTreeMap<String, Arc<SharedCache>>,
 }
 
 /// Builds `app`: compiles (or loads from the cache) each component on an engine fitted to it,
@@ -118,10 +120,10 @@ pub fn build(app: &App) -> anyhow::Result<Built> {
         )?);
     }
     let filters = filters(&engines[0], app)?;
-    let caches: BTreeMap<&String, Arc<SharedCache>> = app
+    let caches: BTreeMap<String, Arc<SharedCache>> = app
         .caches
         .iter()
-        .map(|(name, spec)| (name, SharedCache::new(name, spec)))
+        .map(|(name, spec)| (name.clone(), SharedCache::new(name, spec)))
         .collect();
     let is_middleware = |name: &str| components.get(name).map(|(http, _)| http.is_middleware());
     let mut routes = Vec::new();
@@ -189,6 +191,7 @@ pub fn build(app: &App) -> anyhow::Result<Built> {
         engines,
         routes,
         self_routes,
+        caches,
     })
 }
 

@@ -69,6 +69,7 @@ pub struct SharedCache {
     /// URLs being fetched, each with what tells the requests waiting for it that it is done
     /// (its sender is dropped).
     inflight: Mutex<HashMap<String, watch::Receiver<()>>>,
+    counts: Counts,
 }
 
 impl SharedCache {
@@ -82,6 +83,7 @@ impl SharedCache {
         Arc::new(SharedCache {
             cache: Cache::new(name, store, spec.max_entry),
             inflight: Mutex::default(),
+            counts: Counts::new(name),
         })
     }
 
@@ -130,10 +132,31 @@ impl SharedCache {
             }
         }
     }
+}
 
-    fn count(&self, result: &'static str) {
-        metrics::counter!(crate::metrics::CACHE_REQUESTS, "cache" => self.cache.name().to_string(), "result" => result)
-            .increment(1);
+/// A cache's request counters, registered once.
+struct Counts {
+    hit: metrics::Counter,
+    stale: metrics::Counter,
+    revalidated: metrics::Counter,
+    miss: metrics::Counter,
+    bypass: metrics::Counter,
+    collapsed: metrics::Counter,
+    stored_bytes: metrics::Counter,
+}
+
+impl Counts {
+    fn new(cache: &str) -> Counts {
+        let count = |result: &'static str| metrics::counter!(crate::metrics::CACHE_REQUESTS, "cache" => cache.to_string(), "result" => result);
+        Counts {
+            hit: count("hit"),
+            stale: count("stale"),
+            revalidated: count("revalidated"),
+            miss: count("miss"),
+            bypass: count("bypass"),
+            collapsed: count("collapsed"),
+            stored_bytes: metrics::counter!(crate::metrics::CACHE_STORED_BYTES, "cache" => cache.to_string()),
+        }
     }
 }
 
@@ -190,9 +213,19 @@ where
         if !safe && (status.is_success() || status.is_redirection()) {
             shared.invalidate(&uri, response.headers());
         }
-        shared.count("bypass");
+        shared.counts.bypass.increment(1);
         mark(&mut response, &CacheStatus::forward(Forward::Method));
         return (response, outcome);
+    }
+    let key = pier_cache::key(&uri);
+    // The common case first: a fresh entry, and a request with no directives of its own.
+    let now = SystemTime::now();
+    if let Some(entry) = shared.cache.fresh(&key, req.headers(), now) {
+        shared.counts.hit.increment(1);
+        return (
+            from_entry(&entry, &req, &CacheStatus::hit(entry.ttl(now)), now),
+            None,
+        );
     }
     // Fields that could change the answer without being part of the key are not passed on: a
     // client cannot have a poisoned response stored for everyone.
@@ -203,13 +236,16 @@ where
     // The request as the cache sees it: a GET (a HEAD is answered from one) for the absolute
     // URL, its Host the URL's authority whatever the protocol said.
     let keyed = keyed(&req, &uri);
-    let key = pier_cache::key(&uri);
     let mut collapsed = false;
     let (status, leading) = loop {
         let now = SystemTime::now();
         match shared.cache.lookup(&keyed, now) {
             Lookup::Fresh(entry) => {
-                shared.count(if collapsed { "collapsed" } else { "hit" });
+                if collapsed {
+                    shared.counts.collapsed.increment(1);
+                } else {
+                    shared.counts.hit.increment(1);
+                }
                 let mut status = CacheStatus::hit(entry.ttl(now));
                 status.collapsed = collapsed;
                 return (from_entry(&entry, &req, &status, now), None);
@@ -231,7 +267,7 @@ where
                             leading,
                         ));
                     }
-                    shared.count("stale");
+                    shared.counts.stale.increment(1);
                     let mut status = CacheStatus::hit(entry.ttl(now));
                     status.fwd = Some(Forward::Stale);
                     status.detail = Some("stale-while-revalidate");
@@ -248,19 +284,19 @@ where
                 status.fwd_status = Some(response.status().as_u16());
                 return match revalidated(shared, &entry, &keyed, response, now) {
                     Revalidated::Refreshed(entry) => {
-                        shared.count("revalidated");
+                        shared.counts.revalidated.increment(1);
                         status.ttl = Some(entry.ttl(now));
                         (from_entry(&entry, &req, &status, now), None)
                     }
                     Revalidated::Failed => {
-                        shared.count("stale");
+                        shared.counts.stale.increment(1);
                         status.hit = true;
                         status.ttl = Some(entry.ttl(now));
                         status.detail = Some("stale-if-error");
                         (from_entry(&entry, &req, &status, now), None)
                     }
                     Revalidated::Replaced(response) => {
-                        shared.count("miss");
+                        shared.counts.miss.increment(1);
                         let stored =
                             store_through(shared, *response, &keyed, &uri, leading, status);
                         (stored, outcome)
@@ -288,7 +324,7 @@ where
             }
         }
     };
-    shared.count("miss");
+    shared.counts.miss.increment(1);
     let head = method == Method::HEAD;
     let (response, outcome) = answer(handler, req, peer, limit, permit).await;
     let mut status = status;
@@ -437,8 +473,7 @@ impl Storing {
                 store.received,
             );
             store.shared.cache.store(&store.uri, entry);
-            metrics::counter!(crate::metrics::CACHE_STORED_BYTES, "cache" => store.shared.cache.name().to_string())
-                .increment(bytes);
+            store.shared.counts.stored_bytes.increment(bytes);
         }
         // Done: the requests waiting for this fetch look again.
         self._leading = None;

@@ -10,7 +10,7 @@
 //! counted from 1: `pier_app_generation` and `/healthz` on the admin listener say which one
 //! serves.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,6 +20,7 @@ use pier_config::App;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 
+use crate::cache::SharedCache;
 use crate::server::Routes;
 
 /// The gauge of the generation serving.
@@ -33,18 +34,25 @@ const SETTLE: Duration = Duration::from_millis(250);
 pub struct Live {
     routes: Arc<Routes>,
     engines: Mutex<Vec<wasmtime::Engine>>,
+    /// The serving generation's HTTP caches, by name.
+    caches: Mutex<BTreeMap<String, Arc<SharedCache>>>,
     generation: AtomicU64,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
 }
 
 impl Live {
-    /// The app serving on `routes` (generation 1), its guests on `engines`.
-    pub fn new(routes: Arc<Routes>, engines: Vec<wasmtime::Engine>) -> Arc<Live> {
+    /// The app serving on `routes` (generation 1), its guests on `engines`, with `caches`.
+    pub fn new(
+        routes: Arc<Routes>,
+        engines: Vec<wasmtime::Engine>,
+        caches: BTreeMap<String, Arc<SharedCache>>,
+    ) -> Arc<Live> {
         metrics::gauge!(GENERATION).set(1.0);
         Arc::new(Live {
             routes,
             engines: Mutex::new(engines),
+            caches: Mutex::new(caches),
             generation: AtomicU64::new(1),
             reloading: tokio::sync::Mutex::new(()),
         })
@@ -63,6 +71,15 @@ impl Live {
             .clone()
     }
 
+    /// The serving generation's HTTP cache `name`, if it has one.
+    pub fn cache(&self, name: &str) -> Option<Arc<SharedCache>> {
+        self.caches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
     /// Builds `app` off the request path and serves it from now on; returns its generation.
     /// On error the serving generation stays.
     pub async fn replace(&self, app: App) -> anyhow::Result<u64> {
@@ -75,6 +92,8 @@ impl Live {
         }
         built.self_routes.connect(&self.routes);
         self.routes.replace(built.routes);
+        // A new generation starts with empty caches.
+        *self.caches.lock().unwrap_or_else(|e| e.into_inner()) = built.caches;
         let old = std::mem::replace(
             &mut *self.engines.lock().unwrap_or_else(|e| e.into_inner()),
             built.engines,

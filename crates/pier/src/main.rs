@@ -796,13 +796,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         engines,
         routes,
         self_routes,
+        caches,
     } = pier_http::build(&app)?;
     for engine in &engines {
         pier_engine::start_epoch_ticker(engine);
     }
     let server = pier_http::Server::bind(listen, routes, app.settings.limits, tls).await?;
     self_routes.connect(&server.routes());
-    let live = pier_http::Live::new(server.routes(), engines);
+    let live = pier_http::Live::new(server.routes(), engines, caches);
     let mut admin_line = None;
     if let (Some(listener), Some(handle)) = (admin, recorder) {
         if args.worker_admin_fd.is_none() {

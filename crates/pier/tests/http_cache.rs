@@ -525,3 +525,68 @@ async fn unkeyed_headers_cannot_poison_the_cache() {
     assert!(status(&next).starts_with("pier; hit"));
     assert_eq!(origin.seen(&format!("GET {target}")), 1);
 }
+
+/// The admin listener purges one URL (`PURGE /cache/NAME?url=URL`) or every URL under a prefix
+/// (`?prefix=URL`); the next request for it goes to the origin.
+#[tokio::test]
+async fn the_admin_listener_purges_a_url_or_a_prefix() {
+    let (origin, addr) = Origin::start().await;
+    let pier = pier_in_front(addr, &["--admin-addr", "127.0.0.1:0"]);
+    let admin = pier.admin_addr.clone().expect("the admin listener");
+    let purge = |method: &'static str, query: &'static str| {
+        let admin = admin.clone();
+        async move {
+            let req = Request::builder()
+                .method(method)
+                .uri(format!("/cache/default?{query}"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            pier_testkit::send(&admin, Proto::H1, req).await.unwrap()
+        }
+    };
+    for target in [
+        "/api/a?cc=max-age=60",
+        "/api/b?cc=max-age=60",
+        "/other?cc=max-age=60",
+    ] {
+        get(&pier, target, &[]).await;
+        get(&pier, target, &[]).await;
+    }
+    let one = purge(
+        "PURGE",
+        "url=http%3A%2F%2Flocalhost%2Fapi%2Fa%3Fcc%3Dmax-age%3D60",
+    )
+    .await;
+    assert_eq!(one.status, StatusCode::OK, "{}", one.text());
+    assert_eq!(one.text(), "purged 1\n");
+    get(&pier, "/api/a?cc=max-age=60", &[]).await;
+    assert_eq!(origin.seen("GET /api/a?cc=max-age=60"), 2);
+    assert_eq!(origin.seen("GET /api/b?cc=max-age=60"), 1);
+
+    let under = purge("DELETE", "prefix=http%3A%2F%2Flocalhost%2Fapi%2F").await;
+    assert_eq!(under.text(), "purged 2\n");
+    get(&pier, "/api/b?cc=max-age=60", &[]).await;
+    get(&pier, "/other?cc=max-age=60", &[]).await;
+    assert_eq!(origin.seen("GET /api/b?cc=max-age=60"), 2);
+    assert_eq!(
+        origin.seen("GET /other?cc=max-age=60"),
+        1,
+        "not under the prefix"
+    );
+
+    assert_eq!(
+        purge("GET", "url=x").await.status,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    assert_eq!(
+        purge("PURGE", "nothing").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    let req = Request::builder()
+        .method("PURGE")
+        .uri("/cache/nope?url=http%3A%2F%2Flocalhost%2F")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let unknown = pier_testkit::send(&admin, Proto::H1, req).await.unwrap();
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+}
