@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -75,7 +76,7 @@ impl Origin {
         self.seen.lock().unwrap().get(what).copied().unwrap_or(0)
     }
 
-    async fn answer(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn answer(&self, req: Request<Incoming>) -> Response<OriginBody> {
         let target = req
             .uri()
             .path_and_query()
@@ -88,7 +89,13 @@ impl Origin {
             .unwrap_or("")
             .split('&')
             .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.replace("%20", " ").replace("%2C", ",")))
+            .map(|(k, v)| {
+                let v = v
+                    .replace("%20", " ")
+                    .replace("%2C", ",")
+                    .replace("%3F", "?");
+                (k.to_string(), v)
+            })
             .collect();
         if let Some(ms) = query.get("delay") {
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
@@ -96,7 +103,7 @@ impl Origin {
         if self.down.load(Ordering::Relaxed) {
             return Response::builder()
                 .status(503)
-                .body(Full::new(Bytes::from_static(b"down")))
+                .body(OriginBody::whole(Bytes::from_static(b"down")))
                 .unwrap();
         }
         let mut response = Response::builder();
@@ -108,6 +115,12 @@ impl Origin {
         }
         if let Some(cookie) = query.get("cookie") {
             response = response.header("set-cookie", cookie);
+        }
+        if let Some(expires) = query.get("expires") {
+            response = response.header("expires", expires);
+        }
+        if let Some(location) = query.get("location") {
+            response = response.header("location", location);
         }
         response = response
             .header("x-origin-link", "a")
@@ -122,7 +135,10 @@ impl Origin {
             response = response.header("etag", &etag);
             if matches {
                 self.count(&format!("304 {target}"));
-                return response.status(304).body(Full::new(Bytes::new())).unwrap();
+                return response
+                    .status(304)
+                    .body(OriginBody::whole(Bytes::new()))
+                    .unwrap();
             }
         }
         let language = req
@@ -141,7 +157,66 @@ impl Origin {
             Some(n) => Bytes::from(vec![b'x'; n.parse().unwrap()]),
             None => Bytes::from(format!("body of {target}{language}{host}")),
         };
-        response.body(Full::new(body)).unwrap()
+        if query.contains_key("abort") {
+            return response.body(OriginBody::cut(body)).unwrap();
+        }
+        response.body(OriginBody::whole(body)).unwrap()
+    }
+}
+
+/// The origin's response body: whole, or cut off 50 ms after its first bytes (`abort`: the
+/// head and those bytes are out by then).
+struct OriginBody {
+    data: Option<Bytes>,
+    cut: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl OriginBody {
+    fn whole(data: Bytes) -> OriginBody {
+        OriginBody {
+            data: Some(data),
+            cut: None,
+        }
+    }
+
+    fn cut(data: Bytes) -> OriginBody {
+        OriginBody {
+            data: Some(data),
+            cut: Some(Box::pin(tokio::time::sleep(Duration::from_millis(50)))),
+        }
+    }
+}
+
+impl http_body::Body for OriginBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        if let Some(data) = self.data.take() {
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(data))));
+        }
+        match &mut self.cut {
+            Some(sleep) => sleep
+                .as_mut()
+                .poll(cx)
+                .map(|()| Some(Err(std::io::Error::other("cut off")))),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none() && self.cut.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match (&self.data, &self.cut) {
+            (Some(data), None) => http_body::SizeHint::with_exact(data.len() as u64),
+            (None, None) => http_body::SizeHint::with_exact(0),
+            _ => http_body::SizeHint::default(),
+        }
     }
 }
 
@@ -589,4 +664,57 @@ async fn the_admin_listener_purges_a_url_or_a_prefix() {
         .unwrap();
     let unknown = pier_testkit::send(&admin, Proto::H1, req).await.unwrap();
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+}
+
+/// Freshness from `s-maxage` (which a shared cache takes over `max-age`) and from `Expires`.
+#[tokio::test]
+async fn s_maxage_and_expires_give_freshness() {
+    let (origin, addr) = Origin::start().await;
+    let pier = pier_in_front(addr, &[]);
+    let shared = "/s?cc=max-age=0,s-maxage=60";
+    get(&pier, shared, &[]).await;
+    assert!(status(&get(&pier, shared, &[]).await).starts_with("pier; hit"));
+    assert_eq!(origin.seen(&format!("GET {shared}")), 1);
+    let expires = "/x?expires=Thu,%2001%20Jan%202099%2000:00:00%20GMT";
+    get(&pier, expires, &[]).await;
+    assert!(status(&get(&pier, expires, &[]).await).starts_with("pier; hit"));
+    assert_eq!(origin.seen(&format!("GET {expires}")), 1);
+    let expired = "/x?expires=Thu,%2001%20Jan%201970%2000:00:00%20GMT";
+    get(&pier, expired, &[]).await;
+    get(&pier, expired, &[]).await;
+    assert_eq!(origin.seen(&format!("GET {expired}")), 2);
+}
+
+/// A body the origin cuts off reaches the client as an error and is not stored; the next
+/// request goes to the origin again.
+#[tokio::test]
+async fn an_aborted_body_is_not_stored() {
+    let (origin, addr) = Origin::start().await;
+    let pier = pier_in_front(addr, &[]);
+    let target = "/cut?cc=max-age=60&abort=1";
+    for _ in 0..2 {
+        let req = Request::get(target).body(Full::new(Bytes::new())).unwrap();
+        let mut client = pier_testkit::Client::connect(&pier.addr, Proto::H2)
+            .await
+            .unwrap();
+        if let Ok(response) = client.send(req).await {
+            let read = http_body_util::BodyExt::collect(response.into_body()).await;
+            assert!(read.is_err(), "a cut body ended cleanly");
+        }
+    }
+    assert_eq!(origin.seen(&format!("GET {target}")), 2);
+}
+
+/// An unsafe method's success also forgets the same-host URL its `Location` names.
+#[tokio::test]
+async fn an_unsafe_method_invalidates_its_location_too() {
+    let (origin, addr) = Origin::start().await;
+    let pier = pier_in_front(addr, &[]);
+    let other = "/other?cc=max-age=60";
+    get(&pier, other, &[]).await;
+    get(&pier, other, &[]).await;
+    assert_eq!(origin.seen(&format!("GET {other}")), 1);
+    send(&pier, "POST", "/make?location=/other%3Fcc=max-age=60", &[]).await;
+    get(&pier, other, &[]).await;
+    assert_eq!(origin.seen(&format!("GET {other}")), 2);
 }
