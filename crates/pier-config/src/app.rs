@@ -85,6 +85,8 @@ pub struct ComponentSpec {
     pub key_value_stores: Vec<String>,
     /// Requests one instance serves, when not the app's (`--instance-reuse`).
     pub instance_reuse: Option<u32>,
+    /// The shared HTTP cache its outgoing requests go through (a key of [`App::caches`]).
+    pub outbound_cache: Option<String>,
 }
 
 impl ComponentSpec {
@@ -100,6 +102,7 @@ impl ComponentSpec {
             allow_self: false,
             key_value_stores: Vec::new(),
             instance_reuse: None,
+            outbound_cache: None,
         }
     }
 }
@@ -285,6 +288,7 @@ impl App {
                 allow_self: c.allow_self,
                 key_value_stores: c.key_value_stores.clone(),
                 instance_reuse: c.instance_reuse,
+                outbound_cache: c.outbound_cache.clone(),
             };
             components.insert(name.clone(), spec);
         }

@@ -22,6 +22,7 @@
 //! dirs = { "/data" = "./data" }
 //! allowed_outbound = ["https://payments.example.com"]
 //! allowed_sockets = ["tcp-connect:db.example.com:5432"]
+//! outbound_cache = "pages"     # its outgoing requests through a shared HTTP cache
 //! variables = { db_url = "{{ database_url }}" }
 //! limits = { memory = "64MiB", timeout = "5s", concurrency = 100 }
 //!
@@ -170,6 +171,8 @@ pub struct Component {
     pub variables: BTreeMap<String, String>,
     /// The key-value stores it may open, by name.
     pub key_value_stores: Vec<String>,
+    /// `outbound_cache`: the shared HTTP cache its outgoing requests go through.
+    pub outbound_cache: Option<String>,
     /// Its limits (the server's where not given).
     pub limits: ComponentLimits,
 }
@@ -365,6 +368,7 @@ mod raw {
         #[serde(default)]
         pub allowed_sockets: Vec<Spanned<String>>,
         pub instance_reuse: Option<Spanned<u32>>,
+        pub outbound_cache: Option<Spanned<String>>,
         #[serde(default)]
         pub variables: BTreeMap<String, Spanned<String>>,
         #[serde(default)]
@@ -455,20 +459,6 @@ impl<F: Fn(std::ops::Range<usize>, String) -> ManifestError> Checker<'_, F> {
             stores.insert(name.into_inner(), store);
         }
 
-        let mut components = BTreeMap::new();
-        for (name, raw) in raw.component {
-            check_name(&name, "component").map_err(|e| at(name.span(), e))?;
-            let component = self.component(raw, &variables, &stores)?;
-            components.insert(name.into_inner(), component);
-        }
-
-        let mut filters = BTreeMap::new();
-        for (name, raw) in raw.filter {
-            check_name(&name, "filter").map_err(|e| at(name.span(), e))?;
-            let spec = self.filter(raw, name.get_ref())?;
-            filters.insert(name.into_inner(), spec);
-        }
-
         let mut caches = BTreeMap::new();
         for (name, raw) in raw.cache {
             check_name(&name, "cache").map_err(|e| at(name.span(), e))?;
@@ -487,6 +477,20 @@ impl<F: Fn(std::ops::Range<usize>, String) -> ManifestError> Checker<'_, F> {
                         at(span, message)
                     })?;
             caches.insert(name.into_inner(), spec);
+        }
+
+        let mut components = BTreeMap::new();
+        for (name, raw) in raw.component {
+            check_name(&name, "component").map_err(|e| at(name.span(), e))?;
+            let component = self.component(raw, &variables, &stores, &caches)?;
+            components.insert(name.into_inner(), component);
+        }
+
+        let mut filters = BTreeMap::new();
+        for (name, raw) in raw.filter {
+            check_name(&name, "filter").map_err(|e| at(name.span(), e))?;
+            let spec = self.filter(raw, name.get_ref())?;
+            filters.insert(name.into_inner(), spec);
         }
 
         let mut routes: Vec<Route> = Vec::new();
@@ -713,6 +717,7 @@ impl<F: Fn(std::ops::Range<usize>, String) -> ManifestError> Checker<'_, F> {
         raw: raw::Component,
         variables: &BTreeMap<String, Variable>,
         stores: &BTreeMap<String, StoreConfig>,
+        caches: &BTreeMap<String, crate::CacheSpec>,
     ) -> Result<Component, ManifestError> {
         let at = self.at;
         let source = self.existing(&raw.source, "source")?;
@@ -772,6 +777,12 @@ impl<F: Fn(std::ops::Range<usize>, String) -> ManifestError> Checker<'_, F> {
             }
             key_value_stores.push(store.into_inner());
         }
+        let outbound_cache = match raw.outbound_cache {
+            Some(name) if !caches.contains_key(name.get_ref()) => {
+                return Err(at(name.span(), undeclared("cache", "cache", &name)));
+            }
+            name => name.map(Spanned::into_inner),
+        };
         let limits = &raw.limits;
         let memory = limits
             .memory
@@ -804,6 +815,7 @@ impl<F: Fn(std::ops::Range<usize>, String) -> ManifestError> Checker<'_, F> {
             instance_reuse,
             variables: templates,
             key_value_stores,
+            outbound_cache,
             limits: ComponentLimits {
                 memory,
                 timeout,
@@ -937,6 +949,7 @@ middleware = ["session"]
 
 [component.session]
 source = "auth.wasm"
+outbound_cache = "pages"
 
 [[route]]
 path = "/cached/..."
@@ -981,6 +994,10 @@ size = "64MiB"
         assert_eq!(m.routes[3].middleware, ["session"]);
         assert_eq!(m.routes[4].cache.as_deref(), Some("pages"));
         assert_eq!(m.caches["pages"].size, 64 << 20);
+        assert_eq!(
+            m.components["session"].outbound_cache.as_deref(),
+            Some("pages")
+        );
         assert!(m.routes[0].middleware.is_empty());
         let api = &m.components["api"];
         assert_eq!(api.source, dir.path().join("api.wasm"));
@@ -1026,14 +1043,19 @@ size = "64MiB"
                 ":17:12: filter \"nope\" is not declared",
             ),
             (
-                "cache = \"pages\"",
-                "cache = \"page\"",
-                ":49:9: cache \"page\" is not declared",
+                "outbound_cache = \"pages\"",
+                "outbound_cache = \"nope\"",
+                ":45:18: cache \"nope\" is not declared",
+            ),
+            (
+                "9000\"\ncache = \"pages\"",
+                "9000\"\ncache = \"page\"",
+                ":50:9: cache \"page\" is not declared",
             ),
             (
                 "size = \"64MiB\"",
                 "size = \"lots\"",
-                ":52:8: size = \"lots\"",
+                ":53:8: size = \"lots\"",
             ),
             (
                 "middleware = [\"session\"]",

@@ -54,6 +54,11 @@ pub fn build(app: &App) -> anyhow::Result<Built> {
         max_value: app.settings.store_limits.max_value,
         ..KeyValueLimits::default()
     };
+    let caches: BTreeMap<String, Arc<SharedCache>> = app
+        .caches
+        .iter()
+        .map(|(name, spec)| (name.clone(), SharedCache::new(name, spec)))
+        .collect();
     for (name, component) in &app.components {
         let mut wasm = WasmFile::read(&component.source)?;
         // A manifest's components are logged by their names there (one file may serve as
@@ -96,10 +101,23 @@ pub fn build(app: &App) -> anyhow::Result<Built> {
             None => app.settings.outbound.clone(),
         };
         let client: Arc<dyn pier_engine::Outbound> = Arc::new(OutboundClient::new(&outbound)?);
-        http.set_outbound(if component.allow_self {
+        let client: Arc<dyn pier_engine::Outbound> = if component.allow_self {
             Arc::new(crate::SelfCalls::new(self_routes.clone(), client))
         } else {
             client
+        };
+        http.set_outbound(match &component.outbound_cache {
+            Some(cache) => {
+                let shared = caches.get(cache).ok_or_else(|| {
+                    anyhow::anyhow!("component {name}: outbound_cache {cache} is not declared")
+                })?;
+                Arc::new(crate::cache::CachedOutbound::new(
+                    shared.clone(),
+                    outbound.policy.clone(),
+                    client,
+                ))
+            }
+            None => client,
         });
         let granted = component
             .key_value_stores
@@ -120,11 +138,6 @@ pub fn build(app: &App) -> anyhow::Result<Built> {
         )?);
     }
     let filters = filters(&engines[0], app)?;
-    let caches: BTreeMap<String, Arc<SharedCache>> = app
-        .caches
-        .iter()
-        .map(|(name, spec)| (name.clone(), SharedCache::new(name, spec)))
-        .collect();
     let is_middleware = |name: &str| components.get(name).map(|(http, _)| http.is_middleware());
     let mut routes = Vec::new();
     for route in &app.routes {

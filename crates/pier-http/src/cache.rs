@@ -36,6 +36,7 @@ use tokio::sync::watch;
 
 use crate::body::{BodyError, GuestOutcome, ResponseBody, error_response};
 use crate::conditional::{self, Condition};
+use crate::filters::RequestBody;
 use crate::limits::BodyLimit;
 use crate::service::{Handler, Permits, answer};
 
@@ -174,40 +175,80 @@ impl Drop for Leading {
     }
 }
 
-/// Answers `req` from `shared` or with `handler` (see the module's description). `permit` and
-/// `limit` are the request's, as for the handler alone. (Boxed: the handler it fronts is
-/// answered by [`answer`], which calls this for a cache.)
-pub(crate) fn serve<'a, B>(
-    shared: &'a Arc<SharedCache>,
-    handler: &'a Handler,
-    req: Request<B>,
-    peer: SocketAddr,
-    limit: Option<BodyLimit>,
-    permit: Option<Permits>,
-) -> Pin<Box<dyn Future<Output = Answered> + Send + 'a>>
-where
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<wasmtime_wasi_http::Error>,
-{
-    Box::pin(serve_now(shared, handler, req, peer, limit, permit))
+/// A fetch's answer, or why there is none (an outgoing request that failed).
+type Fetched = Result<Answered, wasmtime_wasi_http::Error>;
+
+/// Where a cache's misses and revalidations go: a route's handler ([`ToHandler`]), or a
+/// component's outgoing client ([`CachedOutbound`]).
+pub(crate) trait Fetch: Clone + Send + Sync + 'static {
+    /// Sends `req` on, `limit` and `permit` being the request's.
+    fn fetch(
+        &self,
+        req: Request<RequestBody>,
+        limit: Option<BodyLimit>,
+        permit: Option<Permits>,
+    ) -> Pin<Box<dyn Future<Output = Fetched> + Send + '_>>;
 }
 
-async fn serve_now<B>(
-    shared: &Arc<SharedCache>,
-    handler: &Handler,
-    req: Request<B>,
+/// A route's handler, as the cache in front of it reaches it.
+#[derive(Clone)]
+pub(crate) struct ToHandler {
+    handler: Handler,
     peer: SocketAddr,
+}
+
+impl ToHandler {
+    pub(crate) fn new(handler: &Handler, peer: SocketAddr) -> ToHandler {
+        ToHandler {
+            handler: handler.clone(),
+            peer,
+        }
+    }
+}
+
+impl Fetch for ToHandler {
+    fn fetch(
+        &self,
+        req: Request<RequestBody>,
+        limit: Option<BodyLimit>,
+        permit: Option<Permits>,
+    ) -> Pin<Box<dyn Future<Output = Fetched> + Send + '_>> {
+        Box::pin(async move { Ok(answer(&self.handler, req, self.peer, limit, permit).await) })
+    }
+}
+
+/// Answers `req` from `shared` or through `origin` (see the module's description). `permit` and
+/// `limit` are the request's, as for the origin alone. (Boxed: a handler behind a cache is
+/// answered by [`answer`], which calls this for the cache.)
+pub(crate) fn serve<'a, B, F>(
+    shared: &'a Arc<SharedCache>,
+    origin: F,
+    req: Request<B>,
     limit: Option<BodyLimit>,
     permit: Option<Permits>,
-) -> (Response<ResponseBody>, Option<Arc<GuestOutcome>>)
+) -> Pin<Box<dyn Future<Output = Fetched> + Send + 'a>>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<wasmtime_wasi_http::Error>,
+    F: Fetch,
 {
+    use http_body_util::BodyExt;
+
+    let req = req.map(|body| body.map_err(Into::into).boxed_unsync());
+    Box::pin(async move { serve_now(shared, &origin, req, limit, permit).await })
+}
+
+async fn serve_now<F: Fetch>(
+    shared: &Arc<SharedCache>,
+    origin: &F,
+    req: Request<RequestBody>,
+    limit: Option<BodyLimit>,
+    permit: Option<Permits>,
+) -> Fetched {
     let uri = effective_uri(&req);
     let method = req.method().clone();
     if method != Method::GET && method != Method::HEAD {
-        let (mut response, outcome) = answer(handler, req, peer, limit, permit).await;
+        let (mut response, outcome) = origin.fetch(req, limit, permit).await?;
         let safe = matches!(method, Method::OPTIONS | Method::TRACE);
         let status = response.status();
         if !safe && (status.is_success() || status.is_redirection()) {
@@ -215,17 +256,17 @@ where
         }
         shared.counts.bypass.increment(1);
         mark(&mut response, &CacheStatus::forward(Forward::Method));
-        return (response, outcome);
+        return Ok((response, outcome));
     }
     let key = pier_cache::key(&uri);
     // The common case first: a fresh entry, and a request with no directives of its own.
     let now = SystemTime::now();
     if let Some(entry) = shared.cache.fresh(&key, req.headers(), now) {
         shared.counts.hit.increment(1);
-        return (
+        return Ok((
             from_entry(&entry, &req, &CacheStatus::hit(entry.ttl(now)), now),
             None,
-        );
+        ));
     }
     // Fields that could change the answer without being part of the key are not passed on: a
     // client cannot have a poisoned response stored for everyone.
@@ -248,7 +289,7 @@ where
                 }
                 let mut status = CacheStatus::hit(entry.ttl(now));
                 status.collapsed = collapsed;
-                return (from_entry(&entry, &req, &status, now), None);
+                return Ok((from_entry(&entry, &req, &status, now), None));
             }
             Lookup::Stale {
                 entry,
@@ -259,11 +300,10 @@ where
                     if let Ok(leading) = shared.join(&key) {
                         tokio::spawn(refresh(
                             shared.clone(),
-                            handler.clone(),
+                            origin.clone(),
                             entry.clone(),
                             keyed.clone(),
                             revalidate,
-                            peer,
                             leading,
                         ));
                     }
@@ -271,18 +311,31 @@ where
                     let mut status = CacheStatus::hit(entry.ttl(now));
                     status.fwd = Some(Forward::Stale);
                     status.detail = Some("stale-while-revalidate");
-                    return (from_entry(&entry, &req, &status, now), None);
+                    return Ok((from_entry(&entry, &req, &status, now), None));
                 }
                 if only_if_cached(req.headers()) {
-                    return (not_cached(), None);
+                    return Ok((not_cached(), None));
                 }
                 let leading = shared.join(&key).ok();
-                let (response, outcome) =
-                    answer(handler, empty_request(*revalidate), peer, limit, permit).await;
+                let fetched = origin
+                    .fetch(empty_request(*revalidate), limit, permit)
+                    .await;
                 let now = SystemTime::now();
                 let mut status = CacheStatus::forward(forward_reason(req.headers()));
+                let (response, outcome) = match fetched {
+                    Ok(answered) => answered,
+                    // No answer at all: stale-if-error, or the failure.
+                    Err(e) if entry.usable_on_error(now) => {
+                        tracing::debug!(cache = shared.cache.name(), "revalidation failed: {e}");
+                        (
+                            crate::body::error_response(StatusCode::BAD_GATEWAY, "unreachable"),
+                            None,
+                        )
+                    }
+                    Err(e) => return Err(e),
+                };
                 status.fwd_status = Some(response.status().as_u16());
-                return match revalidated(shared, &entry, &keyed, response, now) {
+                return Ok(match revalidated(shared, &entry, &keyed, response, now) {
                     Revalidated::Refreshed(entry) => {
                         shared.counts.revalidated.increment(1);
                         status.ttl = Some(entry.ttl(now));
@@ -301,11 +354,11 @@ where
                             store_through(shared, *response, &keyed, &uri, leading, status);
                         (stored, outcome)
                     }
-                };
+                });
             }
             Lookup::Miss { vary } => {
                 if only_if_cached(req.headers()) {
-                    return (not_cached(), None);
+                    return Ok((not_cached(), None));
                 }
                 let why = if vary {
                     Forward::VaryMiss
@@ -326,18 +379,18 @@ where
     };
     shared.counts.miss.increment(1);
     let head = method == Method::HEAD;
-    let (response, outcome) = answer(handler, req, peer, limit, permit).await;
+    let (response, outcome) = origin.fetch(req, limit, permit).await?;
     let mut status = status;
     status.fwd_status = Some(response.status().as_u16());
     if head {
         let mut response = response;
         mark(&mut response, &status);
-        return (response, outcome);
+        return Ok((response, outcome));
     }
-    (
+    Ok((
         store_through(shared, response, &keyed, &uri, leading, status),
         outcome,
-    )
+    ))
 }
 
 /// How a revalidation ended.
@@ -371,19 +424,20 @@ fn revalidated(
 }
 
 /// Revalidates `entry` in the background (`stale-while-revalidate`), storing what comes back.
-async fn refresh(
+async fn refresh<F: Fetch>(
     shared: Arc<SharedCache>,
-    handler: Handler,
+    origin: F,
     entry: Arc<Entry>,
     keyed: request::Parts,
     revalidate: Box<request::Parts>,
-    peer: SocketAddr,
     leading: Leading,
 ) {
     use http_body_util::BodyExt;
 
     let uri = keyed.uri.clone();
-    let (response, _) = answer(&handler, empty_request(*revalidate), peer, None, None).await;
+    let Ok((response, _)) = origin.fetch(empty_request(*revalidate), None, None).await else {
+        return;
+    };
     let now = SystemTime::now();
     if let Revalidated::Replaced(response) = revalidated(&shared, &entry, &keyed, response, now) {
         let status = CacheStatus::forward(Forward::Stale);
@@ -700,9 +754,100 @@ fn keyed<B>(req: &Request<B>, uri: &Uri) -> request::Parts {
 }
 
 /// A request with `head` and no body (a revalidation).
-fn empty_request(head: request::Parts) -> Request<crate::filters::RequestBody> {
+fn empty_request(head: request::Parts) -> Request<RequestBody> {
     use http_body_util::BodyExt;
 
     let empty = http_body_util::Empty::<Bytes>::new().map_err(|never| match never {});
     Request::from_parts(head, empty.boxed_unsync())
+}
+
+/// A component's outgoing requests through a shared cache (`outbound_cache = "NAME"`): checked
+/// against the component's own outbound policy first, so a stored answer never reaches a guest
+/// that could not have made the request; then answered as a route's requests are.
+pub struct CachedOutbound {
+    shared: Arc<SharedCache>,
+    policy: Arc<pier_config::OutboundPolicy>,
+    client: Arc<dyn pier_engine::Outbound>,
+}
+
+impl CachedOutbound {
+    /// `client`'s requests through `shared`, under `policy`.
+    pub fn new(
+        shared: Arc<SharedCache>,
+        policy: pier_config::OutboundPolicy,
+        client: Arc<dyn pier_engine::Outbound>,
+    ) -> CachedOutbound {
+        CachedOutbound {
+            shared,
+            policy: Arc::new(policy),
+            client,
+        }
+    }
+}
+
+/// The client behind a [`CachedOutbound`], with one request's options.
+#[derive(Clone)]
+struct ToClient {
+    client: Arc<dyn pier_engine::Outbound>,
+    options: Option<wasmtime_wasi_http::RequestOptions>,
+}
+
+impl Fetch for ToClient {
+    fn fetch(
+        &self,
+        req: Request<RequestBody>,
+        _limit: Option<BodyLimit>,
+        _permit: Option<Permits>,
+    ) -> Pin<Box<dyn Future<Output = Fetched> + Send + '_>> {
+        Box::pin(async move {
+            let response = self.client.send(req, self.options).await?;
+            let body = |body| ResponseBody::guest(body, Arc::new(GuestOutcome::default()));
+            Ok((response.map(body), None))
+        })
+    }
+}
+
+impl pier_engine::Outbound for CachedOutbound {
+    fn send(
+        &self,
+        request: Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+    ) -> Pin<
+        Box<
+            dyn Future<
+                    Output = Result<
+                        Response<wasmtime_wasi_http::WasiBody>,
+                        wasmtime_wasi_http::Error,
+                    >,
+                > + Send,
+        >,
+    > {
+        use http_body_util::BodyExt;
+
+        let uri = request.uri();
+        let tls = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let scheme = if tls { "https" } else { "http" };
+        if let Err(denied) = self
+            .policy
+            .check_url(scheme, uri.host().unwrap_or_default(), port)
+        {
+            tracing::warn!("outgoing request denied: {denied}");
+            metrics::counter!(crate::metrics::OUTBOUND_REQUESTS, "result" => "denied").increment(1);
+            return Box::pin(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        let shared = self.shared.clone();
+        let origin = ToClient {
+            client: self.client.clone(),
+            options,
+        };
+        Box::pin(async move {
+            let (response, _) = serve(&shared, origin, request, None, None).await?;
+            // A body that ends in an error reaches the guest as an incomplete response.
+            Ok(response.map(|body| {
+                body.map_err(|_| wasmtime_wasi_http::Error::HttpResponseIncomplete)
+                    .boxed_unsync()
+            }))
+        })
+    }
 }

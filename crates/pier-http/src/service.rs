@@ -222,7 +222,15 @@ where
         Handler::Component(app) => handler::handle(app.clone(), req, limit, permit, None).await,
         Handler::Chain(chain) => chain.handle(req, peer, limit, permit).await,
         Handler::Cached(cache, inner) => {
-            crate::cache::serve(cache, inner, req, peer, limit, permit).await
+            let origin = crate::cache::ToHandler::new(inner, peer);
+            match crate::cache::serve(cache, origin, req, limit, permit).await {
+                Ok(answered) => answered,
+                // (A handler always answers.)
+                Err(e) => (
+                    error_response(StatusCode::BAD_GATEWAY, &format!("no answer: {e}")),
+                    None,
+                ),
+            }
         }
         Handler::Upstream(upstream) => {
             let response = upstream.handle(req, peer).await;

@@ -718,3 +718,68 @@ async fn an_unsafe_method_invalidates_its_location_too() {
     get(&pier, other, &[]).await;
     assert_eq!(origin.seen(&format!("GET {other}")), 2);
 }
+
+/// A component's outgoing requests through a cache (`outbound_cache`): the second fetch of a
+/// cacheable URL is answered from it; a component sharing the cache but not allowed the URL is
+/// refused, the stored answer notwithstanding.
+#[tokio::test]
+async fn guests_outgoing_requests_share_a_cache_under_their_own_policy() {
+    let Some(service) = pier_testkit::toolchain_guest("python-p3.wasm") else {
+        return;
+    };
+    let (origin, addr) = Origin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(service, dir.path().join("service.wasm")).unwrap();
+    let manifest = format!(
+        r#"manifest_version = 1
+[[route]]
+host = "allowed.test"
+path = "/..."
+component = "allowed"
+
+[[route]]
+host = "denied.test"
+path = "/..."
+component = "denied"
+
+[component.allowed]
+source = "service.wasm"
+allowed_outbound = ["http://{addr}"]
+outbound_cache = "api"
+
+[component.denied]
+source = "service.wasm"
+outbound_cache = "api"
+
+[cache.api]
+size = "16MiB"
+"#
+    );
+    std::fs::write(dir.path().join("pier.toml"), manifest).unwrap();
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("p3-serve-cache");
+    let pier = PierServer::start_with_env(
+        pier(),
+        &[dir.path().join("pier.toml").to_str().unwrap()],
+        &[("PIER_CACHE_DIR", cache.to_str().unwrap())],
+    )
+    .unwrap();
+    let url = format!("http://{addr}/o?cc=max-age=60");
+    let fetch = |host: &'static str| {
+        let url = url.clone();
+        let pier = &pier;
+        async move { get(pier, "/fetch", &[("host", host), ("x-fetch", url.as_str())]).await }
+    };
+    let first = fetch("allowed.test").await;
+    assert_eq!(first.text(), "status 200: body of /o?cc=max-age=60");
+    let second = fetch("allowed.test").await;
+    assert_eq!(second.text(), first.text());
+    assert_eq!(
+        origin.seen("GET /o?cc=max-age=60"),
+        1,
+        "the second from the cache"
+    );
+    let denied = fetch("denied.test").await;
+    assert_eq!(denied.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(denied.text(), "error ErrorCode_HttpRequestDenied\n");
+    assert_eq!(origin.seen("GET /o?cc=max-age=60"), 1);
+}
