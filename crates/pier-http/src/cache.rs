@@ -1,7 +1,8 @@
-//! The shared HTTP cache in front of a route's handler ([`pier_cache`]): after the route's
-//! request filters and before its handler, so a filter that refuses a request refuses it on a
-//! hit too, and the response filters see what is sent, hit or miss. A hit costs no instance and
-//! no origin request.
+//! The shared HTTP cache ([`pier_cache`]), both ways: in front of a route's handler (after the
+//! route's request filters and before its handler, so a filter that refuses a request refuses
+//! it on a hit too, and the response filters see what is sent, hit or miss), and in front of a
+//! component's outgoing client ([`CachedOutbound`], after the component's policy check). A hit
+//! costs no instance and no origin request. What the cache fronts is a [`Fetch`].
 //!
 //! - `GET` (and `HEAD`, answered from a stored `GET`): a fresh stored response is sent with its
 //!   `Age` (a conditional request gets its `304`, a one-range request its `206`); a stale one is
