@@ -36,6 +36,15 @@ pub struct Built {
 /// with its grants, outbound policy and limits; starts the filters' VMs; and gives each route
 /// its handler and filter chain.
 pub fn build(app: &App) -> anyhow::Result<Built> {
+    build_keeping(app, &BTreeMap::new())
+}
+
+/// Builds `app` as [`build`] does, keeping the caches of `previous` (a reload's serving
+/// generation) that `app` declares again with the same settings: their entries stay.
+pub fn build_keeping(
+    app: &App,
+    previous: &BTreeMap<String, Arc<SharedCache>>,
+) -> anyhow::Result<Built> {
     // One pool slot per request in a guest, plus the instances made ahead, plus slack for
     // instances still being torn down.
     let instances = u32::try_from(app.settings.limits.max_concurrency)
@@ -57,7 +66,13 @@ pub fn build(app: &App) -> anyhow::Result<Built> {
     let caches: BTreeMap<String, Arc<SharedCache>> = app
         .caches
         .iter()
-        .map(|(name, spec)| (name.clone(), SharedCache::new(name, spec)))
+        .map(|(name, spec)| {
+            let cache = match previous.get(name) {
+                Some(kept) if kept.spec() == spec => kept.clone(),
+                _ => SharedCache::new(name, spec),
+            };
+            (name.clone(), cache)
+        })
         .collect();
     for (name, component) in &app.components {
         let mut wasm = WasmFile::read(&component.source)?;

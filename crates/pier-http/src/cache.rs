@@ -68,6 +68,7 @@ pub const CACHE_STATUS: &str = "cache-status";
 /// One named cache as the server uses it: its store, and the fetches in flight.
 pub struct SharedCache {
     cache: Cache,
+    spec: pier_config::CacheSpec,
     /// URLs being fetched, each with what tells the requests waiting for it that it is done
     /// (its sender is dropped).
     inflight: Mutex<HashMap<String, watch::Receiver<()>>>,
@@ -84,9 +85,15 @@ impl SharedCache {
         });
         Arc::new(SharedCache {
             cache: Cache::new(name, store, spec.max_entry),
+            spec: spec.clone(),
             inflight: Mutex::default(),
             counts: Counts::new(name),
         })
+    }
+
+    /// What it was made from.
+    pub fn spec(&self) -> &pier_config::CacheSpec {
+        &self.spec
     }
 
     /// The cache itself.

@@ -24,7 +24,7 @@ mod service;
 mod tls;
 mod upstream;
 
-pub use app::{Built, Checked, build, check, open_store, run};
+pub use app::{Built, Checked, build, build_keeping, check, open_store, run};
 pub use body::{BodyError, ResponseBody, error_response};
 pub use callouts::NamedUpstreams;
 pub use files::Files;

@@ -84,7 +84,12 @@ impl Live {
     /// On error the serving generation stays.
     pub async fn replace(&self, app: App) -> anyhow::Result<u64> {
         let _one = self.reloading.lock().await;
-        let built = tokio::task::spawn_blocking(move || crate::build(&app))
+        let caches = self
+            .caches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let built = tokio::task::spawn_blocking(move || crate::build_keeping(&app, &caches))
             .await
             .map_err(|e| anyhow::anyhow!("building the app panicked: {e}"))??;
         for engine in &built.engines {
@@ -92,7 +97,7 @@ impl Live {
         }
         built.self_routes.connect(&self.routes);
         self.routes.replace(built.routes);
-        // A new generation starts with empty caches.
+        // Caches declared again with the same settings were kept, entries and all.
         *self.caches.lock().unwrap_or_else(|e| e.into_inner()) = built.caches;
         let old = std::mem::replace(
             &mut *self.engines.lock().unwrap_or_else(|e| e.into_inner()),

@@ -783,3 +783,72 @@ size = "16MiB"
     assert_eq!(denied.text(), "error ErrorCode_HttpRequestDenied\n");
     assert_eq!(origin.seen("GET /o?cc=max-age=60"), 1);
 }
+
+/// A reload keeps a cache declared again with the same settings, entries and all; one whose
+/// settings changed starts empty.
+#[tokio::test]
+async fn a_reload_keeps_an_unchanged_cache() {
+    let (origin, addr) = Origin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = |size: &str| {
+        format!(
+            "manifest_version = 1\n[[route]]\npath = \"/...\"\nupstream = \"http://{addr}\"\n\
+             cache = \"pages\"\n[cache.pages]\nsize = \"{size}\"\n"
+        )
+    };
+    let path = dir.path().join("pier.toml");
+    std::fs::write(&path, manifest("16MiB")).unwrap();
+    let pier = PierServer::start(pier(), &[path.to_str().unwrap()]).unwrap();
+    let target = "/kept?cc=max-age=60";
+    get(&pier, target, &[]).await;
+    let reload = |n: usize| {
+        pier_testkit::signal(pier.pid(), "HUP").unwrap();
+        let waited = std::time::Instant::now();
+        while pier.log().matches("reloaded (SIGHUP)").count() < n {
+            assert!(waited.elapsed() < Duration::from_secs(30), "{}", pier.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    reload(1);
+    assert!(status(&get(&pier, target, &[]).await).starts_with("pier; hit"));
+    assert_eq!(origin.seen(&format!("GET {target}")), 1);
+    std::fs::write(&path, manifest("32MiB")).unwrap();
+    reload(2);
+    assert!(status(&get(&pier, target, &[]).await).starts_with("pier; fwd=uri-miss"));
+    assert_eq!(origin.seen(&format!("GET {target}")), 2);
+}
+
+/// 1,000 concurrent misses for one URL (over 20 HTTP/2 connections) reach the origin once.
+#[tokio::test]
+async fn a_thousand_concurrent_misses_reach_the_origin_once() {
+    let (origin, addr) = Origin::start().await;
+    let pier = pier_in_front(addr, &["--max-concurrency", "2000"]);
+    let target = "/herd?cc=max-age=60&delay=500";
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        clients.push(
+            pier_testkit::Client::<Full<Bytes>>::connect(&pier.addr, Proto::H2)
+                .await
+                .unwrap(),
+        );
+    }
+    let mut all = tokio::task::JoinSet::new();
+    for i in 0..1000 {
+        let pier_testkit::Client::H2(sender) = &clients[i % 20] else {
+            unreachable!("HTTP/2 connections")
+        };
+        let mut sender = sender.clone();
+        all.spawn(async move {
+            let req = Request::get(format!("http://localhost{target}"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            sender.ready().await.unwrap();
+            let response = sender.send_request(req).await.unwrap();
+            pier_testkit::read(response).await.unwrap().status
+        });
+    }
+    while let Some(status) = all.join_next().await {
+        assert_eq!(status.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(origin.seen(&format!("GET {target}")), 1);
+}
