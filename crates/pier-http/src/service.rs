@@ -206,7 +206,8 @@ impl Pipeline {
 }
 
 /// Answers `req` (from `peer`, its body under `limit`) with `handler`, holding `permit` while
-/// the handler works: for a route, or for the last link of a middleware chain.
+/// the handler works: for a route, for the last link of a middleware chain, or for what a cache
+/// fronts.
 pub(crate) async fn answer<B>(
     handler: &Handler,
     req: Request<B>,
