@@ -1,6 +1,7 @@
 ;; A Proxy-Wasm filter (ABI 0.2.1) against the raw ABI, for pier's filter tests:
 ;;   request  /t/local...  answers 204 itself (proxy_send_local_response)
 ;;   request  /t/trap...   traps (to exercise the failure policy)
+;;   request  with header x-deny (any value): answers 403 itself
 ;;   otherwise             adds request header x-filtered: yes
 ;;   response              adds x-filter-response: 1
 (module
@@ -24,6 +25,7 @@
   (data (i32.const 112) "filter started")  ;; 14
   (data (i32.const 128) "/t/local")        ;; 8
   (data (i32.const 144) "/t/trap")         ;; 7
+  (data (i32.const 160) "x-deny")          ;; 6
   (func (export "proxy_on_context_create") (param i32 i32))
   (func (export "proxy_on_vm_start") (param i32 i32) (result i32)
     (drop (call $log (i32.const 2) (i32.const 112) (i32.const 14)))
@@ -49,6 +51,12 @@
                     (i32.const 0) (i32.const 0) (i32.const -1)))
         (return (i32.const 1))))
     (if (call $path_starts_with (i32.const 144) (i32.const 7)) (then unreachable))
+    ;; Found (status 0): x-deny is there.
+    (if (i32.eqz (call $get (i32.const 0) (i32.const 160) (i32.const 6) (i32.const 1032) (i32.const 1036)))
+      (then
+        (drop (call $local (i32.const 403) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)
+                    (i32.const 0) (i32.const 0) (i32.const -1)))
+        (return (i32.const 1))))
     (drop (call $add (i32.const 0) (i32.const 32) (i32.const 10) (i32.const 48) (i32.const 3)))
     (i32.const 0))
   (func (export "proxy_on_response_headers") (param $ctx i32) (param $n i32) (param $eos i32) (result i32)

@@ -511,8 +511,8 @@ async fn a_body_over_the_entry_size_is_sent_but_not_stored() {
 
 /// A manifest's routes name a `[cache.NAME]`: a component's cacheable answer is sent again
 /// without running the component (its random body comes back the same), a private one never
-/// is; the route's Proxy-Wasm filter runs on hits too (its response header is on them), and a
-/// filter that answers a request itself answers before the cache.
+/// is; the route's Proxy-Wasm filter runs on hits too (its response header is on them, and a
+/// request it refuses is refused though its answer is stored), before the cache.
 #[tokio::test]
 async fn a_manifest_route_caches_a_component_behind_its_filters() {
     let Some(service) = pier_testkit::toolchain_guest("python-p3.wasm") else {
@@ -579,6 +579,11 @@ size = "16MiB"
     let private = get(&pier, "/random/private", &[]).await;
     let private_again = get(&pier, "/random/private", &[]).await;
     assert_ne!(private.text(), private_again.text(), "never shared");
+
+    // A request the filter refuses is refused on a hit too.
+    let denied = get(&pier, "/random/a", &[("x-deny", "1")]).await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+    assert!(!denied.headers.contains_key("cache-status"));
 
     let local = get(&pier, "/t/local?cc=max-age=60", &[]).await;
     assert_eq!(local.status, StatusCode::NO_CONTENT);
