@@ -1091,3 +1091,49 @@ fn workers_refuse_what_they_cannot_share_and_report_start_up_errors_once() {
     let args = ["serve", "--addr", "127.0.0.1:0", "--workers", "2", module];
     pier_testkit::assert_one_line_error(pier(), &args, &["not a component"]);
 }
+
+/// Over TLS a 0.2 guest is told its request came as `https` (an HTTP/1.1 request names no
+/// scheme: the connection's is given; an HTTP/2 one names its own).
+#[tokio::test]
+async fn a_0_2_guest_over_tls_is_told_https() {
+    let Some(app) = pier_testkit::toolchain_guest("python-hello.wasm") else {
+        return;
+    };
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("p3-serve-cache");
+    let server = PierServer::start_with_env(
+        pier(),
+        &[
+            "--tls-cert",
+            cert_path.to_str().unwrap(),
+            "--tls-key",
+            key_path.to_str().unwrap(),
+            app.to_str().unwrap(),
+        ],
+        &[("PIER_CACHE_DIR", cache.to_str().unwrap())],
+    )
+    .unwrap();
+    for alpn in [b"h2".as_slice(), b"http/1.1"] {
+        let (client, proto) = pier_testkit::connect_tls(&server.addr, cert.cert.der(), &[alpn])
+            .await
+            .unwrap();
+        let response = match client {
+            pier_testkit::Client::H2(mut sender) => {
+                let req = Request::get("https://localhost/url")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                sender.send_request(req).await.unwrap()
+            }
+            mut h1 => {
+                let req = Request::get("/url").body(Full::new(Bytes::new())).unwrap();
+                h1.send(req).await.unwrap()
+            }
+        };
+        let answer = read(response).await.unwrap();
+        assert_eq!(answer.text(), "https://localhost/url", "{proto:?}");
+    }
+}
