@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use pier_config::{DirGrant, Grants};
 use tokio::sync::Notify;
 use wasmtime::component::{
-    Component, ComponentExportIndex, Instance, InstancePre, Linker, types::ComponentItem,
+    Component, ComponentExportIndex, Instance, InstancePre, Linker,
+    types::{ComponentExtern, ComponentItem},
 };
 use wasmtime::{Engine, Store, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyIndices};
@@ -112,22 +113,22 @@ pub(crate) fn export_names(engine: &Engine, component: &Component) -> Vec<String
 
 /// Whether `component` exports an interface instance whose name starts with `prefix`.
 pub(crate) fn exports_instance(engine: &Engine, component: &Component, prefix: &str) -> bool {
-    component
-        .component_type()
-        .exports(engine)
-        .any(|(name, item)| {
-            name.starts_with(prefix) && matches!(item.ty, ComponentItem::ComponentInstance(_))
-        })
+    has_instance(component.component_type().exports(engine), prefix)
 }
 
 /// Whether `component` imports an interface instance whose name starts with `prefix`.
 fn imports_instance(engine: &Engine, component: &Component, prefix: &str) -> bool {
-    component
-        .component_type()
-        .imports(engine)
-        .any(|(name, item)| {
-            name.starts_with(prefix) && matches!(item.ty, ComponentItem::ComponentInstance(_))
-        })
+    has_instance(component.component_type().imports(engine), prefix)
+}
+
+/// Whether `items` (a component's imports or exports) hold an instance named `prefix...`.
+fn has_instance<'a>(
+    mut items: impl Iterator<Item = (&'a str, ComponentExtern<'a>)>,
+    prefix: &str,
+) -> bool {
+    items.any(|(name, item)| {
+        name.starts_with(prefix) && matches!(item.ty, ComponentItem::ComponentInstance(_))
+    })
 }
 
 pub(crate) fn exports_list(names: &[String]) -> String {

@@ -78,11 +78,9 @@ pub struct SharedCache {
 impl SharedCache {
     /// The cache `name` as `spec` describes it.
     pub fn new(name: &str, spec: &pier_config::CacheSpec) -> Arc<SharedCache> {
-        let label = name.to_string();
-        let store = MemoryStore::new(spec.size, move |bytes| {
-            metrics::counter!(crate::metrics::CACHE_EVICTED_BYTES, "cache" => label.clone())
-                .increment(bytes);
-        });
+        let evicted =
+            metrics::counter!(crate::metrics::CACHE_EVICTED_BYTES, "cache" => name.to_string());
+        let store = MemoryStore::new(spec.size, move |bytes| evicted.increment(bytes));
         Arc::new(SharedCache {
             cache: Cache::new(name, store, spec.max_entry),
             spec: spec.clone(),

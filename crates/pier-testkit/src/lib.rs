@@ -411,6 +411,43 @@ pub async fn request(
     send(addr, proto, req).await
 }
 
+/// Sends `POST path` (with `headers`) to an echoing guest over a new `proto` connection, its
+/// body in two halves, and asserts that the head and the first half come back before the
+/// client has sent the second (bodies stream both ways at once), then the rest. Returns the
+/// response's head.
+pub async fn echoes_while_sending(
+    addr: &str,
+    proto: Proto,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> http::response::Parts {
+    let mut client = Client::connect(addr, proto).await.unwrap();
+    let (tx, body) = channel_body();
+    let mut req = Request::builder().method("POST").uri(path);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let req = req.body(body).unwrap();
+    tx.send(Bytes::from_static(b"first half, ")).await.unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(20), client.send(req))
+        .await
+        .expect("the head comes while the request body is still open")
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "{proto:?}");
+    let (head, mut body) = response.into_parts();
+    let first = tokio::time::timeout(Duration::from_secs(20), body.frame())
+        .await
+        .expect("the first half comes back before the second is sent")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.into_data().unwrap(), "first half, ", "{proto:?}");
+    tx.send(Bytes::from_static(b"second half")).await.unwrap();
+    drop(tx);
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, "second half", "{proto:?}");
+    head
+}
+
 /// Sends `n` `POST path` requests at once, half over HTTP/1.1 and half over HTTP/2, each with a
 /// body of its own, and asserts each is answered 200 with its own body (an echoing guest).
 pub async fn echo_at_once(addr: &str, path: &str, n: usize) {

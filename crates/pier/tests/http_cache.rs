@@ -220,6 +220,20 @@ impl http_body::Body for OriginBody {
     }
 }
 
+/// `pier serve` of `manifest`, written into `dir` (where its files are), with the compile
+/// cache the Python components (18 MB) are compiled into once and kept between runs.
+fn serve_manifest(dir: &Path, manifest: &str) -> PierServer {
+    let path = dir.join("pier.toml");
+    std::fs::write(&path, manifest).unwrap();
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("p3-serve-cache");
+    PierServer::start_with_env(
+        pier(),
+        &[path.to_str().unwrap()],
+        &[("PIER_CACHE_DIR", cache.to_str().unwrap())],
+    )
+    .unwrap()
+}
+
 /// pier with `--upstream` to `origin` and `--cache`, and `args`.
 fn pier_in_front(origin: SocketAddr, args: &[&str]) -> PierServer {
     let upstream = format!("http://{origin}");
@@ -550,14 +564,7 @@ source = "filter.wasm"
 size = "16MiB"
 "#
     );
-    std::fs::write(dir.path().join("pier.toml"), manifest).unwrap();
-    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("p3-serve-cache");
-    let pier = PierServer::start_with_env(
-        pier(),
-        &[dir.path().join("pier.toml").to_str().unwrap()],
-        &[("PIER_CACHE_DIR", cache.to_str().unwrap())],
-    )
-    .unwrap();
+    let pier = serve_manifest(dir.path(), &manifest);
 
     let first = get(&pier, "/random/a", &[]).await;
     let again = get(&pier, "/random/a", &[]).await;
@@ -760,14 +767,7 @@ outbound_cache = "api"
 size = "16MiB"
 "#
     );
-    std::fs::write(dir.path().join("pier.toml"), manifest).unwrap();
-    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("p3-serve-cache");
-    let pier = PierServer::start_with_env(
-        pier(),
-        &[dir.path().join("pier.toml").to_str().unwrap()],
-        &[("PIER_CACHE_DIR", cache.to_str().unwrap())],
-    )
-    .unwrap();
+    let pier = serve_manifest(dir.path(), &manifest);
     let url = format!("http://{addr}/o?cc=max-age=60");
     let fetch = |host: &'static str| {
         let url = url.clone();
