@@ -9,11 +9,18 @@
 //! A 0.3 call runs inside [`Store::run_concurrent`], which drives the guest's tasks and the
 //! streams between host and guest. The response head can come back while the guest still writes
 //! its body (from a task of its own, after `handle` returned): the store stays in the loop until
-//! every task the guest started has ended, so the body keeps flowing, and is dropped only then.
+//! every task the guest started has ended and its response body has been handed over to the
+//! last frame (its trailers reach the host through the store's own event loop), and is dropped
+//! only then.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
-use tokio::sync::oneshot;
+use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::sync::{mpsc, oneshot};
 use wasmparser::{Parser, Payload};
 use wasmtime::Store;
 use wasmtime::component::{InstancePre, Linker};
@@ -108,16 +115,105 @@ where
             match service.handle(guest, request).await? {
                 Ok(response) => {
                     let response = guest.with(|mut store| response.into_http(&mut store, io))?;
-                    let _ = head.send(Ok(response));
+                    let (parts, body) = response.into_parts();
+                    let (tx, relayed) = Relayed::new(http_body::Body::size_hint(&body));
+                    let _ = head.send(Ok(http::Response::from_parts(
+                        parts,
+                        relayed.boxed_unsync(),
+                    )));
+                    let tasks = std::future::poll_fn(|cx| guest.poll_no_interesting_tasks(cx));
+                    tokio::join!(relay(body, tx), tasks);
                 }
                 Err(code) => {
                     let _ = head.send(Err(code));
+                    std::future::poll_fn(|cx| guest.poll_no_interesting_tasks(cx)).await;
                 }
             }
-            std::future::poll_fn(|cx| guest.poll_no_interesting_tasks(cx)).await;
             Ok(())
         })
         .await?
+}
+
+/// How many frames of a 0.3 guest's response body wait for the client. A body written in a few
+/// chunks is all there when the guest ends (and goes out whole, with its length); a longer one
+/// holds the guest's writes back until the client takes it.
+const RELAYED_FRAMES: usize = 4;
+
+/// Hands `body`'s frames to `tx` until its last one (trailers, an error or its end), or until
+/// the client is gone: run inside the store's event loop, which the guest's body, and its
+/// trailers future in particular, need to reach the host. (Dropping the store earlier would
+/// drop trailers still on their way: a guest answering with the request's own trailers, once
+/// it has read the request body, has already ended by then.)
+async fn relay(
+    mut body: WasiBody,
+    tx: mpsc::Sender<Result<Frame<Bytes>, wasmtime_wasi_http::Error>>,
+) {
+    loop {
+        let Ok(room) = tx.reserve().await else {
+            return;
+        };
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            () = tx.closed() => return,
+        };
+        let Some(frame) = frame else { return };
+        let last = frame.as_ref().map_or(true, Frame::is_trailers);
+        room.send(frame);
+        if last {
+            return;
+        }
+    }
+}
+
+/// A 0.3 guest's response body as the client takes it: the frames [`relay`] hands over.
+struct Relayed {
+    frames: mpsc::Receiver<Result<Frame<Bytes>, wasmtime_wasi_http::Error>>,
+    /// What is left of the body's length, when the guest gave one.
+    left: Option<u64>,
+}
+
+impl Relayed {
+    fn new(
+        size: SizeHint,
+    ) -> (
+        mpsc::Sender<Result<Frame<Bytes>, wasmtime_wasi_http::Error>>,
+        Self,
+    ) {
+        let (tx, frames) = mpsc::channel(RELAYED_FRAMES);
+        (
+            tx,
+            Relayed {
+                frames,
+                left: size.exact(),
+            },
+        )
+    }
+}
+
+impl http_body::Body for Relayed {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let frame = std::task::ready!(self.frames.poll_recv(cx));
+        if let (Some(Ok(frame)), Some(left)) = (&frame, &mut self.left) {
+            let sent = frame.data_ref().map_or(0, |d| d.len() as u64);
+            *left = left.saturating_sub(sent);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.frames.is_closed() && self.frames.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.left
+            .map_or_else(SizeHint::default, SizeHint::with_exact)
+    }
 }
 
 /// A request's scheme: its URI's (an HTTP/2 request's `:scheme`), else the one the server put
