@@ -23,9 +23,9 @@ pub struct Entry {
     /// How long after that it may still be used (RFC 5861).
     pub windows: Windows,
     /// The request header values its `Vary` names, as the request that stored it had them.
-    vary: Vec<(HeaderName, Vec<http::HeaderValue>)>,
+    pub(crate) vary: Vec<(HeaderName, Vec<http::HeaderValue>)>,
     /// `Vary: *`: it matches no request.
-    vary_any: bool,
+    pub(crate) vary_any: bool,
 }
 
 impl Entry {
@@ -139,7 +139,7 @@ impl Entry {
 
 /// How long past its freshness a response may be used, by RFC 5861's `Cache-Control`
 /// directives.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Windows {
     /// `stale-while-revalidate`: sent while pier revalidates it in the background.
     pub while_revalidate: Option<Duration>,

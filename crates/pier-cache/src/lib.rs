@@ -6,17 +6,21 @@
 //! directives, `Authorization`) are `http-cache-semantics`' [`CachePolicy`], as a shared cache.
 //! pier adds what a reverse proxy needs around it: the exact headers kept (repeated fields stay
 //! repeated), `Set-Cookie` never stored, the RFC 5861 windows, conditional requests answered from
-//! the store, invalidation by unsafe methods, the `Cache-Status` header (RFC 9211), and a store
-//! bounded in bytes ([`MemoryStore`]).
+//! the store, invalidation by unsafe methods, the `Cache-Status` header (RFC 9211), and the
+//! stores: in memory, bounded in bytes ([`MemoryStore`]), or on a Redis server shared by many
+//! processes ([`RedisStore`]).
 //!
-//! This crate knows nothing of servers or bodies in flight: pier-http asks it what to do with a
-//! request ([`Cache::lookup`]) and gives it complete responses to keep ([`Cache::store`]).
+//! This crate knows nothing of servers or bodies in flight: pier-http reads what is stored for
+//! a URL ([`Cache::stored`]), asks what a request may be answered with ([`Cache::lookup`]), and
+//! gives it complete responses to keep ([`Cache::store`]).
 
 #![deny(missing_docs)]
 
 mod entry;
 mod memory;
+mod redis_store;
 mod status;
+mod wire;
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -26,7 +30,8 @@ use http_cache_semantics::{AfterResponse, BeforeRequest, CacheOptions};
 
 pub use entry::{Entry, Windows};
 pub use http_cache_semantics::CachePolicy;
-pub use memory::MemoryStore;
+pub use memory::{MemoryStore, Variants};
+pub use redis_store::RedisStore;
 pub use status::{CacheStatus, Forward};
 
 /// What a request may be answered with.
@@ -56,17 +61,59 @@ pub enum Lookup {
 /// Most variants (responses differing by `Vary`) kept for one URL; the oldest goes first.
 const MAX_VARIANTS: usize = 8;
 
+/// Where a cache keeps its entries.
+pub enum Store {
+    /// In this process, bounded in bytes.
+    Memory(MemoryStore),
+    /// On a Redis server, shared by every process that names it.
+    Redis(Box<RedisStore>),
+}
+
+impl Store {
+    async fn get(&self, key: &str) -> Option<Arc<Variants>> {
+        match self {
+            Store::Memory(memory) => memory.get(key),
+            Store::Redis(redis) => redis.get(key).await.map(Arc::new),
+        }
+    }
+
+    async fn put(&self, key: String, variants: Arc<Variants>) {
+        match self {
+            Store::Memory(memory) => memory.put(key, variants),
+            Store::Redis(redis) => redis.put(&key, &variants).await,
+        }
+    }
+
+    async fn remove(&self, key: &str) -> bool {
+        match self {
+            Store::Memory(memory) => memory.remove(key),
+            Store::Redis(redis) => redis.remove(key).await,
+        }
+    }
+
+    async fn remove_prefix(&self, prefix: &str) -> usize {
+        match self {
+            Store::Memory(memory) => memory.remove_prefix(prefix),
+            Store::Redis(redis) => redis.remove_prefix(prefix).await,
+        }
+    }
+}
+
+/// What is stored for one URL (its variants), as read once for a request.
+#[derive(Debug, Default)]
+pub struct Stored(Option<Arc<Variants>>);
+
 /// A named cache over a store.
 pub struct Cache {
     name: String,
-    store: MemoryStore,
+    store: Store,
     /// Largest body one entry keeps.
     max_entry: u64,
 }
 
 impl Cache {
     /// The cache `name`, keeping entries of up to `max_entry` bytes in `store`.
-    pub fn new(name: &str, store: MemoryStore, max_entry: u64) -> Cache {
+    pub fn new(name: &str, store: Store, max_entry: u64) -> Cache {
         Cache {
             name: name.to_string(),
             store,
@@ -84,23 +131,38 @@ impl Cache {
         self.max_entry
     }
 
-    /// The bytes its entries take now.
-    pub fn size(&self) -> u64 {
-        self.store.size()
+    /// The bytes its entries take now, for a store in memory.
+    pub fn size(&self) -> Option<u64> {
+        match &self.store {
+            Store::Memory(memory) => Some(memory.size()),
+            Store::Redis(_) => None,
+        }
     }
 
-    /// A fresh entry for a request to `key` with `headers` at `now`, when the request has no
+    /// What is stored for `key` (see [`key`]): read once, then asked by [`fresh`](Self::fresh)
+    /// and [`lookup`](Self::lookup). Nothing when the store is away.
+    pub async fn stored(&self, key: &str) -> Stored {
+        Stored(self.store.get(key).await)
+    }
+
+    /// A fresh entry in `stored` for a request with `headers` at `now`, when the request has no
     /// directives of its own (no `Cache-Control`, no `Pragma`): the common case, answered
     /// without building the request's view for [`lookup`](Self::lookup). `None`: ask
     /// [`lookup`](Self::lookup).
-    pub fn fresh(&self, key: &str, headers: &HeaderMap, now: SystemTime) -> Option<Arc<Entry>> {
+    pub fn fresh(
+        &self,
+        stored: &Stored,
+        headers: &HeaderMap,
+        now: SystemTime,
+    ) -> Option<Arc<Entry>> {
         if headers.contains_key(http::header::CACHE_CONTROL)
             || headers.contains_key(http::header::PRAGMA)
         {
             return None;
         }
-        let variants = self.store.get(key)?;
-        variants
+        stored
+            .0
+            .as_ref()?
             .iter()
             .find(|entry| entry.matches(headers))
             .filter(|entry| now < entry.stale_at)
@@ -108,9 +170,9 @@ impl Cache {
     }
 
     /// What `req` (a `GET` or `HEAD`, its URI absolute: see [`key`]) may be answered with at
-    /// `now`.
-    pub fn lookup(&self, req: &request::Parts, now: SystemTime) -> Lookup {
-        let Some(variants) = self.store.get(&key(&req.uri)) else {
+    /// `now`, from what is `stored` for its URL.
+    pub fn lookup(&self, stored: &Stored, req: &request::Parts, now: SystemTime) -> Lookup {
+        let Some(variants) = &stored.0 else {
             return Lookup::Miss { vary: false };
         };
         let mut vary = false;
@@ -159,18 +221,19 @@ impl Cache {
 
     /// Keeps `entry` for its request's URL, in place of a variant with the same `Vary` values.
     /// A body over [`max_entry`](Self::max_entry) is not kept.
-    pub fn store(&self, uri: &Uri, entry: Entry) {
+    pub async fn store(&self, uri: &Uri, entry: Entry) {
         if entry.body.len() as u64 > self.max_entry {
             return;
         }
-        self.keep(uri, Arc::new(entry));
+        self.keep(uri, Arc::new(entry)).await;
     }
 
-    fn keep(&self, uri: &Uri, entry: Arc<Entry>) {
+    async fn keep(&self, uri: &Uri, entry: Arc<Entry>) {
         let key = key(uri);
         let mut variants: Vec<Arc<Entry>> = self
             .store
             .get(&key)
+            .await
             .map(|v| {
                 v.iter()
                     .filter(|old| !old.same_variant(&entry))
@@ -180,12 +243,12 @@ impl Cache {
             .unwrap_or_default();
         variants.insert(0, entry);
         variants.truncate(MAX_VARIANTS);
-        self.store.put(key, Arc::new(variants));
+        self.store.put(key, Arc::new(variants)).await;
     }
 
     /// `entry` revalidated by the origin's `304 Not Modified` (`not_modified`) to `req` at
     /// `now`, kept in its place.
-    pub fn refresh(
+    pub async fn refresh(
         &self,
         entry: &Entry,
         req: &request::Parts,
@@ -196,20 +259,20 @@ impl Cache {
             AfterResponse::NotModified(policy, _) | AfterResponse::Modified(policy, _) => policy,
         };
         let fresh = Arc::new(entry.revalidated(policy, &not_modified.headers, now));
-        self.keep(&req.uri, fresh.clone());
+        self.keep(&req.uri, fresh.clone()).await;
         fresh
     }
 
     /// Forgets every response stored for `uri` (an unsafe method succeeded on it, or an
     /// operator purged it); whether any was.
-    pub fn invalidate(&self, uri: &Uri) -> bool {
-        self.store.remove(&key(uri))
+    pub async fn invalidate(&self, uri: &Uri) -> bool {
+        self.store.remove(&key(uri)).await
     }
 
     /// Forgets every response stored under URLs starting with `prefix`
     /// (`https://example.com/api/`); how many URLs were forgotten.
-    pub fn invalidate_prefix(&self, prefix: &str) -> usize {
-        self.store.remove_prefix(prefix)
+    pub async fn invalidate_prefix(&self, prefix: &str) -> usize {
+        self.store.remove_prefix(prefix).await
     }
 }
 
@@ -249,7 +312,11 @@ mod tests {
     use super::*;
 
     fn cache() -> Cache {
-        Cache::new("test", MemoryStore::new(1 << 20, |_| {}), 1 << 16)
+        Cache::new(
+            "test",
+            Store::Memory(MemoryStore::new(1 << 20, |_| {})),
+            1 << 16,
+        )
     }
 
     fn get(uri: &str, headers: &[(&str, &str)]) -> request::Parts {
@@ -268,8 +335,22 @@ mod tests {
         res.body(()).unwrap().into_parts().0
     }
 
+    async fn lookup(cache: &Cache, req: &request::Parts, at: SystemTime) -> Lookup {
+        let stored = cache.stored(&key(&req.uri)).await;
+        cache.lookup(&stored, req, at)
+    }
+
+    async fn fresh(
+        cache: &Cache,
+        key: &str,
+        headers: &HeaderMap,
+        at: SystemTime,
+    ) -> Option<Arc<Entry>> {
+        cache.fresh(&cache.stored(key).await, headers, at)
+    }
+
     /// Stores `res` for `req` at `at` if the cache takes it.
-    fn keep(
+    async fn keep(
         cache: &Cache,
         req: &request::Parts,
         res: &http::response::Parts,
@@ -286,34 +367,34 @@ mod tests {
             Bytes::from("body"),
             at,
         );
-        cache.store(&req.uri, entry);
+        cache.store(&req.uri, entry).await;
         true
     }
 
-    #[test]
-    fn a_fresh_response_is_a_hit_until_it_goes_stale_then_it_is_revalidated() {
+    #[tokio::test]
+    async fn a_fresh_response_is_a_hit_until_it_goes_stale_then_it_is_revalidated() {
         let cache = cache();
         let t0 = SystemTime::now();
         let req = get("http://example.com/a", &[]);
         let res = response(&[("cache-control", "max-age=60"), ("etag", "\"v1\"")]);
-        assert!(keep(&cache, &req, &res, t0));
-        let Lookup::Fresh(entry) = cache.lookup(&req, t0 + Duration::from_secs(10)) else {
+        assert!(keep(&cache, &req, &res, t0).await);
+        let Lookup::Fresh(entry) = lookup(&cache, &req, t0 + Duration::from_secs(10)).await else {
             panic!("fresh for 60 s");
         };
         let k = key(&req.uri);
         assert!(
-            cache
-                .fresh(&k, &req.headers, t0 + Duration::from_secs(59))
+            fresh(&cache, &k, &req.headers, t0 + Duration::from_secs(59))
+                .await
                 .is_some()
         );
         assert!(
-            cache
-                .fresh(&k, &req.headers, t0 + Duration::from_secs(60))
+            fresh(&cache, &k, &req.headers, t0 + Duration::from_secs(60))
+                .await
                 .is_none()
         );
         assert_eq!(entry.age(t0 + Duration::from_secs(10)), 10);
         assert_eq!(entry.ttl(t0 + Duration::from_secs(10)), 50);
-        match cache.lookup(&req, t0 + Duration::from_secs(61)) {
+        match lookup(&cache, &req, t0 + Duration::from_secs(61)).await {
             Lookup::Stale {
                 revalidate,
                 while_revalidating,
@@ -327,49 +408,55 @@ mod tests {
         // The request's own max-age=5 finds a 10 s old response too old.
         let strict = get("http://example.com/a", &[("cache-control", "max-age=5")]);
         assert!(matches!(
-            cache.lookup(&strict, t0 + Duration::from_secs(10)),
+            lookup(&cache, &strict, t0 + Duration::from_secs(10)).await,
             Lookup::Stale { .. }
         ));
         assert!(matches!(
-            cache.lookup(&get("http://example.com/b", &[]), t0),
+            lookup(&cache, &get("http://example.com/b", &[]), t0).await,
             Lookup::Miss { vary: false }
         ));
-        cache.invalidate(&req.uri);
-        assert!(matches!(cache.lookup(&req, t0), Lookup::Miss { .. }));
+        cache.invalidate(&req.uri).await;
+        assert!(matches!(
+            lookup(&cache, &req, t0).await,
+            Lookup::Miss { .. }
+        ));
     }
 
-    #[test]
-    fn responses_vary_by_the_headers_vary_names() {
+    #[tokio::test]
+    async fn responses_vary_by_the_headers_vary_names() {
         let cache = cache();
         let t0 = SystemTime::now();
         let res = response(&[("cache-control", "max-age=60"), ("vary", "accept-language")]);
         let en = get("http://example.com/v", &[("accept-language", "en")]);
         let fr = get("http://example.com/v", &[("accept-language", "fr")]);
-        assert!(keep(&cache, &en, &res, t0));
-        assert!(matches!(cache.lookup(&en, t0), Lookup::Fresh(_)));
-        assert!(matches!(cache.lookup(&fr, t0), Lookup::Miss { vary: true }));
-        assert!(keep(&cache, &fr, &res, t0));
-        assert!(matches!(cache.lookup(&fr, t0), Lookup::Fresh(_)));
+        assert!(keep(&cache, &en, &res, t0).await);
+        assert!(matches!(lookup(&cache, &en, t0).await, Lookup::Fresh(_)));
+        assert!(matches!(
+            lookup(&cache, &fr, t0).await,
+            Lookup::Miss { vary: true }
+        ));
+        assert!(keep(&cache, &fr, &res, t0).await);
+        assert!(matches!(lookup(&cache, &fr, t0).await, Lookup::Fresh(_)));
         assert!(
-            matches!(cache.lookup(&en, t0), Lookup::Fresh(_)),
+            matches!(lookup(&cache, &en, t0).await, Lookup::Fresh(_)),
             "both kept"
         );
         let key = |r: &request::Parts| super::key(&r.uri);
-        assert!(cache.fresh(&key(&en), &en.headers, t0).is_some());
+        assert!(fresh(&cache, &key(&en), &en.headers, t0).await.is_some());
         let de = get("http://example.com/v", &[("accept-language", "de")]);
-        assert!(cache.fresh(&key(&de), &de.headers, t0).is_none());
+        assert!(fresh(&cache, &key(&de), &de.headers, t0).await.is_none());
         let star = response(&[("cache-control", "max-age=60"), ("vary", "*")]);
         let req = get("http://example.com/star", &[]);
-        assert!(keep(&cache, &req, &star, t0));
+        assert!(keep(&cache, &req, &star, t0).await);
         assert!(matches!(
-            cache.lookup(&req, t0),
+            lookup(&cache, &req, t0).await,
             Lookup::Miss { vary: true }
         ));
-        assert!(cache.fresh(&key(&req), &req.headers, t0).is_none());
+        assert!(fresh(&cache, &key(&req), &req.headers, t0).await.is_none());
     }
 
-    #[test]
-    fn what_a_shared_cache_must_not_store_is_not_stored() {
+    #[tokio::test]
+    async fn what_a_shared_cache_must_not_store_is_not_stored() {
         let cache = cache();
         let t0 = SystemTime::now();
         let req = get("http://example.com/p", &[]);
@@ -378,33 +465,36 @@ mod tests {
             &[("cache-control", "no-store")],
             &[("cache-control", "max-age=60"), ("set-cookie", "id=1")],
         ] {
-            assert!(!keep(&cache, &req, &response(headers), t0), "{headers:?}");
+            assert!(
+                !keep(&cache, &req, &response(headers), t0).await,
+                "{headers:?}"
+            );
         }
         let authorized = get("http://example.com/p", &[("authorization", "Bearer x")]);
         let res = response(&[("cache-control", "max-age=60")]);
-        assert!(!keep(&cache, &authorized, &res, t0));
+        assert!(!keep(&cache, &authorized, &res, t0).await);
         let public = response(&[("cache-control", "public, max-age=60")]);
-        assert!(keep(&cache, &authorized, &public, t0));
+        assert!(keep(&cache, &authorized, &public, t0).await);
         let no_store = get("http://example.com/p", &[("cache-control", "no-store")]);
-        assert!(!keep(&cache, &no_store, &res, t0));
+        assert!(!keep(&cache, &no_store, &res, t0).await);
         let post = Request::post("http://example.com/p")
             .body(())
             .unwrap()
             .into_parts()
             .0;
-        assert!(!keep(&cache, &post, &res, t0));
+        assert!(!keep(&cache, &post, &res, t0).await);
     }
 
-    #[test]
-    fn stale_while_revalidate_lets_a_stale_response_be_sent_meanwhile() {
+    #[tokio::test]
+    async fn stale_while_revalidate_lets_a_stale_response_be_sent_meanwhile() {
         let cache = cache();
         let t0 = SystemTime::now();
         let req = get("http://example.com/s", &[]);
         let res = response(&[("cache-control", "max-age=1, stale-while-revalidate=30")]);
-        assert!(keep(&cache, &req, &res, t0));
+        assert!(keep(&cache, &req, &res, t0).await);
         let at = t0 + Duration::from_secs(10);
         assert!(matches!(
-            cache.lookup(&req, at),
+            lookup(&cache, &req, at).await,
             Lookup::Stale {
                 while_revalidating: true,
                 ..
@@ -412,7 +502,7 @@ mod tests {
         ));
         let at = t0 + Duration::from_secs(40);
         assert!(matches!(
-            cache.lookup(&req, at),
+            lookup(&cache, &req, at).await,
             Lookup::Stale {
                 while_revalidating: false,
                 ..
@@ -420,7 +510,7 @@ mod tests {
         ));
         let no_cache = get("http://example.com/s", &[("cache-control", "no-cache")]);
         assert!(matches!(
-            cache.lookup(&no_cache, t0 + Duration::from_secs(10)),
+            lookup(&cache, &no_cache, t0 + Duration::from_secs(10)).await,
             Lookup::Stale {
                 while_revalidating: false,
                 ..
@@ -428,34 +518,42 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn the_store_is_bounded_in_bytes_and_big_bodies_are_not_kept() {
+    #[tokio::test]
+    async fn the_store_is_bounded_in_bytes_and_big_bodies_are_not_kept() {
         let evicted = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counted = evicted.clone();
         let store = MemoryStore::new(64 << 10, move |bytes| {
             counted.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
         });
-        let cache = Cache::new("small", store, 8 << 10);
+        let cache = Cache::new("small", Store::Memory(store), 8 << 10);
         let t0 = SystemTime::now();
         let res = response(&[("cache-control", "max-age=60")]);
         for i in 0..100 {
             let req = get(&format!("http://example.com/{i}"), &[]);
             let policy = cache.policy(&req, &res, t0).unwrap();
             let body = Bytes::from(vec![b'x'; 4 << 10]);
-            cache.store(
-                &req.uri,
-                Entry::new(&req, policy, res.status, &res.headers, body, t0),
-            );
+            cache
+                .store(
+                    &req.uri,
+                    Entry::new(&req, policy, res.status, &res.headers, body, t0),
+                )
+                .await;
         }
-        assert!(cache.size() <= 64 << 10, "{}", cache.size());
+        let size = cache.size().unwrap();
+        assert!(size <= 64 << 10, "{size}");
         assert!(evicted.load(std::sync::atomic::Ordering::Relaxed) > 0);
         let req = get("http://example.com/big", &[]);
         let policy = cache.policy(&req, &res, t0).unwrap();
         let body = Bytes::from(vec![b'x'; 9 << 10]);
-        cache.store(
-            &req.uri,
-            Entry::new(&req, policy, res.status, &res.headers, body, t0),
-        );
-        assert!(matches!(cache.lookup(&req, t0), Lookup::Miss { .. }));
+        cache
+            .store(
+                &req.uri,
+                Entry::new(&req, policy, res.status, &res.headers, body, t0),
+            )
+            .await;
+        assert!(matches!(
+            lookup(&cache, &req, t0).await,
+            Lookup::Miss { .. }
+        ));
     }
 }

@@ -20,7 +20,7 @@ mod variables;
 pub use app::{
     App, AppSettings, CompileOptions, ComponentSpec, FilterOptions, RouteSpec, TargetSpec,
 };
-pub use caches::{CacheSpec, DEFAULT_CACHE_SIZE, DEFAULT_MAX_ENTRY};
+pub use caches::{CacheSettings, CacheSpec, CacheStore, DEFAULT_CACHE_SIZE, DEFAULT_MAX_ENTRY};
 pub use envoy::{ImportError, load_filters, parse_filters};
 pub use filters::{FilterFailure, FilterSpec, vm_groups};
 pub use grants::{DirGrant, EnvGrant, GrantError, Grants};

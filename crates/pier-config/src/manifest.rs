@@ -34,6 +34,10 @@
 //! size = "256MiB"              # in memory, bounded in bytes
 //! max_entry = "8MiB"           # larger responses are sent, not stored
 //!
+//! [cache.shared]
+//! type = "redis"               # one cache for every pier naming the server
+//! url = "redis://cache.internal:6379"
+//!
 //! [variables]
 //! database_url = { default = "sqlite://x" }
 //! ```
@@ -314,6 +318,8 @@ mod raw {
         pub kind: Option<Spanned<String>>,
         pub size: Option<Spanned<String>>,
         pub max_entry: Option<Spanned<String>>,
+        pub url: Option<Spanned<String>>,
+        pub prefix: Option<Spanned<String>>,
     }
 
     #[derive(Deserialize)]
@@ -465,17 +471,24 @@ impl<F: Fn(std::ops::Range<usize>, String) -> ManifestError> Checker<'_, F> {
             fn text(v: &Option<Spanned<String>>) -> Option<&str> {
                 v.as_ref().map(|v| v.get_ref().as_str())
             }
-            let spec =
-                crate::CacheSpec::parse(text(&raw.kind), text(&raw.size), text(&raw.max_entry))
-                    .map_err(|(key, message)| {
-                        let span = match key {
-                            "type" => raw.kind.as_ref(),
-                            "size" => raw.size.as_ref(),
-                            _ => raw.max_entry.as_ref(),
-                        }
-                        .map_or(name.span(), |v| v.span());
-                        at(span, message)
-                    })?;
+            let spec = crate::CacheSpec::parse(crate::CacheSettings {
+                kind: text(&raw.kind),
+                size: text(&raw.size),
+                max_entry: text(&raw.max_entry),
+                url: text(&raw.url),
+                prefix: text(&raw.prefix),
+            })
+            .map_err(|(key, message)| {
+                let span = match key {
+                    "type" => raw.kind.as_ref(),
+                    "size" => raw.size.as_ref(),
+                    "url" => raw.url.as_ref(),
+                    "prefix" => raw.prefix.as_ref(),
+                    _ => raw.max_entry.as_ref(),
+                }
+                .map_or(name.span(), |v| v.span());
+                at(span, message)
+            })?;
             caches.insert(name.into_inner(), spec);
         }
 
@@ -958,6 +971,11 @@ cache = "pages"
 
 [cache.pages]
 size = "64MiB"
+
+[cache.shared]
+type = "redis"
+url = "redis://127.0.0.1:6379/2"
+prefix = "shop:"
 "#;
 
     fn parse(dir: &Path, text: &str) -> Result<Manifest, ManifestError> {
@@ -994,6 +1012,13 @@ size = "64MiB"
         assert_eq!(m.routes[3].middleware, ["session"]);
         assert_eq!(m.routes[4].cache.as_deref(), Some("pages"));
         assert_eq!(m.caches["pages"].size, 64 << 20);
+        assert_eq!(
+            m.caches["shared"].store,
+            crate::CacheStore::Redis {
+                url: "redis://127.0.0.1:6379/2".into(),
+                prefix: Some("shop:".into())
+            }
+        );
         assert_eq!(
             m.components["session"].outbound_cache.as_deref(),
             Some("pages")
@@ -1056,6 +1081,11 @@ size = "64MiB"
                 "size = \"64MiB\"",
                 "size = \"lots\"",
                 ":53:8: size = \"lots\"",
+            ),
+            (
+                "url = \"redis://127.0.0.1:6379/2\"",
+                "url = \"127.0.0.1:6379\"",
+                ":57:7: url \"127.0.0.1:6379\": expected redis://",
             ),
             (
                 "middleware = [\"session\"]",

@@ -94,7 +94,7 @@ impl Admin {
                 let purged = match what {
                     Purge::Url => match target.parse::<http::Uri>() {
                         Ok(uri) if uri.authority().is_some() => {
-                            usize::from(cache.cache().invalidate(&uri))
+                            usize::from(cache.cache().invalidate(&uri).await)
                         }
                         _ => {
                             return (
@@ -103,7 +103,7 @@ impl Admin {
                             );
                         }
                     },
-                    Purge::Prefix => cache.cache().invalidate_prefix(&target),
+                    Purge::Prefix => cache.cache().invalidate_prefix(&target).await,
                 };
                 tracing::info!(cache = name, target, purged, "purged");
                 (StatusCode::OK, format!("purged {purged}\n"))

@@ -69,11 +69,11 @@ pub fn build_keeping(
         .map(|(name, spec)| {
             let cache = match previous.get(name) {
                 Some(kept) if kept.spec() == spec => kept.clone(),
-                _ => SharedCache::new(name, spec),
+                _ => SharedCache::new(name, spec)?,
             };
-            (name.clone(), cache)
+            Ok((name.clone(), cache))
         })
-        .collect();
+        .collect::<anyhow::Result<_>>()?;
     for (name, component) in &app.components {
         let mut wasm = WasmFile::read(&component.source)?;
         // A manifest's components are logged by their names there (one file may serve as

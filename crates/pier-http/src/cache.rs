@@ -32,7 +32,7 @@ use std::time::{Duration, SystemTime};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header, request};
 use http_body::{Body, Frame, SizeHint};
-use pier_cache::{Cache, CacheStatus, Entry, Forward, Lookup, MemoryStore};
+use pier_cache::{Cache, CacheStatus, Entry, Forward, Lookup, MemoryStore, RedisStore, Store};
 use tokio::sync::watch;
 
 use crate::body::{BodyError, GuestOutcome, ResponseBody, error_response};
@@ -76,17 +76,30 @@ pub struct SharedCache {
 }
 
 impl SharedCache {
-    /// The cache `name` as `spec` describes it.
-    pub fn new(name: &str, spec: &pier_config::CacheSpec) -> Arc<SharedCache> {
-        let evicted =
-            metrics::counter!(crate::metrics::CACHE_EVICTED_BYTES, "cache" => name.to_string());
-        let store = MemoryStore::new(spec.size, move |bytes| evicted.increment(bytes));
-        Arc::new(SharedCache {
+    /// The cache `name` as `spec` describes it. (A Redis store is connected on first use: a
+    /// server away at start is a cache that misses, not a server that does not start.)
+    pub fn new(name: &str, spec: &pier_config::CacheSpec) -> anyhow::Result<Arc<SharedCache>> {
+        let store = match &spec.store {
+            pier_config::CacheStore::Memory => {
+                let evicted = metrics::counter!(crate::metrics::CACHE_EVICTED_BYTES, "cache" => name.to_string());
+                Store::Memory(MemoryStore::new(spec.size, move |bytes| {
+                    evicted.increment(bytes)
+                }))
+            }
+            pier_config::CacheStore::Redis { url, prefix } => {
+                let errors = metrics::counter!(crate::metrics::CACHE_STORE_ERRORS, "cache" => name.to_string());
+                let prefix = pier_config::CacheSpec::redis_prefix(name, prefix.as_deref());
+                let redis = RedisStore::new(url, &prefix, move || errors.increment(1))
+                    .map_err(|e| anyhow::anyhow!("cache {name}: {e}"))?;
+                Store::Redis(Box::new(redis))
+            }
+        };
+        Ok(Arc::new(SharedCache {
             cache: Cache::new(name, store, spec.max_entry),
             spec: spec.clone(),
             inflight: Mutex::default(),
             counts: Counts::new(name),
-        })
+        }))
     }
 
     /// What it was made from.
@@ -117,8 +130,8 @@ impl SharedCache {
 
     /// Forgets what is stored for `uri`, and for the same-host URLs `headers`' `Location` and
     /// `Content-Location` name.
-    fn invalidate(&self, uri: &Uri, headers: &HeaderMap) {
-        self.cache.invalidate(uri);
+    async fn invalidate(&self, uri: &Uri, headers: &HeaderMap) {
+        self.cache.invalidate(uri).await;
         for name in [header::LOCATION, header::CONTENT_LOCATION] {
             let Some(target) = headers.get(name).and_then(|v| v.to_str().ok()) else {
                 continue;
@@ -135,7 +148,7 @@ impl SharedCache {
             let mut parts = uri.clone().into_parts();
             parts.path_and_query = target.path_and_query().cloned();
             if let Ok(other) = Uri::from_parts(parts) {
-                self.cache.invalidate(&other);
+                self.cache.invalidate(&other).await;
             }
         }
     }
@@ -258,7 +271,7 @@ async fn serve_now<F: Fetch>(
         let safe = matches!(method, Method::OPTIONS | Method::TRACE);
         let status = response.status();
         if !safe && (status.is_success() || status.is_redirection()) {
-            shared.invalidate(&uri, response.headers());
+            shared.invalidate(&uri, response.headers()).await;
         }
         shared.counts.bypass.increment(1);
         mark(&mut response, &CacheStatus::forward(Forward::Method));
@@ -266,8 +279,9 @@ async fn serve_now<F: Fetch>(
     }
     let key = pier_cache::key(&uri);
     // The common case first: a fresh entry, and a request with no directives of its own.
+    let mut stored = shared.cache.stored(&key).await;
     let now = SystemTime::now();
-    if let Some(entry) = shared.cache.fresh(&key, req.headers(), now) {
+    if let Some(entry) = shared.cache.fresh(&stored, req.headers(), now) {
         shared.counts.hit.increment(1);
         return Ok((
             from_entry(&entry, &req, &CacheStatus::hit(entry.ttl(now)), now),
@@ -286,7 +300,7 @@ async fn serve_now<F: Fetch>(
     let mut collapsed = false;
     let (status, leading) = loop {
         let now = SystemTime::now();
-        match shared.cache.lookup(&keyed, now) {
+        match shared.cache.lookup(&stored, &keyed, now) {
             Lookup::Fresh(entry) => {
                 if collapsed {
                     shared.counts.collapsed.increment(1);
@@ -341,26 +355,28 @@ async fn serve_now<F: Fetch>(
                     Err(e) => return Err(e),
                 };
                 status.fwd_status = Some(response.status().as_u16());
-                return Ok(match revalidated(shared, &entry, &keyed, response, now) {
-                    Revalidated::Refreshed(entry) => {
-                        shared.counts.revalidated.increment(1);
-                        status.ttl = Some(entry.ttl(now));
-                        (from_entry(&entry, &req, &status, now), None)
-                    }
-                    Revalidated::Failed => {
-                        shared.counts.stale.increment(1);
-                        status.hit = true;
-                        status.ttl = Some(entry.ttl(now));
-                        status.detail = Some("stale-if-error");
-                        (from_entry(&entry, &req, &status, now), None)
-                    }
-                    Revalidated::Replaced(response) => {
-                        shared.counts.miss.increment(1);
-                        let stored =
-                            store_through(shared, *response, &keyed, &uri, leading, status);
-                        (stored, outcome)
-                    }
-                });
+                return Ok(
+                    match revalidated(shared, &entry, &keyed, response, now).await {
+                        Revalidated::Refreshed(entry) => {
+                            shared.counts.revalidated.increment(1);
+                            status.ttl = Some(entry.ttl(now));
+                            (from_entry(&entry, &req, &status, now), None)
+                        }
+                        Revalidated::Failed => {
+                            shared.counts.stale.increment(1);
+                            status.hit = true;
+                            status.ttl = Some(entry.ttl(now));
+                            status.detail = Some("stale-if-error");
+                            (from_entry(&entry, &req, &status, now), None)
+                        }
+                        Revalidated::Replaced(response) => {
+                            shared.counts.miss.increment(1);
+                            let stored =
+                                store_through(shared, *response, &keyed, &uri, leading, status);
+                            (stored, outcome)
+                        }
+                    },
+                );
             }
             Lookup::Miss { vary } => {
                 if only_if_cached(req.headers()) {
@@ -376,6 +392,7 @@ async fn serve_now<F: Fetch>(
                     Err(mut done) if !collapsed => {
                         collapsed = true;
                         let _ = tokio::time::timeout(COLLAPSE_WAIT, done.changed()).await;
+                        stored = shared.cache.stored(&key).await;
                     }
                     // Waited once already: fetch without leading.
                     Err(_) => break (CacheStatus::forward(why), None),
@@ -410,7 +427,7 @@ enum Revalidated {
 }
 
 /// What the origin's `response` to the revalidation of `entry` makes of it.
-fn revalidated(
+async fn revalidated(
     shared: &SharedCache,
     entry: &Arc<Entry>,
     keyed: &request::Parts,
@@ -420,7 +437,7 @@ fn revalidated(
     let code = response.status();
     if code == StatusCode::NOT_MODIFIED {
         let (parts, _) = response.into_parts();
-        return Revalidated::Refreshed(shared.cache.refresh(entry, keyed, &parts, now));
+        return Revalidated::Refreshed(shared.cache.refresh(entry, keyed, &parts, now).await);
     }
     let failed = matches!(code.as_u16(), 500 | 502 | 503 | 504);
     if failed && entry.usable_on_error(now) {
@@ -445,7 +462,9 @@ async fn refresh<F: Fetch>(
         return;
     };
     let now = SystemTime::now();
-    if let Revalidated::Replaced(response) = revalidated(&shared, &entry, &keyed, response, now) {
+    if let Revalidated::Replaced(response) =
+        revalidated(&shared, &entry, &keyed, response, now).await
+    {
         let status = CacheStatus::forward(Forward::Stale);
         let stored = store_through(&shared, *response, &keyed, &uri, Some(leading), status);
         // Read it through, so that it is stored.
@@ -477,6 +496,7 @@ fn store_through(
         kept: BytesMut::new(),
         keep: true,
         expected: content_length(&parts.headers),
+        saving: None,
         store: Some(ToStore {
             shared: shared.clone(),
             keyed: keyed.clone(),
@@ -486,7 +506,7 @@ fn store_through(
             headers: parts.headers.clone(),
             received: now,
         }),
-        _leading: leading,
+        leading,
     };
     status.stored = true;
     mark_parts(&mut parts.headers, &status);
@@ -506,6 +526,10 @@ struct ToStore {
 
 /// A response body kept as it streams to the client, and stored when it has ended cleanly
 /// within the cache's entry size (an error, trailers, or too many bytes: not stored).
+///
+/// Its last frame goes to the client once the entry is stored (at once in memory; when Redis
+/// has answered, or given up, otherwise): a client that has the whole response finds it
+/// stored on its next request, and the requests waiting for this fetch find it too.
 pub struct Storing {
     inner: ResponseBody,
     kept: BytesMut,
@@ -513,30 +537,47 @@ pub struct Storing {
     /// Its `Content-Length`, when it has one: all of it has come when that much has.
     expected: Option<u64>,
     store: Option<ToStore>,
-    _leading: Option<Leading>,
+    leading: Option<Leading>,
+    /// The entry being stored, and the frame held back meanwhile.
+    saving: Option<(Saving, Option<BodyFrame>)>,
 }
 
+/// A frame of a response body, or its error.
+type BodyFrame = Result<Frame<Bytes>, BodyError>;
+
+/// The storing of an entry, under way.
+type Saving = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 impl Storing {
-    /// The body has ended cleanly: stores it if all of it was kept.
-    fn finish(&mut self) {
-        if let Some(store) = self.store.take()
-            && self.keep
-        {
-            let body = std::mem::take(&mut self.kept).freeze();
-            let bytes = body.len() as u64;
-            let entry = Entry::new(
-                &store.keyed,
-                store.policy,
-                store.status,
-                &store.headers,
-                body,
-                store.received,
-            );
-            store.shared.cache.store(&store.uri, entry);
+    /// The body has ended (cleanly if `keep`): what stores it, if all of it was kept. The
+    /// requests waiting for this fetch look again once that is done.
+    fn finish(&mut self) -> Option<Saving> {
+        let leading = self.leading.take();
+        let store = self.store.take().filter(|_| self.keep)?;
+        let body = std::mem::take(&mut self.kept).freeze();
+        let bytes = body.len() as u64;
+        let entry = Entry::new(
+            &store.keyed,
+            store.policy,
+            store.status,
+            &store.headers,
+            body,
+            store.received,
+        );
+        Some(Box::pin(async move {
+            store.shared.cache.store(&store.uri, entry).await;
             store.shared.counts.stored_bytes.increment(bytes);
+            drop(leading);
+        }))
+    }
+}
+
+impl Drop for Storing {
+    /// A client gone while its response was being stored: the storing goes on without it.
+    fn drop(&mut self) {
+        if let Some((saving, _)) = self.saving.take() {
+            tokio::spawn(saving);
         }
-        // Done: the requests waiting for this fetch look again.
-        self._leading = None;
     }
 }
 
@@ -549,9 +590,14 @@ impl Body for Storing {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
-        let frame = Pin::new(&mut this.inner).poll_frame(cx);
-        match &frame {
-            Poll::Ready(Some(Ok(frame))) => {
+        if let Some((saving, _)) = &mut this.saving {
+            std::task::ready!(saving.as_mut().poll(cx));
+            let (_, held) = this.saving.take().expect("saving");
+            return Poll::Ready(held);
+        }
+        let frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        let saving = match &frame {
+            Some(Ok(frame)) => {
                 match frame.data_ref() {
                     Some(data) if this.keep => {
                         let max = this
@@ -571,25 +617,42 @@ impl Body for Storing {
                 // A body of known length may not be polled past its last bytes.
                 let complete = this.expected == Some(this.kept.len() as u64);
                 if this.keep && (complete || this.inner.is_end_stream()) {
-                    this.finish();
+                    this.finish()
+                } else {
+                    None
                 }
             }
-            Poll::Ready(Some(Err(_))) => {
+            Some(Err(_)) => {
                 this.keep = false;
-                this.finish();
+                this.finish()
             }
-            Poll::Ready(None) => this.finish(),
-            Poll::Pending => {}
+            None => this.finish(),
+        };
+        match saving {
+            Some(saving) => {
+                this.saving = Some((saving, frame));
+                self.poll_frame(cx)
+            }
+            None => Poll::Ready(frame),
         }
-        frame
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.saving.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let held = match &self.saving {
+            Some((_, Some(Ok(frame)))) => frame.data_ref().map_or(0, |d| d.len() as u64),
+            _ => 0,
+        };
+        let inner = self.inner.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + held);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + held);
+        }
+        hint
     }
 }
 

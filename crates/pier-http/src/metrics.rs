@@ -48,6 +48,9 @@ pub const CACHE_REQUESTS: &str = "pier_cache_requests_total";
 pub const CACHE_STORED_BYTES: &str = "pier_cache_stored_bytes_total";
 /// Bytes of entries a cache evicted for room.
 pub const CACHE_EVICTED_BYTES: &str = "pier_cache_evicted_bytes_total";
+/// Operations on a cache's Redis store that failed or took too long (the requests then
+/// bypassed the cache).
+pub const CACHE_STORE_ERRORS: &str = "pier_cache_store_errors_total";
 
 /// Pool slots (`kind`: `memory`, `table`) that served an instance before and are free now: warm,
 /// so the next instance of the same component starts there without page faults.

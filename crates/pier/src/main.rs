@@ -604,8 +604,9 @@ fn parse_size_usize(s: &str) -> Result<usize, String> {
 /// The shared HTTP cache of a single component or upstream (a manifest declares its own).
 #[derive(Args)]
 struct HttpCacheArgs {
-    /// Cache responses (RFC 9111) in memory, in front of the component or upstream
-    #[arg(long = "cache", value_name = "memory", num_args = 0..=1, default_missing_value = "memory")]
+    /// Cache responses (RFC 9111) in front of the component or upstream: in memory, or on the
+    /// Redis server at redis://HOST:PORT (rediss:// for TLS), shared by every pier naming it
+    #[arg(long = "cache", value_name = "memory|redis://HOST:PORT", num_args = 0..=1, default_missing_value = "memory")]
     http_cache: Option<String>,
     /// Bytes --cache holds at most [default: 256MiB]
     #[arg(long, value_name = "SIZE", requires = "http_cache")]
@@ -620,16 +621,14 @@ impl HttpCacheArgs {
         let Some(kind) = &self.http_cache else {
             return Ok(None);
         };
-        let kind = if kind.starts_with("redis://") || kind.starts_with("rediss://") {
-            "redis"
-        } else {
-            kind.as_str()
-        };
-        pier_config::CacheSpec::parse(
-            Some(kind),
-            self.cache_size.as_deref(),
-            self.cache_max_entry.as_deref(),
-        )
+        let redis = kind.starts_with("redis://") || kind.starts_with("rediss://");
+        pier_config::CacheSpec::parse(pier_config::CacheSettings {
+            kind: Some(if redis { "redis" } else { kind.as_str() }),
+            size: self.cache_size.as_deref(),
+            max_entry: self.cache_max_entry.as_deref(),
+            url: redis.then_some(kind.as_str()),
+            prefix: None,
+        })
         .map(Some)
         .map_err(|(key, message)| {
             let flag = match key {

@@ -154,7 +154,10 @@ impl Origin {
             .map(|h| format!("@{}", h.to_str().unwrap()))
             .unwrap_or_default();
         let body = match query.get("size") {
-            Some(n) => Bytes::from(vec![b'x'; n.parse().unwrap()]),
+            // Not one byte repeated: a body put back together out of order would show.
+            Some(n) => (0..n.parse::<usize>().unwrap())
+                .map(|i| b'a' + (i % 23) as u8)
+                .collect(),
             None => Bytes::from(format!("body of {target}{language}{host}")),
         };
         if query.contains_key("abort") {
@@ -234,13 +237,80 @@ fn serve_manifest(dir: &Path, manifest: &str) -> PierServer {
     .unwrap()
 }
 
-/// pier with `--upstream` to `origin` and `--cache`, and `args`.
-fn pier_in_front(origin: SocketAddr, args: &[&str]) -> PierServer {
+/// Where the cache under test keeps its entries.
+#[derive(Clone, Copy, Debug)]
+enum Storage {
+    Memory,
+    /// A `redis-server` of the test's own.
+    Redis,
+}
+
+/// pier in front of an origin, and the Redis server its cache uses, if it uses one.
+struct Front {
+    pier: PierServer,
+    _redis: Option<pier_testkit::RedisServer>,
+}
+
+impl std::ops::Deref for Front {
+    type Target = PierServer;
+
+    fn deref(&self) -> &PierServer {
+        &self.pier
+    }
+}
+
+/// pier with `--upstream` to `origin` and `--cache` in `storage`, and `args`. `None` when the
+/// storage cannot be had here (no `redis-server` outside CI: the test is skipped, loudly).
+fn pier_in_front(storage: Storage, origin: SocketAddr, args: &[&str]) -> Option<Front> {
+    let redis = match storage {
+        Storage::Memory => None,
+        Storage::Redis => Some(pier_testkit::RedisServer::start()?),
+    };
+    let url = redis.as_ref().map(|r| r.url());
     let upstream = format!("http://{origin}");
     let mut all = vec!["--upstream", &upstream, "--cache"];
+    all.extend(url.as_deref());
     all.extend_from_slice(args);
-    PierServer::start(pier(), &all).unwrap()
+    Some(Front {
+        pier: PierServer::start(pier(), &all).unwrap(),
+        _redis: redis,
+    })
 }
+
+/// The RFC 9111 cases, each run with the cache in memory and in Redis.
+macro_rules! in_both_storages {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Storage::Memory).await
+            })*
+        }
+        mod redis {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Storage::Redis).await
+            })*
+        }
+    };
+}
+
+in_both_storages!(
+    a_fresh_response_is_answered_from_the_cache_with_its_age,
+    what_a_shared_cache_must_not_store_goes_to_the_origin_every_time,
+    head_conditionals_and_ranges_are_answered_from_a_stored_get,
+    responses_vary_by_the_request_headers_vary_names,
+    a_stale_response_is_revalidated_and_a_304_refreshes_it,
+    stale_if_error_and_stale_while_revalidate,
+    an_unsafe_method_invalidates_the_url,
+    concurrent_misses_reach_the_origin_once,
+    a_body_over_the_entry_size_is_sent_but_not_stored,
+    unkeyed_headers_cannot_poison_the_cache,
+    the_admin_listener_purges_a_url_or_a_prefix,
+    s_maxage_and_expires_give_freshness,
+    an_aborted_body_is_not_stored,
+    an_unsafe_method_invalidates_its_location_too,
+);
 
 async fn get(pier: &PierServer, target: &str, headers: &[(&str, &str)]) -> Answer {
     send(pier, "GET", target, headers).await
@@ -265,10 +335,11 @@ fn status(answer: &Answer) -> String {
         .unwrap_or_default()
 }
 
-#[tokio::test]
-async fn a_fresh_response_is_answered_from_the_cache_with_its_age() {
+async fn a_fresh_response_is_answered_from_the_cache_with_its_age(storage: Storage) {
     let (origin, addr) = Origin::start().await;
-    let pier = pier_in_front(addr, &[]);
+    let Some(pier) = pier_in_front(storage, addr, &[]) else {
+        return;
+    };
     let target = "/a?cc=max-age=60";
     let first = get(&pier, target, &[]).await;
     assert_eq!(first.status, StatusCode::OK);
@@ -292,10 +363,11 @@ async fn a_fresh_response_is_answered_from_the_cache_with_its_age() {
     assert_eq!(origin.seen("GET /b?cc=max-age=60"), 1);
 }
 
-#[tokio::test]
-async fn what_a_shared_cache_must_not_store_goes_to_the_origin_every_time() {
+async fn what_a_shared_cache_must_not_store_goes_to_the_origin_every_time(storage: Storage) {
     let (origin, addr) = Origin::start().await;
-    let pier = pier_in_front(addr, &[]);
+    let Some(pier) = pier_in_front(storage, addr, &[]) else {
+        return;
+    };
     for target in [
         "/p?cc=private,max-age=60",
         "/p?cc=no-store",
@@ -322,10 +394,11 @@ async fn what_a_shared_cache_must_not_store_goes_to_the_origin_every_time() {
     assert_eq!(origin.seen("GET /ns?cc=max-age=60"), 2);
 }
 
-#[tokio::test]
-async fn head_conditionals_and_ranges_are_answered_from_a_stored_get() {
+async fn head_conditionals_and_ranges_are_answered_from_a_stored_get(storage: Storage) {
     let (origin, addr) = Origin::start().await;
-    let pier = pier_in_front(addr, &[]);
+    let Some(pier) = pier_in_front(storage, addr, &[]) else {
+        return;
+    };
     let target = "/h?cc=max-age=60&etag=v1";
     let full = get(&pier, target, &[]).await;
     let len = full.body.len();
@@ -352,10 +425,11 @@ async fn head_conditionals_and_ranges_are_answered_from_a_stored_get() {
     assert_eq!(origin.seen(&format!("HEAD {target}")), 0);
 }
 
-#[tokio::test]
-async fn responses_vary_by_the_request_headers_vary_names() {
+async fn responses_vary_by_the_request_headers_vary_names(storage: Storage) {
     let (origin, addr) = Origin::start().await;
-    let pier = pier_in_front(addr, &[]);
+    let Some(pier) = pier_in_front(storage, addr, &[]) else {
+        return;
+    };
     let target = "/v?cc=max-age=60&vary=accept-language";
     let en = [("accept-language", "en")];
     let fr = [("accept-language", "fr")];
@@ -385,10 +459,11 @@ async fn responses_vary_by_the_request_headers_vary_names() {
     assert_eq!(origin.seen(&format!("GET {star}")), 2);
 }
 
-#[tokio::test]
-async fn a_stale_response_is_revalidated_and_a_304_refreshes_it() {
+async fn a_stale_response_is_revalidated_and_a_304_refreshes_it(storage: Storage) {
     let (origin, addr) = Origin::start().await;
-    let pier = pier_in_front(addr, &[]);
+    let Some(pier) = pier_in_front(storage, addr, &[]) else {
+        return;
+    };
     let target = "/r?cc=max-age=0&etag=v7";
     let first = get(&pier, target, &[]).await;
     let second = get(&pier, target, &[]).await;
@@ -416,10 +491,11 @@ async fn a_stale_response_is_revalidated_and_a_304_refreshes_it() {
     assert_eq!(origin.seen("GET /nothing"), 0);
 }
 
-#[tokio::test]
-async fn stale_if_error_and_stale_while_revalidate() {
+async fn stale_if_error_and_stale_while_revalidate(storage: Storage) {
     let (origin, addr) = Origin::start().await;
-    let pier = pier_in_front(addr, &[]);
+    let Some(pier) = pier_in_front(storage, addr, &[]) else {
+        return;
+    };
     let target = "/e?cc=max-age=0,stale-if-error=60";
     let first = get(&pier, target, &[]).await;
     origin.down.store(true, Ordering::Relaxed);
@@ -464,10 +540,11 @@ async fn stale_if_error_and_stale_while_revalidate() {
     assert_eq!(origin.seen(&format!("GET {target}")), 2);
 }
 
-#[tokio::test]
-async fn an_unsafe_method_invalidates_the_url() {
+async fn an_unsafe_method_invalidates_the_url(storage: Storage) {
     let (origin, addr) = Origin::start().await;
-    let pier = pier_in_front(addr, &[]);
+    let Some(pier) = pier_in_front(storage, addr, &[]) else {
+        return;
+    };
     let target = "/i?cc=max-age=60";
     get(&pier, target, &[]).await;
     get(&pier, target, &[]).await;
@@ -483,10 +560,11 @@ async fn an_unsafe_method_invalidates_the_url() {
     assert_eq!(origin.seen(&format!("GET {target}")), 2);
 }
 
-#[tokio::test]
-async fn concurrent_misses_reach_the_origin_once() {
+async fn concurrent_misses_reach_the_origin_once(storage: Storage) {
     let (origin, addr) = Origin::start().await;
-    let pier = pier_in_front(addr, &[]);
+    let Some(pier) = pier_in_front(storage, addr, &[]) else {
+        return;
+    };
     let target = "/c?cc=max-age=60&delay=300";
     let mut all = tokio::task::JoinSet::new();
     for i in 0..100 {
@@ -508,10 +586,11 @@ async fn concurrent_misses_reach_the_origin_once() {
     assert!(collapsed > 0);
 }
 
-#[tokio::test]
-async fn a_body_over_the_entry_size_is_sent_but_not_stored() {
+async fn a_body_over_the_entry_size_is_sent_but_not_stored(storage: Storage) {
     let (origin, addr) = Origin::start().await;
-    let pier = pier_in_front(addr, &["--cache-max-entry", "1KiB"]);
+    let Some(pier) = pier_in_front(storage, addr, &["--cache-max-entry", "1KiB"]) else {
+        return;
+    };
     let big = "/big?cc=max-age=60&size=2048";
     for _ in 0..2 {
         assert_eq!(get(&pier, big, &[]).await.body.len(), 2048);
@@ -521,6 +600,95 @@ async fn a_body_over_the_entry_size_is_sent_but_not_stored() {
     get(&pier, small, &[]).await;
     get(&pier, small, &[]).await;
     assert_eq!(origin.seen(&format!("GET {small}")), 1);
+}
+
+/// Many pier processes naming one Redis share its entries: what one stored, another answers
+/// without asking the origin, a large body (kept in chunks) byte for byte; what one
+/// invalidates, the other no longer answers.
+#[tokio::test]
+async fn processes_naming_one_redis_share_its_entries() {
+    let Some(redis) = pier_testkit::RedisServer::start() else {
+        return;
+    };
+    let (origin, addr) = Origin::start().await;
+    let upstream = format!("http://{addr}");
+    let url = redis.url();
+    let start = || PierServer::start(pier(), &["--upstream", &upstream, "--cache", &url]).unwrap();
+    let (one, other) = (start(), start());
+    for target in ["/shared?cc=max-age=60", "/large?cc=max-age=60&size=1500000"] {
+        let first = get(&one, target, &[]).await;
+        let second = get(&other, target, &[]).await;
+        assert!(
+            status(&second).starts_with("pier; hit"),
+            "{target}: {}",
+            status(&second)
+        );
+        assert_eq!(second.body, first.body, "{target}");
+        assert_eq!(origin.seen(&format!("GET {target}")), 1, "{target}");
+    }
+    send(&one, "POST", "/shared?cc=max-age=60", &[]).await;
+    let after = get(&other, "/shared?cc=max-age=60", &[]).await;
+    assert!(status(&after).starts_with("pier; fwd=uri-miss"));
+    assert_eq!(origin.seen("GET /shared?cc=max-age=60"), 2);
+}
+
+/// Redis going away makes the cache miss, never fail: every request is answered by the origin
+/// meanwhile, the failures are counted, and once Redis is back responses are stored and
+/// answered from it again.
+#[tokio::test]
+async fn redis_down_is_a_bypass_and_back_is_a_cache_again() {
+    let Some(mut redis) = pier_testkit::RedisServer::start() else {
+        return;
+    };
+    let port = redis.port;
+    let (origin, addr) = Origin::start().await;
+    let upstream = format!("http://{addr}");
+    let url = redis.url();
+    let pier = PierServer::start(
+        pier(),
+        &[
+            "--upstream",
+            &upstream,
+            "--cache",
+            &url,
+            "--admin-addr",
+            "127.0.0.1:0",
+        ],
+    )
+    .unwrap();
+    let target = "/d?cc=max-age=60";
+    get(&pier, target, &[]).await;
+    assert!(status(&get(&pier, target, &[]).await).starts_with("pier; hit"));
+    redis.kill();
+    for _ in 0..5 {
+        let answer = get(&pier, target, &[]).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.text(), format!("body of {target}"));
+    }
+    assert_eq!(origin.seen(&format!("GET {target}")), 6);
+    let admin = pier.admin_addr.clone().unwrap();
+    let metrics = pier_testkit::get(&admin, Proto::H1, "/metrics")
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .text()
+            .lines()
+            .any(|l| l.starts_with("pier_cache_store_errors_total{cache=\"default\"}")),
+        "{}",
+        metrics.text()
+    );
+
+    let _back = pier_testkit::RedisServer::start_on(port).unwrap();
+    let mut hit = false;
+    for _ in 0..50 {
+        if status(&get(&pier, target, &[]).await).starts_with("pier; hit") {
+            hit = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(hit, "stored and answered again once Redis is back");
 }
 
 /// A manifest's routes name a `[cache.NAME]`: a component's cacheable answer is sent again
@@ -600,10 +768,11 @@ size = "16MiB"
 
 /// A header that is not part of the key cannot change what is stored for everyone: the
 /// X-Forwarded-Host family does not reach the origin through the cache.
-#[tokio::test]
-async fn unkeyed_headers_cannot_poison_the_cache() {
+async fn unkeyed_headers_cannot_poison_the_cache(storage: Storage) {
     let (origin, addr) = Origin::start().await;
-    let pier = pier_in_front(addr, &[]);
+    let Some(pier) = pier_in_front(storage, addr, &[]) else {
+        return;
+    };
     let target = "/poison?cc=max-age=60";
     let evil = get(&pier, target, &[("x-forwarded-host", "evil.example")]).await;
     assert_eq!(evil.text(), format!("body of {target}"));
@@ -615,10 +784,11 @@ async fn unkeyed_headers_cannot_poison_the_cache() {
 
 /// The admin listener purges one URL (`PURGE /cache/NAME?url=URL`) or every URL under a prefix
 /// (`?prefix=URL`); the next request for it goes to the origin.
-#[tokio::test]
-async fn the_admin_listener_purges_a_url_or_a_prefix() {
+async fn the_admin_listener_purges_a_url_or_a_prefix(storage: Storage) {
     let (origin, addr) = Origin::start().await;
-    let pier = pier_in_front(addr, &["--admin-addr", "127.0.0.1:0"]);
+    let Some(pier) = pier_in_front(storage, addr, &["--admin-addr", "127.0.0.1:0"]) else {
+        return;
+    };
     let admin = pier.admin_addr.clone().expect("the admin listener");
     let purge = |method: &'static str, query: &'static str| {
         let admin = admin.clone();
@@ -679,10 +849,11 @@ async fn the_admin_listener_purges_a_url_or_a_prefix() {
 }
 
 /// Freshness from `s-maxage` (which a shared cache takes over `max-age`) and from `Expires`.
-#[tokio::test]
-async fn s_maxage_and_expires_give_freshness() {
+async fn s_maxage_and_expires_give_freshness(storage: Storage) {
     let (origin, addr) = Origin::start().await;
-    let pier = pier_in_front(addr, &[]);
+    let Some(pier) = pier_in_front(storage, addr, &[]) else {
+        return;
+    };
     let shared = "/s?cc=max-age=0,s-maxage=60";
     get(&pier, shared, &[]).await;
     assert!(status(&get(&pier, shared, &[]).await).starts_with("pier; hit"));
@@ -699,10 +870,11 @@ async fn s_maxage_and_expires_give_freshness() {
 
 /// A body the origin cuts off reaches the client as an error and is not stored; the next
 /// request goes to the origin again.
-#[tokio::test]
-async fn an_aborted_body_is_not_stored() {
+async fn an_aborted_body_is_not_stored(storage: Storage) {
     let (origin, addr) = Origin::start().await;
-    let pier = pier_in_front(addr, &[]);
+    let Some(pier) = pier_in_front(storage, addr, &[]) else {
+        return;
+    };
     let target = "/cut?cc=max-age=60&abort=1";
     for _ in 0..2 {
         let req = Request::get(target).body(Full::new(Bytes::new())).unwrap();
@@ -718,10 +890,11 @@ async fn an_aborted_body_is_not_stored() {
 }
 
 /// An unsafe method's success also forgets the same-host URL its `Location` names.
-#[tokio::test]
-async fn an_unsafe_method_invalidates_its_location_too() {
+async fn an_unsafe_method_invalidates_its_location_too(storage: Storage) {
     let (origin, addr) = Origin::start().await;
-    let pier = pier_in_front(addr, &[]);
+    let Some(pier) = pier_in_front(storage, addr, &[]) else {
+        return;
+    };
     let other = "/other?cc=max-age=60";
     get(&pier, other, &[]).await;
     get(&pier, other, &[]).await;
@@ -827,7 +1000,7 @@ async fn a_reload_keeps_an_unchanged_cache() {
 #[tokio::test]
 async fn a_thousand_concurrent_misses_reach_the_origin_once() {
     let (origin, addr) = Origin::start().await;
-    let pier = pier_in_front(addr, &["--max-concurrency", "2000"]);
+    let pier = pier_in_front(Storage::Memory, addr, &["--max-concurrency", "2000"]).unwrap();
     let target = "/herd?cc=max-age=60&delay=500";
     let mut clients = Vec::new();
     for _ in 0..20 {
