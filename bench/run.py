@@ -47,7 +47,8 @@ SCENARIOS = {
     # A WASI 0.3 service (the WASI test suite's http-service: GET / answers "hey").
     "p3-hello": ("http-service.wasm", "GET", 0, b"hey"),
     # The shared HTTP cache: pier --upstream --cache in front of a native hello that says
-    # `cache-control: max-age=3600` ("pier": every request a hit), the same without --cache
+    # `cache-control: max-age=3600` ("pier": every request a hit), the same with the cache on
+    # a local redis-server ("pier-redis": every request a Redis hit), the same without --cache
     # ("pier-nocache": every request proxied), and the native hello itself.
     "cache-hit": (None, "GET", 0, b"hello from pier"),
 }
@@ -57,6 +58,32 @@ NO_GUEST = {"cache-hit"}
 
 # The origin of the cache-hit scenario, started on first use.
 CACHE_ORIGIN = {"port": None, "proc": None}
+# The redis-server of the cache-hit scenario's pier-redis, started on first use.
+CACHE_REDIS = {"port": None, "proc": None}
+
+
+def cache_redis_port():
+    if CACHE_REDIS["port"] is None:
+        sys.path.insert(0, str(ROOT / "bench"))
+        import kv as kv_bench
+        CACHE_REDIS["proc"], CACHE_REDIS["port"] = kv_bench.start_redis(tempfile.mkdtemp(prefix="pier-cache-bench-"))
+    return CACHE_REDIS["port"]
+
+
+def redis_get_rtt_us(port, size=700, n=5000):
+    """The round trip of one Redis GET of a `size`-byte value (about a stored hello entry), from
+    Python, sequential: what a Redis hit cannot avoid."""
+    reply = b"$%d\r\n" % size + b"v" * size + b"\r\n"
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"SET pier-bench-rtt " + b"v" * size + b"\r\n")
+        s.recv(16)
+        started = time.perf_counter()
+        for _ in range(n):
+            s.sendall(b"GET pier-bench-rtt\r\n")
+            got = 0
+            while got < len(reply):
+                got += len(s.recv(65536))
+        return (time.perf_counter() - started) / n * 1e6
 
 
 def cache_origin_port():
@@ -197,7 +224,8 @@ def start(server, guests, name, cli, port):
         cmd = [ROOT / "target" / "release" / "pier", "serve", "--addr", addr, *workers, *PIER_ARGS,
                *SCENARIO_PIER_ARGS.get(name, []), src]
         if name == "cache-hit":
-            cache = [] if server == "pier-nocache" else ["--cache"]
+            cache = {"pier-nocache": [],
+                     "pier-redis": ["--cache", f"redis://127.0.0.1:{cache_redis_port()}"]}.get(server, ["--cache"])
             cmd = [ROOT / "target" / "release" / "pier", "serve", "--addr", addr, *PIER_ARGS,
                    "--upstream", f"http://127.0.0.1:{cache_origin_port()}", *cache]
         if name == "forward":
@@ -382,7 +410,7 @@ def main():
         servers = piers + (["pier-reuse", "wasmtime", "wasmtime-fresh"] if name in P3 else ["wasmtime"]) + \
             (["native"] if name in ("hello", "forward") else [])
         if name == "cache-hit":
-            servers = ["pier", "pier-nocache", "native"]
+            servers = ["pier", "pier-redis", "pier-nocache", "native"]
         for conc in concurrency:
             samples = {s: [] for s in servers}
             for _ in range(args.rounds):
@@ -413,10 +441,18 @@ def main():
         kv = kv_bench.measure(args.rounds, args.duration, concurrency,
                               log=lambda line: print(f"  kv {line}", file=sys.stderr))
 
-    for started in (UPSTREAM, CACHE_ORIGIN):
+    redis_hit = None
+    if CACHE_REDIS["port"]:
+        redis_hit = redis_hit_cost(rows, redis_get_rtt_us(CACHE_REDIS["port"]))
+    for started in (UPSTREAM, CACHE_ORIGIN, CACHE_REDIS):
         if started["proc"]:
             started["proc"].terminate()
     print_table(rows)
+    if redis_hit:
+        print(f"\ncache-hit on Redis: what a Redis hit adds to a memory hit, against one Redis GET "
+              f"round trip ({redis_hit['redis_get_rtt_us']} us):")
+        for key, added in redis_hit["added_us"].items():
+            print(f"  {key}: {added} us ({added / redis_hit['redis_get_rtt_us']:.2f}x the round trip)")
     if kv:
         print(f"\nkv: what one get + one set adds to a Python request (Redis round trip "
               f"{kv['redis_rtt_us']} us):")
@@ -431,7 +467,7 @@ def main():
                     "cpu": cpu_model()},
         "duration_s": args.duration, "rounds": args.rounds,
         "pier_args": PIER_ARGS, "pier_log": PIER_LOG,
-        "rows": rows, "ratios": ratios(rows), "kv": kv,
+        "rows": rows, "ratios": ratios(rows), "kv": kv, "cache_redis_hit": redis_hit,
     }
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
@@ -447,6 +483,22 @@ def cpu_model():
     except OSError:
         pass
     return platform.processor()
+
+
+def redis_hit_cost(rows, rtt):
+    """What a Redis hit adds to a memory hit, per concurrency: at c=1 the difference of median
+    latencies, otherwise of 1/throughput (time per request on the saturated machine)."""
+    by = {(r["concurrency"], r["server"]): r for r in rows if r["scenario"] == "cache-hit"}
+    added = {}
+    for (conc, server), r in by.items():
+        memory = by.get((conc, "pier"))
+        if server != "pier-redis" or not memory:
+            continue
+        if conc == 1:
+            added[f"c{conc}"] = round((r["p50_ms"] - memory["p50_ms"]) * 1000, 1)
+        else:
+            added[f"c{conc}"] = round((1 / r["rps"] - 1 / memory["rps"]) * 1e6, 1)
+    return {"redis_get_rtt_us": round(rtt, 1), "added_us": added}
 
 
 def ratios(rows):

@@ -271,9 +271,10 @@ impl App {
                 dirs: c
                     .dirs
                     .iter()
-                    .map(|(guest, host)| DirGrant {
+                    .map(|(guest, (host, read_only))| DirGrant {
                         host: host.clone(),
                         guest: guest.clone(),
+                        read_only: *read_only,
                     })
                     .collect(),
                 sockets: crate::SocketPolicy::new(Vec::new(), c.allowed_sockets.clone()),

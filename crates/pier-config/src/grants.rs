@@ -49,26 +49,40 @@ impl FromStr for EnvGrant {
     }
 }
 
-/// One `--dir` flag: a host directory preopened for the guest under a guest path.
+/// One `--dir` flag: a host directory preopened for the guest under a guest path,
+/// `HOST[::GUEST][:ro]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirGrant {
     /// The directory on the host.
     pub host: PathBuf,
     /// The name the guest sees.
     pub guest: String,
+    /// `:ro`: the guest may read in it and nothing else (no file or directory made, written,
+    /// renamed or removed).
+    pub read_only: bool,
+}
+
+/// A directory given with `:ro` at its end (`./data:ro`): the directory, and whether it is.
+pub fn read_only_suffix(s: &str) -> (&str, bool) {
+    match s.strip_suffix(":ro") {
+        Some(dir) => (dir, true),
+        None => (s.strip_suffix(":rw").unwrap_or(s), false),
+    }
 }
 
 impl FromStr for DirGrant {
     type Err = GrantError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (host, guest) = s.split_once("::").unwrap_or((s, s));
+        let (spec, read_only) = read_only_suffix(s);
+        let (host, guest) = spec.split_once("::").unwrap_or((spec, spec));
         if host.is_empty() || guest.is_empty() {
             return Err(GrantError::Dir(s.to_string()));
         }
         Ok(DirGrant {
             host: host.into(),
             guest: guest.to_string(),
+            read_only,
         })
     }
 }
@@ -157,10 +171,22 @@ mod tests {
             Ok(DirGrant {
                 host: h.into(),
                 guest: g.into(),
+                read_only: false,
+            })
+        };
+        let ro = |h: &str, g: &str| {
+            Ok(DirGrant {
+                host: h.into(),
+                guest: g.into(),
+                read_only: true,
             })
         };
         let cases: &[(&str, Result<DirGrant, ()>)] = &[
             ("/srv/data::/data", d("/srv/data", "/data")),
+            ("/srv/data::/data:ro", ro("/srv/data", "/data")),
+            ("/srv/data::/data:rw", d("/srv/data", "/data")),
+            ("data:ro", ro("data", "data")),
+            (":ro", Err(())),
             ("./x::.", d("./x", ".")),
             ("data", d("data", "data")),
             ("::/x", Err(())),

@@ -20,6 +20,9 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// `--idle-timeout`: how long a keep-alive connection may sit idle.
     pub idle_timeout: Duration,
+    /// `--send-timeout`: how long pier's writes may wait on a client that does not read them
+    /// (slow-read, zero window) before its connection is closed; zero means no limit.
+    pub send_timeout: Duration,
     /// `--max-concurrency`: requests in guests at once; beyond it pier answers 503 at once.
     pub max_concurrency: usize,
     /// `--max-connections`: open client connections; beyond it pier stops accepting.
@@ -40,6 +43,7 @@ impl Default for Limits {
             max_headers: 100,
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
             max_concurrency: 500,
             max_connections: 10_000,
             h2_max_streams: 100,

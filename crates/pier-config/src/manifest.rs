@@ -19,7 +19,7 @@
 //! [component.api]
 //! source = "api.wasm"
 //! env = { MODE = "prod" }
-//! dirs = { "/data" = "./data" }
+//! dirs = { "/data" = "./data", "/assets" = "./assets:ro" }   # :ro: read-only
 //! allowed_outbound = ["https://payments.example.com"]
 //! allowed_sockets = ["tcp-connect:db.example.com:5432"]
 //! outbound_cache = "pages"     # its outgoing requests through a shared HTTP cache
@@ -161,8 +161,9 @@ pub struct Component {
     pub source: PathBuf,
     /// Environment variables it is given.
     pub env: Vec<EnvGrant>,
-    /// Host directories it is given: guest path to host directory.
-    pub dirs: BTreeMap<String, PathBuf>,
+    /// Host directories it is given: guest path to host directory (`"./data:ro"`: read-only),
+    /// and whether read-only.
+    pub dirs: BTreeMap<String, (PathBuf, bool)>,
     /// URL patterns it may reach (`http://self` for the app's own routes).
     pub allowed_outbound: Vec<OutboundPattern>,
     /// Whether it may call the app's own routes (`http://self`).
@@ -736,8 +737,10 @@ impl<F: Fn(std::ops::Range<usize>, String) -> ManifestError> Checker<'_, F> {
         let source = self.existing(&raw.source, "source")?;
         let mut dirs = BTreeMap::new();
         for (guest, host) in raw.dirs {
-            let dir = self.existing(&host, "dir")?;
-            dirs.insert(guest, dir);
+            let (path, read_only) = crate::grants::read_only_suffix(host.get_ref());
+            let path = Spanned::new(host.span(), path.to_string());
+            let dir = self.existing(&path, "dir")?;
+            dirs.insert(guest, (dir, read_only));
         }
         let mut allowed_outbound = Vec::new();
         let mut allow_self = false;
@@ -939,7 +942,7 @@ filters = ["auth"]
 [component.api]
 source = "api.wasm"
 env = { MODE = "prod" }
-dirs = { "/data" = "./data" }
+dirs = { "/data" = "./data", "/ro" = "./data:ro" }
 allowed_outbound = ["https://payments.example.com", "http://self"]
 allowed_sockets = ["tcp-connect:db.example.com:5432"]
 instance_reuse = 8
@@ -1026,7 +1029,8 @@ prefix = "shop:"
         assert!(m.routes[0].middleware.is_empty());
         let api = &m.components["api"];
         assert_eq!(api.source, dir.path().join("api.wasm"));
-        assert_eq!(api.dirs["/data"], dir.path().join("./data"));
+        assert_eq!(api.dirs["/data"], (dir.path().join("./data"), false));
+        assert_eq!(api.dirs["/ro"], (dir.path().join("./data"), true));
         assert!(api.allow_self);
         assert_eq!(api.allowed_outbound.len(), 1);
         assert_eq!(api.allowed_sockets.len(), 1);

@@ -9,7 +9,7 @@ use wasmtime::component::Linker;
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::CommandPre;
-use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
+use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
 
 use crate::cache::CompileCache;
 use crate::engine::{EngineKind, new_engine};
@@ -68,7 +68,7 @@ fn wasi_builder(config: &RunConfig, wasm: &WasmFile) -> anyhow::Result<WasiCtxBu
         .args(&config.args)
         .envs(&config.grants.resolve_env(|name| std::env::var(name).ok()));
     for dir in &config.grants.dirs {
-        wasi.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadWrite)?;
+        wasi.preopened_dir(&dir.host, &dir.guest, crate::host::dir_perms(dir))?;
     }
     crate::host::grant_sockets(
         &mut wasi,

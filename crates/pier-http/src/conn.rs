@@ -1,5 +1,5 @@
-//! One client connection: its activity (for the idle and header timeouts) and the I/O wrapper
-//! recording it.
+//! One client connection: its activity (for the idle, header and send timeouts) and the I/O
+//! wrapper recording it.
 
 use std::io;
 use std::pin::Pin;
@@ -25,6 +25,20 @@ pub struct Activity {
     free_since_ms: AtomicU64,
     in_flight: AtomicUsize,
     h2: AtomicBool,
+    /// Since when pier's writes have been waiting on the client (its milliseconds + 1; 0: they
+    /// are not): a client that does not read.
+    blocked_since_ms: AtomicU64,
+}
+
+/// The watchdog's timeouts (zero: never).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// `--idle-timeout`: no traffic and no request in progress.
+    pub idle: Duration,
+    /// `--header-timeout`: HTTP/1's wait for a request head.
+    pub header: Duration,
+    /// `--send-timeout`: pier's writes waiting on a client that does not read.
+    pub send: Duration,
 }
 
 /// Why the watchdog closes a connection.
@@ -35,6 +49,9 @@ pub enum Expired {
     /// HTTP/1: no complete request head within `--header-timeout` of the connection opening or
     /// of the last response (a slow or stalled client).
     Header,
+    /// pier's writes have waited on the client for `--send-timeout`, request in progress or
+    /// not: it does not read what it asked for (a slow-read or zero-window client).
+    Send,
 }
 
 impl Activity {
@@ -47,7 +64,31 @@ impl Activity {
             free_since_ms: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             h2: AtomicBool::new(false),
+            blocked_since_ms: AtomicU64::new(0),
         })
+    }
+
+    /// pier's write waits on the client.
+    fn blocked(&self) {
+        if self.blocked_since_ms.load(Ordering::Relaxed) == 0 {
+            self.blocked_since_ms
+                .store(self.now_ms() + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// pier's write went out.
+    fn wrote(&self) {
+        self.touch();
+        if self.blocked_since_ms.load(Ordering::Relaxed) != 0 {
+            self.blocked_since_ms.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Until when the client may leave pier's writes waiting, if they are.
+    fn send_deadline(&self, send: Duration) -> Option<Instant> {
+        let since = self.blocked_since_ms.load(Ordering::Relaxed);
+        (since != 0 && !send.is_zero())
+            .then(|| self.opened + Duration::from_millis(since - 1) + send)
     }
 
     fn now_ms(&self) -> u64 {
@@ -64,29 +105,41 @@ impl Activity {
         self.opened + Duration::from_millis(ms.load(Ordering::Relaxed))
     }
 
-    /// The earliest moment the connection may have to be closed for `idle` (zero: never) or,
-    /// on HTTP/1, for `header` (zero: never), whatever happens until then.
-    pub fn next_check(&self, idle: Duration, header: Duration) -> Option<Instant> {
+    /// The earliest moment the connection may have to be closed for one of `timeouts`, whatever
+    /// happens until then.
+    pub fn next_check(&self, timeouts: Timeouts) -> Option<Instant> {
+        let Timeouts { idle, header, send } = timeouts;
         let header = self.header_applies(header).then_some(header);
+        // A client that stops reading may do so at any time: look again within `send`.
+        let send = self
+            .send_deadline(send)
+            .or_else(|| (!send.is_zero()).then(|| Instant::now() + send));
         if self.busy() {
-            // A request in progress: neither can expire before it has ended.
+            // A request in progress: neither idle nor header can expire before it has ended.
             let shortest = [Some(idle).filter(|d| !d.is_zero()), header]
                 .into_iter()
                 .flatten()
                 .min();
-            return shortest.map(|d| Instant::now() + d);
+            return [shortest.map(|d| Instant::now() + d), send]
+                .into_iter()
+                .flatten()
+                .min();
         }
         let idle = (!idle.is_zero()).then(|| self.at(&self.last_ms) + idle);
         let header = header.map(|d| self.at(&self.free_since_ms) + d);
-        [idle, header].into_iter().flatten().min()
+        [idle, header, send].into_iter().flatten().min()
     }
 
     /// Whether the connection is to be closed now, and why.
-    pub fn expired(&self, idle: Duration, header: Duration) -> Option<Expired> {
+    pub fn expired(&self, timeouts: Timeouts) -> Option<Expired> {
+        let Timeouts { idle, header, send } = timeouts;
+        let now = Instant::now();
+        if self.send_deadline(send).is_some_and(|at| now >= at) {
+            return Some(Expired::Send);
+        }
         if self.busy() {
             return None;
         }
-        let now = Instant::now();
         if self.header_applies(header) && now >= self.at(&self.free_since_ms) + header {
             return Some(Expired::Header);
         }
@@ -234,18 +287,28 @@ impl<S: AsyncWrite + Unpin> Tracked<S> {
             return match Self::drive(&mut self.inner, cx, bytes, written) {
                 Poll::Ready(Ok(())) => {
                     self.replacing = None;
-                    self.activity.touch();
+                    self.activity.wrote();
                     Poll::Ready(Ok(theirs))
                 }
                 Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
+                Poll::Pending => {
+                    self.activity.blocked();
+                    Poll::Pending
+                }
             };
         }
         let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
+        self.record(&poll);
         poll
+    }
+
+    /// Records how a write went: out, or waiting on the client.
+    fn record(&self, poll: &Poll<io::Result<usize>>) {
+        match poll {
+            Poll::Ready(Ok(n)) if *n > 0 => self.activity.wrote(),
+            Poll::Pending => self.activity.blocked(),
+            _ => {}
+        }
     }
 }
 
@@ -327,9 +390,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
             return self.write(cx, &joined);
         }
         let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
+        self.record(&poll);
         poll
     }
 
@@ -338,7 +399,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let poll = Pin::new(&mut self.inner).poll_flush(cx);
+        if poll.is_pending() {
+            self.activity.blocked();
+        }
+        poll
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -378,7 +443,11 @@ mod tests {
                     "{text:?} by {chunk}"
                 );
                 // The header timeout is HTTP/1's alone.
-                let check = activity.next_check(Duration::ZERO, header);
+                let check = activity.next_check(Timeouts {
+                    idle: Duration::ZERO,
+                    header,
+                    send: Duration::ZERO,
+                });
                 assert_eq!(check.is_some(), !h2, "{text:?} by {chunk}");
             }
         }
@@ -416,6 +485,14 @@ mod tests {
         assert_eq!(answer, refusals::GOAWAY_PROTOCOL_ERROR);
     }
 
+    fn timeouts(idle: Duration, header: Duration) -> Timeouts {
+        Timeouts {
+            idle,
+            header,
+            send: Duration::ZERO,
+        }
+    }
+
     #[test]
     fn a_connection_expires_only_with_no_request_in_progress() {
         let activity = Activity::new(PEER);
@@ -423,26 +500,66 @@ mod tests {
         let long = Duration::from_secs(60);
         std::thread::sleep(Duration::from_millis(5));
         // No request yet, for longer than the header timeout.
-        assert_eq!(activity.expired(long, short), Some(Expired::Header));
-        assert_eq!(activity.expired(short, long), Some(Expired::Idle));
-        assert_eq!(activity.expired(long, Duration::ZERO), None, "zero: never");
-        assert_eq!(activity.expired(Duration::ZERO, Duration::ZERO), None);
+        assert_eq!(
+            activity.expired(timeouts(long, short)),
+            Some(Expired::Header)
+        );
+        assert_eq!(activity.expired(timeouts(short, long)), Some(Expired::Idle));
+        assert_eq!(
+            activity.expired(timeouts(long, Duration::ZERO)),
+            None,
+            "zero: never"
+        );
+        assert_eq!(
+            activity.expired(timeouts(Duration::ZERO, Duration::ZERO)),
+            None
+        );
         let request = activity.begin();
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(
-            activity.expired(short, short),
+            activity.expired(timeouts(short, short)),
             None,
             "a request is in progress"
         );
-        let check = activity.next_check(long, short).unwrap();
+        let check = activity.next_check(timeouts(long, short)).unwrap();
         assert!(
             check >= Instant::now(),
             "looks again once it may have ended"
         );
         drop(request);
         // Counted afresh from the end of the last request.
-        assert_eq!(activity.expired(long, long), None);
+        assert_eq!(activity.expired(timeouts(long, long)), None);
         std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(activity.expired(long, short), Some(Expired::Header));
+        assert_eq!(
+            activity.expired(timeouts(long, short)),
+            Some(Expired::Header)
+        );
+    }
+
+    #[test]
+    fn a_client_that_leaves_writes_waiting_expires_request_or_not() {
+        let activity = Activity::new(PEER);
+        let send = Duration::from_millis(20);
+        let all = Timeouts {
+            idle: Duration::from_secs(60),
+            header: Duration::from_secs(60),
+            send,
+        };
+        let _request = activity.begin();
+        assert_eq!(activity.expired(all), None);
+        assert!(activity.next_check(all).unwrap() <= Instant::now() + send);
+        activity.blocked();
+        std::thread::sleep(Duration::from_millis(5));
+        activity.wrote();
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(activity.expired(all), None, "a write went out meanwhile");
+        activity.blocked();
+        std::thread::sleep(Duration::from_millis(25));
+        assert_eq!(activity.expired(all), Some(Expired::Send));
+        let off = Timeouts {
+            send: Duration::ZERO,
+            ..all
+        };
+        assert_eq!(activity.expired(off), None, "zero: never");
     }
 }

@@ -559,7 +559,7 @@ fn too_large(limit: Option<&BodyLimit>) -> Response<ResponseBody> {
 }
 
 /// `30s`, `250ms`.
-fn human(d: Duration) -> String {
+pub(crate) fn human(d: Duration) -> String {
     if d.subsec_millis() == 0 {
         format!("{}s", d.as_secs())
     } else {

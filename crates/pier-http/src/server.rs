@@ -20,7 +20,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use wasmtime_wasi_http::WasiBody;
 
-use crate::conn::{Activity, Expired, Tracked};
+use crate::conn::{Activity, Expired, Timeouts, Tracked};
 use crate::router::{Entry, Router};
 use crate::service::Pipeline;
 
@@ -342,8 +342,11 @@ impl Server {
             let conn = Connection {
                 builder: builder.clone(),
                 routes: routes.clone(),
-                idle_timeout: limits.idle_timeout,
-                header_timeout: limits.header_timeout,
+                timeouts: Timeouts {
+                    idle: limits.idle_timeout,
+                    header: limits.header_timeout,
+                    send: limits.send_timeout,
+                },
                 draining: draining.clone(),
                 peer,
                 secure: tls.is_some(),
@@ -413,8 +416,7 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 struct Connection {
     builder: Arc<auto::Builder<TokioExecutor>>,
     routes: Arc<Routes>,
-    idle_timeout: Duration,
-    header_timeout: Duration,
+    timeouts: Timeouts,
     draining: watch::Receiver<bool>,
     peer: SocketAddr,
     /// Whether it came over TLS: its requests' scheme is `https`.
@@ -425,9 +427,10 @@ impl Connection {
     /// Serves the connection until the client closes it, it sits idle past `--idle-timeout`, an
     /// HTTP/1 client takes longer than `--header-timeout` to send a request head (counted from
     /// the connection's start or the last response: a slow client, or one trickling bytes, is
-    /// cut off), or the server drains.
+    /// cut off), pier's writes wait on a client that does not read for `--send-timeout`, or
+    /// the server drains.
     ///
-    /// One watchdog timer per connection keeps both timeouts, re-armed only when it fires, so a
+    /// One watchdog timer per connection keeps the timeouts, re-armed only when it fires, so a
     /// request costs no timer of its own.
     async fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(mut self, stream: S) {
         let activity = Activity::new(self.peer);
@@ -451,19 +454,21 @@ impl Connection {
         });
         let conn = self.builder.serve_connection(io, service);
         tokio::pin!(conn);
-        let header = self.header_timeout;
         let mut closing = *self.draining.borrow();
         if closing {
             conn.as_mut().graceful_shutdown();
         }
         loop {
             // Once closing, only a slow client is still cut off: the rest is the drain's.
-            let idle = if closing {
-                Duration::ZERO
-            } else {
-                self.idle_timeout
+            let timeouts = Timeouts {
+                idle: if closing {
+                    Duration::ZERO
+                } else {
+                    self.timeouts.idle
+                },
+                ..self.timeouts
             };
-            let check = activity.next_check(idle, header);
+            let check = activity.next_check(timeouts);
             tokio::select! {
                 result = conn.as_mut() => {
                     if let Err(e) = result {
@@ -475,7 +480,7 @@ impl Connection {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
-                () = sleep_until(check), if check.is_some() => match activity.expired(idle, header) {
+                () = sleep_until(check), if check.is_some() => match activity.expired(timeouts) {
                     None => {}
                     Some(Expired::Idle) => {
                         tracing::debug!(peer = %self.peer, "closing an idle connection");
@@ -485,6 +490,11 @@ impl Connection {
                     // Nothing is in progress: close at once, as for a client that went away.
                     Some(Expired::Header) => {
                         tracing::debug!(peer = %self.peer, "no request head within the header timeout: closing the connection");
+                        return;
+                    }
+                    // The client does not read what it asked for: whatever is in progress ends.
+                    Some(Expired::Send) => {
+                        tracing::info!(peer = %self.peer, "the client has not read for {}: closing the connection", crate::handler::human(self.timeouts.send));
                         return;
                     }
                 },

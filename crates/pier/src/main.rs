@@ -341,6 +341,9 @@ struct LimitArgs {
     /// Close connections idle this long; 0 disables.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     idle_timeout: Duration,
+    /// Close a connection whose client has not read pier's writes for this long; 0 disables.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    send_timeout: Duration,
     /// Requests in guests at once; beyond it pier answers 503 with Retry-After at once.
     #[arg(long, value_name = "N", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
     max_concurrency: u32,
@@ -365,6 +368,7 @@ impl LimitArgs {
             max_headers: self.max_headers,
             header_timeout: self.header_timeout,
             idle_timeout: self.idle_timeout,
+            send_timeout: self.send_timeout,
             max_concurrency: self.max_concurrency as usize,
             max_connections: self.max_connections as usize,
             h2_max_streams: self.h2_max_streams,
@@ -647,8 +651,9 @@ struct GrantArgs {
     /// Give the guest an environment variable: NAME=VALUE, or NAME to pass the host's value.
     #[arg(long = "env", value_name = "NAME[=VALUE]")]
     env: Vec<EnvGrant>,
-    /// Preopen a host directory for the guest, as HOST_DIR or HOST_DIR::GUEST_DIR.
-    #[arg(long = "dir", value_name = "HOST_DIR[::GUEST_DIR]")]
+    /// Preopen a host directory for the guest, as HOST_DIR or HOST_DIR::GUEST_DIR; `:ro` at
+    /// the end grants it read-only
+    #[arg(long = "dir", value_name = "HOST_DIR[::GUEST_DIR][:ro]")]
     dirs: Vec<DirGrant>,
     /// Let the guest use wasi:sockets: tcp-connect|tcp-listen|udp:HOST:PORT, e.g. udp:10.0.0.0/8:53
     #[arg(long = "allow-socket", value_name = "USE:HOST:PORT")]

@@ -644,3 +644,125 @@ async fn an_oversized_header_section_is_431() {
         );
     }
 }
+
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+/// A GET of `/` on `stream` over an open connection: whether it is answered 200 (HPACK's
+/// static table codes 200 as 0x88).
+async fn answered(conn: &mut Conn, stream: u32) -> bool {
+    conn.send(&headers(
+        stream,
+        END_HEADERS | END_STREAM,
+        &request("GET", "/"),
+    ))
+    .await;
+    let head = conn.expect(HEADERS, stream).await;
+    head.payload.first() == Some(&0x88)
+}
+
+/// pier's resident memory now.
+fn rss(server: &Server) -> u64 {
+    pier_testkit::rss_bytes(server.pier.pid()).unwrap()
+}
+
+/// HTTP/2 rapid reset (CVE-2023-44487): a client opening streams and cancelling them at once,
+/// thousands in a burst, is told to calm down (GOAWAY ENHANCE_YOUR_CALM) or closed; its
+/// streams do not pile up (memory stays bounded), and other clients are served throughout.
+#[tokio::test]
+async fn rapid_reset_is_cut_off_and_others_are_served() {
+    let server = start(Transport::H2c, "hello", &[]);
+    let before = rss(&server);
+    let mut abuser = server.open(Transport::H2c).await;
+    let mut burst = Vec::new();
+    for i in 0..5000u32 {
+        let stream = 2 * i + 1;
+        burst.extend(headers(
+            stream,
+            END_HEADERS | END_STREAM,
+            &request("GET", "/"),
+        ));
+        burst.extend(rst_stream(stream, CANCEL));
+    }
+    abuser.send(&burst).await;
+    let (ended, _) = abuser.until_error().await;
+    assert_eq!(ended, Ended::GoAway(ENHANCE_YOUR_CALM));
+    let mut other = server.open(Transport::H2c).await;
+    assert!(answered(&mut other, 1).await, "another client is served");
+    let grown = rss(&server).saturating_sub(before);
+    assert!(grown < 64 << 20, "grew {grown} bytes");
+}
+
+/// CONTINUATION flood (CVE-2024-27316): a header block that never ends, in empty or tiny
+/// CONTINUATION frames, is cut off (the connection goes away) long before it is all sent, with
+/// memory bounded, and other clients are served.
+#[tokio::test]
+async fn a_continuation_flood_is_cut_off() {
+    let server = start(Transport::H2c, "hello", &[]);
+    let before = rss(&server);
+    let mut abuser = server.open(Transport::H2c).await;
+    let head = hpack(&request("GET", "/"));
+    abuser.send(&frame(HEADERS, END_STREAM, 1, &head)).await;
+    // 1 M frames: empty ones (no size limit grows), then one byte of a header each.
+    let empty = frame(CONTINUATION, 0, 1, &[]);
+    let tiny = frame(CONTINUATION, 0, 1, &[0x40]);
+    let mut cut = false;
+    for round in 0..200 {
+        let one = if round % 2 == 0 { &empty } else { &tiny };
+        let chunk: Vec<u8> = one.repeat(5000);
+        let sent = tokio::time::timeout(Duration::from_secs(2), abuser.io.write_all(&chunk)).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            cut = true;
+            break;
+        }
+    }
+    let (ended, _) = abuser.until_error().await;
+    assert!(
+        matches!(ended, Ended::GoAway(ENHANCE_YOUR_CALM)) || (cut && ended == Ended::Closed),
+        "{ended:?}"
+    );
+    let mut other = server.open(Transport::H2c).await;
+    assert!(answered(&mut other, 1).await, "another client is served");
+    let grown = rss(&server).saturating_sub(before);
+    assert!(grown < 64 << 20, "grew {grown} bytes");
+}
+
+/// PING and SETTINGS floods from a client that never reads what pier answers: pier's answers
+/// do not pile up (the HTTP/2 layer keeps one PING answer pending and stops reading while it
+/// cannot write), memory stays bounded, other clients are served, and the flooding connection
+/// is closed once pier's writes have waited on it for `--send-timeout`.
+#[tokio::test]
+async fn ping_and_settings_floods_from_a_client_that_never_reads_stay_bounded() {
+    let server = start(Transport::H2c, "hello", &["--send-timeout", "2s"]);
+    let before = rss(&server);
+    for flood in [frame(PING, 0, 0, &[7; 8]), settings(&[(0x4, 65_535)])] {
+        let mut abuser = server.open(Transport::H2c).await;
+        let chunk = flood.repeat(10_000);
+        // Up to 2 M frames, or until pier stops reading (its answers unread fill the socket).
+        let mut stalled = false;
+        for _ in 0..200 {
+            let sent =
+                tokio::time::timeout(Duration::from_secs(1), abuser.io.write_all(&chunk)).await;
+            if !matches!(sent, Ok(Ok(()))) {
+                stalled = true;
+                break;
+            }
+        }
+        assert!(stalled, "pier read 2 M frames it could not answer");
+        let mut other = server.open(Transport::H2c).await;
+        assert!(answered(&mut other, 1).await, "another client is served");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(10), abuser.io.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "the connection is closed");
+    }
+    assert!(
+        server
+            .pier
+            .wait_for_log("the client has not read for 2s", Duration::from_secs(5)),
+        "{}",
+        server.pier.log()
+    );
+    let grown = rss(&server).saturating_sub(before);
+    assert!(grown < 64 << 20, "grew {grown} bytes");
+}

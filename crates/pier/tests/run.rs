@@ -165,6 +165,53 @@ fn directories_are_reachable_only_when_preopened() {
     }
 }
 
+/// A directory granted `:ro` is read and never written; nothing outside a granted directory
+/// is reached through it: not by `..`, not by a symlink pointing out, not by an absolute path.
+#[test]
+fn a_granted_directory_keeps_its_guest_inside_and_read_only_means_read_only() {
+    let outer = tempfile::tempdir().unwrap();
+    std::fs::write(outer.path().join("secret.txt"), "outside\n").unwrap();
+    let dir = outer.path().join("granted");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("note.txt"), "from the host\n").unwrap();
+    std::os::unix::fs::symlink(outer.path().join("secret.txt"), dir.join("link")).unwrap();
+    let host = dir.display().to_string();
+    for app in [prebuilt(MODULE), prebuilt(COMPONENT)] {
+        let read_only = format!("{host}::/data:ro");
+        let out = run(&[
+            "--dir",
+            &read_only,
+            &app,
+            "--read",
+            "/data/note.txt",
+            "--write",
+            "/data/out.txt",
+        ]);
+        let text = stdout(&out);
+        assert!(
+            text.contains("read /data/note.txt: from the host\n"),
+            "{text}"
+        );
+        assert!(text.contains("write /data/out.txt: error:"), "{text}");
+        assert!(!dir.join("out.txt").exists());
+
+        let granted = format!("{host}::/data");
+        for escape in [
+            "/data/../secret.txt",
+            "/data/link",
+            "/data/./../granted/../secret.txt",
+        ] {
+            let out = run(&["--dir", &granted, &app, "--read", escape]);
+            let text = stdout(&out);
+            assert!(
+                text.contains(&format!("read {escape}: error:")),
+                "{escape}: {text}"
+            );
+            assert!(!text.contains("outside"), "{escape}: {text}");
+        }
+    }
+}
+
 #[test]
 fn stdin_is_the_terminals() {
     for app in [prebuilt(MODULE), prebuilt(COMPONENT)] {

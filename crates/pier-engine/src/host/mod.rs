@@ -31,6 +31,7 @@ pub use http::{DenyAll, Outbound};
 pub use keyvalue::{KeyValueLimits, KeyValueState};
 pub(crate) use sockets::grant as grant_sockets;
 pub(crate) use wasi::WasiRecipe;
+pub(crate) use wasi::perms as dir_perms;
 
 /// State of one store: each capability's, the resource table they share, and the store's
 /// resource limits.

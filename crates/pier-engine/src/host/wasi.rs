@@ -56,7 +56,7 @@ impl WasiRecipe {
             .stderr(GuestLog::new(self.component.clone(), "stderr"));
         super::sockets::grant(&mut wasi, &self.sockets, &self.component);
         for dir in &self.dirs {
-            if let Err(e) = wasi.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadWrite) {
+            if let Err(e) = wasi.preopened_dir(&dir.host, &dir.guest, perms(dir)) {
                 tracing::error!(
                     component = &*self.component,
                     "--dir {}: cannot open the directory, left out of this instance: {e:#}",
@@ -133,4 +133,13 @@ struct Io;
 
 impl wasmtime::component::HasData for Io {
     type Data<'a> = &'a mut ResourceTable;
+}
+
+/// What a guest may do in a directory granted to it.
+pub(crate) fn perms(dir: &DirGrant) -> FsPerms {
+    if dir.read_only {
+        FsPerms::ReadOnly
+    } else {
+        FsPerms::ReadWrite
+    }
 }
