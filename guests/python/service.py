@@ -5,6 +5,8 @@
                      response goes out before the request body has ended)
     GET  /fetch      sends GET to the URL in the `x-fetch` header with wasi:http/client and
                      answers its status and body, or 502 with the error code
+    GET  /storm?n=N  sends N GETs to the `x-fetch` URL at once and answers how they went:
+                     "ok=K ErrorCode_...=M" (a guest storming the network)
     GET  /url        200 "SCHEME://AUTHORITY/PATH": the request as the guest was given it
     GET  /count      200 "count N": how many requests this instance has answered
     GET  /abort      200, writes "partial" to the body, then fails
@@ -13,6 +15,7 @@
 The echo's response trailers are the request's.
 """
 
+import asyncio
 import os
 
 import wit_world
@@ -99,6 +102,14 @@ class Handler(exports.Handler):
                 raise RuntimeError("the body fails on purpose")
 
             return respond(200, [("content-type", b"text/plain")], fail)
+        if isinstance(method, Method_Get) and path.startswith("/storm"):
+            url = request.get_headers().get("x-fetch")
+            n = int(path.partition("n=")[2] or "100")
+            outcomes = await asyncio.gather(*(send_only(url[0].decode()) for _ in range(n)))
+            counts = {}
+            for outcome in outcomes:
+                counts[outcome] = counts.get(outcome, 0) + 1
+            return text(200, " ".join(f"{k}={v}" for k, v in sorted(counts.items())) + "\n")
         if isinstance(method, Method_Get) and path == "/fetch":
             url = request.get_headers().get("x-fetch")
             if not url:
@@ -107,7 +118,7 @@ class Handler(exports.Handler):
         return text(200, f"hello from python 0.3 at {path}\n")
 
 
-async def fetch(url):
+def outgoing_request(url):
     scheme, rest = url.split("://", 1)
     authority, _, path = rest.partition("/")
     _, trailers_rx = no_trailers()
@@ -115,8 +126,21 @@ async def fetch(url):
     outgoing.set_scheme(Scheme_Https() if scheme == "https" else Scheme_Http())
     outgoing.set_authority(authority)
     outgoing.set_path_with_query("/" + path)
+    return outgoing
+
+
+async def send_only(url):
+    """Sends a GET to `url`: "ok" with a response (its body left unread), or the error's name."""
     try:
-        response = await client.send(outgoing)
+        await client.send(outgoing_request(url))
+        return "ok"
+    except Err as e:
+        return type(e.value).__name__
+
+
+async def fetch(url):
+    try:
+        response = await client.send(outgoing_request(url))
     except Err as e:
         return text(502, f"error {type(e.value).__name__}\n")
     status = response.get_status_code()

@@ -23,6 +23,9 @@ pub struct Limits {
     /// `--send-timeout`: how long pier's writes may wait on a client that does not read them
     /// (slow-read, zero window) before its connection is closed; zero means no limit.
     pub send_timeout: Duration,
+    /// `--max-outbound-requests`: outgoing HTTP requests one guest instance may have in flight
+    /// at once; one more fails at once with `connection-limit-reached`.
+    pub max_outbound_requests: usize,
     /// `--max-concurrency`: requests in guests at once; beyond it pier answers 503 at once.
     pub max_concurrency: usize,
     /// `--max-connections`: open client connections; beyond it pier stops accepting.
@@ -44,6 +47,7 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(60),
+            max_outbound_requests: 100,
             max_concurrency: 500,
             max_connections: 10_000,
             h2_max_streams: 100,

@@ -151,6 +151,8 @@ pub struct StoreSettings {
     /// Requests one instance serves ([`crate::reuse`]); 1, the default, is a fresh instance
     /// per request.
     pub reuse: usize,
+    /// Outgoing HTTP requests one instance may have in flight at once.
+    pub max_outbound_requests: usize,
 }
 
 impl Default for StoreSettings {
@@ -161,6 +163,7 @@ impl Default for StoreSettings {
             timeout: limits.timeout,
             prewarm: 0,
             reuse: 1,
+            max_outbound_requests: limits.max_outbound_requests,
         }
     }
 }
@@ -535,6 +538,7 @@ impl HttpApp {
             self.outbound.clone(),
             self.granted.clone(),
         );
+        state.limit_outbound_in_flight(self.settings.max_outbound_requests);
         state.limits = StoreLimitsBuilder::new()
             .memory_size(usize::try_from(self.settings.max_memory).unwrap_or(usize::MAX))
             .trap_on_grow_failure(true)

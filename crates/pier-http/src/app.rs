@@ -91,6 +91,7 @@ pub fn build_keeping(
                 .instance_reuse
                 .unwrap_or(app.settings.instance_reuse)
                 .max(1) as usize,
+            max_outbound_requests: app.settings.limits.max_outbound_requests,
         };
         // An answer waits for the key-value writes its request made; a reused instance's
         // writes are not told apart by request yet.

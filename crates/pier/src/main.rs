@@ -344,6 +344,10 @@ struct LimitArgs {
     /// Close a connection whose client has not read pier's writes for this long; 0 disables.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     send_timeout: Duration,
+    /// Outgoing HTTP requests one guest instance may have in flight at once; more fail at once
+    /// with connection-limit-reached.
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    max_outbound_requests: u32,
     /// Requests in guests at once; beyond it pier answers 503 with Retry-After at once.
     #[arg(long, value_name = "N", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
     max_concurrency: u32,
@@ -369,6 +373,7 @@ impl LimitArgs {
             header_timeout: self.header_timeout,
             idle_timeout: self.idle_timeout,
             send_timeout: self.send_timeout,
+            max_outbound_requests: self.max_outbound_requests as usize,
             max_concurrency: self.max_concurrency as usize,
             max_connections: self.max_connections as usize,
             h2_max_streams: self.h2_max_streams,

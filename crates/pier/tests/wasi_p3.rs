@@ -465,3 +465,65 @@ async fn a_0_3_guest_reading_past_the_body_limit_answers_413() {
         );
     }
 }
+
+/// A guest storming the network (50 requests at once to an origin that takes its time) has at
+/// most `--max-outbound-requests` of them in flight: the rest fail at once with
+/// `connection-limit-reached`, never reach the origin, and the log says why.
+#[tokio::test]
+async fn a_guest_storming_the_network_is_held_to_its_requests_in_flight() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let seen = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = listener.local_addr().unwrap();
+    let counted = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_req| {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                    async {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(Bytes::from_static(b"slow")),
+                        ))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+            });
+        }
+    });
+    let allow = format!("http://{origin}");
+    let Some(server) =
+        python_service(&["--allow-outbound", &allow, "--max-outbound-requests", "10"])
+    else {
+        return;
+    };
+    let req = Request::get("/storm?n=50")
+        .header("x-fetch", format!("http://{origin}/slow"))
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let answer = pier_testkit::send(&server.addr, Proto::H1, req)
+        .await
+        .unwrap();
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_eq!(answer.text(), "ErrorCode_ConnectionLimitReached=40 ok=10\n");
+    assert_eq!(seen.load(Ordering::Relaxed), 10);
+    assert!(
+        server.wait_for_log(
+            "10 already in flight from this instance",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        server.log()
+    );
+}

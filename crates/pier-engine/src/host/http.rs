@@ -5,6 +5,11 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime_wasi_http::{
@@ -26,6 +31,13 @@ impl HttpState {
             ctx: WasiHttpCtx::new(),
             hooks: OutboundHooks::new(outbound),
         }
+    }
+
+    /// At most `max` of the guest's outgoing requests in flight at once (each from its sending
+    /// until its response body ends or is dropped); one more fails at once with
+    /// `connection-limit-reached`.
+    pub(crate) fn limit_in_flight(&mut self, max: usize) {
+        self.hooks.max_in_flight = max;
     }
 
     /// The same view with `hooks` in place of the store's outbound client (a middleware's
@@ -113,12 +125,72 @@ const FORBIDDEN: [http::HeaderName; 10] = [
     http::HeaderName::from_static("http2-settings"),
 ];
 
-/// wasmtime-wasi-http's hooks, routed to an [`Outbound`].
-pub(crate) struct OutboundHooks(Arc<dyn Outbound>);
+/// wasmtime-wasi-http's hooks, routed to an [`Outbound`], with the store's requests in flight
+/// counted.
+pub(crate) struct OutboundHooks {
+    outbound: Arc<dyn Outbound>,
+    in_flight: Arc<AtomicUsize>,
+    max_in_flight: usize,
+}
 
 impl OutboundHooks {
     pub(crate) fn new(outbound: Arc<dyn Outbound>) -> Self {
-        OutboundHooks(outbound)
+        OutboundHooks {
+            outbound,
+            in_flight: Arc::default(),
+            max_in_flight: usize::MAX,
+        }
+    }
+}
+
+/// One of a store's outgoing requests in flight; counted out when dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    /// A place among `max`, if one is free.
+    fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<InFlight> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| InFlight(count.clone()))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that holds its request's place in flight until it ends or is dropped.
+struct Holding {
+    body: WasiBody,
+    place: Option<InFlight>,
+}
+
+impl Body for Holding {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.body).poll_frame(cx));
+        if !matches!(frame, Some(Ok(ref f)) if f.is_data()) {
+            self.place = None;
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -145,14 +217,59 @@ impl WasiHttpHooks for OutboundHooks {
                 )>,
             > + Send,
     > {
-        let sent = self.0.send(request, options);
+        let max = self.max_in_flight;
+        let Some(place) = InFlight::take(&self.in_flight, max) else {
+            tracing::warn!(
+                uri = %request.uri(),
+                "outgoing request refused: {max} already in flight from this instance \
+                 (--max-outbound-requests)"
+            );
+            return Box::new(async { Err(wasmtime_wasi_http::Error::ConnectionLimitReached) });
+        };
+        let sent = self.outbound.send(request, options);
         Box::new(async move {
-            let response = sent.await?;
+            let response = sent.await?.map(|body| {
+                use http_body_util::BodyExt;
+                Holding {
+                    body,
+                    place: Some(place),
+                }
+                .boxed_unsync()
+            });
             // The pooled client drives its connections itself: no per-request I/O future.
             Ok((
                 response,
                 Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
             ))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::{BodyExt, Full};
+
+    use super::*;
+
+    /// Places are taken up to the cap, and given back when a response body ends (its last
+    /// frame read) or is dropped unread.
+    #[tokio::test]
+    async fn a_place_in_flight_is_held_until_the_response_body_is_done() {
+        let count = Arc::new(AtomicUsize::new(0));
+        let first = InFlight::take(&count, 2).unwrap();
+        let second = InFlight::take(&count, 2).unwrap();
+        assert!(InFlight::take(&count, 2).is_none(), "the cap");
+        let body = |place| Holding {
+            body: Full::new(Bytes::from_static(b"x"))
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+            place: Some(place),
+        };
+        let read = body(first).collect().await.unwrap();
+        assert_eq!(read.to_bytes(), "x");
+        assert_eq!(count.load(Ordering::Acquire), 1, "ended: given back");
+        drop(body(second));
+        assert_eq!(count.load(Ordering::Acquire), 0, "dropped: given back");
+        assert!(InFlight::take(&count, 2).is_some());
     }
 }

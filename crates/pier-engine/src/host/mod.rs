@@ -85,6 +85,12 @@ impl HostState {
         }
     }
 
+    /// At most `max` outgoing HTTP requests of the guest in flight at once
+    /// (`--max-outbound-requests`).
+    pub(crate) fn limit_outbound_in_flight(&mut self, max: usize) {
+        self.http.limit_in_flight(max);
+    }
+
     /// The resource table, without building the WASI context (what `wasi:io` needs).
     pub(crate) fn table(&mut self) -> &mut ResourceTable {
         &mut self.table
