@@ -36,5 +36,5 @@ pub use router::{PATH_INFO_HEADER, ROUTE_HEADER};
 pub use self_calls::{SelfCalls, SelfRoutes};
 pub use server::{Listen, Routed, Routes, ServeError, Server, SharedPort};
 pub use service::Handler;
-pub use tls::{TlsError, acceptor as tls_acceptor};
+pub use tls::{Certificate, TlsError};
 pub use upstream::Upstream;

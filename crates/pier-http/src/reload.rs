@@ -216,16 +216,26 @@ impl Watched {
     }
 }
 
-/// Serves reloads of `live` until the process ends: at each trigger, `describe` says the app
-/// again and [`Live::replace`] serves it. Logs one line per reload, success or failure.
+/// Serves reloads of `live` until the process ends: at each trigger, the listener's
+/// `certificate` (if it serves TLS) is read again, `describe` says the app again and
+/// [`Live::replace`] serves it. Logs one line per reload, success or failure.
 pub async fn run(
     live: Arc<Live>,
     mut triggers: Triggers,
+    certificate: Option<Arc<crate::Certificate>>,
     describe: impl Fn() -> anyhow::Result<App>,
 ) {
     loop {
         let why = triggers.next().await;
         let started = Instant::now();
+        if let Some(certificate) = &certificate {
+            match certificate.reload() {
+                Ok(()) => tracing::info!("reloaded ({why}): the TLS certificate"),
+                Err(e) => {
+                    tracing::error!("reload ({why}): the TLS certificate in service is kept: {e}")
+                }
+            }
+        }
         let app = match describe() {
             Ok(app) => app,
             Err(e) => {

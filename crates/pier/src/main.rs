@@ -783,10 +783,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // A worker reloads when its supervisor says so, which watches the files for all.
     let reloads =
         pier_http::Triggers::install(args.watch && args.worker_fd.is_none(), &app.files())?;
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(pier_http::tls_acceptor(cert, key)?),
+    let certificate = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(pier_http::Certificate::load(cert, key)?),
         _ => None,
     };
+    let tls = certificate.as_ref().map(|c| c.acceptor()).transpose()?;
     let admin = match (args.worker_admin_fd, args.admin_addr) {
         (Some(fd), _) => {
             let listener = workers::inherited_listener(fd, "--worker-admin-fd")?;
@@ -822,7 +823,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tokio::spawn(pier_http::admin::serve(listener, admin));
     }
     let is_worker = args.worker_fd.is_some();
-    tokio::spawn(pier_http::reload::run(live, reloads, move || args.app()));
+    tokio::spawn(pier_http::reload::run(
+        live,
+        reloads,
+        certificate,
+        move || args.app(),
+    ));
     // Loading read whole files (the component, its compiled code) into memory and freed them;
     // hand those pages back now rather than carry them, resident, for the server's lifetime.
     // SAFETY: mi_collect only frees memory mimalloc itself holds unused.

@@ -32,6 +32,86 @@ fn assert_pier_error(answer: &pier_testkit::Answer, status: StatusCode, text: &s
     );
 }
 
+/// A renewed certificate is served after `SIGHUP`, without a restart: handshakes from then on
+/// present it; a pair that does not load leaves the one in service serving, with an error.
+/// Only TLS 1.2 and 1.3 are offered: a client asking for anything older is refused.
+#[tokio::test]
+async fn the_certificate_is_reloaded_on_sighup_and_old_protocols_are_refused() {
+    let old = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let new = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, old.cert.pem()).unwrap();
+    std::fs::write(&key_path, old.signing_key.serialize_pem()).unwrap();
+    let server = serve(
+        "hello",
+        &[
+            "--tls-cert",
+            cert_path.to_str().unwrap(),
+            "--tls-key",
+            key_path.to_str().unwrap(),
+        ],
+    );
+    let trusts = |root: Vec<u8>| {
+        let addr = server.addr.clone();
+        async move {
+            pier_testkit::connect_tls::<Full<Bytes>>(&addr, &root, &[b"h2"])
+                .await
+                .is_ok()
+        }
+    };
+    assert!(trusts(old.cert.der().to_vec()).await);
+    assert!(!trusts(new.cert.der().to_vec()).await);
+
+    std::fs::write(&cert_path, new.cert.pem()).unwrap();
+    std::fs::write(&key_path, new.signing_key.serialize_pem()).unwrap();
+    pier_testkit::signal(server.pid(), "HUP").unwrap();
+    assert!(
+        server.wait_for_log(
+            "reloaded (SIGHUP): the TLS certificate",
+            Duration::from_secs(10)
+        ),
+        "{}",
+        server.log()
+    );
+    assert!(trusts(new.cert.der().to_vec()).await, "the renewed one");
+    assert!(!trusts(old.cert.der().to_vec()).await);
+
+    // A key that is not the certificate's: refused, the renewed one kept.
+    std::fs::write(&key_path, old.signing_key.serialize_pem()).unwrap();
+    pier_testkit::signal(server.pid(), "HUP").unwrap();
+    assert!(
+        server.wait_for_log(
+            "the TLS certificate in service is kept",
+            Duration::from_secs(10)
+        ),
+        "{}",
+        server.log()
+    );
+    assert!(trusts(new.cert.der().to_vec()).await);
+
+    // TLS 1.2 and 1.3 only: a client offering TLS 1.1 alone (a ClientHello of record version
+    // 3.1 with client_version 3.2, no extensions) is refused with a fatal alert.
+    let mut hello: Vec<u8> = vec![0x03, 0x02];
+    hello.extend([0u8; 32]); // random
+    hello.push(0); // no session id
+    hello.extend([0x00, 0x02, 0x00, 0x2f]); // TLS_RSA_WITH_AES_128_CBC_SHA
+    hello.extend([0x01, 0x00]); // no compression
+    let mut handshake = vec![0x01, 0x00, 0x00, hello.len() as u8];
+    handshake.extend(&hello);
+    let mut record = vec![0x16, 0x03, 0x01, 0x00, handshake.len() as u8];
+    record.extend(&handshake);
+    let mut stream = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    stream.write_all(&record).await.unwrap();
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply)).await;
+    // An alert record (21), fatal (2): protocol_version (70) or handshake_failure (40).
+    assert!(
+        reply.len() == 7 && reply[0] == 21 && reply[5] == 2 && [70, 40].contains(&reply[6]),
+        "{reply:?}"
+    );
+}
+
 #[tokio::test]
 async fn tls_serves_h1_and_h2_by_alpn() {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
