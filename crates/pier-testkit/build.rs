@@ -1,4 +1,5 @@
-//! Builds every WAT guest in `guests/wat/` (and the README example, `examples/hello/hello.wat`)
+//! Builds every WAT guest in `guests/wat/` and `guests/hostile/` (and the README example,
+//! `examples/hello/hello.wat`)
 //! into a component, once per build, so each test binary finds them ready
 //! (`pier_testkit::guest("hello")`).
 
@@ -29,9 +30,11 @@ const RETARGETED: &[(&str, &str)] = &[("hello", "0.2.0"), ("hello", "0.2.3")];
 fn main() -> anyhow::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let wat_dir = root.join("guests/wat");
+    let hostile_dir = root.join("guests/hostile");
     let example_dir = root.join("examples/hello");
     let guests_wit = root.join("guests/wit");
     println!("cargo:rerun-if-changed={}", wat_dir.display());
+    println!("cargo:rerun-if-changed={}", hostile_dir.display());
     println!(
         "cargo:rerun-if-changed={}",
         example_dir.join("hello.wat").display()
@@ -53,7 +56,7 @@ fn main() -> anyhow::Result<()> {
     };
     let wit = wit_for(compose::WIT_VERSION)?;
     let mut sources = vec![example_dir.join("hello.wat")];
-    for entry in std::fs::read_dir(&wat_dir)? {
+    for entry in std::fs::read_dir(&wat_dir)?.chain(std::fs::read_dir(&hostile_dir)?) {
         sources.push(entry?.path());
     }
     for path in sources {

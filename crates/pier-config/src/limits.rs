@@ -26,6 +26,9 @@ pub struct Limits {
     /// `--max-outbound-requests`: outgoing HTTP requests one guest instance may have in flight
     /// at once; one more fails at once with `connection-limit-reached`.
     pub max_outbound_requests: usize,
+    /// `--max-log-size`: bytes one guest instance may write to its stdout and stderr together;
+    /// the rest is dropped, and one log line says so.
+    pub max_log_size: u64,
     /// `--max-concurrency`: requests in guests at once; beyond it pier answers 503 at once.
     pub max_concurrency: usize,
     /// `--max-connections`: open client connections; beyond it pier stops accepting.
@@ -48,6 +51,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(60),
             max_outbound_requests: 100,
+            max_log_size: 1 << 20,
             max_concurrency: 500,
             max_connections: 10_000,
             h2_max_streams: 100,

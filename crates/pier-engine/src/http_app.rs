@@ -153,6 +153,8 @@ pub struct StoreSettings {
     pub reuse: usize,
     /// Outgoing HTTP requests one instance may have in flight at once.
     pub max_outbound_requests: usize,
+    /// Bytes one instance may write to its stdout and stderr together; the rest is dropped.
+    pub max_log: u64,
 }
 
 impl Default for StoreSettings {
@@ -164,6 +166,7 @@ impl Default for StoreSettings {
             prewarm: 0,
             reuse: 1,
             max_outbound_requests: limits.max_outbound_requests,
+            max_log: limits.max_log_size,
         }
     }
 }
@@ -290,6 +293,7 @@ impl HttpApp {
                 env: grants.resolve_env(|name| std::env::var(name).ok()),
                 dirs: grants.dirs.clone(),
                 sockets: Arc::new(grants.sockets.clone()),
+                max_log: settings.max_log,
             }),
             granted: Granted {
                 config: ConfigState::new(&grants.config.0),

@@ -20,7 +20,8 @@ pub use engine::{
     EPOCH_TICK, EngineKind, MemoryReset, PoolSizes, new_engine, start_epoch_ticker, swap_is_on,
 };
 pub use host::{
-    ConfigState, DenyAll, Granted, GuestLog, HostState, KeyValueLimits, KeyValueState, Outbound,
+    ConfigState, DenyAll, Granted, GuestLog, HostState, KeyValueLimits, KeyValueState, LogBudget,
+    Outbound,
 };
 pub use http_app::{AppError, Guest, HttpApp, Ready, StoreSettings};
 pub use load::{LoadError, WasmFile, WasmKind, kind_of};

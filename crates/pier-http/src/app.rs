@@ -92,6 +92,7 @@ pub fn build_keeping(
                 .unwrap_or(app.settings.instance_reuse)
                 .max(1) as usize,
             max_outbound_requests: app.settings.limits.max_outbound_requests,
+            max_log: app.settings.limits.max_log_size,
         };
         // An answer waits for the key-value writes its request made; a reused instance's
         // writes are not told apart by request yet.

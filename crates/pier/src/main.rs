@@ -348,6 +348,9 @@ struct LimitArgs {
     /// with connection-limit-reached.
     #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     max_outbound_requests: u32,
+    /// Bytes one guest instance may write to stdout and stderr together; the rest is dropped.
+    #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = parse_size)]
+    max_log_size: u64,
     /// Requests in guests at once; beyond it pier answers 503 with Retry-After at once.
     #[arg(long, value_name = "N", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
     max_concurrency: u32,
@@ -374,6 +377,7 @@ impl LimitArgs {
             idle_timeout: self.idle_timeout,
             send_timeout: self.send_timeout,
             max_outbound_requests: self.max_outbound_requests as usize,
+            max_log_size: self.max_log_size,
             max_concurrency: self.max_concurrency as usize,
             max_connections: self.max_connections as usize,
             h2_max_streams: self.h2_max_streams,

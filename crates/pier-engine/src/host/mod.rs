@@ -26,7 +26,7 @@ use wasmtime::component::{Linker, ResourceTable};
 use wasmtime_wasi::WasiCtx;
 
 pub use config::ConfigState;
-pub use guest_log::GuestLog;
+pub use guest_log::{GuestLog, LogBudget};
 pub use http::{DenyAll, Outbound};
 pub use keyvalue::{KeyValueLimits, KeyValueState};
 pub(crate) use sockets::grant as grant_sockets;

@@ -8,7 +8,7 @@ use pier_config::DirGrant;
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
-use super::{GuestLog, HostState};
+use super::{GuestLog, HostState, LogBudget};
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
@@ -43,6 +43,8 @@ pub(crate) struct WasiRecipe {
     pub(crate) dirs: Vec<DirGrant>,
     /// What it may reach with `wasi:sockets`.
     pub(crate) sockets: Arc<pier_config::SocketPolicy>,
+    /// Bytes one instance may write to its stdout and stderr together.
+    pub(crate) max_log: u64,
 }
 
 impl WasiRecipe {
@@ -51,9 +53,14 @@ impl WasiRecipe {
     /// preopen, as if it had not been granted.
     pub(crate) fn build(&self) -> WasiCtx {
         let mut wasi = WasiCtx::builder();
+        let budget = LogBudget::new(self.max_log);
         wasi.envs(&self.env)
-            .stdout(GuestLog::new(self.component.clone(), "stdout"))
-            .stderr(GuestLog::new(self.component.clone(), "stderr"));
+            .stdout(GuestLog::new(
+                self.component.clone(),
+                "stdout",
+                budget.clone(),
+            ))
+            .stderr(GuestLog::new(self.component.clone(), "stderr", budget));
         super::sockets::grant(&mut wasi, &self.sockets, &self.component);
         for dir in &self.dirs {
             if let Err(e) = wasi.preopened_dir(&dir.host, &dir.guest, perms(dir)) {
