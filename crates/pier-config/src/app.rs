@@ -157,6 +157,8 @@ pub struct FilterOptions {
     pub max_memory: usize,
     /// How long one callback may run.
     pub callback_timeout: Duration,
+    /// Bytes all filters' shared data and queues may hold together.
+    pub shared_size: usize,
     /// Upstreams filters may call by name (`proxy_http_call`): (name, origin URL).
     pub upstreams: Vec<(String, String)>,
 }
@@ -400,6 +402,7 @@ mod tests {
                 vms: 1,
                 max_memory: 1 << 20,
                 callback_timeout: Duration::from_secs(1),
+                shared_size: 1 << 20,
                 upstreams: Vec::new(),
             },
             limits: Limits::default(),

@@ -312,6 +312,7 @@ fn filters(
         callback_timeout: options.callback_timeout,
         pause_timeout: app.filter_pause_timeout(),
         max_buffered: usize::try_from(app.settings.limits.max_body).unwrap_or(usize::MAX),
+        shared_size: options.shared_size,
     };
     Ok(FilterChain::load(engine, &app.filters, &settings, callouts)?.0)
 }

@@ -43,6 +43,8 @@ pub struct FilterSettings {
     pub pause_timeout: std::time::Duration,
     /// The most body a filter may make the host buffer.
     pub max_buffered: usize,
+    /// Bytes all filters' shared data and queues may hold together.
+    pub shared_size: usize,
 }
 
 /// A filter that cannot be loaded.
@@ -57,7 +59,7 @@ impl FilterChain {
         settings: &FilterSettings,
         callouts: Option<Arc<dyn pier_proxywasm::Callouts>>,
     ) -> Result<FilterChain, LoadError> {
-        let shared = Arc::new(pier_proxywasm::Shared::default());
+        let shared = Arc::new(pier_proxywasm::Shared::new(settings.shared_size));
         let mut chain: Vec<Option<Arc<Filter>>> = vec![None; specs.len()];
         for group in pier_config::vm_groups(specs) {
             let first = &specs[group[0]];

@@ -3,6 +3,7 @@
 //! name), as in Envoy; `proxy_resolve_shared_queue` reaches another VM id's queue by name.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use wasmtime::{Caller, Linker};
@@ -28,12 +29,21 @@ const MAX_QUEUES: usize = 10_000;
 type Data = HashMap<(Arc<str>, Vec<u8>), (Vec<u8>, u32)>;
 
 /// What all filters of a server share.
-#[derive(Default)]
 pub struct Shared {
     data: Mutex<Data>,
     queues: Mutex<Queues>,
+    /// Bytes held in shared data (keys and values) and queues (values), and the most they may.
+    held: AtomicUsize,
+    max_held: usize,
     /// Metrics the filters define.
     pub metrics: Metrics,
+}
+
+impl Default for Shared {
+    /// Shared data and queues of at most 64 MiB.
+    fn default() -> Self {
+        Shared::new(64 << 20)
+    }
 }
 
 #[derive(Default)]
@@ -63,6 +73,36 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// Shared data and queues holding at most `max_held` bytes in all (keys and values): past
+    /// it a write fails with INTERNAL_FAILURE, so no filter can take the host's memory.
+    pub fn new(max_held: usize) -> Shared {
+        Shared {
+            data: Mutex::default(),
+            queues: Mutex::default(),
+            held: AtomicUsize::new(0),
+            max_held,
+            metrics: Metrics::default(),
+        }
+    }
+
+    /// Makes room for `grow` more bytes (after `shrink` fewer), if the budget has it.
+    fn reserve(&self, grow: usize, shrink: usize) -> Result<(), Status> {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                let next = held.saturating_sub(shrink).checked_add(grow)?;
+                (next <= self.max_held || grow <= shrink).then_some(next)
+            })
+            .map(|_| ())
+            .map_err(|_| {
+                tracing::warn!(
+                    "filter shared data and queues are full ({} bytes, --filter-shared-size): \
+                     a write failed",
+                    self.max_held
+                );
+                Status::InternalFailure
+            })
+    }
+
     /// A value and its CAS token.
     pub fn get(&self, vm: &Arc<str>, key: &[u8]) -> Option<(Vec<u8>, u32)> {
         lock(&self.data).get(&(vm.clone(), key.to_vec())).cloned()
@@ -78,12 +118,14 @@ impl Shared {
         match data.get_mut(&(vm.clone(), key.clone())) {
             Some((_, token)) if cas != 0 && cas != *token => Err(Status::CasMismatch),
             Some(entry) => {
+                self.reserve(value.len(), entry.0.len())?;
                 let token = entry.1.wrapping_add(1).max(1);
                 *entry = (value, token);
                 Ok(())
             }
             None if len >= MAX_KEYS => Err(Status::InternalFailure),
             None => {
+                self.reserve(key.len() + value.len(), 0)?;
                 data.insert((vm.clone(), key), (value, 1));
                 Ok(())
             }
@@ -101,6 +143,7 @@ impl Shared {
             Some(&id) => id,
             None if queues.queues.len() >= MAX_QUEUES => return Err(Status::InternalFailure),
             None => {
+                self.reserve(key.1.len(), 0)?;
                 queues.queues.push(Queue {
                     items: VecDeque::new(),
                     owners: Vec::new(),
@@ -138,8 +181,11 @@ impl Shared {
             if queue.items.len() >= MAX_QUEUED {
                 // A queue nobody drains keeps its newest items (SDKs treat a failed enqueue as
                 // fatal).
-                queue.items.pop_front();
+                if let Some(old) = queue.items.pop_front() {
+                    self.reserve(0, old.len())?;
+                }
             }
+            self.reserve(value.len(), 0)?;
             queue.items.push_back(value);
             if queue.notifying || queue.owners.is_empty() {
                 return Ok(());
@@ -156,7 +202,9 @@ impl Shared {
             .checked_sub(1)
             .and_then(|i| queues.queues.get_mut(i))
             .ok_or(Status::NotFound)?;
-        queue.items.pop_front().ok_or(Status::Empty)
+        let value = queue.items.pop_front().ok_or(Status::Empty)?;
+        self.reserve(0, value.len())?;
+        Ok(value)
     }
 }
 
@@ -336,5 +384,37 @@ mod tests {
         assert_eq!(shared.dequeue(id).unwrap(), b"b");
         assert_eq!(shared.enqueue(999, b"x".to_vec()), Err(Status::NotFound));
         assert_eq!(shared.dequeue(0), Err(Status::NotFound));
+    }
+
+    /// Shared data and queues hold at most their budget in bytes: a write past it fails, and
+    /// what is replaced, removed or dequeued makes room again.
+    #[test]
+    fn shared_data_and_queues_keep_within_their_bytes() {
+        let shared = Shared::new(100);
+        let vm: Arc<str> = "f".into();
+        shared.set(&vm, b"a".to_vec(), vec![0; 59], 0).unwrap();
+        assert_eq!(
+            shared.set(&vm, b"b".to_vec(), vec![0; 50], 0),
+            Err(Status::InternalFailure),
+            "60 + 51 > 100"
+        );
+        // Replacing a value counts only the difference.
+        shared.set(&vm, b"a".to_vec(), vec![0; 9], 0).unwrap();
+        shared.set(&vm, b"b".to_vec(), vec![0; 50], 0).unwrap();
+        let owner = Owner {
+            home: Home {
+                slot: std::sync::Weak::new(),
+                generation: 1,
+            },
+            root: 1,
+        };
+        let shared = Arc::new(shared);
+        let id = shared.register(&vm, b"q".to_vec(), owner).unwrap();
+        // Keys and values: 10 + 51, the queue's name 1: 62 bytes so far.
+        shared.enqueue(id, vec![0; 29]).unwrap();
+        shared.enqueue(id, vec![0; 9]).unwrap();
+        assert_eq!(shared.enqueue(id, vec![0; 1]), Err(Status::InternalFailure));
+        shared.dequeue(id).unwrap();
+        shared.enqueue(id, vec![0; 29]).unwrap();
     }
 }

@@ -344,11 +344,10 @@ struct LimitArgs {
     /// Close a connection whose client has not read pier's writes for this long; 0 disables.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     send_timeout: Duration,
-    /// Outgoing HTTP requests one guest instance may have in flight at once; more fail at once
-    /// with connection-limit-reached.
+    /// Outgoing HTTP requests one guest instance may have in flight; more fail at once
     #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     max_outbound_requests: u32,
-    /// Bytes one guest instance may write to stdout and stderr together; the rest is dropped.
+    /// Bytes one guest instance may write to stdout and stderr; the rest is dropped
     #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = parse_size)]
     max_log_size: u64,
     /// Requests in guests at once; beyond it pier answers 503 with Retry-After at once.
@@ -425,6 +424,9 @@ struct FilterArgs {
     /// How long one filter callback may run before it traps (the VM is then replaced).
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     filter_callback_timeout: Duration,
+    /// Bytes all filters' shared data and queues may hold together; past it writes fail.
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size_usize)]
+    filter_shared_size: usize,
     /// An upstream filters may call with proxy_http_call, by NAME. Repeatable.
     #[arg(long = "filter-upstream", value_name = "NAME=URL", value_parser = parse_named_upstream)]
     upstreams: Vec<(String, http::Uri)>,
@@ -549,6 +551,7 @@ impl FilterArgs {
             vms: self.vms(),
             max_memory: self.filter_max_memory,
             callback_timeout: self.filter_callback_timeout,
+            shared_size: self.filter_shared_size,
             upstreams: self
                 .upstreams
                 .iter()
@@ -617,8 +620,7 @@ fn parse_size_usize(s: &str) -> Result<usize, String> {
 /// The shared HTTP cache of a single component or upstream (a manifest declares its own).
 #[derive(Args)]
 struct HttpCacheArgs {
-    /// Cache responses (RFC 9111) in front of the component or upstream: in memory, or on the
-    /// Redis server at redis://HOST:PORT (rediss:// for TLS), shared by every pier naming it
+    /// Cache responses (RFC 9111) in memory, or on a Redis server shared by every pier naming it
     #[arg(long = "cache", value_name = "memory|redis://HOST:PORT", num_args = 0..=1, default_missing_value = "memory")]
     http_cache: Option<String>,
     /// Bytes --cache holds at most [default: 256MiB]
@@ -660,8 +662,7 @@ struct GrantArgs {
     /// Give the guest an environment variable: NAME=VALUE, or NAME to pass the host's value.
     #[arg(long = "env", value_name = "NAME[=VALUE]")]
     env: Vec<EnvGrant>,
-    /// Preopen a host directory for the guest, as HOST_DIR or HOST_DIR::GUEST_DIR; `:ro` at
-    /// the end grants it read-only
+    /// Preopen a host directory for the guest, as HOST_DIR or HOST_DIR::GUEST_DIR; :ro: read-only
     #[arg(long = "dir", value_name = "HOST_DIR[::GUEST_DIR][:ro]")]
     dirs: Vec<DirGrant>,
     /// Let the guest use wasi:sockets: tcp-connect|tcp-listen|udp:HOST:PORT, e.g. udp:10.0.0.0/8:53
