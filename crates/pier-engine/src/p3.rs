@@ -139,15 +139,15 @@ where
 /// holds the guest's writes back until the client takes it.
 const RELAYED_FRAMES: usize = 4;
 
+/// A frame of a relayed body, or its error.
+type RelayedFrame = Result<Frame<Bytes>, wasmtime_wasi_http::Error>;
+
 /// Hands `body`'s frames to `tx` until its last one (trailers, an error or its end), or until
 /// the client is gone: run inside the store's event loop, which the guest's body, and its
 /// trailers future in particular, need to reach the host. (Dropping the store earlier would
 /// drop trailers still on their way: a guest answering with the request's own trailers, once
 /// it has read the request body, has already ended by then.)
-async fn relay(
-    mut body: WasiBody,
-    tx: mpsc::Sender<Result<Frame<Bytes>, wasmtime_wasi_http::Error>>,
-) {
+async fn relay(mut body: WasiBody, tx: mpsc::Sender<RelayedFrame>) {
     loop {
         let Ok(room) = tx.reserve().await else {
             return;
@@ -167,18 +167,13 @@ async fn relay(
 
 /// A 0.3 guest's response body as the client takes it: the frames [`relay`] hands over.
 struct Relayed {
-    frames: mpsc::Receiver<Result<Frame<Bytes>, wasmtime_wasi_http::Error>>,
+    frames: mpsc::Receiver<RelayedFrame>,
     /// What is left of the body's length, when the guest gave one.
     left: Option<u64>,
 }
 
 impl Relayed {
-    fn new(
-        size: SizeHint,
-    ) -> (
-        mpsc::Sender<Result<Frame<Bytes>, wasmtime_wasi_http::Error>>,
-        Self,
-    ) {
+    fn new(size: SizeHint) -> (mpsc::Sender<RelayedFrame>, Self) {
         let (tx, frames) = mpsc::channel(RELAYED_FRAMES);
         (
             tx,
@@ -194,10 +189,7 @@ impl http_body::Body for Relayed {
     type Data = Bytes;
     type Error = wasmtime_wasi_http::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<RelayedFrame>> {
         let frame = std::task::ready!(self.frames.poll_recv(cx));
         if let (Some(Ok(frame)), Some(left)) = (&frame, &mut self.left) {
             let sent = frame.data_ref().map_or(0, |d| d.len() as u64);
