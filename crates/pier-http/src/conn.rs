@@ -79,6 +79,11 @@ impl Activity {
     /// pier's write went out.
     fn wrote(&self) {
         self.touch();
+        self.unblocked();
+    }
+
+    /// Nothing of pier's waits on the client any more.
+    fn unblocked(&self) {
         if self.blocked_since_ms.load(Ordering::Relaxed) != 0 {
             self.blocked_since_ms.store(0, Ordering::Relaxed);
         }
@@ -400,8 +405,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let poll = Pin::new(&mut self.inner).poll_flush(cx);
-        if poll.is_pending() {
-            self.activity.blocked();
+        match poll {
+            Poll::Pending => self.activity.blocked(),
+            Poll::Ready(Ok(())) => self.activity.unblocked(),
+            Poll::Ready(Err(_)) => {}
         }
         poll
     }

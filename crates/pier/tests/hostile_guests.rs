@@ -120,6 +120,21 @@ async fn hostile_guests_get_their_answers_while_a_normal_guest_is_served() {
         assert!(got.body.is_err(), "{path}: a complete body: {:?}", got.body);
     }
 
+    // A guest that never reads an 8 MiB request body: answered, on both protocols; the body is
+    // not held (HTTP/1.1 closes the connection or drains it, HTTP/2 resets the stream's upload).
+    for proto in [Proto::H1, Proto::H2] {
+        let mut client = Client::connect(&server.addr, proto).await.unwrap();
+        let req = Request::post("/unread")
+            .header("host", "hostile.test")
+            .body(Full::new(Bytes::from(vec![b'x'; 8 << 20])))
+            .unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(20), client.send(req))
+            .await
+            .expect("answered without reading the body")
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::OK, "{proto:?}");
+    }
+
     // 64 MiB of output: the log takes the first 1 MiB and says the rest was dropped.
     let got = attack(&server.addr, "/log").await;
     assert_eq!(got.status, StatusCode::OK);
