@@ -238,6 +238,35 @@ fn vary_names(headers: &HeaderMap) -> impl Iterator<Item = HeaderName> + '_ {
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
 }
 
+/// An entry for tests: a `GET http://example.com/a` with `request` headers, answered 200 with
+/// `response` headers and `body` now.
+#[cfg(test)]
+pub(crate) fn sample(
+    request: &[(&str, &str)],
+    response: &[(&str, &str)],
+    body: Bytes,
+) -> std::sync::Arc<Entry> {
+    let mut req = http::Request::get("http://example.com/a");
+    for (name, value) in request {
+        req = req.header(*name, *value);
+    }
+    let req = req.body(()).unwrap().into_parts().0;
+    let mut res = http::Response::builder();
+    for (name, value) in response {
+        res = res.header(*name, *value);
+    }
+    let res = res.body(()).unwrap().into_parts().0;
+    let policy = CachePolicy::new(&req, &res);
+    std::sync::Arc::new(Entry::new(
+        &req,
+        policy,
+        res.status,
+        &res.headers,
+        body,
+        SystemTime::now(),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

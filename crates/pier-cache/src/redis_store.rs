@@ -256,32 +256,15 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use bytes::Bytes;
-    use http::{Request, Response};
 
     use super::*;
 
     fn variants(body: Bytes, cache_control: &str) -> Variants {
-        let req = Request::get("http://example.com/a")
-            .body(())
-            .unwrap()
-            .into_parts()
-            .0;
-        let res = Response::builder()
-            .header("cache-control", cache_control)
-            .body(())
-            .unwrap()
-            .into_parts()
-            .0;
-        let policy = http_cache_semantics::CachePolicy::new(&req, &res);
-        let now = SystemTime::now();
-        vec![Arc::new(Entry::new(
-            &req,
-            policy,
-            res.status,
-            &res.headers,
+        vec![crate::entry::sample(
+            &[],
+            &[("cache-control", cache_control)],
             body,
-            now,
-        ))]
+        )]
     }
 
     /// Entries go in and come back (a large one from its chunks), expire with their freshness,

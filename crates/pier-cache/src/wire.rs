@@ -217,35 +217,17 @@ pub fn decode(value: &[u8]) -> Option<Decoded> {
 
 #[cfg(test)]
 mod tests {
-    use http::{Request, Response};
-
     use super::*;
 
     fn entry(body: Bytes, vary: &str, accept: Option<&str>) -> Arc<Entry> {
-        let mut req = Request::get("http://example.com/a");
-        if let Some(accept) = accept {
-            req = req.header("accept", accept);
-        }
-        let req = req.body(()).unwrap().into_parts().0;
-        let res = Response::builder()
-            .header("cache-control", "max-age=60, stale-if-error=30")
-            .header("vary", vary)
-            .header("set-me", "one")
-            .header("set-me", "two")
-            .body(())
-            .unwrap()
-            .into_parts()
-            .0;
-        let now = SystemTime::now();
-        let policy = CachePolicy::new(&req, &res);
-        Arc::new(Entry::new(
-            &req,
-            policy,
-            res.status,
-            &res.headers,
-            body,
-            now,
-        ))
+        let request: Vec<(&str, &str)> = accept.map(|a| ("accept", a)).into_iter().collect();
+        let response = [
+            ("cache-control", "max-age=60, stale-if-error=30"),
+            ("vary", vary),
+            ("set-me", "one"),
+            ("set-me", "two"),
+        ];
+        crate::entry::sample(&request, &response, body)
     }
 
     #[test]

@@ -32,17 +32,18 @@ fn assert_pier_error(answer: &pier_testkit::Answer, status: StatusCode, text: &s
     );
 }
 
-/// A renewed certificate is served after `SIGHUP`, without a restart: handshakes from then on
-/// present it; a pair that does not load leaves the one in service serving, with an error.
-/// Only TLS 1.2 and 1.3 are offered: a client asking for anything older is refused.
-#[tokio::test]
-async fn the_certificate_is_reloaded_on_sighup_and_old_protocols_are_refused() {
-    let old = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let new = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+fn self_signed() -> rcgen::CertifiedKey<rcgen::KeyPair> {
+    rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap()
+}
+
+/// The hello guest over TLS with `cert` (its files in a directory kept while the guard lives).
+fn serve_tls(
+    cert: &rcgen::CertifiedKey<rcgen::KeyPair>,
+) -> (PierServer, PathBuf, PathBuf, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_path, old.cert.pem()).unwrap();
-    std::fs::write(&key_path, old.signing_key.serialize_pem()).unwrap();
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
     let server = serve(
         "hello",
         &[
@@ -52,6 +53,17 @@ async fn the_certificate_is_reloaded_on_sighup_and_old_protocols_are_refused() {
             key_path.to_str().unwrap(),
         ],
     );
+    (server, cert_path, key_path, dir)
+}
+
+/// A renewed certificate is served after `SIGHUP`, without a restart: handshakes from then on
+/// present it; a pair that does not load leaves the one in service serving, with an error.
+/// Only TLS 1.2 and 1.3 are offered: a client asking for anything older is refused.
+#[tokio::test]
+async fn the_certificate_is_reloaded_on_sighup_and_old_protocols_are_refused() {
+    let old = self_signed();
+    let new = self_signed();
+    let (server, cert_path, key_path, _dir) = serve_tls(&old);
     let trusts = |root: Vec<u8>| {
         let addr = server.addr.clone();
         async move {
@@ -114,20 +126,8 @@ async fn the_certificate_is_reloaded_on_sighup_and_old_protocols_are_refused() {
 
 #[tokio::test]
 async fn tls_serves_h1_and_h2_by_alpn() {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
-    let server = serve(
-        "hello",
-        &[
-            "--tls-cert",
-            cert_path.to_str().unwrap(),
-            "--tls-key",
-            key_path.to_str().unwrap(),
-        ],
-    );
+    let cert = self_signed();
+    let (server, _, _, _dir) = serve_tls(&cert);
     assert!(server.url.starts_with("https://"), "{}", server.url);
     for (alpn, want) in [
         (&[b"h2".as_slice(), b"http/1.1"][..], Proto::H2),
