@@ -488,6 +488,20 @@ async fn a_name_resolving_to_loopback_needs_loopback_granted() {
         DENIED,
         "an IP literal is checked as an address too"
     );
+    // Loopback spelled as a decimal, hex, octal or short IPv4 number (which the resolver turns
+    // into 127.0.0.1), as an IPv4-mapped IPv6 address, or as 0.0.0.0: all refused the same way.
+    for spelled in [
+        "2130706433",
+        "0x7f000001",
+        "017700000001",
+        "127.1",
+        "[::ffff:127.0.0.1]",
+        "0.0.0.0",
+    ] {
+        let target = format!("{spelled}:{port}");
+        let answer = forward(&pier, &target, false, "GET", "/hello", vec![]).await;
+        assert_eq!(answer.text(), DENIED, "{target}");
+    }
 
     // Granting the loopback address (or the name localhost) lets it through.
     let pier = serve_forward(&[
