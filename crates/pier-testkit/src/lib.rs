@@ -448,6 +448,26 @@ pub async fn echoes_while_sending(
     head
 }
 
+/// Sends `raw` bytes on a connection of its own, writing on the side (the server may answer
+/// before it has read them all), and reads until the server closes the connection or `wait`
+/// passes: what came back, and whether the connection was closed within `wait`.
+pub async fn raw_exchange(addr: &str, raw: &[u8], wait: Duration) -> (Vec<u8>, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let raw = raw.to_vec();
+    let writer = tokio::spawn(async move {
+        let _ = write.write_all(&raw).await;
+        write
+    });
+    let mut answer = Vec::new();
+    let closed = tokio::time::timeout(wait, read.read_to_end(&mut answer))
+        .await
+        .is_ok();
+    drop(writer.await);
+    (answer, closed)
+}
+
 /// Sends `n` `POST path` requests at once, half over HTTP/1.1 and half over HTTP/2, each with a
 /// body of its own, and asserts each is answered 200 with its own body (an echoing guest).
 pub async fn echo_at_once(addr: &str, path: &str, n: usize) {

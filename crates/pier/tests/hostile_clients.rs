@@ -18,19 +18,7 @@ fn pier() -> &'static std::path::Path {
 /// Sends `raw` on a connection of its own and reads until pier closes it (at most 5 s: a
 /// connection still open then is a failure of the case).
 async fn exchange(addr: &str, raw: &[u8]) -> (String, bool) {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut read, mut write) = stream.into_split();
-    let raw = raw.to_vec();
-    // pier may answer before it has read it all: write on the side.
-    let writer = tokio::spawn(async move {
-        let _ = write.write_all(&raw).await;
-        write
-    });
-    let mut answer = Vec::new();
-    let closed = tokio::time::timeout(Duration::from_secs(5), read.read_to_end(&mut answer))
-        .await
-        .is_ok();
-    drop(writer.await);
+    let (answer, closed) = pier_testkit::raw_exchange(addr, raw, Duration::from_secs(5)).await;
     (String::from_utf8_lossy(&answer).into_owned(), closed)
 }
 

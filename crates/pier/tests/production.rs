@@ -360,17 +360,10 @@ async fn heads_the_parser_refuses_are_pier_errors_too() {
             "malformed request head\n",
         ),
     ] {
-        let stream = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
-        let (mut read, mut write) = stream.into_split();
-        let request = request.as_bytes().to_vec();
-        // The server answers before it has read it all: write on the side.
-        let writer = tokio::spawn(async move {
-            let _ = write.write_all(&request).await;
-            write
-        });
-        let mut answer = Vec::new();
-        let _ = read.read_to_end(&mut answer).await;
-        drop(writer.await);
+        let (answer, closed) =
+            pier_testkit::raw_exchange(&server.addr, request.as_bytes(), Duration::from_secs(30))
+                .await;
+        assert!(closed, "pier closes the connection after its error");
         let answer = String::from_utf8_lossy(&answer);
         assert!(
             answer.starts_with(&format!("HTTP/1.1 {status} ")),
