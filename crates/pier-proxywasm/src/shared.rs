@@ -3,7 +3,7 @@
 //! name), as in Envoy; `proxy_resolve_shared_queue` reaches another VM id's queue by name.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use wasmtime::{Caller, Linker};
@@ -35,6 +35,8 @@ pub struct Shared {
     /// Bytes held in shared data (keys and values) and queues (values), and the most they may.
     held: AtomicUsize,
     max_held: usize,
+    /// The log has said the budget is spent (again only once there was room meanwhile).
+    told_full: AtomicBool,
     /// Metrics the filters define.
     pub metrics: Metrics,
 }
@@ -81,6 +83,7 @@ impl Shared {
             queues: Mutex::default(),
             held: AtomicUsize::new(0),
             max_held,
+            told_full: AtomicBool::new(false),
             metrics: Metrics::default(),
         }
     }
@@ -92,13 +95,19 @@ impl Shared {
                 let next = held.saturating_sub(shrink).checked_add(grow)?;
                 (next <= self.max_held || grow <= shrink).then_some(next)
             })
-            .map(|_| ())
+            .map(|_| {
+                if grow > 0 && self.told_full.load(Ordering::Relaxed) {
+                    self.told_full.store(false, Ordering::Relaxed);
+                }
+            })
             .map_err(|_| {
-                tracing::warn!(
-                    "filter shared data and queues are full ({} bytes, --filter-shared-size): \
-                     a write failed",
-                    self.max_held
-                );
+                if !self.told_full.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "filter shared data and queues are full ({} bytes, \
+                         --filter-shared-size): writes fail until there is room",
+                        self.max_held
+                    );
+                }
                 Status::InternalFailure
             })
     }

@@ -526,4 +526,9 @@ async fn a_guest_storming_the_network_is_held_to_its_requests_in_flight() {
         "{}",
         server.log()
     );
+    assert_eq!(
+        server.log().matches("already in flight").count(),
+        1,
+        "said once for the instance, not for each of the 40"
+    );
 }

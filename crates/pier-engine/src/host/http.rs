@@ -131,6 +131,9 @@ pub(crate) struct OutboundHooks {
     outbound: Arc<dyn Outbound>,
     in_flight: Arc<AtomicUsize>,
     max_in_flight: usize,
+    /// Whether the log has said a request was refused for the cap (once per instance: a guest
+    /// looping on refused requests must not flood the log).
+    told: bool,
 }
 
 impl OutboundHooks {
@@ -139,6 +142,7 @@ impl OutboundHooks {
             outbound,
             in_flight: Arc::default(),
             max_in_flight: usize::MAX,
+            told: false,
         }
     }
 }
@@ -219,11 +223,13 @@ impl WasiHttpHooks for OutboundHooks {
     > {
         let max = self.max_in_flight;
         let Some(place) = InFlight::take(&self.in_flight, max) else {
-            tracing::warn!(
-                uri = %request.uri(),
-                "outgoing request refused: {max} already in flight from this instance \
-                 (--max-outbound-requests)"
-            );
+            if !std::mem::replace(&mut self.told, true) {
+                tracing::warn!(
+                    uri = %request.uri(),
+                    "outgoing request refused: {max} already in flight from this instance \
+                     (--max-outbound-requests; said once per instance)"
+                );
+            }
             return Box::new(async { Err(wasmtime_wasi_http::Error::ConnectionLimitReached) });
         };
         let sent = self.outbound.send(request, options);
