@@ -229,7 +229,7 @@ fn without_hop_by_hop(headers: &HeaderMap) -> HeaderMap {
 }
 
 /// The header names a response's `Vary` lists.
-fn vary_names(headers: &HeaderMap) -> impl Iterator<Item = HeaderName> + '_ {
+pub(crate) fn vary_names(headers: &HeaderMap) -> impl Iterator<Item = HeaderName> + '_ {
     headers
         .get_all(http::header::VARY)
         .iter()

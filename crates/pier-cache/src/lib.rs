@@ -215,7 +215,7 @@ impl Cache {
             shared: true,
             ..CacheOptions::default()
         };
-        let policy = CachePolicy::new_options(req, response, now, options);
+        let policy = CachePolicy::new_options(&kept_request(req, response), response, now, options);
         policy.is_storable().then_some(policy)
     }
 
@@ -286,6 +286,34 @@ pub fn key(uri: &Uri) -> String {
         .unwrap_or_default();
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     format!("{scheme}://{authority}{path}")
+}
+
+/// What of the request an entry's policy keeps: what RFC 9111 decisions read later (`Host`,
+/// `Cache-Control`, `Pragma`, the fields the response's `Vary` names) and whether it carried
+/// credentials (`Authorization` present: its value is not kept). A stored entry, in memory or in
+/// Redis, holds no client's credentials or cookies unless `Vary` makes them part of the key.
+fn kept_request(req: &request::Parts, response: &http::response::Parts) -> request::Parts {
+    let mut kept = http::Request::new(());
+    *kept.method_mut() = req.method.clone();
+    *kept.uri_mut() = req.uri.clone();
+    *kept.version_mut() = req.version;
+    let (mut parts, ()) = kept.into_parts();
+    let vary: Vec<http::HeaderName> = entry::vary_names(&response.headers).collect();
+    for (name, value) in &req.headers {
+        let keyed = vary.contains(name);
+        if keyed
+            || *name == http::header::HOST
+            || *name == http::header::CACHE_CONTROL
+            || *name == http::header::PRAGMA
+        {
+            parts.headers.append(name.clone(), value.clone());
+        } else if *name == http::header::AUTHORIZATION {
+            parts
+                .headers
+                .insert(name.clone(), http::HeaderValue::from_static("(present)"));
+        }
+    }
+    parts
 }
 
 /// Whether the request says `no-cache` (`Cache-Control` or `Pragma`): nothing stored may be sent
@@ -453,6 +481,38 @@ mod tests {
             Lookup::Miss { vary: true }
         ));
         assert!(fresh(&cache, &key(&req), &req.headers, t0).await.is_none());
+    }
+
+    /// An entry's policy keeps no credentials or cookies (they would sit in Redis for anyone
+    /// with access to it), unless `Vary` makes them part of the key; it decides as before: a
+    /// `public` answer to an authorized request is stored, `Vary: Cookie` still tells cookies
+    /// apart.
+    #[tokio::test]
+    async fn a_stored_policy_keeps_no_credentials_unless_they_are_keyed() {
+        let cache = cache();
+        let t0 = SystemTime::now();
+        let secret = [("authorization", "Bearer s3cret"), ("cookie", "id=c00kie")];
+        let req = get("http://example.com/c", &secret);
+        let public = response(&[("cache-control", "public, max-age=60")]);
+        let policy = cache.policy(&req, &public, t0).expect("public: stored");
+        let kept = serde_json::to_string(&policy).unwrap();
+        assert!(
+            !kept.contains("s3cret") && !kept.contains("c00kie"),
+            "{kept}"
+        );
+        assert!(kept.contains("example.com"), "the host is kept: {kept}");
+
+        let by_cookie = response(&[("cache-control", "public, max-age=60"), ("vary", "cookie")]);
+        assert!(keep(&cache, &req, &by_cookie, t0).await);
+        assert!(matches!(lookup(&cache, &req, t0).await, Lookup::Fresh(_)));
+        let other = get("http://example.com/c", &[("cookie", "id=other")]);
+        assert!(
+            matches!(
+                lookup(&cache, &other, t0).await,
+                Lookup::Miss { vary: true }
+            ),
+            "another cookie is another variant"
+        );
     }
 
     #[tokio::test]
