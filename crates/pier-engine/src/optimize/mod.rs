@@ -21,6 +21,8 @@
 //! ([`crate::dirty`]).
 
 mod component;
+#[cfg(test)]
+mod differential;
 pub mod hint;
 mod merge;
 mod plan;
