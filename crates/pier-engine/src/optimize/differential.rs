@@ -4,6 +4,11 @@
 //! same arguments and the same fuel, and the results, traps, exported globals, memories and
 //! tables must be the same after every call.
 //!
+//! The same modules are also put in a component the way a linker does (instantiated in order,
+//! each given the earlier instances; their functions lifted and exported), which goes through
+//! the whole [`super::optimize_component`]; every export is called on the component as it was
+//! and as optimised, and the results and traps must be the same.
+//!
 //! `./test.sh` runs a fixed corpus of seeds (seconds); a longer run:
 //! `PIER_DIFFERENTIAL_CASES=20000 PIER_DIFFERENTIAL_FIRST=1000 cargo test -p pier-engine --lib
 //! differential -- --nocapture`. A failing seed is written out with its modules and belongs in
@@ -122,11 +127,11 @@ fn bytes_of(seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// Generates two or three linked modules from `seed`.
-fn generate(seed: u64) -> Vec<Vec<u8>> {
+/// Generates `count` (a range) linked modules from `seed`.
+fn generate(seed: u64, count: std::ops::RangeInclusive<u32>) -> Vec<Vec<u8>> {
     let data = bytes_of(seed);
     let mut u = Unstructured::new(&data);
-    let count = u.int_in_range(2..=3).unwrap_or(2);
+    let count = u.int_in_range(count.clone()).unwrap_or(*count.start());
     let mut members: Vec<Vec<u8>> = Vec::new();
     for _ in 0..count {
         // The first imports nothing: the linker's main module, owning memory and table.
@@ -306,7 +311,7 @@ fn argument(u: &mut Unstructured<'_>, ty: &ValType) -> Val {
 
 /// Runs one seed; panics with what differed.
 fn check(engine: &Engine, seed: u64) -> Outcome {
-    let members = generate(seed);
+    let members = generate(seed, 2..=3);
     if members.len() < 2 {
         return Outcome::Inconclusive;
     }
@@ -457,5 +462,187 @@ fn merged_modules_behave_as_the_linked_modules_they_were() {
         compared * 2 >= cases as usize && linked * 2 >= compared && calls >= compared,
         "{compared} compared, {linked} linked, {calls} calls, {declined} declined, \
          {inconclusive} inconclusive"
+    );
+}
+
+/// The members as a linker's component: instantiated in order (member `j` is the instance
+/// argument `m{j}`), and every function whose signature lifts without a memory exported as
+/// `m{m}-f{k}`.
+fn component_of(members: &[Vec<u8>]) -> Vec<u8> {
+    use wasm_encoder::{
+        ComponentBuilder, ComponentExportKind, ComponentValType, ExportKind, ModuleArg,
+        PrimitiveValType,
+    };
+    let mut builder = ComponentBuilder::default();
+    let modules: Vec<u32> = members
+        .iter()
+        .map(|bytes| builder.core_module_raw(None, bytes))
+        .collect();
+    let mut instances: Vec<u32> = Vec::new();
+    for (m, module) in modules.iter().enumerate() {
+        let names: Vec<String> = (0..m).map(|j| format!("m{j}")).collect();
+        let args: Vec<(&str, ModuleArg)> = names
+            .iter()
+            .zip(&instances)
+            .map(|(name, i)| (name.as_str(), ModuleArg::Instance(*i)))
+            .collect();
+        instances.push(builder.core_instantiate(None, *module, args));
+    }
+    let lifted = |ty: &wasmparser::ValType| match ty {
+        wasmparser::ValType::I32 => Some(PrimitiveValType::S32),
+        wasmparser::ValType::I64 => Some(PrimitiveValType::S64),
+        wasmparser::ValType::F32 => Some(PrimitiveValType::F32),
+        wasmparser::ValType::F64 => Some(PrimitiveValType::F64),
+        _ => None,
+    };
+    for (m, bytes) in members.iter().enumerate() {
+        let summary = Summary::read(bytes).unwrap();
+        for (k, &(name, kind, index)) in summary.export_list.iter().enumerate() {
+            if kind != ExternalKind::Func {
+                continue;
+            }
+            let ty = summary.type_list[summary.func_types[index as usize] as usize]
+                .clone()
+                .expect("a function type");
+            let params: Option<Vec<PrimitiveValType>> = ty.params().iter().map(lifted).collect();
+            let results: Option<Vec<PrimitiveValType>> = ty.results().iter().map(lifted).collect();
+            let (Some(params), Some(results)) = (params, results) else {
+                continue;
+            };
+            if results.len() > 1 || params.len() > 16 {
+                continue;
+            }
+            let core = builder.core_alias_export(None, instances[m], name, ExportKind::Func);
+            let (type_index, encoder) = builder.type_function(None);
+            let names: Vec<String> = (0..params.len()).map(|i| format!("p{i}")).collect();
+            let mut encoder = encoder;
+            encoder.params(
+                names
+                    .iter()
+                    .zip(&params)
+                    .map(|(n, t)| (n.as_str(), ComponentValType::Primitive(*t))),
+            );
+            encoder.result(results.first().map(|t| ComponentValType::Primitive(*t)));
+            let func = builder.lift_func(None, core, type_index, []);
+            builder.export(format!("m{m}-f{k}"), ComponentExportKind::Func, func, None);
+        }
+    }
+    builder.finish()
+}
+
+/// Calls every export of `component` in order with arguments from `seed`: what each returned.
+fn run_component(engine: &Engine, component: &[u8], seed: u64) -> Result<Vec<String>, String> {
+    use wasmtime::component::{Component, Linker, Type, Val as CVal};
+    let component = Component::new(engine, component).map_err(|e| format!("compile: {e}"))?;
+    let mut linker = Linker::new(engine);
+    linker
+        .instance(super::hint::INTERFACE)
+        .unwrap()
+        .func_wrap(super::hint::FUNCTION, |_, (memory,): (Vec<u8>,)| {
+            assert_eq!(memory.len() % 65536, 0, "the hint hands over whole pages");
+            Ok(())
+        })
+        .unwrap();
+    let mut store = Store::new(engine, ());
+    store.set_fuel(FUEL).unwrap();
+    let instance = match linker.instantiate(&mut store, &component) {
+        Ok(instance) => instance,
+        Err(e) => {
+            return Ok(vec![format!(
+                "instantiation: {:?}",
+                e.downcast_ref::<Trap>()
+            )]);
+        }
+    };
+    let data = bytes_of(seed ^ 0xc0);
+    let mut u = Unstructured::new(&data);
+    let mut seen = Vec::new();
+    let names: Vec<String> = component
+        .component_type()
+        .exports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
+    for name in names {
+        let func = instance
+            .get_func(&mut store, &name)
+            .expect("an exported function");
+        let ty = func.ty(&store);
+        let args: Vec<CVal> = ty
+            .params()
+            .map(|(_, ty)| match ty {
+                Type::S32 => CVal::S32(u.arbitrary().unwrap_or(0)),
+                Type::S64 => CVal::S64(u.arbitrary().unwrap_or(0)),
+                Type::Float32 => CVal::Float32(f32::from_bits(u.arbitrary().unwrap_or(0))),
+                Type::Float64 => CVal::Float64(f64::from_bits(u.arbitrary().unwrap_or(0))),
+                other => panic!("not lifted: {other:?}"),
+            })
+            .collect();
+        let mut results = vec![CVal::Bool(false); ty.results().len()];
+        store.set_fuel(FUEL).unwrap();
+        let outcome = match func.call(&mut store, &args, &mut results) {
+            Ok(()) => {
+                let shown: Vec<String> = results
+                    .iter()
+                    .map(|v| match v {
+                        CVal::Float32(f) => format!("f32 {:#x}", f.to_bits()),
+                        CVal::Float64(f) => format!("f64 {:#x}", f.to_bits()),
+                        other => format!("{other:?}"),
+                    })
+                    .collect();
+                format!("{name}: {shown:?}")
+            }
+            Err(e) => match e.downcast_ref::<Trap>() {
+                Some(Trap::StackOverflow) => return Err("stack overflow".into()),
+                Some(trap) => format!("{name}: trap {trap:?}"),
+                // A trapped instance refuses every later call, on both sides alike.
+                None => format!("{name}: error"),
+            },
+        };
+        seen.push(outcome);
+    }
+    Ok(seen)
+}
+
+#[test]
+fn optimised_components_behave_as_the_components_they_were() {
+    let engine = engine();
+    let first = env("PIER_DIFFERENTIAL_FIRST", 0);
+    let cases = env("PIER_DIFFERENTIAL_CASES", 150);
+    let (mut merged, mut calls) = (0, 0);
+    for seed in REGRESSIONS.iter().copied().chain(first..first + cases) {
+        // Three modules, so that the table's owner can have the two importers a linker's
+        // output has.
+        let members = generate(seed, 3..=3);
+        let original = component_of(&members);
+        if super::validate(&original).is_err() {
+            continue;
+        }
+        let optimized = match super::optimize_component(&original) {
+            Ok(Some(optimized)) if optimized.merged_modules > 0 => optimized,
+            Ok(_) | Err(super::OptimizeError::Unsupported(_)) => continue,
+            Err(e) => fail(seed, &members, None, &format!("the optimiser failed: {e}")),
+        };
+        let before = run_component(&engine, &original, seed);
+        let after = run_component(&engine, &optimized.bytes, seed);
+        match (&before, &after) {
+            (Err(e), _) if e.starts_with("compile") => continue,
+            (Err(e), _) | (_, Err(e)) if e == "stack overflow" => continue,
+            _ => {}
+        }
+        if before != after {
+            fail(
+                seed,
+                &members,
+                Some(&optimized.bytes),
+                &format!("component: {before:?} as it was, {after:?} optimised"),
+            );
+        }
+        merged += 1;
+        calls += before.map_or(0, |b| b.len());
+    }
+    println!("{merged} components merged and compared ({calls} calls)");
+    assert!(
+        merged >= 10 && calls >= merged,
+        "{merged} merged, {calls} calls"
     );
 }
