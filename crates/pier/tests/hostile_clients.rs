@@ -209,3 +209,159 @@ async fn a_client_that_does_not_read_is_cut_off_after_the_send_timeout() {
     let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut got)).await;
     assert!(got.len() < size, "{} bytes", got.len());
 }
+
+/// A request target longer than pier parses is `414 URI Too Long` (RFC 9112 §3), a head
+/// larger than the header limit `431`, each answered and closed; shorter long ones are served.
+#[tokio::test]
+async fn a_request_target_too_long_is_414() {
+    let app = guest("hello");
+    let server = PierServer::start(pier(), &[app.to_str().unwrap()]).unwrap();
+    for (length, status) in [(20_000, "200"), (70_000, "414"), (200_000, "431")] {
+        let raw = format!(
+            "GET /{} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+            "a".repeat(length)
+        );
+        let (answer, closed) = exchange(&server.addr, raw.as_bytes()).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{length}: {}",
+            &answer[..answer.len().min(200)]
+        );
+        assert!(closed, "{length}");
+    }
+}
+
+/// Connections that open and say nothing, as many as `--max-connections`: pier stops accepting
+/// (the next client waits in the kernel's backlog, pier's memory does not grow with them),
+/// closes each silent one at `--header-timeout`, and the waiting client is then served.
+#[tokio::test]
+async fn silent_connections_up_to_the_limit_are_closed_and_the_next_client_served() {
+    let app = guest("hello");
+    let server = PierServer::start(
+        pier(),
+        &[
+            "--max-connections",
+            "20",
+            "--header-timeout",
+            "2s",
+            app.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(tokio::net::TcpStream::connect(&server.addr).await.unwrap());
+    }
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(Duration::from_secs(15), get(&server.addr, Proto::H1, "/"))
+        .await
+        .expect("the next client is served once the silent ones are closed")
+        .unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    // It waited for a slot: the silent connections held all twenty.
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    for mut stream in silent {
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "a silent connection is still open");
+    }
+}
+
+/// A TLS handshake flood: clients that start a handshake and stall (a few bytes of a
+/// ClientHello), and clients that complete handshakes and leave at once, hundreds of each. The
+/// stalled ones are closed at `--header-timeout`, memory stays bounded, and a real client is
+/// served throughout or, at the connection limit, as soon as the stalled ones are gone.
+#[tokio::test]
+async fn a_tls_handshake_flood_is_bounded_and_others_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let app = guest("hello");
+    let server = PierServer::start(
+        pier(),
+        &[
+            "--tls-cert",
+            cert_path.to_str().unwrap(),
+            "--tls-key",
+            key_path.to_str().unwrap(),
+            "--max-connections",
+            "300",
+            "--header-timeout",
+            "2s",
+            app.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let root = cert.cert.der().to_vec();
+    let served = |root: Vec<u8>, addr: String| async move {
+        let (mut client, _) = pier_testkit::connect_tls::<http_body_util::Full<bytes::Bytes>>(
+            &addr,
+            &root,
+            &[b"h2", b"http/1.1"],
+        )
+        .await
+        .unwrap();
+        let req = http::Request::get(format!("https://{addr}/"))
+            .body(Default::default())
+            .unwrap();
+        pier_testkit::read(client.send(req).await.unwrap())
+            .await
+            .unwrap()
+            .status
+    };
+    let before = pier_testkit::rss_bytes(server.pid()).unwrap();
+    // 250 stalled handshakes: a TLS record header and half a ClientHello, then nothing.
+    let mut stalled = Vec::new();
+    for _ in 0..250 {
+        let mut stream = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+        stream
+            .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00])
+            .await
+            .unwrap();
+        stalled.push(stream);
+    }
+    // 300 complete handshakes, dropped at once, 30 at a time.
+    for _ in 0..10 {
+        let rounds: Vec<_> = (0..30)
+            .map(|_| {
+                let (root, addr) = (root.clone(), server.addr.clone());
+                tokio::spawn(async move {
+                    let _ = pier_testkit::connect_tls::<http_body_util::Full<bytes::Bytes>>(
+                        &addr,
+                        &root,
+                        &[b"http/1.1"],
+                    )
+                    .await;
+                })
+            })
+            .collect();
+        for round in rounds {
+            round.await.unwrap();
+        }
+    }
+    let status = tokio::time::timeout(
+        Duration::from_secs(15),
+        served(root.clone(), server.addr.clone()),
+    )
+    .await
+    .expect("a real client is served");
+    assert_eq!(status, StatusCode::OK);
+    for mut stream in stalled {
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "a stalled handshake is still open");
+    }
+    let grown = pier_testkit::rss_bytes(server.pid())
+        .unwrap()
+        .saturating_sub(before);
+    assert!(grown < 64 << 20, "grew {grown} bytes");
+    assert_eq!(served(root, server.addr.clone()).await, StatusCode::OK);
+}
