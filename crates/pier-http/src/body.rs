@@ -238,8 +238,9 @@ pub struct AccessRecord {
     pub guest: Option<Arc<GuestOutcome>>,
     /// The filter streams of the request: they end (`proxy_on_log`) after this record.
     pub streams: crate::filters::Streams,
-    /// Keeps the connection busy (for its idle timeout) while the response is sent.
-    _in_flight: Option<crate::conn::InFlight>,
+    /// Keeps the connection busy (for its idle timeout) while the response is sent, and tells
+    /// it when the response waits for an HTTP/2 client's window (for its send timeout).
+    in_flight: Option<crate::conn::InFlight>,
     bytes: u64,
     failed: bool,
     done: bool,
@@ -262,7 +263,7 @@ impl AccessRecord {
             started,
             guest: None,
             streams: Vec::new(),
-            _in_flight: in_flight,
+            in_flight,
             bytes: 0,
             failed: false,
             done: false,
@@ -341,11 +342,21 @@ impl Body for Observed {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
+        if let Some(in_flight) = &this.record.in_flight {
+            in_flight.taken();
+        }
         let poll = Pin::new(&mut this.inner).poll_frame(cx);
         match &poll {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.record.bytes += data.len() as u64;
+                    // HTTP/2 holds the data until the client's window has room for it, and asks
+                    // for more (or drops the body, after the last) once it is sent.
+                    if !data.is_empty()
+                        && let Some(in_flight) = &this.record.in_flight
+                    {
+                        in_flight.waiting_on_client();
+                    }
                 }
                 // hyper does not poll a body again once it says it is at its end (a body of a
                 // known length, its last frame taken).

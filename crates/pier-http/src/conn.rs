@@ -3,8 +3,8 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,10 @@ pub struct Activity {
     /// Since when pier's writes have been waiting on the client (its milliseconds + 1; 0: they
     /// are not): a client that does not read.
     blocked_since_ms: AtomicU64,
+    /// HTTP/2: each response being sent, and since when it has waited for the client to take
+    /// more of it (its window closed; milliseconds + 1, 0: it is not waiting). The socket may
+    /// be writable all along: a zero-window client is not a slow reader to the socket.
+    windows: Mutex<Vec<Weak<AtomicU64>>>,
 }
 
 /// The watchdog's timeouts (zero: never).
@@ -65,6 +69,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             h2: AtomicBool::new(false),
             blocked_since_ms: AtomicU64::new(0),
+            windows: Mutex::new(Vec::new()),
         })
     }
 
@@ -89,11 +94,34 @@ impl Activity {
         }
     }
 
-    /// Until when the client may leave pier's writes waiting, if they are.
+    /// Until when the client may leave pier's writes, or one of its HTTP/2 responses, waiting,
+    /// if they are.
     fn send_deadline(&self, send: Duration) -> Option<Instant> {
-        let since = self.blocked_since_ms.load(Ordering::Relaxed);
-        (since != 0 && !send.is_zero())
-            .then(|| self.opened + Duration::from_millis(since - 1) + send)
+        if send.is_zero() {
+            return None;
+        }
+        let blocked = self.blocked_since_ms.load(Ordering::Relaxed);
+        let since = [blocked, self.window_closed_since()]
+            .into_iter()
+            .filter(|&ms| ms != 0)
+            .min()?;
+        Some(self.opened + Duration::from_millis(since - 1) + send)
+    }
+
+    /// Since when the HTTP/2 response that has waited longest for the client's window has
+    /// waited (0: none waits).
+    fn window_closed_since(&self) -> u64 {
+        if !self.h2.load(Ordering::Relaxed) {
+            return 0;
+        }
+        let windows = self.windows.lock().expect("not poisoned");
+        windows
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|w| w.load(Ordering::Relaxed))
+            .filter(|&ms| ms != 0)
+            .min()
+            .unwrap_or(0)
     }
 
     fn now_ms(&self) -> u64 {
@@ -130,9 +158,20 @@ impl Activity {
                 .flatten()
                 .min();
         }
-        let idle = (!idle.is_zero()).then(|| self.at(&self.last_ms) + idle);
+        let idle = (!idle.is_zero()).then(|| self.at(self.idle_since()) + idle);
         let header = header.map(|d| self.at(&self.free_since_ms) + d);
         [idle, header, send].into_iter().flatten().min()
+    }
+
+    /// Where the idle clock starts: HTTP/1's last traffic; HTTP/2's last request, whatever
+    /// frames came since (PINGs, SETTINGS or a header block trickled a byte at a time open no
+    /// request and must not keep a connection forever).
+    fn idle_since(&self) -> &AtomicU64 {
+        if self.h2.load(Ordering::Relaxed) {
+            &self.free_since_ms
+        } else {
+            &self.last_ms
+        }
     }
 
     /// Whether the connection is to be closed now, and why.
@@ -148,7 +187,7 @@ impl Activity {
         if self.header_applies(header) && now >= self.at(&self.free_since_ms) + header {
             return Some(Expired::Header);
         }
-        (!idle.is_zero() && now >= self.at(&self.last_ms) + idle).then_some(Expired::Idle)
+        (!idle.is_zero() && now >= self.at(self.idle_since()) + idle).then_some(Expired::Idle)
     }
 
     /// The header timeout is for HTTP/1, where a client sends a whole request head at a time;
@@ -165,27 +204,63 @@ impl Activity {
     /// Marks a request as started; the guard marks it finished when dropped.
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
+        let window = self.h2.load(Ordering::Relaxed).then(|| {
+            let window = Arc::new(AtomicU64::new(0));
+            let mut windows = self.windows.lock().expect("not poisoned");
+            windows.retain(|w| w.strong_count() > 0);
+            windows.push(Arc::downgrade(&window));
+            window
+        });
+        InFlight {
+            activity: self.clone(),
+            window,
+        }
     }
 }
 
 /// A request being answered on a connection (see [`Activity::begin`]).
 #[derive(Debug)]
-pub struct InFlight(Arc<Activity>);
+pub struct InFlight {
+    activity: Arc<Activity>,
+    /// HTTP/2: since when the response has waited for the client's window (see
+    /// [`Activity::windows`]).
+    window: Option<Arc<AtomicU64>>,
+}
 
 impl InFlight {
     /// The client's address.
     pub fn peer(&self) -> std::net::SocketAddr {
-        self.0.peer
+        self.activity.peer
+    }
+
+    /// The response has handed the HTTP/2 layer data, which it sends (and then asks for more,
+    /// or drops the body after the last) once the client's window has room: waiting on the
+    /// client from now, unless already.
+    pub fn waiting_on_client(&self) {
+        if let Some(window) = &self.window
+            && window.load(Ordering::Relaxed) == 0
+        {
+            window.store(self.activity.now_ms() + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// The HTTP/2 layer asks for more of the response: it waits on the client no more.
+    pub fn taken(&self) {
+        if let Some(window) = &self.window
+            && window.load(Ordering::Relaxed) != 0
+        {
+            window.store(0, Ordering::Relaxed);
+        }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let now = self.0.now_ms();
-        self.0.last_ms.store(now, Ordering::Relaxed);
-        self.0.free_since_ms.store(now, Ordering::Relaxed);
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let activity = &self.activity;
+        let now = activity.now_ms();
+        activity.last_ms.store(now, Ordering::Relaxed);
+        activity.free_since_ms.store(now, Ordering::Relaxed);
+        activity.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -568,5 +643,69 @@ mod tests {
             ..all
         };
         assert_eq!(activity.expired(off), None, "zero: never");
+    }
+
+    #[test]
+    fn an_http2_response_left_waiting_on_the_window_expires_the_connection() {
+        let activity = Activity::new(PEER);
+        activity.h2.store(true, Ordering::Relaxed);
+        let send = Duration::from_millis(20);
+        let all = Timeouts {
+            idle: Duration::from_secs(60),
+            header: Duration::ZERO,
+            send,
+        };
+        let flowing = activity.begin();
+        let stalled = activity.begin();
+        // One response's data is taken again and again; the other's is never taken.
+        stalled.waiting_on_client();
+        for _ in 0..5 {
+            flowing.waiting_on_client();
+            std::thread::sleep(Duration::from_millis(5));
+            flowing.taken();
+        }
+        assert_eq!(activity.expired(all), Some(Expired::Send));
+        // Once the stalled response is gone, the flowing one alone keeps nothing waiting.
+        drop(stalled);
+        assert_eq!(activity.expired(all), None);
+        flowing.waiting_on_client();
+        flowing.taken();
+        std::thread::sleep(Duration::from_millis(25));
+        assert_eq!(activity.expired(all), None);
+        // HTTP/1 has no windows: its writes are the socket's.
+        let h1 = Activity::new(PEER);
+        let request = h1.begin();
+        request.waiting_on_client();
+        std::thread::sleep(Duration::from_millis(25));
+        assert_eq!(h1.expired(all), None);
+    }
+
+    #[test]
+    fn http2_traffic_without_requests_does_not_keep_a_connection() {
+        let idle = Duration::from_millis(20);
+        let all = Timeouts {
+            idle,
+            header: Duration::ZERO,
+            send: Duration::ZERO,
+        };
+        for h2 in [false, true] {
+            let activity = Activity::new(PEER);
+            activity.h2.store(h2, Ordering::Relaxed);
+            // PINGs (or a header block's bytes) every 5 ms, no request.
+            for _ in 0..6 {
+                std::thread::sleep(Duration::from_millis(5));
+                activity.touch();
+            }
+            let expired = activity.expired(all);
+            if h2 {
+                assert_eq!(
+                    expired,
+                    Some(Expired::Idle),
+                    "HTTP/2: its last request counts"
+                );
+            } else {
+                assert_eq!(expired, None, "HTTP/1: bytes are a request's head coming");
+            }
+        }
     }
 }

@@ -458,6 +458,9 @@ impl Connection {
         if closing {
             conn.as_mut().graceful_shutdown();
         }
+        // An idle connection told to go away (HTTP/2 GOAWAY) that has not gone within the send
+        // timeout: its client holds a response it does not take (a window never opened).
+        let mut leaving_by: Option<std::time::Instant> = None;
         loop {
             // Once closing, only a slow client is still cut off: the rest is the drain's.
             let timeouts = Timeouts {
@@ -480,12 +483,19 @@ impl Connection {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
+                () = sleep_until(leaving_by), if leaving_by.is_some() => {
+                    tracing::debug!(peer = %self.peer, "an idle connection did not close within the send timeout: closing it");
+                    return;
+                }
                 () = sleep_until(check), if check.is_some() => match activity.expired(timeouts) {
                     None => {}
                     Some(Expired::Idle) => {
                         tracing::debug!(peer = %self.peer, "closing an idle connection");
                         closing = true;
                         conn.as_mut().graceful_shutdown();
+                        if !self.timeouts.send.is_zero() {
+                            leaving_by = Some(std::time::Instant::now() + self.timeouts.send);
+                        }
                     }
                     // Nothing is in progress: close at once, as for a client that went away.
                     Some(Expired::Header) => {

@@ -338,10 +338,10 @@ struct LimitArgs {
     /// Time a client has to send a request head (and an HTTP/1.1 client its next one); 0 disables.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     header_timeout: Duration,
-    /// Close connections idle this long; 0 disables.
+    /// Close connections with no request (HTTP/1.1: and no traffic) for this long; 0 disables.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     idle_timeout: Duration,
-    /// Close a connection whose client has not read pier's writes for this long; 0 disables.
+    /// Close a connection whose client has not taken pier's writes for this long; 0 disables.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     send_timeout: Duration,
     /// Outgoing HTTP requests one guest instance may have in flight; more fail at once

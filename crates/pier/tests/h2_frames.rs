@@ -766,3 +766,169 @@ async fn ping_and_settings_floods_from_a_client_that_never_reads_stay_bounded() 
     let grown = rss(&server).saturating_sub(before);
     assert!(grown < 64 << 20, "grew {grown} bytes");
 }
+
+/// A header block split into a HEADERS frame and CONTINUATION frames of at most 16 KiB.
+fn header_block(stream: u32, flags: u8, block: &[u8]) -> Vec<u8> {
+    let mut chunks = block.chunks(16_384).peekable();
+    let mut out = Vec::new();
+    let mut first = true;
+    while let Some(chunk) = chunks.next() {
+        let last = chunks.peek().is_none();
+        let end = if last { END_HEADERS } else { 0 };
+        if first {
+            out.extend(frame(HEADERS, flags | end, stream, chunk));
+            first = false;
+        } else {
+            out.extend(frame(CONTINUATION, end, stream, chunk));
+        }
+    }
+    out
+}
+
+/// An HPACK bomb: one 4 KB field stored in the dynamic table, then referred to by a byte each,
+/// 12,000 times a block (48 MB decoded from 12 KB on the wire), on 20 streams. pier answers
+/// none of them 200: each is refused (431 or reset) or the connection goes away, memory stays
+/// bounded, and other clients are served.
+#[tokio::test]
+async fn an_hpack_bomb_is_refused_with_memory_bounded() {
+    let server = start(Transport::H2c, "hello", &[]);
+    let before = rss(&server);
+    let mut abuser = server.open(Transport::H2c).await;
+    let streams: Vec<u32> = (0..20).map(|i| 2 * i + 1).collect();
+    for &stream in &streams {
+        let mut block = hpack(&request("GET", "/"));
+        if stream == 1 {
+            // Literal with incremental indexing, new name: it becomes dynamic index 62.
+            block.push(0x40);
+            block.extend(hpack_int(0, 7, 6));
+            block.extend_from_slice(b"x-bomb");
+            block.extend(hpack_int(0, 7, 4000));
+            block.extend(std::iter::repeat_n(b'a', 4000));
+        }
+        block.extend(std::iter::repeat_n(0x80 | 62, 12_000));
+        abuser.send(&header_block(stream, END_STREAM, &block)).await;
+    }
+    let mut concluded = std::collections::BTreeMap::new();
+    let ended = loop {
+        match abuser.next(Duration::from_secs(5)).await {
+            Ok(f) if f.kind == HEADERS => {
+                assert_ne!(
+                    f.payload.first(),
+                    Some(&0x88),
+                    "stream {} answered 200",
+                    f.stream
+                );
+                concluded.insert(f.stream, "refused");
+            }
+            Ok(f) if f.kind == RST_STREAM => {
+                concluded.entry(f.stream).or_insert("reset");
+            }
+            Ok(f) if f.kind == GOAWAY => break Ended::GoAway(f.code()),
+            Ok(_) => {}
+            Err(ended) => break ended,
+        }
+        if concluded.len() == streams.len() {
+            break Ended::Silent;
+        }
+    };
+    eprintln!("hpack bomb: {concluded:?}, then {ended:?}");
+    assert!(
+        concluded.len() == streams.len() || matches!(ended, Ended::GoAway(_) | Ended::Closed),
+        "{concluded:?} {ended:?}"
+    );
+    let mut other = server.open(Transport::H2c).await;
+    assert!(answered(&mut other, 1).await, "another client is served");
+    let grown = rss(&server).saturating_sub(before);
+    assert!(grown < 64 << 20, "grew {grown} bytes");
+}
+
+/// A client that opens streams with a flow-control window of 0, so that no DATA of their
+/// responses can ever be sent (the socket stays writable: this is not a slow reader to TCP):
+/// other clients are served meanwhile, nothing is sent past the window, and the connection is
+/// closed once a response has waited on the window for `--send-timeout`.
+#[tokio::test]
+async fn a_client_whose_window_stays_closed_is_cut_off_after_the_send_timeout() {
+    let server = start(Transport::H2c, "hello", &["--send-timeout", "2s"]);
+    let before = rss(&server);
+    let mut abuser = server.connect(Transport::H2c).await;
+    abuser.send(PREFACE).await;
+    // SETTINGS_INITIAL_WINDOW_SIZE = 0.
+    abuser.send(&settings(&[(0x4, 0)])).await;
+    let streams: Vec<u32> = (0..50).map(|i| 2 * i + 1).collect();
+    for &stream in &streams {
+        abuser
+            .send(&headers(stream, END_STREAM, &request("GET", "/")))
+            .await;
+    }
+    let mut other = server.open(Transport::H2c).await;
+    assert!(answered(&mut other, 1).await, "another client is served");
+    let started = std::time::Instant::now();
+    let mut heads = 0;
+    let last = loop {
+        match abuser.next(Duration::from_secs(10)).await {
+            Ok(f) if f.kind == HEADERS => heads += 1,
+            Ok(f) if f.kind == DATA => panic!("DATA sent past a zero window"),
+            Ok(_) => {}
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(last, Ended::Closed, "after {:?}", started.elapsed());
+    assert!(heads <= streams.len());
+    assert!(
+        server
+            .pier
+            .wait_for_log("the client has not read for 2s", Duration::from_secs(5)),
+        "{}",
+        server.pier.log()
+    );
+    // The other client's connection, whose window is open, is not affected.
+    assert!(
+        answered(&mut other, 3).await,
+        "the other client is still served"
+    );
+    let grown = rss(&server).saturating_sub(before);
+    assert!(grown < 64 << 20, "grew {grown} bytes");
+}
+
+/// HTTP/2 slowloris: a client that sends a header block a byte at a time and never finishes it,
+/// or sends only PINGs, opens no request: its connection is closed at `--idle-timeout` like any
+/// connection with nothing in progress, however much it trickles.
+#[tokio::test]
+async fn a_trickling_http2_client_with_no_request_is_closed_at_the_idle_timeout() {
+    let server = start(Transport::H2c, "hello", &["--idle-timeout", "2s"]);
+    for trickle in ["header block", "pings"] {
+        let mut abuser = server.open(Transport::H2c).await;
+        // pier's SETTINGS, acknowledged now: no frame may come between a header block's frames.
+        abuser.expect(SETTINGS, 0).await;
+        if trickle == "header block" {
+            // The pseudo-headers, then a field whose value is said to be 1 MB long, sent a
+            // byte a frame.
+            let mut head = hpack(&request("GET", "/"));
+            head.extend([0x00, 0x01, b'x']);
+            head.extend(hpack_int(0, 7, 1 << 20));
+            abuser.send(&frame(HEADERS, END_STREAM, 1, &head)).await;
+        }
+        let started = std::time::Instant::now();
+        let closed = loop {
+            if started.elapsed() > Duration::from_secs(8) {
+                break false;
+            }
+            let next = if trickle == "header block" {
+                frame(CONTINUATION, 0, 1, b"a")
+            } else {
+                frame(PING, 0, 0, &[1; 8])
+            };
+            if abuser.io.write_all(&next).await.is_err() {
+                break true;
+            }
+            // Drain what pier sends (PING answers, SETTINGS); a closed read is the end.
+            match abuser.next(Duration::from_millis(300)).await {
+                Err(Ended::Closed) => break true,
+                Ok(f) if f.kind == GOAWAY => break true,
+                _ => {}
+            }
+        };
+        eprintln!("{trickle}: closed {closed} after {:?}", started.elapsed());
+        assert!(closed, "{trickle}: still open after 8 s");
+    }
+}
