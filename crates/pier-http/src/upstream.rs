@@ -110,7 +110,8 @@ impl Upstream {
             Err(e) => {
                 tracing::warn!(upstream = %self.origin, "upstream request failed: {e:?}");
                 match e {
-                    Error::ConnectionTimeout
+                    Error::DnsTimeout
+                    | Error::ConnectionTimeout
                     | Error::ConnectionReadTimeout
                     | Error::HttpResponseTimeout => error_response(
                         StatusCode::GATEWAY_TIMEOUT,

@@ -44,6 +44,9 @@ pub enum ConnectError {
     /// Name resolution failed.
     #[error("DNS lookup of {host} failed: {error}")]
     Dns { host: String, error: io::Error },
+    /// Name resolution did not answer within the connect timeout.
+    #[error("DNS lookup of {0} timed out")]
+    DnsTimeout(String),
     /// Name resolution gave no address.
     #[error("{0} has no address")]
     NoAddress(String),
@@ -107,9 +110,14 @@ impl tower_service::Service<Uri> for Connector {
             let tls = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
             let scheme = if tls { "https" } else { "http" };
             let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+            // Resolving and connecting share the connect timeout; a lookup that uses it up is
+            // a DNS timeout, not a connection's.
+            let deadline = tokio::time::Instant::now() + timeout;
             let open = async {
-                let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+                let lookup = tokio::net::lookup_host((host.as_str(), port));
+                let addrs: Vec<SocketAddr> = tokio::time::timeout_at(deadline, lookup)
                     .await
+                    .map_err(|_| ConnectError::DnsTimeout(host.clone()))?
                     .map_err(|source| ConnectError::Dns {
                         host: host.clone(),
                         error: source,
@@ -144,7 +152,7 @@ impl tower_service::Service<Uri> for Connector {
                     .or(denied.map(ConnectError::Denied))
                     .expect("at least one address"))
             };
-            let tcp = tokio::time::timeout(timeout, open)
+            let tcp = tokio::time::timeout_at(deadline, open)
                 .await
                 .map_err(|_| ConnectError::Timeout(host.clone()))??;
             metrics::counter!(crate::metrics::OUTBOUND_CONNECTIONS, "scheme" => scheme)

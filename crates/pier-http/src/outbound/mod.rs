@@ -110,7 +110,7 @@ impl Outbound for OutboundClient {
         let host = uri.host().unwrap_or_default().to_string();
         let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
         if let Err(denied) = self.policy.check_url(scheme, &host, port) {
-            tracing::warn!("outgoing request denied: {denied}");
+            pier_engine::warn_denied(&format!("outgoing request denied: {denied}"));
             metrics::counter!(crate::metrics::OUTBOUND_REQUESTS, "result" => "denied").increment(1);
             return Box::pin(async { Err(Error::HttpRequestDenied) });
         }
@@ -207,13 +207,19 @@ fn map_client_error(e: &hyper_util::client::legacy::Error) -> Error {
 fn map_connect_error(e: &ConnectError) -> Error {
     match e {
         ConnectError::Denied(denied) => {
-            tracing::warn!("outgoing request denied: {denied}");
+            pier_engine::warn_denied(&format!("outgoing request denied: {denied}"));
             Error::HttpRequestDenied
         }
-        ConnectError::Dns { .. } | ConnectError::NoAddress(_) => Error::DnsError {
-            rcode: None,
+        // The resolver's own words, for the guest and the log.
+        ConnectError::Dns { error, .. } => Error::DnsError {
+            rcode: Some(error.to_string()),
             info_code: None,
         },
+        ConnectError::NoAddress(_) => Error::DnsError {
+            rcode: Some("no address".into()),
+            info_code: None,
+        },
+        ConnectError::DnsTimeout(_) => Error::DnsTimeout,
         ConnectError::Timeout(_) => Error::ConnectionTimeout,
         ConnectError::Connect { error: source, .. } => match source.kind() {
             std::io::ErrorKind::ConnectionRefused => Error::ConnectionRefused,
