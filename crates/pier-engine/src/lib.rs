@@ -3,6 +3,7 @@
 //! or 0.3, on fresh or reused instances; `wasi:cli` programs for `pier run`).
 
 mod cache;
+mod denials;
 mod dirty;
 mod engine;
 mod host;
@@ -15,6 +16,7 @@ mod reuse;
 mod run;
 
 pub use cache::{CacheOutcome, CompileCache};
+pub use denials::warn_denied;
 pub use dirty::Joined;
 pub use engine::{
     EPOCH_TICK, EngineKind, MemoryReset, PoolSizes, new_engine, start_epoch_ticker, swap_is_on,

@@ -901,7 +901,7 @@ impl pier_engine::Outbound for CachedOutbound {
             .policy
             .check_url(scheme, uri.host().unwrap_or_default(), port)
         {
-            tracing::warn!("outgoing request denied: {denied}");
+            pier_engine::warn_denied(&format!("outgoing request denied: {denied}"));
             metrics::counter!(crate::metrics::OUTBOUND_REQUESTS, "result" => "denied").increment(1);
             return Box::pin(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }

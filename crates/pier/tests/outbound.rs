@@ -455,6 +455,14 @@ async fn denied_hosts_get_http_request_denied_and_a_log_line() {
         0,
         "no connection was even attempted"
     );
+    // A guest repeating the denied request does not flood the log: the denial is said once a
+    // minute.
+    for _ in 0..20 {
+        let answer = forward(&pier, &target, false, "GET", "/hello", vec![]).await;
+        assert_eq!(answer.text(), DENIED);
+    }
+    let said = pier.log().matches("grant it with --allow-outbound").count();
+    assert_eq!(said, 1, "{}", pier.log());
 }
 
 #[tokio::test]
@@ -668,4 +676,54 @@ async fn the_upstream_handler_answers_502_and_504() {
         .unwrap();
     assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
     assert!(began.elapsed() < Duration::from_secs(2));
+}
+
+/// A name that does not resolve (`.invalid` never does, RFC 6761) is DNS-error (1) to a guest
+/// and 502 from the upstream handler, at once; a resolver that does not answer at all would be
+/// DNS-timeout (0) to the guest and 504 at the connect timeout. pier keeps serving.
+#[tokio::test]
+async fn a_name_that_does_not_resolve_is_a_dns_error() {
+    let pier = serve_forward(&[
+        "--allow-outbound",
+        "http://no-such-host.invalid",
+        "--outbound-connect-timeout",
+        "3s",
+    ]);
+    let began = Instant::now();
+    let answer = forward(&pier, "no-such-host.invalid", false, "GET", "/", vec![]).await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+    assert!(
+        matches!(
+            answer.text().as_str(),
+            "error-code 01\n" | "error-code 00\n"
+        ),
+        "{}",
+        answer.text()
+    );
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        began.elapsed()
+    );
+
+    let pier = serve_upstream(&[
+        "--upstream",
+        "http://no-such-host.invalid",
+        "--outbound-connect-timeout",
+        "3s",
+    ]);
+    let answer = pier_testkit::get(&pier.addr, Proto::H1, "/").await.unwrap();
+    assert!(
+        matches!(
+            answer.status,
+            StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT
+        ),
+        "{}",
+        answer.status
+    );
+    assert!(
+        pier.wait_for_log("DnsError", Duration::from_secs(5)),
+        "{}",
+        pier.log()
+    );
 }

@@ -105,7 +105,10 @@ impl Outbound for DenyAll {
             dyn Future<Output = Result<http::Response<WasiBody>, wasmtime_wasi_http::Error>> + Send,
         >,
     > {
-        tracing::warn!(uri = %request.uri(), "outgoing request denied: no --allow-outbound pattern was given");
+        crate::warn_denied(&format!(
+            "outgoing request to {} denied: no --allow-outbound pattern was given",
+            request.uri()
+        ));
         Box::pin(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
     }
 }

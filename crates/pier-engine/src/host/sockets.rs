@@ -78,7 +78,7 @@ fn verdict(
             false
         }
         Err(denied) => {
-            tracing::warn!(component, "{denied}");
+            crate::warn_denied(&format!("component {component}: {denied}"));
             false
         }
     }
