@@ -620,3 +620,154 @@ fn assert_kept(dir: &Path, acknowledged: &[String]) {
         acknowledged.len()
     );
 }
+
+/// A wrapper that runs pier in a mount namespace of its own with a tmpfs of `size` at
+/// `$PIER_STATE` (holding a filler file of `filler` bytes, or mounted read-only), or `None`
+/// where this machine allows no user namespaces (`unshare -rm`).
+fn in_small_tmpfs(dir: &Path, options: &str, filler: usize) -> Option<PathBuf> {
+    let probe = std::process::Command::new("unshare")
+        .args(["-rm", "sh", "-c", "mount -t tmpfs tmpfs /mnt"])
+        .output();
+    if !probe.is_ok_and(|out| out.status.success()) {
+        eprintln!("SKIPPED: this machine does not let a test mount a tmpfs (unshare -rm)");
+        return None;
+    }
+    let script = dir.join("pier-in-tmpfs.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nexec unshare -rm sh -c 'mount -t tmpfs -o {options} tmpfs \"$PIER_STATE\" \
+             && {{ [ {filler} -eq 0 ] || head -c {filler} /dev/zero > \"$PIER_STATE/filler\"; }} \
+             && exec \"$PIER\" \"$@\"' sh \"$@\"\n"
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    Some(script)
+}
+
+/// The state directory's disk fills up under writes: each write that does not fit is an error
+/// to the guest (SQLite's "database or disk is full", as `other`), never a trap, a hang or a
+/// crash; pier goes on serving; once there is room again writes succeed; and every write that
+/// was acknowledged is in the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_an_error_to_the_guest_and_nothing_acknowledged_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(wrapper) = in_small_tmpfs(dir.path(), "size=1m", 700 << 10) else {
+        return;
+    };
+    std::fs::copy(guest("kv"), dir.path().join("kv.wasm")).unwrap();
+    std::fs::write(dir.path().join("pier.toml"), MANIFEST).unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let manifest = dir.path().join("pier.toml");
+    let server = PierServer::start_with_env(
+        &wrapper,
+        &[
+            "--state-dir",
+            state.to_str().unwrap(),
+            manifest.to_str().unwrap(),
+        ],
+        &[
+            ("PIER", pier().to_str().unwrap()),
+            ("PIER_STATE", state.to_str().unwrap()),
+        ],
+    )
+    .unwrap();
+    // 1 KB keys' worth of writes: the free 300 KB is gone long before 2,000.
+    let write = |i: usize| {
+        let addr = server.addr.clone();
+        async move {
+            let key = format!("/key/{i:05}");
+            let (status, text) = ask(&addr, i, "a.test", &key).await;
+            (key, status, text)
+        }
+    };
+    let (mut acknowledged, mut refused) = (Vec::new(), Vec::new());
+    for i in 0..2000 {
+        let (key, status, text) = write(i).await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        if text == "stored" {
+            acknowledged.push(key);
+        } else {
+            refused.push(text);
+            if refused.len() >= 20 {
+                break;
+            }
+        }
+    }
+    assert!(!refused.is_empty(), "the disk never filled");
+    assert!(
+        refused.iter().all(|t| t.contains("full")),
+        "refusals say why: {refused:?}"
+    );
+    assert!(acknowledged.len() > 10, "{} writes", acknowledged.len());
+    // Still serving, other routes too.
+    assert_eq!(ask(&server.addr, 0, "b.test", "/").await.0, StatusCode::OK);
+    // Room again (the filler removed through pier's own view of its mounts): writes succeed.
+    let root = PathBuf::from(format!("/proc/{}/root", server.pid()));
+    let filler = root.join(state.strip_prefix("/").unwrap()).join("filler");
+    std::fs::remove_file(filler).unwrap();
+    let (key, _, text) = write(5000).await;
+    assert_eq!(text, "stored", "a write once there is room");
+    acknowledged.push(key);
+    // Everything acknowledged is there: `pier kv` run in pier's namespaces, while it runs.
+    let pid = server.pid().to_string();
+    let out = std::process::Command::new("nsenter")
+        .args(["-t", &pid, "-U", "-m", "--preserve-credentials", "--"])
+        .arg(pier())
+        .args(["kv", "--state-dir", state.to_str().unwrap()])
+        .args(["--manifest", manifest.to_str().unwrap(), "default", "list"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = String::from_utf8_lossy(&out.stdout);
+    let listed: BTreeSet<&str> = listed.lines().collect();
+    let lost: Vec<_> = acknowledged
+        .iter()
+        .filter(|k| !listed.contains(k.as_str()))
+        .collect();
+    assert!(lost.is_empty(), "lost {lost:?}");
+    eprintln!(
+        "{} writes acknowledged, {} refused as the disk was full, none lost",
+        acknowledged.len(),
+        refused.len()
+    );
+}
+
+/// A read-only state directory: the default store cannot be made, and pier says so at once
+/// (one line naming the directory), rather than failing every request later.
+#[test]
+fn a_read_only_state_directory_is_a_start_up_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(wrapper) = in_small_tmpfs(dir.path(), "ro", 0) else {
+        return;
+    };
+    std::fs::copy(guest("kv"), dir.path().join("kv.wasm")).unwrap();
+    std::fs::write(dir.path().join("pier.toml"), MANIFEST).unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let manifest = dir.path().join("pier.toml");
+    let started = PierServer::start_with_env(
+        &wrapper,
+        &[
+            "--state-dir",
+            state.to_str().unwrap(),
+            manifest.to_str().unwrap(),
+        ],
+        &[
+            ("PIER", pier().to_str().unwrap()),
+            ("PIER_STATE", state.to_str().unwrap()),
+        ],
+    );
+    let Err(e) = started else {
+        panic!("pier started on a read-only state directory");
+    };
+    let message = e.to_string();
+    assert!(message.contains(state.to_str().unwrap()), "{message}");
+}
