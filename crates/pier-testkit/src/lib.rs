@@ -269,6 +269,11 @@ impl PierServer {
     pub fn wait(mut self) -> Result<ExitStatus> {
         Ok(self.child.take().unwrap().wait()?)
     }
+
+    /// Waits for the process to exit on its own, its log still there to read.
+    pub fn exited(&mut self) -> Result<ExitStatus> {
+        Ok(self.child.as_mut().unwrap().wait()?)
+    }
 }
 
 impl Drop for PierServer {

@@ -557,6 +557,96 @@ async fn drain_finishes_every_request_in_flight_then_exits_0() {
     assert!(began.elapsed() < Duration::from_secs(5));
 }
 
+/// SIGTERM while clients keep sending, on HTTP/1.1 keep-alive and HTTP/2 connections: every
+/// request pier began is answered whole (its access line says 200, complete) and reaches its
+/// client; the only failures the clients see are requests pier never began (sent on a connection
+/// it was closing, or a connection refused once it stopped listening); pier exits 0 well within
+/// the drain timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_continuous_load_loses_no_request_pier_began() {
+    let mut server = serve("faults", &["--drain-timeout", "10s"]);
+    let clients: Vec<_> = (0..8)
+        .map(|c| {
+            let addr = server.addr.clone();
+            tokio::spawn(async move {
+                let (mut answered, mut failures) = (0usize, Vec::new());
+                // New connections until pier stops accepting; requests on each until it ends.
+                while let Ok(mut client) =
+                    Client::<Full<Bytes>>::connect(&addr, PROTOS[c % 2]).await
+                {
+                    loop {
+                        let req = Request::get("/ok").body(Full::new(Bytes::new())).unwrap();
+                        match client.send(req).await {
+                            Ok(response) => {
+                                let answer = read(response).await.expect("a begun answer is whole");
+                                assert_eq!(
+                                    (answer.status, answer.text().as_str()),
+                                    (StatusCode::OK, "ok\n")
+                                );
+                                answered += 1;
+                            }
+                            Err(e) => {
+                                failures.push(format!("{e:#}"));
+                                break;
+                            }
+                        }
+                    }
+                }
+                (answered, failures)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    pier_testkit::signal(server.pid(), "TERM").unwrap();
+    let began = Instant::now();
+    let (mut answered, mut failures) = (0, Vec::new());
+    for client in clients {
+        let (n, f) = tokio::time::timeout(Duration::from_secs(20), client)
+            .await
+            .expect("clients end once pier is gone")
+            .unwrap();
+        answered += n;
+        failures.extend(f);
+    }
+    let status = server.exited().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        began.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        began.elapsed()
+    );
+    // The last lines, written as pier exited, reach the log.
+    std::thread::sleep(Duration::from_millis(200));
+    let log = server.log();
+    let logged = log
+        .lines()
+        .filter(|l| {
+            l.contains("pier::access") && l.contains("status=200 ") && l.contains("complete=true")
+        })
+        .count();
+    let other = log
+        .lines()
+        .filter(|l| {
+            l.contains("pier::access")
+                && !(l.contains("status=200 ") && l.contains("complete=true"))
+        })
+        .collect::<Vec<_>>();
+    assert!(
+        other.is_empty(),
+        "requests pier began that did not complete: {other:?}"
+    );
+    assert_eq!(
+        logged, answered,
+        "every request pier answered reached its client"
+    );
+    assert!(answered > 100, "only {answered} requests");
+    eprintln!(
+        "{answered} answered; {} sent on closing connections: {:?}",
+        failures.len(),
+        failures.iter().collect::<std::collections::BTreeSet<_>>()
+    );
+}
+
 #[tokio::test]
 async fn the_drain_timeout_bounds_shutdown() {
     let server = serve("faults", &["--drain-timeout", "300ms", "--timeout", "60s"]);
