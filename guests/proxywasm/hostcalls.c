@@ -58,6 +58,9 @@
  *   /t/close, /t/pause/forever, /t/loop, /t/memory/grow, /t/done, /t/status, /t/foreign, /t/grpc
  *   /t/bad/...                           hostcalls with bad arguments: "status=N"
  *   /t/trap/WHERE                        traps in that callback
+ *   /t/loop/WHERE                        spins forever in that callback (request_headers,
+ *                                        request_body, response_headers, response_body,
+ *                                        http_call_response, log)
  */
 #include <stdarg.h>
 #include <stdbool.h>
@@ -604,11 +607,23 @@ static str command(uint32_t id) {
     return split(&path, '?');
 }
 
+/* Misbehaves in callback `where` when the command asks: /t/trap/WHERE traps, /t/loop/WHERE spins
+   until the host's callback time limit stops it. */
+static void misbehave(str cmd, const char *where) {
+    str rest;
+    if (starts_with(cmd, "/t/trap/", &rest) && str_eq(rest, where)) __builtin_trap();
+    if (starts_with(cmd, "/t/loop/", &rest) && str_eq(rest, where)) {
+        volatile uint32_t spins = 0;
+        for (;;) spins++;
+    }
+}
+
 /* What to do when an HTTP call's response arrives. */
 enum call_kind {
     CALL_RESPOND,  /* /t/http_call: answer the stream with the call's status and body */
     CALL_CONTINUE, /* /t/http_call_continue: tag the request and let it go on */
     CALL_TRAP,     /* /t/trap/http_call_response */
+    CALL_LOOP,     /* /t/loop/http_call_response */
     CALL_BODY,     /* /t/body/request/call: prefix the paused request body, let it go on */
 };
 
@@ -1160,12 +1175,13 @@ static uint32_t run_command(uint32_t ctx, str cmd) {
 
     /* Misbehaviour */
     if (starts_with(cmd, "/t/bad/", &rest)) return bad(rest);
-    if (str_eq(cmd, "/t/trap/request_headers")) __builtin_trap();
-    if (str_eq(cmd, "/t/trap/http_call_response")) {
+    misbehave(cmd, "request_headers");
+    if (str_eq(cmd, "/t/trap/http_call_response") || str_eq(cmd, "/t/loop/http_call_response")) {
         bytes upstream;
         if (get_header(MAP_REQUEST_HEADERS, S("x-upstream"), &upstream) != OK)
             return respond(400, S("x-upstream header missing"));
-        uint32_t action = start_call(ctx, view(upstream), S(""), CALL_TRAP);
+        enum call_kind kind = str_eq(cmd, "/t/trap/http_call_response") ? CALL_TRAP : CALL_LOOP;
+        uint32_t action = start_call(ctx, view(upstream), S(""), kind);
         bytes_free(&upstream);
         return action;
     }
@@ -1229,7 +1245,7 @@ static void rewrite_body(int32_t buffer, size_t body_size, const char *prefix, b
 CALLBACK(proxy_on_request_body)
 uint32_t proxy_on_request_body(uint32_t ctx, uint32_t body_size, uint32_t end_of_stream) {
     str cmd = command(ctx);
-    if (str_eq(cmd, "/t/trap/request_body")) __builtin_trap();
+    misbehave(cmd, "request_body");
     if (str_eq(cmd, "/t/body/request/upper")) {
         if (!end_of_stream) return PAUSE; /* let the host buffer until the whole body is in */
         rewrite_body(BUFFER_REQUEST_BODY, body_size, "", true);
@@ -1254,7 +1270,7 @@ uint32_t proxy_on_response_headers(uint32_t ctx, uint32_t num_headers, uint32_t 
     (void)num_headers;
     (void)end_of_stream;
     str cmd = command(ctx), rest;
-    if (str_eq(cmd, "/t/trap/response_headers")) __builtin_trap();
+    misbehave(cmd, "response_headers");
     add_header(MAP_RESPONSE_HEADERS, S("x-hostcalls"), S("1"));
     if (starts_with(cmd, "/t/add_response_header/", &rest)) {
         str name = split(&rest, '/');
@@ -1273,7 +1289,7 @@ uint32_t proxy_on_response_headers(uint32_t ctx, uint32_t num_headers, uint32_t 
 CALLBACK(proxy_on_response_body)
 uint32_t proxy_on_response_body(uint32_t ctx, uint32_t body_size, uint32_t end_of_stream) {
     str cmd = command(ctx);
-    if (str_eq(cmd, "/t/trap/response_body")) __builtin_trap();
+    misbehave(cmd, "response_body");
     /* .../prefix_keep_length leaves content-length alone: pier must drop it. */
     str rest;
     if (starts_with(cmd, "/t/body/response/prefix", &rest)) {
@@ -1309,6 +1325,10 @@ void proxy_on_http_call_response(uint32_t root, uint32_t call_id, uint32_t num_h
     struct call call = *slot;
     slot->used = false;
     if (call.kind == CALL_TRAP) __builtin_trap();
+    if (call.kind == CALL_LOOP) {
+        volatile uint32_t spins = 0;
+        for (;;) spins++;
+    }
 
     /* Act on the stream that made the call. */
     int32_t status = proxy_set_effective_context(call.stream);
@@ -1395,7 +1415,7 @@ CALLBACK(proxy_on_done) uint32_t proxy_on_done(uint32_t ctx) {
 
 CALLBACK(proxy_on_log) void proxy_on_log(uint32_t ctx) {
     str cmd = command(ctx);
-    if (str_eq(cmd, "/t/trap/log")) __builtin_trap();
+    misbehave(cmd, "log");
     if (str_eq(cmd, "/t/log/on_log")) {
         bytes code;
         int32_t status = get_property(S("response.code"), &code);

@@ -589,6 +589,51 @@ async fn traps_in_each_callback_follow_the_policy() {
     }
 }
 
+/// A filter spinning forever in any of its callbacks (request and response headers and bodies,
+/// an HTTP call's response, the log) is interrupted at `--filter-callback-timeout`: the request
+/// gets what a trap there gets (503 fail-closed, or an aborted response once it has begun; the
+/// log callback spoils nothing), the VM is replaced, and the filter serves again.
+#[tokio::test]
+async fn a_loop_in_each_callback_is_interrupted() {
+    let cases: &[(&str, &[u8], Option<u16>)] = &[
+        ("/t/loop/request_headers", b"", Some(503)),
+        ("/t/loop/request_body", b"some body", Some(503)),
+        ("/t/loop/response_headers", b"", Some(503)),
+        ("/t/loop/response_body", b"some body", None),
+        ("/t/loop/http_call_response", b"", Some(503)),
+        ("/t/loop/log", b"", Some(200)),
+    ];
+    let server = serve(
+        Behind::Component,
+        &["--filter-callback-timeout", "200ms", "--filter-vms", "1"],
+    )
+    .await;
+    for (p, body, expected) in cases {
+        let started = Instant::now();
+        let req = Request::post(*p).header("x-upstream", "backend");
+        let req = req.body(Full::new(Bytes::from_static(body))).unwrap();
+        let answer = send(&server.addr, Proto::H1, req).await;
+        match expected {
+            Some(status) => {
+                let answer = answer.unwrap();
+                assert_eq!(answer.status.as_u16(), *status, "{p}");
+            }
+            None => assert!(answer.is_err(), "{p}: aborted"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(3), "{p}: {:?}", started.elapsed());
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        let ok = path(&server, Proto::H1, "/ok").await;
+        assert_eq!(ok.headers["x-hostcalls"], "1", "{p}: a fresh VM serves");
+        tokio::time::sleep(Duration::from_millis(450)).await;
+    }
+    let log = server.log();
+    assert_eq!(
+        log.matches("filter failed; its VM is discarded and replaced").count(),
+        cases.len(),
+        "each interruption is logged once:\n{log}"
+    );
+}
+
 #[tokio::test]
 async fn a_trap_in_on_log_does_not_spoil_the_response() {
     let server = serve(Behind::Component, &["--filter-vms", "1"]).await;
