@@ -620,7 +620,11 @@ async fn a_loop_in_each_callback_is_interrupted() {
             }
             None => assert!(answer.is_err(), "{p}: aborted"),
         }
-        assert!(started.elapsed() < Duration::from_secs(3), "{p}: {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{p}: {:?}",
+            started.elapsed()
+        );
         tokio::time::sleep(Duration::from_millis(450)).await;
         let ok = path(&server, Proto::H1, "/ok").await;
         assert_eq!(ok.headers["x-hostcalls"], "1", "{p}: a fresh VM serves");
@@ -628,7 +632,8 @@ async fn a_loop_in_each_callback_is_interrupted() {
     }
     let log = server.log();
     assert_eq!(
-        log.matches("filter failed; its VM is discarded and replaced").count(),
+        log.matches("filter failed; its VM is discarded and replaced")
+            .count(),
         cases.len(),
         "each interruption is logged once:\n{log}"
     );

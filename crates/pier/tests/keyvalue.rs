@@ -771,3 +771,74 @@ fn a_read_only_state_directory_is_a_start_up_error() {
     let message = e.to_string();
     assert!(message.contains(state.to_str().unwrap()), "{message}");
 }
+
+/// A guest abusing the store, from a real toolchain (componentize-py): batches of 10,000 keys
+/// are refused whole (`other`, naming the limit); 20 MiB written in one call (the guest held it
+/// already) cannot be asked back in one (the host would hold it all); a 1 MiB key is refused;
+/// and a store of a million keys is listed a page at a time, pier's memory staying flat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_cannot_make_the_store_hold_or_hand_over_too_much() {
+    let Some(py) = pier_testkit::toolchain_guest("python-kv.wasm") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(py, dir.path().join("py.wasm")).unwrap();
+    let manifest = dir.path().join("pier.toml");
+    std::fs::write(
+        &manifest,
+        "manifest_version = 1\n[[route]]\npath = \"/...\"\ncomponent = \"py\"\n\
+         [component.py]\nsource = \"py.wasm\"\nkey_value_stores = [\"default\"]\n",
+    )
+    .unwrap();
+    let server =
+        PierServer::start(pier(), &["--timeout", "120s", manifest.to_str().unwrap()]).unwrap();
+    let get = |path: &'static str| {
+        let addr = server.addr.clone();
+        async move {
+            let answer = pier_testkit::get(&addr, pier_testkit::Proto::H1, path)
+                .await
+                .unwrap();
+            assert_eq!(answer.status, StatusCode::OK, "{path}: {}", answer.text());
+            answer.text()
+        }
+    };
+    let batch = get("/abuse/batch").await;
+    for call in ["set-many", "get-many", "delete-many"] {
+        assert!(
+            batch.contains(&format!(
+                "{call} Error_Other: a batch of 10000 keys is more than the limit of 1000"
+            )),
+            "{batch}"
+        );
+    }
+    let fat = get("/abuse/fat").await;
+    assert!(
+        fat.starts_with("set-many done; get-many Error_Other: the values asked for come to more than 16777216 bytes")
+            && fat.ends_with("delete-many done\n"),
+        "{fat}"
+    );
+    let key = get("/abuse/key").await;
+    assert!(
+        key.starts_with("set Error_Other:") && key.contains("key"),
+        "{key}"
+    );
+    // Nothing of the refused batches was written.
+    assert_eq!(get("/count-keys").await, "keys 0 pages 1\n");
+
+    let started = std::time::Instant::now();
+    for start in (0..1_000_000).step_by(100_000) {
+        let path: &'static str = format!("/fill/{start}/100000").leak();
+        assert_eq!(get(path).await, "filled 100000\n");
+    }
+    let filled = started.elapsed();
+    let before = pier_testkit::rss_bytes(server.pid()).unwrap();
+    assert_eq!(get("/count-keys").await, "keys 1000000 pages 1000\n");
+    let grown = pier_testkit::rss_bytes(server.pid())
+        .unwrap()
+        .saturating_sub(before);
+    assert!(
+        grown < 64 << 20,
+        "listing a million keys grew pier by {grown} bytes"
+    );
+    eprintln!("a million keys written in {filled:?}, listed with {grown} bytes of growth");
+}
