@@ -285,6 +285,17 @@ pub struct Tracked<S> {
     guard: Option<H2Guard>,
     ready: Vec<u8>,
     ready_at: usize,
+    /// Closing an HTTP/1 connection: what the client still sends is read and dropped for a
+    /// while (see [`Tracked::linger`]).
+    lingering: Option<Lingering>,
+}
+
+/// How long a closing HTTP/1 connection reads what its client still sends.
+const LINGER_TIME: Duration = Duration::from_secs(5);
+
+/// The lingering close of one connection: until when.
+struct Lingering {
+    until: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl<S> Tracked<S> {
@@ -300,6 +311,7 @@ impl<S> Tracked<S> {
             guard: None,
             ready: Vec::new(),
             ready_at: 0,
+            lingering: None,
         }
     }
 
@@ -444,7 +456,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Tracked<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -489,7 +501,37 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        ready!(Pin::new(&mut self.inner).poll_shutdown(cx))?;
+        if self.activity.h2.load(Ordering::Relaxed) {
+            return Poll::Ready(Ok(()));
+        }
+        self.linger(cx)
+    }
+}
+
+impl<S: AsyncRead + Unpin> Tracked<S> {
+    /// An HTTP/1 connection closing, its answer sent and its write side shut: what the client
+    /// still sends (a request body pier answered without reading, a 413's upload) is read and
+    /// dropped until it stops, for at most [`LINGER_TIME`]. Closed at once, unread data would
+    /// make the kernel reset the connection, and a client still sending would lose the answer
+    /// (clients report the failed write, not the response that came meanwhile; RFC 9112 §9.6).
+    fn linger(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let lingering = self.lingering.get_or_insert_with(|| Lingering {
+            until: Box::pin(tokio::time::sleep(LINGER_TIME)),
+        });
+        let mut buf = [0u8; 16 << 10];
+        loop {
+            if lingering.until.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(()));
+            }
+            let mut read = ReadBuf::new(&mut buf);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) if !read.filled().is_empty() => {}
+                // The end, or an error: nothing more to wait for.
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 

@@ -365,3 +365,28 @@ async fn a_tls_handshake_flood_is_bounded_and_others_are_served() {
     assert!(grown < 64 << 20, "grew {grown} bytes");
     assert_eq!(served(root, server.addr.clone()).await, StatusCode::OK);
 }
+
+/// A client uploading more than `--max-body` (or a body the guest answers without reading)
+/// gets pier's answer, not a reset: pier closes an HTTP/1.1 connection only after reading and
+/// dropping what the client was still sending, for a while (a lingering close, RFC 9112 §9.6).
+#[tokio::test]
+async fn an_upload_refused_early_still_gets_its_answer() {
+    let app = guest("hello");
+    let server = PierServer::start(pier(), &["--max-body", "1MiB", app.to_str().unwrap()]).unwrap();
+    for round in 0..10 {
+        let req = http::Request::post("/")
+            .body(http_body_util::Full::new(bytes::Bytes::from(vec![
+                b'x';
+                24 << 20
+            ])))
+            .unwrap();
+        let answer = pier_testkit::send(&server.addr, Proto::H1, req)
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e:#}"));
+        assert_eq!(
+            answer.status,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "round {round}"
+        );
+    }
+}
