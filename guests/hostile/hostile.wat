@@ -6,6 +6,7 @@
 ;;   /drip     answers, then writes one byte every 100 ms, forever
 ;;   /body     answers, then loops forever while its body is open
 ;;   /log      writes 64 MiB to stdout, then answers
+;;   /memory   grows its memory a page at a time, writing to each, until it cannot (then traps)
 ;;   anything else: 200 "ok"
 (module
   (import "wasi:http/types@0.2.12" "[constructor]fields" (func $fields.new (result i32)))
@@ -75,6 +76,14 @@
   (func $recurse (param $n i32) (result i32)
     (i32.add (call $recurse (i32.add (local.get $n) (i32.const 1))) (i32.const 1)))
 
+  (func $handle_memory
+    (local $old i32)
+    (loop $grow
+      (local.set $old (memory.grow (i32.const 1)))
+      (if (i32.eq (local.get $old) (i32.const -1)) (then unreachable))
+      (i32.store8 (i32.shl (local.get $old) (i32.const 16)) (i32.const 1))
+      (br $grow)))
+
   (func $handle_table
     (loop $grow
       (br_if $grow (i32.ne (table.grow $table (ref.null func) (i32.const 1000)) (i32.const -1))))
@@ -132,6 +141,7 @@
       (then (local.set $letter (i32.load8_u offset=1 (i32.load offset=4 (global.get $ret))))))
     (if (i32.eq (local.get $letter) (i32.const 0x72)) (then (drop (call $recurse (i32.const 0)))))  ;; r
     (if (i32.eq (local.get $letter) (i32.const 0x74)) (then (call $handle_table)))                  ;; t
+    (if (i32.eq (local.get $letter) (i32.const 0x6d)) (then (call $handle_memory)))                 ;; m
     (if (i32.eq (local.get $letter) (i32.const 0x68))                                               ;; h
       (then (call $handle_headers (local.get $outparam)) (return)))
     (if (i32.eq (local.get $letter) (i32.const 0x63))                                               ;; c

@@ -348,7 +348,10 @@ fn report_failure(
     e: &wasmtime::Error,
 ) {
     metrics::counter!(crate::metrics::GUEST_FAILURES, "kind" => kind.as_str()).increment(1);
-    let report = pier_engine::describe_guest_error(e);
+    let mut report = pier_engine::describe_guest_error(e);
+    if kind == FailureKind::OutOfMemory {
+        report.push_str(" (past its memory limit, --max-memory)");
+    }
     if kind == FailureKind::PoolFull {
         tracing::warn!(component = app.name(), %method, path, "no instance for the request, answered 503: {report}");
     } else {

@@ -1,6 +1,7 @@
 //! Guests that attack their host (`guests/hostile/hostile.wat`), served beside a normal guest
 //! that is kept under load meanwhile: the normal guest's requests all succeed, pier's memory
-//! stays bounded, each hostile request gets the documented answer, and the log names the cause.
+//! stays bounded (memory bombs included, again and again), each hostile request gets the
+//! documented answer, and the log names the cause.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -31,7 +32,17 @@ fn serve(dir: &std::path::Path) -> PierServer {
         ),
     )
     .unwrap();
-    PierServer::start(pier(), &["--timeout", "2s", manifest.to_str().unwrap()]).unwrap()
+    PierServer::start(
+        pier(),
+        &[
+            "--timeout",
+            "2s",
+            "--max-memory",
+            "32MiB",
+            manifest.to_str().unwrap(),
+        ],
+    )
+    .unwrap()
 }
 
 /// What a hostile request got: its status and headers, and its body, or the error that cut it.
@@ -84,6 +95,38 @@ async fn hostile_guests_get_their_answers_while_a_normal_guest_is_served() {
         });
     }
 
+    // Memory bombs, four at once, again and again: each grows to the cap writing every page,
+    // traps (500); what they touched goes back with their instances, so pier's memory does not
+    // grow with each bomb.
+    for round in 0..5 {
+        let bombs: Vec<_> = (0..4)
+            .map(|_| {
+                let addr = server.addr.clone();
+                tokio::spawn(async move { attack(&addr, "/memory").await.status })
+            })
+            .collect();
+        for bomb in bombs {
+            assert_eq!(bomb.await.unwrap(), StatusCode::INTERNAL_SERVER_ERROR);
+        }
+        let grown = pier_testkit::rss_bytes(server.pid())
+            .unwrap()
+            .saturating_sub(before);
+        eprintln!(
+            "after {} memory bombs of 32 MiB: grown {} MiB",
+            4 * (round + 1),
+            grown >> 20
+        );
+        assert!(grown < 256 << 20, "grew {grown} bytes");
+    }
+    assert!(
+        server.wait_for_log(
+            "past its memory limit, --max-memory",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        server.log()
+    );
+
     for _ in 0..3 {
         // Stack overflow and table growth: traps, 500, the cause in the log.
         let got = attack(&server.addr, "/recurse").await;
@@ -131,7 +174,7 @@ async fn hostile_guests_get_their_answers_while_a_normal_guest_is_served() {
         let answer = tokio::time::timeout(Duration::from_secs(20), client.send(req))
             .await
             .expect("answered without reading the body")
-            .unwrap();
+            .unwrap_or_else(|e| panic!("{proto:?}: {e:?}"));
         assert_eq!(answer.status(), StatusCode::OK, "{proto:?}");
     }
 
