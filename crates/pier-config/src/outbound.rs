@@ -202,11 +202,30 @@ impl OutboundPattern {
     }
 }
 
-/// An IPv4-mapped IPv6 address is checked as the IPv4 address it carries.
+/// An IPv6 address that carries an IPv4 one and reaches it is checked as that IPv4 address:
+/// IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`), NAT64's well-known prefix
+/// (`64:ff9b::a.b.c.d`, RFC 6052, which a NAT64 gateway turns into a.b.c.d) and 6to4
+/// (`2002:AABB:CCDD::`, RFC 3056, a relay delivers to A.B.C.D). `64:ff9b::127.0.0.1` is loopback,
+/// `64:ff9b::169.254.169.254` the metadata service.
 pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
+    let IpAddr::V6(v6) = ip else {
+        return ip;
+    };
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return IpAddr::V4(v4);
+    }
+    let s = v6.segments();
+    let embedded = |hi: u16, lo: u16| {
+        IpAddr::V4(std::net::Ipv4Addr::from(
+            (u32::from(hi) << 16) | u32::from(lo),
+        ))
+    };
+    match s {
+        // IPv4-compatible, but not :: and ::1.
+        [0, 0, 0, 0, 0, 0, hi, lo] if hi != 0 => embedded(hi, lo),
+        [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => embedded(hi, lo),
+        [0x2002, hi, lo, ..] => embedded(hi, lo),
+        _ => ip,
     }
 }
 
@@ -231,6 +250,8 @@ pub fn is_special_purpose(ip: IpAddr) -> bool {
                 || v6.is_multicast()
                 || (s[0] & 0xfe00) == 0xfc00 // fc00::/7, unique local
                 || (s[0] & 0xffc0) == 0xfe80 // fe80::/10, link-local
+                || (s[0], s[1], s[2]) == (0x64, 0xff9b, 1) // 64:ff9b:1::/48, local-use NAT64
+                || (s[0], s[1]) == (0x2001, 0) // 2001::/32, Teredo (an IPv4 address, obfuscated)
         }
     }
 }
@@ -500,22 +521,29 @@ mod tests {
             "::ffff:10.0.0.1",
             "0.0.0.0",
             "100.64.0.1",
+            // IPv6 carrying those: IPv4-compatible, NAT64, local-use NAT64, 6to4, Teredo.
+            "::127.0.0.1",
+            "64:ff9b::127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::5",
+            "2002:7f00:1::",
+            "2002:a9fe:a9fe::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
         ] {
             let e = public
                 .check_ip("https", "a.example.com", ip.parse().unwrap(), 443)
                 .unwrap_err();
             assert!(matches!(e, Denied::SpecialAddress { .. }), "{ip}");
         }
-        assert!(
-            public
-                .check_ip(
-                    "https",
-                    "a.example.com",
-                    "93.184.216.34".parse().unwrap(),
-                    443
-                )
-                .is_ok()
-        );
+        // Public addresses, also through NAT64 and 6to4.
+        for ip in ["93.184.216.34", "64:ff9b::5db8:d822", "2002:5db8:d822::1"] {
+            assert!(
+                public
+                    .check_ip("https", "a.example.com", ip.parse().unwrap(), 443)
+                    .is_ok(),
+                "{ip}"
+            );
+        }
         assert!(
             public
                 .check_ip(
