@@ -100,6 +100,20 @@ async fn route(req: Request<Incoming>, h2: Arc<AtomicUsize>) -> Response<UpBody>
             });
             Response::new(body.map_err(|never| match never {}).boxed())
         }
+        // A redirect to the address in `x-to` (the upstream's client must not follow it).
+        "/redirect" => {
+            let to = req
+                .headers()
+                .get("x-to")
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default();
+            let mut response = Response::new(full("moved"));
+            *response.status_mut() = http::StatusCode::FOUND;
+            response
+                .headers_mut()
+                .insert("location", to.parse().unwrap());
+            response
+        }
         _ => Response::new(full("upstream hello")),
     }
 }
@@ -725,5 +739,61 @@ async fn a_name_that_does_not_resolve_is_a_dns_error() {
         pier.wait_for_log("DnsError", Duration::from_secs(5)),
         "{}",
         pier.log()
+    );
+}
+
+/// A redirect is the guest's to follow or not: pier's client hands the 302 back as it came and
+/// never goes to the `Location` itself (which could be an address the guest may not reach).
+#[tokio::test]
+async fn redirects_are_not_followed_by_the_client() {
+    let upstream = Upstream::start(None).await;
+    let secret = Upstream::start(None).await;
+    let target = upstream.addr.to_string();
+    let pier = serve_forward(&["--allow-outbound", &format!("http://{target}")]);
+    let req = Request::get("/redirect")
+        .header("x-forward-to", &target)
+        .header("x-to", format!("http://{}/secret", secret.addr))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let answer = pier_testkit::send(&pier.addr, Proto::H1, req)
+        .await
+        .unwrap();
+    assert_eq!(answer.status, StatusCode::FOUND, "{}", answer.text());
+    assert_eq!(answer.text(), "moved");
+    assert_eq!(
+        secret.connections.load(Ordering::Relaxed),
+        0,
+        "the redirect was followed"
+    );
+}
+
+/// `HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY` in pier's environment are ignored: outgoing requests
+/// go where their URL says, under the outbound policy, never through a proxy nobody granted.
+#[tokio::test]
+async fn proxy_environment_variables_are_ignored() {
+    let upstream = Upstream::start(None).await;
+    let proxy = Upstream::start(None).await;
+    let target = upstream.addr.to_string();
+    let proxy_url = format!("http://{}", proxy.addr);
+    let app = guest("forward");
+    let allow = format!("http://{target}");
+    let pier = PierServer::start_with_env(
+        pier(),
+        &["--allow-outbound", &allow, app.to_str().unwrap()],
+        &[
+            ("HTTP_PROXY", &proxy_url),
+            ("http_proxy", &proxy_url),
+            ("HTTPS_PROXY", &proxy_url),
+            ("ALL_PROXY", &proxy_url),
+        ],
+    )
+    .unwrap();
+    let answer = forward(&pier, &target, false, "GET", "/hello", vec![]).await;
+    assert_eq!(answer.text(), "upstream hello");
+    assert_eq!(upstream.connections.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        proxy.connections.load(Ordering::Relaxed),
+        0,
+        "went through the proxy"
     );
 }
