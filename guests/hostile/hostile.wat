@@ -1,4 +1,4 @@
-;; world: http
+;; world: http-sockets
 ;; A guest that attacks its host, chosen by the path's first letter after "/":
 ;;   /recurse  recurses without end (stack overflow)     /table   grows its table until it cannot
 ;;   /headers  adds 1 KiB header fields without end (the host's limit on fields stops it)
@@ -7,6 +7,9 @@
 ;;   /body     answers, then loops forever while its body is open
 ;;   /log      writes 64 MiB to stdout, then answers
 ;;   /memory   grows its memory a page at a time, writing to each, until it cannot (then traps)
+;;   /sockets  opens TCP sockets (wasi:sockets) until refused, keeping them: answers with headers
+;;             x-sockets (how many it got) and x-error (the error-code case that stopped it)
+;;   /fields   makes header-field resources without end, keeping them (the host's cap stops it)
 ;;   anything else: 200 "ok"
 (module
   (import "wasi:http/types@0.2.12" "[constructor]fields" (func $fields.new (result i32)))
@@ -23,6 +26,7 @@
   (import "wasi:io/poll@0.2.12" "[method]pollable.block" (func $pollable.block (param i32)))
   (import "wasi:io/poll@0.2.12" "[resource-drop]pollable" (func $pollable.drop (param i32)))
   (import "wasi:cli/stdout@0.2.12" "get-stdout" (func $stdout (result i32)))
+  (import "wasi:sockets/tcp-create-socket@0.2.12" "create-tcp-socket" (func $tcp.create (param i32 i32)))
 
   (memory (export "memory") 3)
   (table $table 1 funcref)
@@ -39,6 +43,8 @@
   (data (i32.const 48) "x-injected")                 ;; 10
   (data (i32.const 64) "a\0d\0aset-cookie: evil=1")  ;; 21
   (data (i32.const 128) "d")                         ;; 1
+  (data (i32.const 160) "x-sockets")                 ;; 9
+  (data (i32.const 176) "x-error")                   ;; 7
   ;; 256..1280: a 1 KiB header value; 65536..69632: a 4 KiB log chunk (both filled at use).
   (global $ret i32 (i32.const 2048))
 
@@ -83,6 +89,45 @@
       (if (i32.eq (local.get $old) (i32.const -1)) (then unreachable))
       (i32.store8 (i32.shl (local.get $old) (i32.const 16)) (i32.const 1))
       (br $grow)))
+
+  ;; Writes `value` in decimal at `ptr`; gives its length.
+  (func $decimal (param $value i32) (param $ptr i32) (result i32)
+    (local $len i32) (local $v i32) (local $i i32)
+    (local.set $v (local.get $value))
+    (loop $count
+      (local.set $len (i32.add (local.get $len) (i32.const 1)))
+      (local.set $v (i32.div_u (local.get $v) (i32.const 10)))
+      (br_if $count (local.get $v)))
+    (local.set $v (local.get $value))
+    (local.set $i (local.get $len))
+    (loop $digit
+      (local.set $i (i32.sub (local.get $i) (i32.const 1)))
+      (i32.store8 (i32.add (local.get $ptr) (local.get $i))
+        (i32.add (i32.const 0x30) (i32.rem_u (local.get $v) (i32.const 10))))
+      (local.set $v (i32.div_u (local.get $v) (i32.const 10)))
+      (br_if $digit (local.get $i)))
+    (local.get $len))
+
+  (func $handle_sockets (param $outparam i32)
+    (local $n i32) (local $fields i32)
+    (block $refused
+      (loop $open
+        (call $tcp.create (i32.const 0) (global.get $ret))
+        (br_if $refused (i32.load8_u (global.get $ret)))
+        (local.set $n (i32.add (local.get $n) (i32.const 1)))
+        (br_if $open (i32.lt_u (local.get $n) (i32.const 100000)))))
+    (local.set $fields (call $fields.new))
+    (call $fields.append (local.get $fields) (i32.const 160) (i32.const 9)
+      (i32.const 192) (call $decimal (local.get $n) (i32.const 192)) (i32.const 2304))
+    (call $fields.append (local.get $fields) (i32.const 176) (i32.const 7)
+      (i32.const 208) (call $decimal (i32.load8_u offset=4 (global.get $ret)) (i32.const 208))
+      (i32.const 2304))
+    (call $respond (local.get $outparam) (local.get $fields)))
+
+  (func $handle_fields
+    (loop $more
+      (drop (call $fields.new))
+      (br $more)))
 
   (func $handle_table
     (loop $grow
@@ -142,6 +187,9 @@
     (if (i32.eq (local.get $letter) (i32.const 0x72)) (then (drop (call $recurse (i32.const 0)))))  ;; r
     (if (i32.eq (local.get $letter) (i32.const 0x74)) (then (call $handle_table)))                  ;; t
     (if (i32.eq (local.get $letter) (i32.const 0x6d)) (then (call $handle_memory)))                 ;; m
+    (if (i32.eq (local.get $letter) (i32.const 0x66)) (then (call $handle_fields)))                 ;; f
+    (if (i32.eq (local.get $letter) (i32.const 0x73))                                               ;; s
+      (then (call $handle_sockets (local.get $outparam)) (return)))
     (if (i32.eq (local.get $letter) (i32.const 0x68))                                               ;; h
       (then (call $handle_headers (local.get $outparam)) (return)))
     (if (i32.eq (local.get $letter) (i32.const 0x63))                                               ;; c

@@ -29,6 +29,12 @@ pub struct Limits {
     /// `--max-log-size`: bytes one guest instance may write to its stdout and stderr together;
     /// the rest is dropped, and one log line says so.
     pub max_log_size: u64,
+    /// `--max-sockets`: sockets one guest instance may have open (`wasi:sockets` 0.2); one more
+    /// is `new-socket-limit`.
+    pub max_sockets: usize,
+    /// `--max-handles`: resources (handles: streams, fields, sockets, ...) one guest instance may
+    /// hold; past it the guest traps. Bounds the host memory a guest can make pier hold.
+    pub max_handles: usize,
     /// `--max-concurrency`: requests in guests at once; beyond it pier answers 503 at once.
     pub max_concurrency: usize,
     /// `--max-connections`: open client connections; beyond it pier stops accepting.
@@ -52,6 +58,8 @@ impl Default for Limits {
             send_timeout: Duration::from_secs(60),
             max_outbound_requests: 100,
             max_log_size: 1 << 20,
+            max_sockets: 100,
+            max_handles: 10_000,
             max_concurrency: 500,
             max_connections: 10_000,
             h2_max_streams: 100,

@@ -155,6 +155,10 @@ pub struct StoreSettings {
     pub max_outbound_requests: usize,
     /// Bytes one instance may write to its stdout and stderr together; the rest is dropped.
     pub max_log: u64,
+    /// Sockets one instance may have open.
+    pub max_sockets: usize,
+    /// Resources one instance may hold in its table.
+    pub max_handles: usize,
 }
 
 impl Default for StoreSettings {
@@ -167,6 +171,8 @@ impl Default for StoreSettings {
             reuse: 1,
             max_outbound_requests: limits.max_outbound_requests,
             max_log: limits.max_log_size,
+            max_sockets: limits.max_sockets,
+            max_handles: limits.max_handles,
         }
     }
 }
@@ -543,6 +549,8 @@ impl HttpApp {
             self.granted.clone(),
         );
         state.limit_outbound_in_flight(self.settings.max_outbound_requests);
+        state.limit_sockets(self.settings.max_sockets);
+        state.limit_handles(self.settings.max_handles);
         state.limits = StoreLimitsBuilder::new()
             .memory_size(usize::try_from(self.settings.max_memory).unwrap_or(usize::MAX))
             .trap_on_grow_failure(true)

@@ -93,6 +93,8 @@ pub fn build_keeping(
                 .max(1) as usize,
             max_outbound_requests: app.settings.limits.max_outbound_requests,
             max_log: app.settings.limits.max_log_size,
+            max_sockets: app.settings.limits.max_sockets,
+            max_handles: app.settings.limits.max_handles,
         };
         // An answer waits for the key-value writes its request made; a reused instance's
         // writes are not told apart by request yet.

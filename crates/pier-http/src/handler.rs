@@ -351,6 +351,11 @@ fn report_failure(
     let mut report = pier_engine::describe_guest_error(e);
     if kind == FailureKind::OutOfMemory {
         report.push_str(" (past its memory limit, --max-memory)");
+    } else if e
+        .chain()
+        .any(|cause| cause.to_string() == "resource table has no free keys")
+    {
+        report.push_str(" (it holds as many resources as it may, --max-handles)");
     }
     if kind == FailureKind::PoolFull {
         tracing::warn!(component = app.name(), %method, path, "no instance for the request, answered 503: {report}");

@@ -350,6 +350,12 @@ struct LimitArgs {
     /// Bytes one guest instance may write to stdout and stderr; the rest is dropped
     #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = parse_size)]
     max_log_size: u64,
+    /// Sockets one guest instance may have open; one more is new-socket-limit
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    max_sockets: u32,
+    /// Resources (handles) one guest instance may hold; past it the guest traps
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(100..))]
+    max_handles: u32,
     /// Requests in guests at once; beyond it pier answers 503 with Retry-After at once.
     #[arg(long, value_name = "N", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
     max_concurrency: u32,
@@ -377,6 +383,8 @@ impl LimitArgs {
             send_timeout: self.send_timeout,
             max_outbound_requests: self.max_outbound_requests as usize,
             max_log_size: self.max_log_size,
+            max_sockets: self.max_sockets as usize,
+            max_handles: self.max_handles as usize,
             max_concurrency: self.max_concurrency as usize,
             max_connections: self.max_connections as usize,
             h2_max_streams: self.h2_max_streams,

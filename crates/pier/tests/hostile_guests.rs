@@ -26,6 +26,7 @@ fn serve(dir: &std::path::Path) -> PierServer {
              [[route]]\nhost = \"hostile.test\"\npath = \"/...\"\ncomponent = \"hostile\"\n\
              [[route]]\npath = \"/...\"\ncomponent = \"hello\"\n\
              [component.hostile]\nsource = {:?}\n\
+             allowed_sockets = [\"tcp-connect:127.0.0.1:9\"]\n\
              [component.hello]\nsource = {:?}\n",
             guest("hostile").display().to_string(),
             guest("hello").display().to_string(),
@@ -39,6 +40,10 @@ fn serve(dir: &std::path::Path) -> PierServer {
             "2s",
             "--max-memory",
             "32MiB",
+            "--max-sockets",
+            "50",
+            "--max-handles",
+            "5000",
             manifest.to_str().unwrap(),
         ],
     )
@@ -121,6 +126,40 @@ async fn hostile_guests_get_their_answers_while_a_normal_guest_is_served() {
     assert!(
         server.wait_for_log(
             "past its memory limit, --max-memory",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        server.log()
+    );
+
+    // Sockets opened and kept: the 51st is refused with new-socket-limit (10), every time
+    // (each instance's sockets close with it), and pier's own descriptors do not pile up.
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
+            .unwrap()
+            .count()
+    };
+    let fds_before = fds();
+    for _ in 0..5 {
+        let got = attack(&server.addr, "/sockets").await;
+        assert_eq!(got.status, StatusCode::OK);
+        assert_eq!(
+            (&got.headers["x-sockets"], &got.headers["x-error"]),
+            (&"50".parse().unwrap(), &"10".parse().unwrap()),
+        );
+    }
+    assert!(
+        fds() < fds_before + 20,
+        "{} descriptors, {fds_before} before",
+        fds()
+    );
+    // Resources made and kept (header fields, a few bytes of guest memory each, host memory
+    // each): the table's cap stops the guest (a trap, 500).
+    let got = attack(&server.addr, "/fields").await;
+    assert_eq!(got.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        server.wait_for_log(
+            "as many resources as it may, --max-handles",
             Duration::from_secs(5)
         ),
         "{}",

@@ -42,6 +42,8 @@ pub struct HostState {
     config: ConfigState,
     keyvalue: KeyValueState,
     table: ResourceTable,
+    /// Sockets the guest may have open (`--max-sockets`; no cap unless set).
+    max_sockets: usize,
     pub(crate) limits: StoreLimits,
     /// When the guest must stop: set when a request is given to the store (`None` while the
     /// instance waits, made ahead of its request).
@@ -78,6 +80,7 @@ impl HostState {
             config: granted.config,
             keyvalue: granted.keyvalue,
             table: ResourceTable::new(),
+            max_sockets: usize::MAX,
             limits: StoreLimits::default(),
             deadline: None,
             reset_hint: false,
@@ -89,6 +92,23 @@ impl HostState {
     /// (`--max-outbound-requests`).
     pub(crate) fn limit_outbound_in_flight(&mut self, max: usize) {
         self.http.limit_in_flight(max);
+    }
+
+    /// At most `max` sockets open at once (`--max-sockets`).
+    pub(crate) fn limit_sockets(&mut self, max: usize) {
+        self.max_sockets = max;
+    }
+
+    /// At most `max` resources in the table at once (`--max-handles`): a guest cannot make the
+    /// host hold more for it than that, whatever its own memory.
+    pub(crate) fn limit_handles(&mut self, max: usize) {
+        self.table.set_max_capacity(max);
+    }
+
+    /// `wasi:sockets` 0.2's socket constructors, counting what is open.
+    fn capped_sockets(&mut self) -> sockets::Capped<'_> {
+        let max = self.max_sockets;
+        sockets::Capped::new(wasmtime_wasi::sockets::WasiSocketsView::sockets(self), max)
     }
 
     /// The resource table, without building the WASI context (what `wasi:io` needs).

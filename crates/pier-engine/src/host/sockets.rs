@@ -11,8 +11,91 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use pier_config::{SocketPolicy, SocketUse};
+use wasmtime::component::Resource;
 use wasmtime_wasi::WasiCtxBuilder;
-use wasmtime_wasi::sockets::SocketAddrUse;
+use wasmtime_wasi::p2::bindings::sockets::network::{self, ErrorCode, IpAddressFamily};
+use wasmtime_wasi::p2::bindings::sockets::{tcp_create_socket, udp_create_socket};
+use wasmtime_wasi::p2::{SocketError, SocketResult, TcpSocket as P2Tcp, UdpSocket as P2Udp};
+use wasmtime_wasi::sockets::{SocketAddrUse, WasiSocketsCtxView};
+
+/// `wasi:sockets` 0.2's `create-tcp-socket` and `create-udp-socket`, which refuse a socket past
+/// `--max-sockets` open ones with `new-socket-limit` (what the OS's own limit would say), and
+/// otherwise are wasmtime's.
+pub(crate) struct CappedSockets;
+
+impl wasmtime::component::HasData for CappedSockets {
+    type Data<'a> = Capped<'a>;
+}
+
+/// The socket constructors' view of a store: wasmtime's, and the cap.
+pub(crate) struct Capped<'a> {
+    view: WasiSocketsCtxView<'a>,
+    max: usize,
+}
+
+impl<'a> Capped<'a> {
+    pub(crate) fn new(view: WasiSocketsCtxView<'a>, max: usize) -> Self {
+        Capped { view, max }
+    }
+
+    /// Refuses a new socket when the guest has `max` open (counted in its resource table, so
+    /// a socket dropped is one less at once).
+    fn check(&mut self) -> SocketResult<()> {
+        if self.max == usize::MAX {
+            return Ok(());
+        }
+        let open = self
+            .view
+            .table
+            .iter_mut()
+            .filter(|entry| entry.is::<P2Tcp>() || entry.is::<P2Udp>())
+            .count();
+        if open >= self.max {
+            tracing::debug!("a guest has {open} sockets open: new-socket-limit (--max-sockets)");
+            return Err(ErrorCode::NewSocketLimit.into());
+        }
+        Ok(())
+    }
+}
+
+impl network::Host for Capped<'_> {
+    fn convert_error_code(&mut self, error: SocketError) -> wasmtime::Result<ErrorCode> {
+        network::Host::convert_error_code(&mut self.view, error)
+    }
+
+    fn network_error_code(
+        &mut self,
+        err: Resource<wasmtime_wasi_io::streams::Error>,
+    ) -> wasmtime::Result<Option<ErrorCode>> {
+        network::Host::network_error_code(&mut self.view, err)
+    }
+}
+
+impl network::HostNetwork for Capped<'_> {
+    fn drop(&mut self, this: Resource<network::Network>) -> wasmtime::Result<()> {
+        network::HostNetwork::drop(&mut self.view, this)
+    }
+}
+
+impl tcp_create_socket::Host for Capped<'_> {
+    fn create_tcp_socket(
+        &mut self,
+        address_family: IpAddressFamily,
+    ) -> SocketResult<Resource<P2Tcp>> {
+        self.check()?;
+        tcp_create_socket::Host::create_tcp_socket(&mut self.view, address_family)
+    }
+}
+
+impl udp_create_socket::Host for Capped<'_> {
+    async fn create_udp_socket(
+        &mut self,
+        address_family: IpAddressFamily,
+    ) -> SocketResult<Resource<P2Udp>> {
+        self.check()?;
+        udp_create_socket::Host::create_udp_socket(&mut self.view, address_family).await
+    }
+}
 
 /// Grants `builder`'s guest what `policy` allows; refusals are logged under `component`.
 pub(crate) fn grant(

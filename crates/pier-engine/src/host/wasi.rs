@@ -125,13 +125,20 @@ pub(crate) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     cli::terminal_stdin::add_to_linker::<_, WasiCli>(l, HostState::cli)?;
     cli::terminal_stdout::add_to_linker::<_, WasiCli>(l, HostState::cli)?;
     cli::terminal_stderr::add_to_linker::<_, WasiCli>(l, HostState::cli)?;
-    sockets::tcp_create_socket::add_to_linker::<_, WasiSockets>(l, HostState::sockets)?;
+    // Creating a socket counts against `--max-sockets`.
+    sockets::tcp_create_socket::add_to_linker::<_, super::sockets::CappedSockets>(
+        l,
+        HostState::capped_sockets,
+    )?;
     sockets::instance_network::add_to_linker::<_, WasiSockets>(l, HostState::sockets)?;
     sockets::network::add_to_linker::<_, WasiSockets>(l, &Default::default(), HostState::sockets)?;
     sockets::ip_name_lookup::add_to_linker::<_, WasiSockets>(l, HostState::sockets)?;
     sockets::tcp::add_to_linker::<_, WasiSockets>(l, HostState::sockets)?;
     sockets::udp::add_to_linker::<_, WasiSockets>(l, HostState::sockets)?;
-    sockets::udp_create_socket::add_to_linker::<_, WasiSockets>(l, HostState::sockets)?;
+    sockets::udp_create_socket::add_to_linker::<_, super::sockets::CappedSockets>(
+        l,
+        HostState::capped_sockets,
+    )?;
     Ok(())
 }
 
