@@ -285,6 +285,31 @@ impl Drop for PierServer {
     }
 }
 
+/// A wrapper to start in place of pier (with [`PierServer::start_with_env`], `PIER` set to
+/// pier's path in its environment) that runs pier in a user and mount namespace of its own,
+/// after `setup`: shell commands run as that namespace's root (mounts: a small tmpfs, a file
+/// bound over `/etc/hosts`). `None`, said on stderr, where this machine allows no user
+/// namespaces (`unshare -rm`).
+pub fn namespaced_pier(dir: &Path, setup: &str) -> Option<PathBuf> {
+    let probe = Command::new("unshare")
+        .args(["-rm", "sh", "-c", "mount -t tmpfs tmpfs /mnt"])
+        .output();
+    if !probe.is_ok_and(|out| out.status.success()) {
+        eprintln!("SKIPPED: this machine lets no test make a mount namespace (unshare -rm)");
+        return None;
+    }
+    let script = dir.join("pier-namespaced.sh");
+    let setup = setup.replace('\'', "'\\''");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\nexec unshare -rm sh -c '{setup} && exec \"$PIER\" \"$@\"' sh \"$@\"\n"),
+    )
+    .ok()?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).ok()?;
+    Some(script)
+}
+
 /// Sends a signal (by name, e.g. `TERM`) to a process.
 pub fn signal(pid: u32, name: &str) -> Result<()> {
     let status = Command::new("kill")

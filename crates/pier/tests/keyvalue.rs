@@ -621,30 +621,16 @@ fn assert_kept(dir: &Path, acknowledged: &[String]) {
     );
 }
 
-/// A wrapper that runs pier in a mount namespace of its own with a tmpfs of `size` at
-/// `$PIER_STATE` (holding a filler file of `filler` bytes, or mounted read-only), or `None`
-/// where this machine allows no user namespaces (`unshare -rm`).
+/// A wrapper running pier with a tmpfs mounted at `$PIER_STATE` with `options` (holding a
+/// filler file of `filler` bytes), or `None` where no namespace can be made.
 fn in_small_tmpfs(dir: &Path, options: &str, filler: usize) -> Option<PathBuf> {
-    let probe = std::process::Command::new("unshare")
-        .args(["-rm", "sh", "-c", "mount -t tmpfs tmpfs /mnt"])
-        .output();
-    if !probe.is_ok_and(|out| out.status.success()) {
-        eprintln!("SKIPPED: this machine does not let a test mount a tmpfs (unshare -rm)");
-        return None;
-    }
-    let script = dir.join("pier-in-tmpfs.sh");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\nexec unshare -rm sh -c 'mount -t tmpfs -o {options} tmpfs \"$PIER_STATE\" \
-             && {{ [ {filler} -eq 0 ] || head -c {filler} /dev/zero > \"$PIER_STATE/filler\"; }} \
-             && exec \"$PIER\" \"$@\"' sh \"$@\"\n"
+    pier_testkit::namespaced_pier(
+        dir,
+        &format!(
+            "mount -t tmpfs -o {options} tmpfs \"$PIER_STATE\" \
+             && {{ [ {filler} -eq 0 ] || head -c {filler} /dev/zero > \"$PIER_STATE/filler\"; }}"
         ),
     )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    Some(script)
 }
 
 /// The state directory's disk fills up under writes: each write that does not fit is an error

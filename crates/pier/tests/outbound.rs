@@ -797,3 +797,68 @@ async fn proxy_environment_variables_are_ignored() {
         "went through the proxy"
     );
 }
+
+/// DNS rebinding: a granted name whose answer changes from an address a pattern names
+/// (127.0.0.2) to one nothing grants (127.0.0.1, where another server listens on the same port)
+/// is refused the moment it resolves there. pier checks the address it is about to connect to,
+/// at every new connection, so the answer used is the answer checked. (`/etc/hosts` is a file
+/// bound over it in pier's own mount namespace, rewritten between the requests.)
+#[tokio::test]
+async fn a_name_rebound_to_a_denied_address_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.2 rebind.test\n").unwrap();
+    let Some(wrapper) =
+        pier_testkit::namespaced_pier(dir.path(), "mount --bind \"$PIER_HOSTS\" /etc/hosts")
+    else {
+        return;
+    };
+    // The granted upstream on 127.0.0.2, the one it must not reach on 127.0.0.1, one port.
+    let (upstream, secret) = loop {
+        let granted = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+        let port = granted.local_addr().unwrap().port();
+        if let Ok(other) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+            break (Upstream::serve(granted, None), Upstream::serve(other, None));
+        }
+    };
+    let port = upstream.addr.port();
+    let target = format!("rebind.test:{port}");
+    let app = guest("forward");
+    let pier = PierServer::start_with_env(
+        &wrapper,
+        &[
+            "--allow-outbound",
+            &format!("http://rebind.test:{port}"),
+            "--allow-outbound",
+            &format!("http://127.0.0.2:{port}"),
+            // Pooled connections go at once: every request resolves the name again.
+            "--outbound-idle-timeout",
+            "100ms",
+            app.to_str().unwrap(),
+        ],
+        &[
+            ("PIER", pier().to_str().unwrap()),
+            ("PIER_HOSTS", hosts.to_str().unwrap()),
+        ],
+    )
+    .unwrap();
+    let answer = forward(&pier, &target, false, "GET", "/hello", vec![]).await;
+    assert_eq!(answer.text(), "upstream hello", "the granted address");
+    // Rebound, in place (the bound file keeps its inode).
+    std::fs::write(&hosts, "127.0.0.1 rebind.test\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for _ in 0..3 {
+        let answer = forward(&pier, &target, false, "GET", "/hello", vec![]).await;
+        assert_eq!(answer.text(), DENIED);
+    }
+    assert_eq!(
+        secret.connections.load(Ordering::Relaxed),
+        0,
+        "the rebound address was reached"
+    );
+    assert!(
+        pier.wait_for_log("resolves to 127.0.0.1", Duration::from_secs(5)),
+        "{}",
+        pier.log()
+    );
+}
