@@ -111,16 +111,18 @@ impl<'a> Parsed<'a> {
                         return Ok(None);
                     }
                 }
+                // The ranges are the sections' own claims: a truncated file claims more than it
+                // has.
                 Payload::ModuleSection {
                     unchecked_range, ..
                 } => {
                     modules.push(items.len());
-                    items.push(Item::Module(&bytes[unchecked_range]));
+                    items.push(Item::Module(within(bytes, unchecked_range)?));
                 }
                 Payload::ComponentSection {
                     unchecked_range, ..
                 } => {
-                    items.push(Item::Raw(4, &bytes[unchecked_range]));
+                    items.push(Item::Raw(4, within(bytes, unchecked_range)?));
                 }
                 Payload::InstanceSection(reader) => {
                     for instance in reader {
@@ -325,4 +327,11 @@ impl<'a> Parsed<'a> {
             _ => Vec::new(),
         })
     }
+}
+
+/// The bytes of a nested module or component, if the file holds all it claims.
+fn within(bytes: &[u8], range: std::ops::Range<usize>) -> Result<&[u8], OptimizeError> {
+    bytes.get(range).ok_or(OptimizeError::Malformed(
+        "a section runs past the end of the file",
+    ))
 }

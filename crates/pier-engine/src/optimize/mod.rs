@@ -198,6 +198,22 @@ mod tests {
         assert!(optimize_component(&read("counter")).unwrap().is_none());
     }
 
+    /// Found by the `optimizer` fuzz target: a file cut short, whose sections claim more bytes
+    /// than it holds, made the optimiser index past its end. Every prefix of a real linked
+    /// component is now refused or left alone.
+    #[test]
+    fn a_truncated_component_is_refused_not_a_panic() {
+        for guest in ["linked-counter", "counter-large-memory"] {
+            let whole = read(guest);
+            for len in (0..whole.len()).step_by(7) {
+                match optimize_component(&whole[..len]) {
+                    Ok(None) | Err(_) => {}
+                    Ok(Some(done)) => validate(&done.bytes).unwrap(),
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_component_without_linked_modules_is_left_alone() {
         assert!(optimize_component(&read("hello")).unwrap().is_none());
