@@ -134,10 +134,17 @@ pub struct AppSettings {
     /// `--cache`: the shared HTTP cache in front of a command line's single route (a
     /// manifest's routes name theirs).
     pub http_cache: Option<crate::CacheSpec>,
+    /// `--outbound-cache`: the shared HTTP cache a command line's single component sends its
+    /// outgoing requests through (a manifest's components name theirs).
+    pub outbound_http_cache: Option<crate::CacheSpec>,
 }
 
 /// The name of the cache of a command line's single route (`--cache`), on its metrics.
 pub const ONE_CACHE: &str = "default";
+
+/// The name of the cache of a command line's single component's outgoing requests
+/// (`--outbound-cache`), on its metrics.
+pub const ONE_OUTBOUND_CACHE: &str = "outbound";
 
 /// How compiled code is made and kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,6 +191,9 @@ impl App {
             })
             .collect();
         component.key_value_stores = kv.iter().map(|g| g.name.clone()).collect();
+        if rest.outbound_http_cache.is_some() {
+            component.outbound_cache = Some(ONE_OUTBOUND_CACHE.to_string());
+        }
         let mut components = BTreeMap::new();
         components.insert("app".to_string(), component);
         let mut app = App::one_route(
@@ -216,12 +226,13 @@ impl App {
             cache: rest.http_cache.as_ref().map(|_| ONE_CACHE.to_string()),
             announce: false,
         };
-        let caches = rest
-            .http_cache
-            .clone()
-            .map(|spec| (ONE_CACHE.to_string(), spec))
-            .into_iter()
-            .collect();
+        let caches = [
+            (ONE_CACHE, rest.http_cache.clone()),
+            (ONE_OUTBOUND_CACHE, rest.outbound_http_cache.clone()),
+        ]
+        .into_iter()
+        .filter_map(|(name, spec)| Some((name.to_string(), spec?)))
+        .collect();
         App {
             components,
             routes: vec![route],
@@ -418,6 +429,7 @@ mod tests {
             runtime_config: None,
             store_limits: crate::StoreLimits::default(),
             http_cache: None,
+            outbound_http_cache: None,
         }
     }
 

@@ -169,6 +169,7 @@ impl ServeArgs {
                 max_value: self.stores.kv_max_value_size,
             },
             http_cache: self.http_cache.spec()?,
+            outbound_http_cache: self.http_cache.outbound_spec()?,
         };
         let manifest_given = self.source().is_some_and(|s| is_manifest(&s));
         if self.variables_file.is_some() && !manifest_given {
@@ -220,6 +221,11 @@ impl ServeArgs {
                         "--cache",
                         "declare caches as [cache.NAME] and name them on routes",
                     ),
+                    (
+                        self.http_cache.outbound_cache.is_some(),
+                        "--outbound-cache",
+                        "declare caches as [cache.NAME] and name them as a component's outbound_cache",
+                    ),
                 ];
                 if let Some((_, flag, instead)) = per_component.iter().find(|(given, ..)| *given) {
                     anyhow::bail!("{flag} with a manifest: {instead}");
@@ -234,6 +240,9 @@ impl ServeArgs {
                 &self.stores.kv,
                 settings,
             )),
+            (None, Some(_)) if self.http_cache.outbound_cache.is_some() => anyhow::bail!(
+                "--outbound-cache caches a component's outgoing requests; --upstream has no component"
+            ),
             (None, Some(origin)) => Ok(App::one_upstream(
                 origin.to_string(),
                 self.filters.specs()?,
@@ -637,31 +646,52 @@ struct HttpCacheArgs {
     /// Largest response body --cache keeps [default: 8MiB]
     #[arg(long, value_name = "SIZE", requires = "http_cache")]
     cache_max_entry: Option<String>,
+    /// Cache the component's outgoing requests (RFC 9111), in memory or on a Redis server
+    #[arg(long = "outbound-cache", value_name = "memory|redis://HOST:PORT", num_args = 0..=1, default_missing_value = "memory")]
+    outbound_cache: Option<String>,
 }
 
 impl HttpCacheArgs {
+    /// `--cache`, with `--cache-size` and `--cache-max-entry`.
     fn spec(&self) -> anyhow::Result<Option<pier_config::CacheSpec>> {
         let Some(kind) = &self.http_cache else {
             return Ok(None);
         };
-        let redis = kind.starts_with("redis://") || kind.starts_with("rediss://");
-        pier_config::CacheSpec::parse(pier_config::CacheSettings {
-            kind: Some(if redis { "redis" } else { kind.as_str() }),
-            size: self.cache_size.as_deref(),
-            max_entry: self.cache_max_entry.as_deref(),
-            url: redis.then_some(kind.as_str()),
-            prefix: None,
-        })
-        .map(Some)
-        .map_err(|(key, message)| {
-            let flag = match key {
-                "size" => "--cache-size",
-                "max_entry" => "--cache-max-entry",
-                _ => "--cache",
-            };
-            anyhow::anyhow!("{flag}: {message}")
-        })
+        let sized = (self.cache_size.as_deref(), self.cache_max_entry.as_deref());
+        cache_spec(kind, sized, "--cache").map(Some)
     }
+
+    /// `--outbound-cache`, with the default size.
+    fn outbound_spec(&self) -> anyhow::Result<Option<pier_config::CacheSpec>> {
+        let Some(kind) = &self.outbound_cache else {
+            return Ok(None);
+        };
+        cache_spec(kind, (None, None), "--outbound-cache").map(Some)
+    }
+}
+
+/// A cache from its flag: `memory`, or a Redis URL.
+fn cache_spec(
+    kind: &str,
+    (size, max_entry): (Option<&str>, Option<&str>),
+    flag: &str,
+) -> anyhow::Result<pier_config::CacheSpec> {
+    let redis = kind.starts_with("redis://") || kind.starts_with("rediss://");
+    pier_config::CacheSpec::parse(pier_config::CacheSettings {
+        kind: Some(if redis { "redis" } else { kind }),
+        size,
+        max_entry,
+        url: redis.then_some(kind),
+        prefix: None,
+    })
+    .map_err(|(key, message)| {
+        let flag = match key {
+            "size" => "--cache-size",
+            "max_entry" => "--cache-max-entry",
+            _ => flag,
+        };
+        anyhow::anyhow!("{flag}: {message}")
+    })
 }
 
 /// What the guest may see of the host; nothing unless granted here.

@@ -1030,3 +1030,53 @@ async fn a_thousand_concurrent_misses_reach_the_origin_once() {
     }
     assert_eq!(origin.seen(&format!("GET {target}")), 1);
 }
+
+/// The single-component form: `--outbound-cache` sends the component's outgoing requests
+/// through a cache of its own, under its `--allow-outbound` policy: the second and third fetch of
+/// a cacheable URL come from it. It has no meaning beside `--upstream` or a manifest (whose
+/// components name their caches), and says so.
+#[tokio::test]
+async fn a_single_component_caches_its_outgoing_requests_with_a_flag() {
+    let (origin, addr) = Origin::start().await;
+    let app = pier_testkit::guest("forward");
+    let allow = format!("http://{addr}");
+    let server = PierServer::start(
+        pier(),
+        &[
+            "--outbound-cache",
+            "--allow-outbound",
+            &allow,
+            app.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let target = addr.to_string();
+    for _ in 0..3 {
+        let answer = get(
+            &server,
+            "/o?cc=max-age=60",
+            &[("x-forward-to", target.as_str())],
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    }
+    assert_eq!(origin.seen("GET /o?cc=max-age=60"), 1, "two from the cache");
+
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("pier.toml");
+    std::fs::write(&manifest, "manifest_version = 1\n").unwrap();
+    for (args, says) in [
+        (
+            vec!["--outbound-cache", "memory", manifest.to_str().unwrap()],
+            "--outbound-cache with a manifest",
+        ),
+        (
+            vec!["--outbound-cache", "memory", "--upstream", allow.as_str()],
+            "--upstream has no component",
+        ),
+    ] {
+        let mut all = vec!["serve"];
+        all.extend(args);
+        pier_testkit::assert_one_line_error(pier(), &all, &[says]);
+    }
+}
