@@ -122,6 +122,8 @@ pub struct RunConfig {
     pub optimize: bool,
     /// Where the program may send HTTP requests (`wasi:http/outgoing-handler`), and how.
     pub outbound: OutboundConfig,
+    /// `--max-sockets`: sockets the program may have open (`None`: the OS's limit alone).
+    pub max_sockets: Option<usize>,
 }
 
 #[cfg(test)]

@@ -73,10 +73,12 @@ pub fn speaks_p3(bytes: &[u8]) -> bool {
     false
 }
 
-/// Links the WASI 0.3 interfaces: cli, clocks, filesystem, random and sockets, and `wasi:http`'s
-/// types and client (whose requests go through the same outbound hooks as 0.2's).
+/// Links the WASI 0.3 interfaces: cli, clocks, filesystem, random and sockets (their
+/// constructors counted against `--max-sockets`), and `wasi:http`'s types and client (whose
+/// requests go through the same outbound hooks as 0.2's).
 pub(crate) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     wasmtime_wasi::p3::add_to_linker(linker)?;
+    crate::host::cap_p3_sockets(linker)?;
     wasmtime_wasi_http::p3::add_to_linker(linker)
 }
 

@@ -43,7 +43,9 @@ pub async fn run(config: &RunConfig, outbound: Arc<dyn Outbound>) -> anyhow::Res
     }
     let wasi = wasi_builder(config, &wasm)?;
     let result = match wasm.kind {
-        WasmKind::Component => run_component(&engine, &cache, &wasm, wasi, outbound).await?,
+        WasmKind::Component => {
+            run_component(&engine, &cache, &wasm, wasi, outbound, config.max_sockets).await?
+        }
         WasmKind::Module => run_module(&engine, &cache, &wasm, wasi).await?,
     };
     Ok(match result {
@@ -86,6 +88,7 @@ async fn run_component(
     wasm: &WasmFile,
     mut wasi: WasiCtxBuilder,
     outbound: Arc<dyn Outbound>,
+    max_sockets: Option<usize>,
 ) -> anyhow::Result<wasmtime::Result<i32>> {
     let (component, _) = cache
         .component(engine, wasm)
@@ -114,7 +117,11 @@ async fn run_component(
     let pre = linker
         .instantiate_pre(&component)
         .map_err(|e| AppError::link(wasm, e))?;
-    let mut store = Store::new(engine, HostState::new(wasi.build(), outbound));
+    let mut state = HostState::new(wasi.build(), outbound);
+    if let Some(max) = max_sockets {
+        state.limit_sockets(max);
+    }
+    let mut store = Store::new(engine, state);
     store.set_epoch_deadline(NO_DEADLINE);
     if p3 {
         let outcome = crate::p3::run(&mut store, pre).await;

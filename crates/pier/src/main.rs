@@ -282,6 +282,9 @@ fn parse_origin(s: &str) -> Result<http::Uri, String> {
 struct RunArgs {
     #[command(flatten)]
     grants: GrantArgs,
+    /// Sockets the program may have open; one more is refused (default: the OS's limit alone)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_sockets: Option<u32>,
     #[command(flatten)]
     cache: CompileCacheArgs,
     #[command(flatten)]
@@ -902,6 +905,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         optimize: !args.cache.no_optimize,
         grants: args.grants.grants(),
         outbound: args.outbound.config(),
+        max_sockets: args.max_sockets.map(|n| n as usize),
     };
     match pier_http::run(&config).await? {
         RunOutcome::Exit(code) => Ok(ExitCode::from(code as u8)),

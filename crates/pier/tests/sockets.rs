@@ -131,3 +131,33 @@ fn a_bad_grant_is_refused_with_the_expected_form() {
         stderr(&out)
     );
 }
+
+/// `--max-sockets` counts a WASI 0.3 program's open sockets: the connect test needs two (a
+/// listener and a client), so with a cap of one it is refused the second (WASI 0.3 has no
+/// `new-socket-limit`: `other`, naming the flag), and with two it passes.
+#[test]
+fn max_sockets_caps_what_a_program_has_open() {
+    let capped = run(&[
+        "--max-sockets",
+        "1",
+        "-S",
+        "tcp,inherit-network",
+        "sockets-tcp-connect.wasm",
+    ]);
+    assert!(!passes(&capped), "passed under a cap of one");
+    assert!(
+        stderr(&capped).contains(
+            "new-socket-limit: the instance has as many sockets open as it may (--max-sockets)"
+        ),
+        "{}",
+        stderr(&capped)
+    );
+    let enough = run(&[
+        "--max-sockets",
+        "2",
+        "-S",
+        "tcp,inherit-network",
+        "sockets-tcp-connect.wasm",
+    ]);
+    assert!(passes(&enough), "{}", stderr(&enough));
+}

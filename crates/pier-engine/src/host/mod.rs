@@ -29,6 +29,7 @@ pub use config::ConfigState;
 pub use guest_log::{GuestLog, LogBudget};
 pub use http::{DenyAll, Outbound};
 pub use keyvalue::{KeyValueLimits, KeyValueState};
+pub(crate) use sockets::cap_p3 as cap_p3_sockets;
 pub(crate) use sockets::grant as grant_sockets;
 pub(crate) use wasi::WasiRecipe;
 pub(crate) use wasi::perms as dir_perms;

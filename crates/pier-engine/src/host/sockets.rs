@@ -16,7 +16,11 @@ use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p2::bindings::sockets::network::{self, ErrorCode, IpAddressFamily};
 use wasmtime_wasi::p2::bindings::sockets::{tcp_create_socket, udp_create_socket};
 use wasmtime_wasi::p2::{SocketError, SocketResult, TcpSocket as P2Tcp, UdpSocket as P2Udp};
-use wasmtime_wasi::sockets::{SocketAddrUse, WasiSocketsCtxView};
+use wasmtime_wasi::sockets::{
+    SocketAddrUse, TcpSocket as P3Tcp, UdpSocket as P3Udp, WasiSocketsCtxView,
+};
+
+use super::HostState;
 
 /// `wasi:sockets` 0.2's `create-tcp-socket` and `create-udp-socket`, which refuse a socket past
 /// `--max-sockets` open ones with `new-socket-limit` (what the OS's own limit would say), and
@@ -41,21 +45,81 @@ impl<'a> Capped<'a> {
     /// Refuses a new socket when the guest has `max` open (counted in its resource table, so
     /// a socket dropped is one less at once).
     fn check(&mut self) -> SocketResult<()> {
-        if self.max == usize::MAX {
-            return Ok(());
-        }
-        let open = self
-            .view
-            .table
-            .iter_mut()
-            .filter(|entry| entry.is::<P2Tcp>() || entry.is::<P2Udp>())
-            .count();
-        if open >= self.max {
-            tracing::debug!("a guest has {open} sockets open: new-socket-limit (--max-sockets)");
+        if at_cap(self.view.table, self.max) {
             return Err(ErrorCode::NewSocketLimit.into());
         }
         Ok(())
     }
+}
+
+/// Whether the guest whose table this is has `max` sockets open (0.2's or 0.3's).
+fn at_cap(table: &mut wasmtime::component::ResourceTable, max: usize) -> bool {
+    if max == usize::MAX {
+        return false;
+    }
+    let open = table
+        .iter_mut()
+        .filter(|entry| {
+            entry.is::<P2Tcp>() || entry.is::<P2Udp>() || entry.is::<P3Tcp>() || entry.is::<P3Udp>()
+        })
+        .count();
+    if open >= max {
+        tracing::debug!("a guest has {open} sockets open: new-socket-limit (--max-sockets)");
+    }
+    open >= max
+}
+
+/// WASI 0.3 has no `new-socket-limit`: its `other`, saying which limit.
+fn p3_limit() -> wasmtime_wasi::p3::bindings::sockets::types::ErrorCode {
+    wasmtime_wasi::p3::bindings::sockets::types::ErrorCode::Other(Some(
+        "new-socket-limit: the instance has as many sockets open as it may (--max-sockets)".into(),
+    ))
+}
+
+/// WASI 0.3's socket constructors (`[static]tcp-socket.create`, `[static]udp-socket.create`)
+/// linked again over wasmtime's, counting as 0.2's do: past `--max-sockets` open ones, a new
+/// socket is refused ([`p3_limit`]).
+pub(crate) fn cap_p3(linker: &mut wasmtime::component::Linker<HostState>) -> wasmtime::Result<()> {
+    use wasmtime_wasi::p3::bindings::sockets::types::{
+        self as p3, HostTcpSocket, HostUdpSocket, IpAddressFamily as P3Family,
+    };
+    use wasmtime_wasi::sockets::WasiSocketsView;
+    linker.allow_shadowing(true);
+    let mut types = linker.instance("wasi:sockets/types@0.3.0")?;
+    types.func_wrap(
+        "[static]tcp-socket.create",
+        |mut store: wasmtime::StoreContextMut<'_, HostState>, (family,): (P3Family,)| {
+            let state = store.data_mut();
+            let max = state.max_sockets;
+            let mut view = state.sockets();
+            if at_cap(view.table, max) {
+                return Ok((Err(p3_limit()),));
+            }
+            Ok((match HostTcpSocket::create(&mut view, family) {
+                Ok(socket) => Ok(socket),
+                Err(e) => Err(p3::Host::convert_error_code(&mut view, e)?),
+            },))
+        },
+    )?;
+    types.func_wrap_async(
+        "[static]udp-socket.create",
+        |mut store: wasmtime::StoreContextMut<'_, HostState>, (family,): (P3Family,)| {
+            Box::new(async move {
+                let state = store.data_mut();
+                let max = state.max_sockets;
+                let mut view = state.sockets();
+                if at_cap(view.table, max) {
+                    return Ok((Err(p3_limit()),));
+                }
+                Ok((match HostUdpSocket::create(&mut view, family).await {
+                    Ok(socket) => Ok(socket),
+                    Err(e) => Err(p3::Host::convert_error_code(&mut view, e)?),
+                },))
+            })
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 impl network::Host for Capped<'_> {
