@@ -862,3 +862,61 @@ async fn a_name_rebound_to_a_denied_address_is_refused() {
         pier.log()
     );
 }
+
+/// An upstream that resets the connection mid-body (a 1,000-byte body announced, 100 sent,
+/// then RST): the client's response is cut, never passed off as complete, through the upstream
+/// handler and through a guest's outgoing request alike; the access log says so; pier goes on
+/// serving.
+#[tokio::test]
+async fn an_upstream_reset_mid_body_is_never_a_complete_response() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut head = [0u8; 4096];
+                let _ = stream.read(&mut head).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n")
+                    .await;
+                let _ = stream.write_all(&[b'x'; 100]).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                // A reset, not a close.
+                let _ = stream.set_linger(Some(Duration::ZERO));
+            });
+        }
+    });
+    let origin = format!("http://{addr}");
+    let proxy = serve_upstream(&["--upstream", &origin]);
+    let forwarder = serve_forward(&["--allow-outbound", &origin]);
+    for (pier, forwarded) in [(&proxy, false), (&forwarder, true)] {
+        let mut req = Request::get("/cut");
+        if forwarded {
+            req = req.header("x-forward-to", addr.to_string());
+        }
+        let req = req.body(Full::new(Bytes::new())).unwrap();
+        let mut client = pier_testkit::Client::connect(&pier.addr, Proto::H1)
+            .await
+            .unwrap();
+        let whole = match client.send(req).await {
+            Ok(response) => match response.into_body().collect().await {
+                Ok(body) => Some(body.to_bytes().len()),
+                Err(_) => None,
+            },
+            Err(_) => None,
+        };
+        assert_eq!(
+            whole, None,
+            "forwarded {forwarded}: a cut body passed off as whole"
+        );
+        assert!(
+            pier.wait_for_log("complete=false", Duration::from_secs(5)),
+            "{}",
+            pier.log()
+        );
+    }
+    // Still serving: the forwarding guest answers (a 502 without a target to forward to).
+    let answer = pier_testkit::get(&forwarder.addr, Proto::H1, "/").await;
+    assert!(answer.is_ok(), "pier still serves");
+}
