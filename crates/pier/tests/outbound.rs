@@ -883,7 +883,7 @@ async fn an_upstream_reset_mid_body_is_never_a_complete_response() {
                 let _ = stream.write_all(&[b'x'; 100]).await;
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 // A reset, not a close.
-                let _ = stream.set_linger(Some(Duration::ZERO));
+                let _ = stream.set_zero_linger();
             });
         }
     });
