@@ -290,12 +290,18 @@ pub struct Tracked<S> {
     lingering: Option<Lingering>,
 }
 
-/// How long a closing HTTP/1 connection reads what its client still sends.
+/// How long a closing HTTP/1 connection reads what its client still sends: at most
+/// `LINGER_TIME` in all, and no longer than `LINGER_QUIET` after the last bytes (a client that
+/// sends nothing more, an idle keep-alive one, is let go at once).
 const LINGER_TIME: Duration = Duration::from_secs(5);
+const LINGER_QUIET: Duration = Duration::from_millis(500);
 
-/// The lingering close of one connection: until when.
+/// The lingering close of one connection.
 struct Lingering {
-    until: Pin<Box<tokio::time::Sleep>>,
+    /// When it ends whatever comes.
+    end: tokio::time::Instant,
+    /// When it ends if nothing more comes.
+    quiet: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl<S> Tracked<S> {
@@ -512,21 +518,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
 impl<S: AsyncRead + Unpin> Tracked<S> {
     /// An HTTP/1 connection closing, its answer sent and its write side shut: what the client
     /// still sends (a request body pier answered without reading, a 413's upload) is read and
-    /// dropped until it stops, for at most [`LINGER_TIME`]. Closed at once, unread data would
-    /// make the kernel reset the connection, and a client still sending would lose the answer
-    /// (clients report the failed write, not the response that came meanwhile; RFC 9112 §9.6).
+    /// dropped until it stops (see [`LINGER_TIME`]). Closed at once, unread data would make the
+    /// kernel reset the connection, and a client still sending would lose the answer (clients
+    /// report the failed write, not the response that came meanwhile; RFC 9112 §9.6).
     fn linger(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let lingering = self.lingering.get_or_insert_with(|| Lingering {
-            until: Box::pin(tokio::time::sleep(LINGER_TIME)),
+        let lingering = self.lingering.get_or_insert_with(|| {
+            let now = tokio::time::Instant::now();
+            Lingering {
+                end: now + LINGER_TIME,
+                quiet: Box::pin(tokio::time::sleep_until(now + LINGER_QUIET)),
+            }
         });
         let mut buf = [0u8; 16 << 10];
         loop {
-            if lingering.until.as_mut().poll(cx).is_ready() {
+            if lingering.quiet.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Ok(()));
             }
             let mut read = ReadBuf::new(&mut buf);
             match Pin::new(&mut self.inner).poll_read(cx, &mut read) {
-                Poll::Ready(Ok(())) if !read.filled().is_empty() => {}
+                Poll::Ready(Ok(())) if !read.filled().is_empty() => {
+                    let next = (tokio::time::Instant::now() + LINGER_QUIET).min(lingering.end);
+                    lingering.quiet.as_mut().reset(next);
+                }
                 // The end, or an error: nothing more to wait for.
                 Poll::Ready(_) => return Poll::Ready(Ok(())),
                 Poll::Pending => return Poll::Pending,

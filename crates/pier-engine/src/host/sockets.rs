@@ -2,7 +2,9 @@
 //! reach. wasmtime's implementation asks before every bind, listen, accept, connect, send and
 //! receive; pier answers from the policy, looking up the host names grants name at that moment
 //! (so a grant follows its name's current addresses), and logs each refusal once with the grant
-//! that would allow it. A socket lives in its instance's resource table and closes with it.
+//! that would allow it. A socket lives in its instance's resource table and closes with it; the
+//! constructors count what is open there against `--max-sockets` ([`CappedSockets`] for 0.2,
+//! [`cap_p3`] for 0.3).
 //!
 //! Nothing granted: wasmtime's defaults stand, and a guest cannot make a socket at all.
 
