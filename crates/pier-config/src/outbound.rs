@@ -121,7 +121,8 @@ impl FromStr for OutboundPattern {
                     .trunc(),
             )
         } else if let Ok(ip) = host.parse::<IpAddr>() {
-            HostMatch::Net(IpNet::from(ip))
+            // As addresses are checked: `[64:ff9b::a00:5]` is 10.0.0.5.
+            HostMatch::Net(IpNet::from(canonical(ip)))
         } else {
             HostMatch::Name(host)
         };

@@ -211,7 +211,15 @@ impl Body for ResponseBody {
 pub struct Observed {
     inner: ResponseBody,
     record: AccessRecord,
+    /// HTTP/2: what is left of a data frame larger than [`SLICE`], handed over next.
+    rest: Option<Bytes>,
 }
+
+/// The most data handed to HTTP/2 at once. Its layer holds a frame until the client's window
+/// has taken it and asks for the next only then; in slices, a response taken slowly is seen to
+/// be taken (the send timeout), and its last bytes are not held by the layer after the body is
+/// gone.
+const SLICE: usize = 64 << 10;
 
 /// A manifest route's names, on its requests' metrics and access log lines.
 #[derive(Clone, Debug)]
@@ -287,6 +295,7 @@ impl AccessRecord {
             Observed {
                 inner,
                 record: self,
+                rest: None,
             }
         })
     }
@@ -342,10 +351,29 @@ impl Body for Observed {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
-        if let Some(in_flight) = &this.record.in_flight {
-            in_flight.taken();
-        }
-        let poll = Pin::new(&mut this.inner).poll_frame(cx);
+        let h2 = match &this.record.in_flight {
+            Some(in_flight) => {
+                in_flight.taken();
+                in_flight.is_http2()
+            }
+            None => false,
+        };
+        let poll = match this.rest.take() {
+            Some(rest) => Poll::Ready(Some(Ok(Frame::data(rest)))),
+            None => Pin::new(&mut this.inner).poll_frame(cx),
+        };
+        let poll = poll.map(|frame| {
+            frame.map(|frame| {
+                frame.map(|frame| match frame.into_data() {
+                    Ok(mut data) if h2 && data.len() > SLICE => {
+                        this.rest = Some(data.split_off(SLICE));
+                        Frame::data(data)
+                    }
+                    Ok(data) => Frame::data(data),
+                    Err(frame) => frame,
+                })
+            })
+        });
         match &poll {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -360,7 +388,7 @@ impl Body for Observed {
                 }
                 // hyper does not poll a body again once it says it is at its end (a body of a
                 // known length, its last frame taken).
-                this.record.done = this.inner.is_end_stream();
+                this.record.done = this.rest.is_none() && this.inner.is_end_stream();
             }
             Poll::Ready(Some(Err(_))) => this.record.failed = true,
             Poll::Ready(None) => this.record.done = true,
@@ -370,11 +398,18 @@ impl Body for Observed {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.rest.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let rest = self.rest.as_ref().map_or(0, |r| r.len() as u64);
+        let inner = self.inner.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + rest);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + rest);
+        }
+        hint
     }
 }
 

@@ -32,6 +32,8 @@ pub struct Activity {
     /// more of it (its window closed; milliseconds + 1, 0: it is not waiting). The socket may
     /// be writable all along: a zero-window client is not a slow reader to the socket.
     windows: Mutex<Vec<Weak<AtomicU64>>>,
+    /// When pier last wrote to the client (milliseconds + 1; 0: never).
+    wrote_ms: AtomicU64,
 }
 
 /// The watchdog's timeouts (zero: never).
@@ -70,6 +72,7 @@ impl Activity {
             h2: AtomicBool::new(false),
             blocked_since_ms: AtomicU64::new(0),
             windows: Mutex::new(Vec::new()),
+            wrote_ms: AtomicU64::new(0),
         })
     }
 
@@ -84,6 +87,7 @@ impl Activity {
     /// pier's write went out.
     fn wrote(&self) {
         self.touch();
+        self.wrote_ms.store(self.now_ms() + 1, Ordering::Relaxed);
         self.unblocked();
     }
 
@@ -101,11 +105,22 @@ impl Activity {
             return None;
         }
         let blocked = self.blocked_since_ms.load(Ordering::Relaxed);
-        let since = [blocked, self.window_closed_since()]
-            .into_iter()
-            .filter(|&ms| ms != 0)
-            .min()?;
+        // A response waiting on its window counts only while nothing at all goes out: a client
+        // taking other streams' data (or this one's, slowly) is reading.
+        let window = match self.window_closed_since() {
+            0 => 0,
+            since => since.max(self.wrote_ms.load(Ordering::Relaxed)),
+        };
+        let since = [blocked, window].into_iter().filter(|&ms| ms != 0).min()?;
         Some(self.opened + Duration::from_millis(since - 1) + send)
+    }
+
+    /// When a connection told to go away may be closed, if it is still taking pier's writes:
+    /// `send` after the last one, if that is still to come.
+    pub fn still_taking(&self, send: Duration) -> Option<Instant> {
+        let wrote = self.wrote_ms.load(Ordering::Relaxed);
+        let until = self.opened + Duration::from_millis(wrote.saturating_sub(1)) + send;
+        (wrote != 0 && until > Instant::now()).then_some(until)
     }
 
     /// Since when the HTTP/2 response that has waited longest for the client's window has
@@ -242,6 +257,12 @@ impl InFlight {
         {
             window.store(self.activity.now_ms() + 1, Ordering::Relaxed);
         }
+    }
+
+    /// Whether the request came over HTTP/2 (whose layer holds each data frame until the
+    /// client's window takes it).
+    pub fn is_http2(&self) -> bool {
+        self.window.is_some()
     }
 
     /// The HTTP/2 layer asks for more of the response: it waits on the client no more.
@@ -720,6 +741,15 @@ mod tests {
             flowing.taken();
         }
         assert_eq!(activity.expired(all), Some(Expired::Send));
+        // While anything goes out (the client takes other data, or this one's slowly), a
+        // response waiting on its window is not a client that stopped reading.
+        for _ in 0..5 {
+            activity.wrote();
+            std::thread::sleep(Duration::from_millis(10));
+            assert_eq!(activity.expired(all), None);
+        }
+        std::thread::sleep(Duration::from_millis(25));
+        assert_eq!(activity.expired(all), Some(Expired::Send));
         // Once the stalled response is gone, the flowing one alone keeps nothing waiting.
         drop(stalled);
         assert_eq!(activity.expired(all), None);
@@ -737,7 +767,7 @@ mod tests {
 
     #[test]
     fn http2_traffic_without_requests_does_not_keep_a_connection() {
-        let idle = Duration::from_millis(20);
+        let idle = Duration::from_millis(100);
         let all = Timeouts {
             idle,
             header: Duration::ZERO,
@@ -746,9 +776,9 @@ mod tests {
         for h2 in [false, true] {
             let activity = Activity::new(PEER);
             activity.h2.store(h2, Ordering::Relaxed);
-            // PINGs (or a header block's bytes) every 5 ms, no request.
-            for _ in 0..6 {
-                std::thread::sleep(Duration::from_millis(5));
+            // PINGs (or a header block's bytes) every 30 ms, no request.
+            for _ in 0..5 {
+                std::thread::sleep(Duration::from_millis(30));
                 activity.touch();
             }
             let expired = activity.expired(all);

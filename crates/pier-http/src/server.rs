@@ -484,8 +484,14 @@ impl Connection {
                     conn.as_mut().graceful_shutdown();
                 }
                 () = sleep_until(leaving_by), if leaving_by.is_some() => {
-                    tracing::debug!(peer = %self.peer, "an idle connection did not close within the send timeout: closing it");
-                    return;
+                    // Still sending what was asked (a last chunk the HTTP/2 layer holds, taken
+                    // slowly): wait on.
+                    leaving_by = activity.still_taking(self.timeouts.send);
+                    if leaving_by.is_none() && !activity.busy() {
+                        tracing::debug!(peer = %self.peer, "an idle connection did not close within the send timeout: closing it");
+                        return;
+                    }
+                    leaving_by = leaving_by.or(Some(std::time::Instant::now() + self.timeouts.send));
                 }
                 () = sleep_until(check), if check.is_some() => match activity.expired(timeouts) {
                     None => {}

@@ -932,3 +932,58 @@ async fn a_trickling_http2_client_with_no_request_is_closed_at_the_idle_timeout(
         assert!(closed, "{trickle}: still open after 8 s");
     }
 }
+
+/// A client that reads slowly but steadily over HTTP/2 (a window of 1 KiB, opened by 1 KiB every
+/// 200 ms: a 16 KiB data frame of pier's waits three seconds for room) is reading, not stalled:
+/// its response arrives whole past `--send-timeout`, which cuts only a client taking nothing.
+#[tokio::test]
+async fn a_slow_but_steady_http2_reader_is_not_cut_off() {
+    let server = start(Transport::H2c, "echo", &["--send-timeout", "2s"]);
+    let mut conn = server.connect(Transport::H2c).await;
+    conn.send(PREFACE).await;
+    conn.send(&settings(&[(0x4, 1024)])).await;
+    let body = vec![b'x'; 20 << 10];
+    let mut head = request("POST", "/");
+    head.push(("content-length", "20480"));
+    conn.send(&headers(1, 0, &head)).await;
+    for (i, chunk) in body.chunks(16_384).enumerate() {
+        let last = (i + 1) * 16_384 >= body.len();
+        conn.send(&frame(DATA, if last { END_STREAM } else { 0 }, 1, chunk))
+            .await;
+    }
+    let started = std::time::Instant::now();
+    let mut got = 0usize;
+    let ended = loop {
+        match conn.next(Duration::from_millis(200)).await {
+            Ok(f) if (f.kind == DATA || f.kind == HEADERS) && f.stream == 1 => {
+                if f.kind == DATA {
+                    got += f.payload.len();
+                }
+                if f.flags & END_STREAM != 0 {
+                    break None;
+                }
+            }
+            Ok(f) if f.kind == RST_STREAM || f.kind == GOAWAY => break Some(format!("{f:?}")),
+            Ok(_) => {}
+            // Nothing for 200 ms: room for 1 KiB more, on the stream and the connection.
+            Err(Ended::Silent) => {
+                conn.send(&window_update(1, 1024)).await;
+                conn.send(&window_update(0, 1024)).await;
+            }
+            Err(e) => break Some(format!("{e:?}")),
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{got} bytes");
+    };
+    assert_eq!(
+        ended,
+        None,
+        "cut after {got} bytes, {:?}",
+        started.elapsed()
+    );
+    assert_eq!(got, body.len());
+    assert!(
+        started.elapsed() > Duration::from_secs(2),
+        "it was slow: {:?}",
+        started.elapsed()
+    );
+}

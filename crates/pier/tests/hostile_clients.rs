@@ -377,7 +377,7 @@ async fn an_upload_refused_early_still_gets_its_answer() {
         let req = http::Request::post("/")
             .body(http_body_util::Full::new(bytes::Bytes::from(vec![
                 b'x';
-                24 << 20
+                8 << 20
             ])))
             .unwrap();
         let answer = pier_testkit::send(&server.addr, Proto::H1, req)

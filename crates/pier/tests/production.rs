@@ -639,7 +639,7 @@ async fn sigterm_under_continuous_load_loses_no_request_pier_began() {
         logged, answered,
         "every request pier answered reached its client"
     );
-    assert!(answered > 100, "only {answered} requests");
+    assert!(answered > 20, "only {answered} requests");
     eprintln!(
         "{answered} answered; {} sent on closing connections: {:?}",
         failures.len(),
