@@ -536,6 +536,15 @@ mod tests {
                 .unwrap_err();
             assert!(matches!(e, Denied::SpecialAddress { .. }), "{ip}");
         }
+        // A pattern naming a NAT64 address names the IPv4 address it reaches, as checks see it.
+        let nat64 = policy(&["http://[64:ff9b::a00:5]:80"]);
+        for ip in ["64:ff9b::a00:5", "10.0.0.5"] {
+            assert!(
+                nat64.check_ip("http", ip, ip.parse().unwrap(), 80).is_ok(),
+                "{ip}"
+            );
+            assert!(nat64.check_url("http", ip, 80).is_ok(), "{ip}");
+        }
         // Public addresses, also through NAT64 and 6to4.
         for ip in ["93.184.216.34", "64:ff9b::5db8:d822", "2002:5db8:d822::1"] {
             assert!(
