@@ -633,22 +633,21 @@ fn in_small_tmpfs(dir: &Path, options: &str, filler: usize) -> Option<PathBuf> {
     )
 }
 
-/// The state directory's disk fills up under writes: each write that does not fit is an error
-/// to the guest (SQLite's "database or disk is full", as `other`), never a trap, a hang or a
-/// crash; pier goes on serving; once there is room again writes succeed; and every write that
-/// was acknowledged is in the store.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_is_an_error_to_the_guest_and_nothing_acknowledged_is_lost() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(wrapper) = in_small_tmpfs(dir.path(), "size=1m", 700 << 10) else {
-        return;
-    };
-    std::fs::copy(guest("kv"), dir.path().join("kv.wasm")).unwrap();
-    std::fs::write(dir.path().join("pier.toml"), MANIFEST).unwrap();
-    let state = dir.path().join("state");
+/// pier serving the kv app of `dir` with its state directory on a tmpfs of `options` (see
+/// [`in_small_tmpfs`]): the start's outcome, the state directory and the manifest; `None` where no
+/// namespace can be made.
+fn serve_on_tmpfs(
+    dir: &Path,
+    options: &str,
+    filler: usize,
+) -> Option<(anyhow::Result<PierServer>, PathBuf, PathBuf)> {
+    let wrapper = in_small_tmpfs(dir, options, filler)?;
+    std::fs::copy(guest("kv"), dir.join("kv.wasm")).unwrap();
+    std::fs::write(dir.join("pier.toml"), MANIFEST).unwrap();
+    let state = dir.join("state");
     std::fs::create_dir(&state).unwrap();
-    let manifest = dir.path().join("pier.toml");
-    let server = PierServer::start_with_env(
+    let manifest = dir.join("pier.toml");
+    let started = PierServer::start_with_env(
         &wrapper,
         &[
             "--state-dir",
@@ -659,8 +658,21 @@ async fn a_full_disk_is_an_error_to_the_guest_and_nothing_acknowledged_is_lost()
             ("PIER", pier().to_str().unwrap()),
             ("PIER_STATE", state.to_str().unwrap()),
         ],
-    )
-    .unwrap();
+    );
+    Some((started, state, manifest))
+}
+
+/// The state directory's disk fills up under writes: each write that does not fit is an error
+/// to the guest (SQLite's "database or disk is full", as `other`), never a trap, a hang or a
+/// crash; pier goes on serving; once there is room again writes succeed; and every write that
+/// was acknowledged is in the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_an_error_to_the_guest_and_nothing_acknowledged_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((started, state, manifest)) = serve_on_tmpfs(dir.path(), "size=1m", 700 << 10) else {
+        return;
+    };
+    let server = started.unwrap();
     // 1 KB keys' worth of writes: the free 300 KB is gone long before 2,000.
     let write = |i: usize| {
         let addr = server.addr.clone();
@@ -731,26 +743,9 @@ async fn a_full_disk_is_an_error_to_the_guest_and_nothing_acknowledged_is_lost()
 #[test]
 fn a_read_only_state_directory_is_a_start_up_error() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(wrapper) = in_small_tmpfs(dir.path(), "ro", 0) else {
+    let Some((started, state, _)) = serve_on_tmpfs(dir.path(), "ro", 0) else {
         return;
     };
-    std::fs::copy(guest("kv"), dir.path().join("kv.wasm")).unwrap();
-    std::fs::write(dir.path().join("pier.toml"), MANIFEST).unwrap();
-    let state = dir.path().join("state");
-    std::fs::create_dir(&state).unwrap();
-    let manifest = dir.path().join("pier.toml");
-    let started = PierServer::start_with_env(
-        &wrapper,
-        &[
-            "--state-dir",
-            state.to_str().unwrap(),
-            manifest.to_str().unwrap(),
-        ],
-        &[
-            ("PIER", pier().to_str().unwrap()),
-            ("PIER_STATE", state.to_str().unwrap()),
-        ],
-    );
     let Err(e) = started else {
         panic!("pier started on a read-only state directory");
     };
