@@ -3,8 +3,8 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -28,10 +28,10 @@ pub struct Activity {
     /// Since when pier's writes have been waiting on the client (its milliseconds + 1; 0: they
     /// are not): a client that does not read.
     blocked_since_ms: AtomicU64,
-    /// HTTP/2: each response being sent, and since when it has waited for the client to take
-    /// more of it (its window closed; milliseconds + 1, 0: it is not waiting). The socket may
-    /// be writable all along: a zero-window client is not a slow reader to the socket.
-    windows: Mutex<Vec<Weak<AtomicU64>>>,
+    /// HTTP/2: how many responses wait for the client's window to take data they handed over,
+    /// and since when one has (see [`Waiting`]). The socket may be writable all along: a
+    /// zero-window client is not a slow reader to the socket.
+    waiting: AtomicU64,
     /// When pier last wrote to the client (milliseconds + 1; 0: never).
     wrote_ms: AtomicU64,
 }
@@ -71,7 +71,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             h2: AtomicBool::new(false),
             blocked_since_ms: AtomicU64::new(0),
-            windows: Mutex::new(Vec::new()),
+            waiting: AtomicU64::new(0),
             wrote_ms: AtomicU64::new(0),
         })
     }
@@ -123,20 +123,10 @@ impl Activity {
         (wrote != 0 && until > Instant::now()).then_some(until)
     }
 
-    /// Since when the HTTP/2 response that has waited longest for the client's window has
-    /// waited (0: none waits).
+    /// Since when HTTP/2 responses have waited for the client's window without a break
+    /// (milliseconds + 1; 0: none waits).
     fn window_closed_since(&self) -> u64 {
-        if !self.h2.load(Ordering::Relaxed) {
-            return 0;
-        }
-        let windows = self.windows.lock().expect("not poisoned");
-        windows
-            .iter()
-            .filter_map(Weak::upgrade)
-            .map(|w| w.load(Ordering::Relaxed))
-            .filter(|&ms| ms != 0)
-            .min()
-            .unwrap_or(0)
+        Waiting(self.waiting.load(Ordering::Relaxed)).since()
     }
 
     fn now_ms(&self) -> u64 {
@@ -219,16 +209,56 @@ impl Activity {
     /// Marks a request as started; the guard marks it finished when dropped.
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        let window = self.h2.load(Ordering::Relaxed).then(|| {
-            let window = Arc::new(AtomicU64::new(0));
-            let mut windows = self.windows.lock().expect("not poisoned");
-            windows.retain(|w| w.strong_count() > 0);
-            windows.push(Arc::downgrade(&window));
-            window
-        });
         InFlight {
             activity: self.clone(),
-            window,
+            h2: self.h2.load(Ordering::Relaxed),
+            waiting: AtomicBool::new(false),
+        }
+    }
+
+    /// One more response waits on the window (`more`), or one less.
+    fn count_waiting(&self, more: bool) {
+        let now = self.now_ms() + 1;
+        let _ = self
+            .waiting
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |state| {
+                let state = Waiting(state);
+                Some(if more { state.more(now) } else { state.less() }.0)
+            });
+    }
+}
+
+/// The count of responses waiting on an HTTP/2 window and since when one has, in one word so
+/// that both change together: the count in the top 20 bits, the milliseconds (+ 1) since the
+/// connection opened when the count last left zero in the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Waiting(u64);
+
+impl Waiting {
+    const SHIFT: u32 = 44;
+    const SINCE: u64 = (1 << Self::SHIFT) - 1;
+
+    fn count(self) -> u64 {
+        self.0 >> Self::SHIFT
+    }
+
+    fn since(self) -> u64 {
+        if self.count() == 0 {
+            0
+        } else {
+            self.0 & Self::SINCE
+        }
+    }
+
+    fn more(self, now: u64) -> Waiting {
+        let since = if self.count() == 0 { now } else { self.since() };
+        Waiting(((self.count() + 1) << Self::SHIFT) | (since & Self::SINCE))
+    }
+
+    fn less(self) -> Waiting {
+        match self.count() {
+            0 | 1 => Waiting(0),
+            n => Waiting(((n - 1) << Self::SHIFT) | self.since()),
         }
     }
 }
@@ -237,9 +267,11 @@ impl Activity {
 #[derive(Debug)]
 pub struct InFlight {
     activity: Arc<Activity>,
-    /// HTTP/2: since when the response has waited for the client's window (see
-    /// [`Activity::windows`]).
-    window: Option<Arc<AtomicU64>>,
+    /// Whether it came over HTTP/2.
+    h2: bool,
+    /// HTTP/2: whether its response waits for the client's window (counted in
+    /// [`Activity::waiting`]).
+    waiting: AtomicBool,
 }
 
 impl InFlight {
@@ -252,31 +284,28 @@ impl InFlight {
     /// or drops the body after the last) once the client's window has room: waiting on the
     /// client from now, unless already.
     pub fn waiting_on_client(&self) {
-        if let Some(window) = &self.window
-            && window.load(Ordering::Relaxed) == 0
-        {
-            window.store(self.activity.now_ms() + 1, Ordering::Relaxed);
+        if self.h2 && !self.waiting.swap(true, Ordering::Relaxed) {
+            self.activity.count_waiting(true);
         }
     }
 
     /// Whether the request came over HTTP/2 (whose layer holds each data frame until the
     /// client's window takes it).
     pub fn is_http2(&self) -> bool {
-        self.window.is_some()
+        self.h2
     }
 
     /// The HTTP/2 layer asks for more of the response: it waits on the client no more.
     pub fn taken(&self) {
-        if let Some(window) = &self.window
-            && window.load(Ordering::Relaxed) != 0
-        {
-            window.store(0, Ordering::Relaxed);
+        if self.waiting.swap(false, Ordering::Relaxed) {
+            self.activity.count_waiting(false);
         }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        self.taken();
         let activity = &self.activity;
         let now = activity.now_ms();
         activity.last_ms.store(now, Ordering::Relaxed);
