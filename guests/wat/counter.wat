@@ -4,10 +4,14 @@
 ;; writes many separate runs of pages; "memory=" is the largest of these counters), grows the
 ;; memory by 4 pages and increments counters in the first and the last grown page,
 ;; marks a funcref table slot (counting how many requests found it marked), and reports the
-;; memory's size in pages when the request began and the handle number it was given:
-;;   "global=G memory=M pages=P grown=A/B table=T handle=H"
-;; A fresh instance per request answers "global=1 memory=1 pages=1 grown=1/1 table=1 handle=H"
-;; with the same H every time; any state carried over from an earlier request changes a number.
+;; memory's size in pages when the request began, the handle number it was given, and the whole
+;; seconds its monotonic clock read when the request began:
+;;   "global=G memory=M pages=P grown=A/B table=T handle=H clock=S"
+;; A fresh instance per request answers
+;; "global=1 memory=1 pages=1 grown=1/1 table=1 handle=H clock=0" with the same H every time;
+;; any state carried over from an earlier request changes a number. (The clock counts from the
+;; instance's first use of it: one counting from when the pool made the slot, or from an earlier
+;; request, would tell the guest how long the pool had kept it.)
 ;; (The tests also build it with a larger initial memory, 16 pages, so it covers both memory
 ;; resets and writes ~120 runs of pages per request, and
 ;; with a pause of `$pause_ns` after it has written its counters and before it answers, so a test
@@ -21,6 +25,7 @@
   (import "wasi:http/types@0.2.12" "[static]outgoing-body.finish" (func $body.finish (param i32 i32 i32 i32)))
   (import "wasi:io/streams@0.2.12" "[method]output-stream.blocking-write-and-flush" (func $stream.write (param i32 i32 i32 i32)))
   (import "wasi:io/streams@0.2.12" "[resource-drop]output-stream" (func $stream.drop (param i32)))
+  (import "wasi:clocks/monotonic-clock@0.2.12" "now" (func $now (result i64)))
   (import "wasi:clocks/monotonic-clock@0.2.12" "subscribe-duration" (func $sleep_for (param i64) (result i32)))
   (import "wasi:io/poll@0.2.12" "[method]pollable.block" (func $pollable.block (param i32)))
 
@@ -44,6 +49,7 @@
   (data (i32.const 80) " pages=")
   (data (i32.const 96) " grown=")
   (data (i32.const 112) "/")
+  (data (i32.const 128) " clock=")
   (table $marks 1 funcref)
   (global $table_seen (mut i32) (i32.const 1))
   (func $mark)
@@ -69,7 +75,8 @@
   (func (export "wasi:http/incoming-handler@0.2.12#handle") (param $request i32) (param $outparam i32)
     (local $response i32) (local $body i32) (local $stream i32) (local $p i32)
     (local $pages i32) (local $first i32) (local $last i32)
-    (local $at i32) (local $end i32) (local $memory i32)
+    (local $at i32) (local $end i32) (local $memory i32) (local $clock i32)
+    (local.set $clock (i32.wrap_i64 (i64.div_u (call $now) (i64.const 1000000000))))
     (global.set $count (i32.add (global.get $count) (i32.const 1)))
     (i32.store (global.get $memory_counter) (i32.add (i32.load (global.get $memory_counter)) (i32.const 1)))
     ;; counters in the first and the last of 4 grown pages
@@ -117,6 +124,9 @@
     (memory.copy (local.get $p) (i32.const 64) (i32.const 8))
     (local.set $p (i32.add (local.get $p) (i32.const 8)))
     (local.set $p (i32.add (local.get $p) (call $itoa (local.get $request) (local.get $p))))
+    (memory.copy (local.get $p) (i32.const 128) (i32.const 7))
+    (local.set $p (i32.add (local.get $p) (i32.const 7)))
+    (local.set $p (i32.add (local.get $p) (call $itoa (local.get $clock) (local.get $p))))
     (i32.store8 (local.get $p) (i32.const 10))
     (local.set $p (i32.add (local.get $p) (i32.const 1)))
 

@@ -447,10 +447,17 @@ fn page_out(pid: u32) -> usize {
 
 /// Checks that the isolation probe, whose memory starts at `pages` pages, answers as a fresh
 /// instance to every request.
+///
+/// The pool's timing included: the probe reports its monotonic clock in whole seconds, and the
+/// requests after the first come more than a second after the pool made (or last used) their
+/// slots, so a clock counting from the slot's making or from an earlier request in it would
+/// tell the guest how long the pool had kept its instance.
 async fn assert_fresh_instances(server: &PierServer, pages: u32) {
     let first = get(&server.addr, Proto::H1, "/").await.unwrap().text();
     let fresh = format!("global=1 memory=1 pages={pages} grown=1/1 table=1 handle=");
     assert!(first.starts_with(&fresh), "{first}");
+    assert!(first.trim_end().ends_with(" clock=0"), "{first}");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     for proto in PROTOS {
         for _ in 0..20 {
             let answer = get(&server.addr, proto, "/").await.unwrap();
