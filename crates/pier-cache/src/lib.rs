@@ -69,32 +69,34 @@ pub enum Store {
     Redis(Box<RedisStore>),
 }
 
+// Redis's futures are boxed: a few KiB each, they would make every caller's future (moved with
+// each request, hit or miss, memory or Redis) that big.
 impl Store {
     async fn get(&self, key: &str) -> Option<Arc<Variants>> {
         match self {
             Store::Memory(memory) => memory.get(key),
-            Store::Redis(redis) => redis.get(key).await.map(Arc::new),
+            Store::Redis(redis) => Box::pin(redis.get(key)).await.map(Arc::new),
         }
     }
 
     async fn put(&self, key: String, variants: Arc<Variants>) {
         match self {
             Store::Memory(memory) => memory.put(key, variants),
-            Store::Redis(redis) => redis.put(&key, &variants).await,
+            Store::Redis(redis) => Box::pin(redis.put(&key, &variants)).await,
         }
     }
 
     async fn remove(&self, key: &str) -> bool {
         match self {
             Store::Memory(memory) => memory.remove(key),
-            Store::Redis(redis) => redis.remove(key).await,
+            Store::Redis(redis) => Box::pin(redis.remove(key)).await,
         }
     }
 
     async fn remove_prefix(&self, prefix: &str) -> usize {
         match self {
             Store::Memory(memory) => memory.remove_prefix(prefix),
-            Store::Redis(redis) => redis.remove_prefix(prefix).await,
+            Store::Redis(redis) => Box::pin(redis.remove_prefix(prefix)).await,
         }
     }
 }
@@ -280,12 +282,15 @@ impl Cache {
 /// it (a `HEAD` is answered from a stored `GET`).
 pub fn key(uri: &Uri) -> String {
     let scheme = uri.scheme_str().unwrap_or("http");
-    let authority = uri
-        .authority()
-        .map(|a| a.as_str().to_ascii_lowercase())
-        .unwrap_or_default();
+    let authority = uri.authority().map_or("", |a| a.as_str());
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    format!("{scheme}://{authority}{path}")
+    let mut key = String::with_capacity(scheme.len() + 3 + authority.len() + path.len());
+    key.push_str(scheme);
+    key.push_str("://");
+    key.push_str(authority);
+    key[scheme.len() + 3..].make_ascii_lowercase();
+    key.push_str(path);
+    key
 }
 
 /// What of the request an entry's policy keeps: what RFC 9111 decisions read later (`Host`,
@@ -361,6 +366,14 @@ mod tests {
             res = res.header(*n, *v);
         }
         res.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn a_key_is_the_url_with_its_host_in_lower_case() {
+        let uri: Uri = "http://Example.COM:8080/Path/A?Q=Mixed".parse().unwrap();
+        assert_eq!(key(&uri), "http://example.com:8080/Path/A?Q=Mixed");
+        let uri: Uri = "https://h/".parse().unwrap();
+        assert_eq!(key(&uri), "https://h/");
     }
 
     async fn lookup(cache: &Cache, req: &request::Parts, at: SystemTime) -> Lookup {

@@ -228,6 +228,20 @@ pub struct Labels {
     pub route: Arc<str>,
     /// The component answering it (empty for an upstream or files).
     pub component: Arc<str>,
+    /// Its requests' metrics.
+    metrics: Arc<crate::metrics::RequestMetrics>,
+}
+
+impl Labels {
+    /// The names of `route`, answered by `component`.
+    pub fn new(route: Arc<str>, component: Arc<str>) -> Labels {
+        let metrics = crate::metrics::RequestMetrics::for_route(route.clone(), component.clone());
+        Labels {
+            route,
+            component,
+            metrics: Arc::new(metrics),
+        }
+    }
 }
 
 /// What the access log says about one request.
@@ -262,7 +276,7 @@ impl AccessRecord {
         started: Instant,
         in_flight: Option<crate::conn::InFlight>,
     ) -> Self {
-        metrics::gauge!(crate::metrics::IN_FLIGHT).increment(1.0);
+        crate::metrics::in_flight().increment(1.0);
         AccessRecord {
             labels: None,
             method,
@@ -310,7 +324,6 @@ impl Drop for AccessRecord {
             .and_then(|g| g.elapsed())
             .map(|d| d.as_micros() as u64);
         let complete = self.done && !self.failed;
-        let status = crate::metrics::status_class(self.status);
         // A manifest's routes say their route and component (fields left out when `None`).
         let labels = self.labels.as_ref();
         tracing::info!(
@@ -325,20 +338,13 @@ impl Drop for AccessRecord {
             route = labels.map(|l| &*l.route),
             component = labels.map(|l| &*l.component),
         );
-        match labels {
-            None => {
-                metrics::counter!(crate::metrics::REQUESTS, "status" => status).increment(1);
-                metrics::histogram!(crate::metrics::REQUEST_SECONDS).record(elapsed.as_secs_f64());
-            }
-            Some(Labels { route, component }) => {
-                let (route, component) = (route.clone(), component.clone());
-                metrics::counter!(crate::metrics::REQUESTS, "status" => status, "route" => route.clone(), "component" => component.clone()).increment(1);
-                metrics::histogram!(crate::metrics::REQUEST_SECONDS, "route" => route, "component" => component)
-                    .record(elapsed.as_secs_f64());
-            }
-        }
-        metrics::gauge!(crate::metrics::IN_FLIGHT).decrement(1.0);
-        metrics::counter!(crate::metrics::BYTES_OUT).increment(self.bytes);
+        let metrics = match labels {
+            None => crate::metrics::RequestMetrics::unrouted(),
+            Some(labels) => &labels.metrics,
+        };
+        metrics.answered(self.status, elapsed);
+        crate::metrics::in_flight().decrement(1.0);
+        crate::metrics::bytes_out().increment(self.bytes);
     }
 }
 

@@ -257,6 +257,8 @@ where
     Box::pin(async move { serve_now(shared, &origin, req, limit, permit).await })
 }
 
+/// The hit first, in a future of its own kept small (it is moved with every request): the rest
+/// (unsafe methods, misses, revalidation, collapsing) in boxed futures of their own.
 async fn serve_now<F: Fetch>(
     shared: &Arc<SharedCache>,
     origin: &F,
@@ -265,21 +267,12 @@ async fn serve_now<F: Fetch>(
     permit: Option<Permits>,
 ) -> Fetched {
     let uri = effective_uri(&req);
-    let method = req.method().clone();
-    if method != Method::GET && method != Method::HEAD {
-        let (mut response, outcome) = origin.fetch(req, limit, permit).await?;
-        let safe = matches!(method, Method::OPTIONS | Method::TRACE);
-        let status = response.status();
-        if !safe && (status.is_success() || status.is_redirection()) {
-            shared.invalidate(&uri, response.headers()).await;
-        }
-        shared.counts.bypass.increment(1);
-        mark(&mut response, &CacheStatus::forward(Forward::Method));
-        return Ok((response, outcome));
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Box::pin(serve_unsafe(shared, origin, req, uri, limit, permit)).await;
     }
     let key = pier_cache::key(&uri);
     // The common case first: a fresh entry, and a request with no directives of its own.
-    let mut stored = shared.cache.stored(&key).await;
+    let stored = shared.cache.stored(&key).await;
     let now = SystemTime::now();
     if let Some(entry) = shared.cache.fresh(&stored, req.headers(), now) {
         shared.counts.hit.increment(1);
@@ -288,6 +281,55 @@ async fn serve_now<F: Fetch>(
             None,
         ));
     }
+    let stored = Known { uri, key, stored };
+    Box::pin(serve_stored(shared, origin, req, stored, limit, permit)).await
+}
+
+/// A request with a method other than `GET` and `HEAD`: sent on, and if it succeeds and is not
+/// safe, what is stored for its URL (and the URLs its response names) forgotten.
+async fn serve_unsafe<F: Fetch>(
+    shared: &Arc<SharedCache>,
+    origin: &F,
+    req: Request<RequestBody>,
+    uri: Uri,
+    limit: Option<BodyLimit>,
+    permit: Option<Permits>,
+) -> Fetched {
+    let method = req.method().clone();
+    let (mut response, outcome) = origin.fetch(req, limit, permit).await?;
+    let safe = matches!(method, Method::OPTIONS | Method::TRACE);
+    let status = response.status();
+    if !safe && (status.is_success() || status.is_redirection()) {
+        shared.invalidate(&uri, response.headers()).await;
+    }
+    shared.counts.bypass.increment(1);
+    mark(&mut response, &CacheStatus::forward(Forward::Method));
+    Ok((response, outcome))
+}
+
+/// What a `GET` or `HEAD` request found: its URL, its key, and what is stored there.
+struct Known {
+    uri: Uri,
+    key: String,
+    stored: pier_cache::Stored,
+}
+
+/// A `GET` or `HEAD` request that is not a plain hit: its own directives, a stale or missing
+/// entry, or a variant to choose.
+async fn serve_stored<F: Fetch>(
+    shared: &Arc<SharedCache>,
+    origin: &F,
+    req: Request<RequestBody>,
+    known: Known,
+    limit: Option<BodyLimit>,
+    permit: Option<Permits>,
+) -> Fetched {
+    let Known {
+        uri,
+        key,
+        mut stored,
+    } = known;
+    let method = req.method().clone();
     // Fields that could change the answer without being part of the key are not passed on: a
     // client cannot have a poisoned response stored for everyone.
     let mut req = req;
@@ -664,23 +706,26 @@ fn from_entry<B>(
     status: &CacheStatus,
     now: SystemTime,
 ) -> Response<ResponseBody> {
-    let mut headers = entry.headers.clone();
+    // Sized for what is added below (`Age`, `Cache-Status`, `Content-Length` or
+    // `Content-Range`), so adding them does not grow it.
+    let mut headers = HeaderMap::with_capacity(entry.headers.len() + 4);
+    for (name, value) in &entry.headers {
+        headers.append(name.clone(), value.clone());
+    }
     headers.insert(header::AGE, HeaderValue::from(entry.age(now)));
-    let etag = headers
-        .get(header::ETAG)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let last_modified = headers
-        .get(header::LAST_MODIFIED)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let modified = last_modified
-        .as_deref()
-        .and_then(|d| httpdate::parse_http_date(d).ok());
     let mut code = entry.status;
     let mut body = entry.body.clone();
-    if entry.status == StatusCode::OK {
-        match conditional::evaluate(req.headers(), etag.as_deref(), modified) {
+    if entry.status == StatusCode::OK && has_conditions(req.headers()) {
+        let etag = entry
+            .headers
+            .get(header::ETAG)
+            .and_then(|v| v.to_str().ok());
+        let last_modified = entry
+            .headers
+            .get(header::LAST_MODIFIED)
+            .and_then(|v| v.to_str().ok());
+        let modified = last_modified.and_then(|d| httpdate::parse_http_date(d).ok());
+        match conditional::evaluate(req.headers(), etag, modified) {
             Condition::NotModified => {
                 code = StatusCode::NOT_MODIFIED;
                 body = Bytes::new();
@@ -692,12 +737,7 @@ fn from_entry<B>(
             }
             Condition::Proceed => {
                 let len = entry.body.len() as u64;
-                match conditional::range(
-                    req.headers(),
-                    len,
-                    etag.as_deref(),
-                    last_modified.as_deref(),
-                ) {
+                match conditional::range(req.headers(), len, etag, last_modified) {
                     Ok(Some((first, last))) => {
                         code = StatusCode::PARTIAL_CONTENT;
                         body = entry.body.slice(first as usize..=last as usize);
@@ -720,7 +760,7 @@ fn from_entry<B>(
             }
         }
     }
-    if code != StatusCode::NOT_MODIFIED {
+    if code != StatusCode::NOT_MODIFIED && content_length(&headers) != Some(body.len() as u64) {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     }
     mark_parts(&mut headers, status);
@@ -733,6 +773,20 @@ fn from_entry<B>(
     *response.status_mut() = code;
     *response.headers_mut() = headers;
     response
+}
+
+/// Whether a request has preconditions or asks for a range (what can make a stored `200`
+/// something else).
+fn has_conditions(headers: &HeaderMap) -> bool {
+    [
+        header::IF_MATCH,
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::IF_UNMODIFIED_SINCE,
+        header::RANGE,
+    ]
+    .iter()
+    .any(|name| headers.contains_key(name))
 }
 
 /// `504` for an `only-if-cached` request with nothing usable stored (RFC 9111 §5.2.1.7).

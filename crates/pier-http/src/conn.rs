@@ -86,8 +86,9 @@ impl Activity {
 
     /// pier's write went out.
     fn wrote(&self) {
-        self.touch();
-        self.wrote_ms.store(self.now_ms() + 1, Ordering::Relaxed);
+        let now = self.now_ms();
+        self.last_ms.store(now, Ordering::Relaxed);
+        self.wrote_ms.store(now + 1, Ordering::Relaxed);
         self.unblocked();
     }
 

@@ -1,11 +1,14 @@
 //! Prometheus metrics: their names, and the recorder that the admin listener renders.
 //!
 //! Metrics are recorded through the `metrics` facade everywhere; without `--admin-addr` no
-//! recorder is installed and recording costs next to nothing.
+//! recorder is installed and recording costs next to nothing. The recorder is installed before
+//! anything is served: what every request records is registered once ([`RequestMetrics`]).
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::StatusCode;
+use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Requests answered, by status class (`2xx`, `4xx`, ...).
@@ -64,15 +67,89 @@ pub const POOL_RESIDENT_BYTES: &str = "pier_pool_unused_resident_bytes";
 /// pool slots warm up, then stays flat.
 pub const RESET_PAGES_JOINED: &str = "pier_reset_pages_joined_total";
 
+/// The Prometheus status classes, in order.
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The index of a status code's class in [`STATUS_CLASSES`].
+fn status_index(status: StatusCode) -> usize {
+    match status.as_u16() {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
+
 /// The Prometheus status class of a status code.
 pub fn status_class(status: StatusCode) -> &'static str {
-    match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+    STATUS_CLASSES[status_index(status)]
+}
+
+/// What every answered request records ([`REQUESTS`], [`REQUEST_SECONDS`]) for one route of a
+/// manifest, or for the requests outside one: each series registered on its first use and
+/// kept, not looked up in the recorder (its key built, its labels allocated) on every request.
+#[derive(Debug, Default)]
+pub struct RequestMetrics {
+    /// The route's pattern and component, as labels.
+    route: Option<(Arc<str>, Arc<str>)>,
+    requests: [OnceLock<Counter>; 5],
+    seconds: OnceLock<Histogram>,
+}
+
+impl RequestMetrics {
+    /// The metrics of the requests to `route`, answered by `component`.
+    pub fn for_route(route: Arc<str>, component: Arc<str>) -> RequestMetrics {
+        RequestMetrics {
+            route: Some((route, component)),
+            ..RequestMetrics::default()
+        }
     }
+
+    /// The metrics of the requests outside a manifest's routes (one process-wide set).
+    pub fn unrouted() -> &'static RequestMetrics {
+        static UNROUTED: OnceLock<RequestMetrics> = OnceLock::new();
+        UNROUTED.get_or_init(RequestMetrics::default)
+    }
+
+    /// A request answered with `status`, in `elapsed`.
+    pub fn answered(&self, status: StatusCode, elapsed: Duration) {
+        let class = status_index(status);
+        let requests = self.requests[class].get_or_init(|| {
+            let status = STATUS_CLASSES[class];
+            match &self.route {
+                None => metrics::counter!(REQUESTS, "status" => status),
+                Some((route, component)) => metrics::counter!(
+                    REQUESTS,
+                    "status" => status,
+                    "route" => route.clone(),
+                    "component" => component.clone()
+                ),
+            }
+        });
+        requests.increment(1);
+        let seconds = self.seconds.get_or_init(|| match &self.route {
+            None => metrics::histogram!(REQUEST_SECONDS),
+            Some((route, component)) => metrics::histogram!(
+                REQUEST_SECONDS,
+                "route" => route.clone(),
+                "component" => component.clone()
+            ),
+        });
+        seconds.record(elapsed.as_secs_f64());
+    }
+}
+
+/// [`IN_FLIGHT`], registered once.
+pub fn in_flight() -> &'static Gauge {
+    static IN_FLIGHT_GAUGE: OnceLock<Gauge> = OnceLock::new();
+    IN_FLIGHT_GAUGE.get_or_init(|| metrics::gauge!(IN_FLIGHT))
+}
+
+/// [`BYTES_OUT`], registered once.
+pub fn bytes_out() -> &'static Counter {
+    static BYTES_OUT_COUNTER: OnceLock<Counter> = OnceLock::new();
+    BYTES_OUT_COUNTER.get_or_init(|| metrics::counter!(BYTES_OUT))
 }
 
 /// Installs the Prometheus recorder (once per process) and returns the handle that renders it.

@@ -98,14 +98,14 @@ impl Routes {
             .map(|r| {
                 let labels = r.announce.then(|| {
                     let pattern = r.path.pattern();
-                    crate::body::Labels {
-                        route: match &r.host {
+                    crate::body::Labels::new(
+                        match &r.host {
                             Some(host) => format!("{host}{pattern}"),
                             None => pattern,
                         }
                         .into(),
-                        component: r.component.clone().unwrap_or_default().into(),
-                    }
+                        r.component.clone().unwrap_or_default().into(),
+                    )
                 });
                 Entry::new(
                     r.host,
