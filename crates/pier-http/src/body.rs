@@ -221,26 +221,37 @@ pub struct Observed {
 /// gone.
 const SLICE: usize = 64 << 10;
 
-/// A manifest route's names, on its requests' metrics and access log lines.
+/// A manifest route's names, on its requests' metrics and access log lines, and those metrics
+/// (shared by its requests: one reference each).
 #[derive(Clone, Debug)]
-pub struct Labels {
-    /// The route's pattern (after its host, if it has one).
-    pub route: Arc<str>,
-    /// The component answering it (empty for an upstream or files).
-    pub component: Arc<str>,
-    /// Its requests' metrics.
-    metrics: Arc<crate::metrics::RequestMetrics>,
+pub struct Labels(Arc<Named>);
+
+#[derive(Debug)]
+struct Named {
+    route: String,
+    component: String,
+    metrics: crate::metrics::RequestMetrics,
 }
 
 impl Labels {
-    /// The names of `route`, answered by `component`.
-    pub fn new(route: Arc<str>, component: Arc<str>) -> Labels {
-        let metrics = crate::metrics::RequestMetrics::for_route(route.clone(), component.clone());
-        Labels {
+    /// The names of `route` (its pattern, after its host if it has one), answered by
+    /// `component` (empty for an upstream or files).
+    pub fn new(route: String, component: String) -> Labels {
+        Labels(Arc::new(Named {
             route,
             component,
-            metrics: Arc::new(metrics),
-        }
+            metrics: crate::metrics::RequestMetrics::default(),
+        }))
+    }
+
+    /// The route's pattern.
+    pub fn route(&self) -> &str {
+        &self.0.route
+    }
+
+    /// The component answering it.
+    pub fn component(&self) -> &str {
+        &self.0.component
     }
 }
 
@@ -335,14 +346,16 @@ impl Drop for AccessRecord {
             duration_us = elapsed.as_micros() as u64,
             guest_us,
             complete,
-            route = labels.map(|l| &*l.route),
-            component = labels.map(|l| &*l.component),
+            route = labels.map(Labels::route),
+            component = labels.map(Labels::component),
         );
-        let metrics = match labels {
-            None => crate::metrics::RequestMetrics::unrouted(),
-            Some(labels) => &labels.metrics,
-        };
-        metrics.answered(self.status, elapsed);
+        match labels {
+            None => crate::metrics::RequestMetrics::unrouted().answered(None, self.status, elapsed),
+            Some(labels) => {
+                let names = (labels.route(), labels.component());
+                labels.0.metrics.answered(Some(names), self.status, elapsed);
+            }
+        }
         crate::metrics::in_flight().decrement(1.0);
         crate::metrics::bytes_out().increment(self.bytes);
     }
@@ -409,14 +422,18 @@ impl Body for Observed {
 
     fn size_hint(&self) -> SizeHint {
         let rest = self.rest.as_ref().map_or(0, |r| r.len() as u64);
-        let inner = self.inner.size_hint();
-        let mut hint = SizeHint::new();
-        hint.set_lower(inner.lower() + rest);
-        if let Some(upper) = inner.upper() {
-            hint.set_upper(upper + rest);
-        }
-        hint
+        size_hint_plus(self.inner.size_hint(), rest)
     }
+}
+
+/// `inner`'s size hint with `more` bytes held back in front of it.
+pub(crate) fn size_hint_plus(inner: SizeHint, more: u64) -> SizeHint {
+    let mut hint = SizeHint::new();
+    hint.set_lower(inner.lower() + more);
+    if let Some(upper) = inner.upper() {
+        hint.set_upper(upper + more);
+    }
+    hint
 }
 
 /// A response pier makes itself: a status and a one-line plain-text explanation.

@@ -688,13 +688,7 @@ impl Body for Storing {
             Some((_, Some(Ok(frame)))) => frame.data_ref().map_or(0, |d| d.len() as u64),
             _ => 0,
         };
-        let inner = self.inner.size_hint();
-        let mut hint = SizeHint::new();
-        hint.set_lower(inner.lower() + held);
-        if let Some(upper) = inner.upper() {
-            hint.set_upper(upper + held);
-        }
-        hint
+        crate::body::size_hint_plus(self.inner.size_hint(), held)
     }
 }
 

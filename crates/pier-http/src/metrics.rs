@@ -4,7 +4,7 @@
 //! recorder is installed and recording costs next to nothing. The recorder is installed before
 //! anything is served: what every request records is registered once ([`RequestMetrics`]).
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use http::StatusCode;
@@ -91,49 +91,40 @@ pub fn status_class(status: StatusCode) -> &'static str {
 /// kept, not looked up in the recorder (its key built, its labels allocated) on every request.
 #[derive(Debug, Default)]
 pub struct RequestMetrics {
-    /// The route's pattern and component, as labels.
-    route: Option<(Arc<str>, Arc<str>)>,
     requests: [OnceLock<Counter>; 5],
     seconds: OnceLock<Histogram>,
 }
 
 impl RequestMetrics {
-    /// The metrics of the requests to `route`, answered by `component`.
-    pub fn for_route(route: Arc<str>, component: Arc<str>) -> RequestMetrics {
-        RequestMetrics {
-            route: Some((route, component)),
-            ..RequestMetrics::default()
-        }
-    }
-
     /// The metrics of the requests outside a manifest's routes (one process-wide set).
     pub fn unrouted() -> &'static RequestMetrics {
         static UNROUTED: OnceLock<RequestMetrics> = OnceLock::new();
         UNROUTED.get_or_init(RequestMetrics::default)
     }
 
-    /// A request answered with `status`, in `elapsed`.
-    pub fn answered(&self, status: StatusCode, elapsed: Duration) {
+    /// A request answered with `status`, in `elapsed`; `route` is its route's pattern and
+    /// component, for a manifest's route (the labels of a series registered now).
+    pub fn answered(&self, route: Option<(&str, &str)>, status: StatusCode, elapsed: Duration) {
         let class = status_index(status);
         let requests = self.requests[class].get_or_init(|| {
             let status = STATUS_CLASSES[class];
-            match &self.route {
+            match route {
                 None => metrics::counter!(REQUESTS, "status" => status),
                 Some((route, component)) => metrics::counter!(
                     REQUESTS,
                     "status" => status,
-                    "route" => route.clone(),
-                    "component" => component.clone()
+                    "route" => route.to_string(),
+                    "component" => component.to_string()
                 ),
             }
         });
         requests.increment(1);
-        let seconds = self.seconds.get_or_init(|| match &self.route {
+        let seconds = self.seconds.get_or_init(|| match route {
             None => metrics::histogram!(REQUEST_SECONDS),
             Some((route, component)) => metrics::histogram!(
                 REQUEST_SECONDS,
-                "route" => route.clone(),
-                "component" => component.clone()
+                "route" => route.to_string(),
+                "component" => component.to_string()
             ),
         });
         seconds.record(elapsed.as_secs_f64());

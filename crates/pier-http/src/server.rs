@@ -102,9 +102,8 @@ impl Routes {
                         match &r.host {
                             Some(host) => format!("{host}{pattern}"),
                             None => pattern,
-                        }
-                        .into(),
-                        r.component.clone().unwrap_or_default().into(),
+                        },
+                        r.component.clone().unwrap_or_default(),
                     )
                 });
                 Entry::new(
