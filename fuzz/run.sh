@@ -36,3 +36,6 @@ for target in "${targets[@]}"; do
     exit 1
   fi
 done
+if compgen -G "target/findings/*" >/dev/null; then
+  echo "fuzz: $(ls target/findings | wc -l) earlier findings, not re-run here, wait in fuzz/target/findings/" >&2
+fi
