@@ -113,37 +113,36 @@ impl Router {
 
     /// Answers `req` with the pipeline of its route (`in_flight`: its connection, if it came
     /// on one).
-    pub async fn serve<B>(
+    ///
+    /// Not an `async fn`: the route is chosen here, and the pipeline's future is all the caller
+    /// holds (moved with every request, it stays as small as that one).
+    pub fn serve<B>(
         &self,
         mut req: Request<B>,
         in_flight: Option<InFlight>,
-    ) -> Response<Observed>
+    ) -> impl Future<Output = Response<Observed>> + Send + '_
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
-        let found = {
-            let host = req.uri().authority().map(|a| a.as_str()).or_else(|| {
-                req.headers()
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-            });
-            self.find(host, req.uri().path()).map(|(entry, info)| {
-                let info = entry
-                    .announce
-                    .then(|| HeaderValue::from_str(info).unwrap_or(HeaderValue::from_static("")));
-                (entry, info)
-            })
+        let host = req.uri().authority().map(|a| a.as_str()).or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        });
+        let pipeline = match self.find(host, req.uri().path()) {
+            None => &self.not_found,
+            Some((entry, info)) => {
+                if entry.announce {
+                    let info = HeaderValue::from_str(info).unwrap_or(HeaderValue::from_static(""));
+                    let headers = req.headers_mut();
+                    headers.insert(ROUTE_HEADER, entry.pattern.clone());
+                    headers.insert(PATH_INFO_HEADER, info);
+                }
+                &entry.pipeline
+            }
         };
-        let Some((entry, info)) = found else {
-            return self.not_found.serve(req, in_flight).await;
-        };
-        if let Some(info) = info {
-            let headers = req.headers_mut();
-            headers.insert(ROUTE_HEADER, entry.pattern.clone());
-            headers.insert(PATH_INFO_HEADER, info);
-        }
-        entry.pipeline.serve(req, in_flight).await
+        pipeline.serve(req, in_flight)
     }
 }
 
