@@ -220,9 +220,11 @@ pub struct HttpApp {
     middleware: bool,
     /// The component's reset hint ([`crate::optimize::hint`]), if the optimiser gave it one.
     hint: Option<ComponentExportIndex>,
-    /// Whether the hint is called after each request: only when the pool resets memories by
-    /// the dirty-page scan.
+    /// Whether the hint is called after requests: only when the pool resets memories by the
+    /// dirty-page scan.
     join_runs: bool,
+    /// After which requests it is called.
+    hint_calls: crate::dirty::HintCalls,
     name: Arc<str>,
     /// What each store's WASI context is built from, if the guest needs one.
     wasi: Arc<WasiRecipe>,
@@ -294,6 +296,7 @@ impl HttpApp {
             middleware,
             hint,
             join_runs: false,
+            hint_calls: Default::default(),
             wasi: Arc::new(WasiRecipe {
                 component: name.clone(),
                 env: grants.resolve_env(|name| std::env::var(name).ok()),
@@ -505,14 +508,14 @@ impl HttpApp {
     /// Called when a request's guest has returned, just before its store is dropped: for a
     /// memory the pool resets by the dirty-page scan, joins the runs of pages the request wrote
     /// so the pool keeps them resident ([`crate::dirty`]). `None` when there was nothing to do
-    /// (a small memory, no hint, or the kernel cannot scan). A failure leaves the reset as it
-    /// would have been.
+    /// (a small memory, no hint, not this request's turn ([`crate::dirty::HintCalls`]), or the
+    /// kernel cannot scan). A failure leaves the reset as it would have been.
     pub async fn before_reset(
         &self,
         store: &mut Store<HostState>,
         instance: &Instance,
     ) -> Option<Joined> {
-        if !self.join_runs {
+        if !self.join_runs || !self.hint_calls.due() {
             return None;
         }
         let hint = self.hint.as_ref()?;
@@ -524,7 +527,9 @@ impl HttpApp {
             tracing::debug!(component = self.name(), "reset hint failed: {e:#}");
             return None;
         }
-        store.data_mut().joined.take()
+        let joined = store.data_mut().joined.take();
+        self.hint_calls.record(joined);
+        joined
     }
 
     /// Starts the guest's clock: `settings.timeout` from now.
