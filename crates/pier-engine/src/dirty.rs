@@ -127,7 +127,9 @@ impl HintCalls {
     /// What the hint's scan found (`None`: the slot's scan was skipped, or cannot be made).
     pub(crate) fn record(&self, joined: Option<Joined>) {
         match joined {
-            Some(j) if j.gaps > 0 || j.runs > MAX_RUNS => {
+            // More runs than the pool takes: joining was needed (and done, as far as the
+            // budget allowed).
+            Some(j) if j.runs > MAX_RUNS => {
                 self.joined.store(true, Ordering::Relaxed);
             }
             Some(_) => {
