@@ -89,6 +89,9 @@ fn text(code: impl std::fmt::Debug) -> String {
 
 /// Answers `req` with a fresh instance of `app`.
 ///
+/// The instance starts once there is room for it among the live instances ([`crate::pace`]: at
+/// once, unless many are live already); the wait counts toward the app's timeout.
+///
 /// The guest runs right here, in the request's task, until it has handed over the response head.
 /// If it is done by then (a guest that answers at once), that is all: no task, and no other
 /// worker thread woken, which on a busy server is a large share of a small request's cost; its
@@ -123,6 +126,26 @@ where
         debug_assert!(next.is_none(), "middleware is served on fresh instances");
         return reused(app, req, body_limit, permit).await;
     }
+    // Room among the live instances (`crate::pace`): at once, unless many are live already.
+    // The time a request waits for it counts toward its timeout.
+    let timeout = app.settings().timeout;
+    let arrived = Instant::now();
+    let live = match permit.as_ref().and_then(|p| p.pace.as_ref()) {
+        Some(pace) if timeout.is_zero() => Some(pace.enter().await),
+        Some(pace) => match tokio::time::timeout(timeout, pace.enter()).await {
+            Ok(live) => Some(live),
+            Err(_) => {
+                metrics::counter!(crate::metrics::GUEST_FAILURES, "kind" => "timeout").increment(1);
+                tracing::warn!(
+                    component = app.name(),
+                    path = req.uri().path(),
+                    "no room among the live instances within the timeout, answered 504"
+                );
+                return (failed(FailureKind::Timeout, timeout), None);
+            }
+        },
+        None => None,
+    };
     let started = Instant::now();
     // An instance made ahead of time if one is ready, else one made for this request below.
     let (mut store, made) = match app.take_ready() {
@@ -175,7 +198,6 @@ where
     };
 
     let outcome = Arc::new(GuestOutcome::default());
-    let timeout = app.settings().timeout;
     // Set once the guest streams its answer from a task of its own.
     let streaming = Arc::new(AtomicBool::new(false));
     let mut guest = {
@@ -183,7 +205,7 @@ where
         let outcome = outcome.clone();
         let limit = body_limit.clone();
         let streaming = streaming.clone();
-        Box::pin(async move {
+        let guest = Box::pin(async move {
             let call = async {
                 let (guest, instance) = match made {
                     Some(made) => {
@@ -225,7 +247,7 @@ where
                     Poll::Ready(result) => result,
                     Poll::Pending if timeout.is_zero() => call.await,
                     Poll::Pending => {
-                        let deadline = tokio::time::Instant::from_std(started + timeout);
+                        let deadline = tokio::time::Instant::from_std(arrived + timeout);
                         match tokio::time::timeout_at(deadline, call).await {
                             Ok(result) => result,
                             Err(_) => Err(wasmtime::Trap::Interrupt.into()),
@@ -264,12 +286,13 @@ where
             drop(store);
             drop(permit);
             (end, unsynced)
-        })
+        });
+        crate::pace::Paced::new(live, guest)
     };
 
     // Run the guest until it ends or hands over the head, whichever comes first.
     let first = std::future::poll_fn(|cx| {
-        if let Poll::Ready(end) = guest.as_mut().poll(cx) {
+        if let Poll::Ready(end) = Pin::new(&mut guest).poll(cx) {
             return Poll::Ready(First::Ended(end));
         }
         receiver.poll(cx)
@@ -283,7 +306,7 @@ where
         },
         // The guest may still finish its body without waiting on anything (a 0.3 guest that
         // writes it from a task of its own): let it, here; if it waits, it moves to a task.
-        First::Head(Ok(head)) => match settle(guest.as_mut()).await {
+        First::Head(Ok(head)) => match settle(Pin::new(&mut guest)).await {
             Some(end) => Head::Set(head, Some(end)),
             None => {
                 streaming.store(true, Ordering::Release);

@@ -15,6 +15,7 @@ mod limits;
 pub mod metrics;
 mod middleware;
 mod outbound;
+mod pace;
 mod refusals;
 pub mod reload;
 mod router;

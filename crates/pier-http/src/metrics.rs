@@ -23,6 +23,13 @@ pub const INSTANTIATE_SECONDS: &str = "pier_instantiation_seconds";
 pub const IN_FLIGHT: &str = "pier_requests_in_flight";
 /// Instances that served a request, by when they were made (`ahead`, `on_request`).
 pub const INSTANCES: &str = "pier_instances_created_total";
+/// Requests that waited for room before their instance started (see the pace of live
+/// instances).
+pub const INSTANCES_PACED: &str = "pier_instances_paced_total";
+/// Fresh instances live now (made, and not yet reset).
+pub const INSTANCES_LIVE: &str = "pier_instances_live";
+/// Requests waiting for room among the live instances now.
+pub const INSTANCES_QUEUED: &str = "pier_instances_queued";
 /// Guest failures by kind (`trap`, `timeout`, `out_of_memory`, and `pool_full` for a request the
 /// pool had no instance for, answered 503).
 pub const GUEST_FAILURES: &str = "pier_guest_failures_total";
@@ -169,7 +176,16 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
         "Instantiation time per request"
     );
     metrics::describe_gauge!(IN_FLIGHT, "Requests being answered");
+    metrics::describe_gauge!(INSTANCES_LIVE, "Fresh instances live now");
+    metrics::describe_gauge!(
+        INSTANCES_QUEUED,
+        "Requests waiting for room among the live instances"
+    );
     metrics::describe_counter!(INSTANCES, "Instances created");
+    metrics::describe_counter!(
+        INSTANCES_PACED,
+        "Requests that waited for room among the live instances before theirs started"
+    );
     metrics::describe_counter!(
         RESET_PAGES_JOINED,
         "Pages made resident so the pool resets all a request wrote without handing pages back"

@@ -22,7 +22,7 @@ use wasmtime_wasi_http::WasiBody;
 
 use crate::conn::{Activity, Expired, Timeouts, Tracked};
 use crate::router::{Entry, Router};
-use crate::service::Pipeline;
+use crate::service::{Admission, Pipeline};
 
 /// One route as the server takes it: where, what answers, the filters in front.
 pub struct Routed {
@@ -60,19 +60,20 @@ pub struct Routes {
     current: ArcSwap<Router>,
     limits: Limits,
     local: Option<SocketAddr>,
-    /// The server's `--max-concurrency`, shared by every version's routes.
-    concurrency: Arc<Semaphore>,
+    /// The server's `--max-concurrency` and pace of live instances, shared by every version's
+    /// routes.
+    admission: Admission,
 }
 
 impl Routes {
     fn new(routes: Vec<Routed>, limits: Limits, local: Option<SocketAddr>) -> Routes {
-        let concurrency = Arc::new(Semaphore::new(limits.max_concurrency));
-        let router = Routes::router(routes, &limits, local, &concurrency);
+        let admission = Admission::new(&limits);
+        let router = Routes::router(routes, &limits, local, &admission);
         Routes {
             current: ArcSwap::from_pointee(router),
             limits,
             local,
-            concurrency,
+            admission,
         }
     }
 
@@ -80,7 +81,7 @@ impl Routes {
         routes: Vec<Routed>,
         limits: &Limits,
         local: Option<SocketAddr>,
-        concurrency: &Arc<Semaphore>,
+        admission: &Admission,
     ) -> Router {
         let pipeline = |handler, filters, component_limit, labels| {
             Pipeline::new(
@@ -88,7 +89,7 @@ impl Routes {
                 limits.clone(),
                 filters,
                 local,
-                concurrency.clone(),
+                admission.clone(),
                 component_limit,
                 labels,
             )
@@ -125,7 +126,7 @@ impl Routes {
 
     /// Replaces the routes: requests from now on take `routes`.
     pub fn replace(&self, routes: Vec<Routed>) {
-        let router = Routes::router(routes, &self.limits, self.local, &self.concurrency);
+        let router = Routes::router(routes, &self.limits, self.local, &self.admission);
         self.current.store(Arc::new(router));
     }
 

@@ -1,4 +1,5 @@
-//! The request path, in order: limits on the head, admission (`--max-concurrency`), the handler,
+//! The request path, in order: limits on the head, admission (`--max-concurrency`; a component's
+//! instance then starts at the pace of [`crate::pace`]), the handler,
 //! and the access record that logs the response when it is done.
 
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use crate::conn::InFlight;
 use crate::filters::{FilterChain, RequestBody};
 use crate::handler;
 use crate::limits::{BodyLimit, LimitedBody, content_length, header_problem};
+use crate::pace::Pace;
 use crate::upstream::Upstream;
 
 /// What answers requests once the filters have let them through.
@@ -49,8 +51,8 @@ pub struct Pipeline {
     /// routes only).
     labels: Option<crate::body::Labels>,
     limits: Limits,
-    /// The server's `--max-concurrency`, shared by every route.
-    concurrency: Arc<Semaphore>,
+    /// The server's `--max-concurrency` and pace of live instances, shared by every route.
+    admission: Admission,
     /// The component's own concurrency limit, shared by every route to it.
     component_limit: Option<Arc<Semaphore>>,
     filters: FilterChain,
@@ -59,13 +61,13 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// The pipeline for `handler` behind `filters` under `limits`, on a server listening at
-    /// `local`; requests take a permit of `concurrency` (and of `component_limit`) or get 503.
-    pub fn new(
+    /// `local`; requests take a permit of `admission` (and of `component_limit`) or get 503.
+    pub(crate) fn new(
         handler: Handler,
         limits: Limits,
         filters: FilterChain,
         local: Option<std::net::SocketAddr>,
-        concurrency: Arc<Semaphore>,
+        admission: Admission,
         component_limit: Option<Arc<Semaphore>>,
         labels: Option<crate::body::Labels>,
     ) -> Arc<Pipeline> {
@@ -73,7 +75,7 @@ impl Pipeline {
             handler,
             labels,
             limits,
-            concurrency,
+            admission,
             component_limit,
             filters,
             local,
@@ -84,13 +86,13 @@ impl Pipeline {
     #[cfg(test)]
     pub fn not_found_for_tests() -> Arc<Pipeline> {
         let limits = Limits::default();
-        let concurrency = Arc::new(Semaphore::new(limits.max_concurrency));
+        let admission = Admission::new(&limits);
         Pipeline::new(
             Handler::NotFound,
             limits,
             FilterChain::default(),
             None,
-            concurrency,
+            admission,
             None,
             None,
         )
@@ -105,6 +107,7 @@ impl Pipeline {
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
         let peer = in_flight.as_ref().map_or(SELF_PEER, InFlight::peer);
+        let from_outside = in_flight.is_some();
         let mut record = AccessRecord::new(
             req.method().clone(),
             req.uri().clone(),
@@ -141,7 +144,7 @@ impl Pipeline {
             return reject(record, StatusCode::NOT_FOUND, &message, "no_route");
         }
         // Admission: answer at once rather than queue without bound.
-        let Ok(permit) = self.concurrency.clone().try_acquire_owned() else {
+        let Ok(permit) = self.admission.concurrency.clone().try_acquire_owned() else {
             metrics::counter!(crate::metrics::REJECTED, "reason" => "overload").increment(1);
             let response =
                 busy_response("server busy: too many requests in progress, retry shortly");
@@ -164,6 +167,9 @@ impl Pipeline {
         let permit = Permits {
             _server: permit,
             _component: component_permit,
+            // A request a component made to the app runs while that component's instance
+            // waits for it: it is not held back behind new requests.
+            pace: from_outside.then(|| self.admission.pace.clone()),
         };
 
         let limit = BodyLimit::new(limits.max_body);
@@ -267,10 +273,30 @@ where
 }
 
 /// The permits a request in a guest holds: the server's, and its component's if it has a limit
-/// of its own.
+/// of its own; and the pace its instance is to start at (none for a request a component made
+/// to the app).
 pub struct Permits {
     _server: OwnedSemaphorePermit,
     _component: Option<OwnedSemaphorePermit>,
+    pub(crate) pace: Option<Arc<Pace>>,
+}
+
+/// What a server admits requests by, shared by every route of every version of its routes:
+/// `--max-concurrency`, and the pace of live instances.
+#[derive(Clone)]
+pub(crate) struct Admission {
+    concurrency: Arc<Semaphore>,
+    pace: Arc<Pace>,
+}
+
+impl Admission {
+    /// The admission `limits` ask for, on the current runtime.
+    pub(crate) fn new(limits: &Limits) -> Admission {
+        Admission {
+            concurrency: Arc::new(Semaphore::new(limits.max_concurrency)),
+            pace: Arc::new(Pace::for_runtime()),
+        }
+    }
 }
 
 fn reject(

@@ -1,0 +1,628 @@
+//! How many fresh instances are live at once: a request starts its instance only while the
+//! instances already live leave room for it.
+//!
+//! An instance that waits (on a key-value store, an origin, a client) keeps its memory while
+//! others run; with many of them live, each comes back to a cold cache, and the memory reset
+//! that ends it costs more: a componentize-py guest waiting on Redis for a `get` and a `set`
+//! cost twice the CPU per request at 50 concurrent requests as at 2, 30-44 of its instances
+//! live at once, most of them waiting (bench/RESULTS.md). A request is therefore admitted at
+//! once only while there is room: fewer instances live than the threads need to stay busy, by
+//! what the instances have done so far (see [`Pace::target`]), and never fewer than twice the
+//! worker threads (at least 4); else it waits in a queue, in arrival order, until an instance
+//! ends, or until none of the live ones has been runnable for [`IDLE_FOR`] (all wait: a thread
+//! would otherwise have nothing to do), which lets one in. Guests that wait long (a slow origin)
+//! are not held back: the room grows with their waits as instances end, and idle spells that
+//! follow each other with no instance woken let in 2, 4, ... 64 at a time.
+//!
+//! A live instance is runnable from its admission until its future returns `Pending`, and again
+//! from the moment it is woken (or polled) until its next `Pending`; [`Paced`] tracks this with a
+//! waker of its own around each poll.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+/// How much one instance's times move the averages [`Pace::target`] is made of.
+const WEIGHT: f64 = 1.0 / 32.0;
+
+/// How long no live instance may be runnable, with requests waiting, before one more is let in
+/// past the target: a wait this short (a key-value round trip) is better waited out.
+const IDLE_FOR: Duration = Duration::from_micros(1000);
+
+/// The live instances of one process and the requests waiting for room.
+pub(crate) struct Pace {
+    threads: usize,
+    base: usize,
+    epoch: Instant,
+    state: Mutex<State>,
+    live: metrics::Gauge,
+    queued: metrics::Gauge,
+}
+
+#[derive(Default)]
+struct State {
+    live: usize,
+    runnable: usize,
+    queue: VecDeque<oneshot::Sender<Live>>,
+    /// Moving averages over the instances that ended: seconds from admission to the end, and
+    /// seconds of that spent runnable (running, or woken and waiting for a thread).
+    lifetime: f64,
+    ran: f64,
+    /// Since when no live instance has been runnable ([`Pace::now`]), if none is.
+    idle_since: Option<u64>,
+    /// Whether a task is on its way to let a request in once the idle time is up.
+    idle_timer: bool,
+    /// Idle spells in a row with no instance woken in between.
+    idle_streak: u32,
+}
+
+impl Pace {
+    /// A pace for a runtime of `threads` worker threads.
+    pub(crate) fn new(threads: usize) -> Pace {
+        Pace {
+            threads,
+            base: (2 * threads).max(4),
+            epoch: Instant::now(),
+            state: Mutex::new(State::default()),
+            live: metrics::gauge!(crate::metrics::INSTANCES_LIVE),
+            queued: metrics::gauge!(crate::metrics::INSTANCES_QUEUED),
+        }
+    }
+
+    /// A pace for the current runtime's worker threads (or the machine's cores, outside one).
+    pub(crate) fn for_runtime() -> Pace {
+        let threads = tokio::runtime::Handle::try_current()
+            .map(|h| h.metrics().num_workers())
+            .or_else(|_| std::thread::available_parallelism().map(|n| n.get()))
+            .unwrap_or(1);
+        Pace::new(threads)
+    }
+
+    /// How many live instances keep the threads busy: each thread runs one instance while the
+    /// others it has started wait, so `threads x lifetime / runnable time` (an instance that
+    /// waits as long as it runs needs two per thread); at least [`Pace::base`].
+    fn target(&self, state: &State) -> usize {
+        if state.ran <= 0.0 {
+            return self.base;
+        }
+        let per_thread = (state.lifetime / state.ran).max(1.0);
+        let target = (self.threads as f64 * per_thread).ceil();
+        if target >= usize::MAX as f64 {
+            usize::MAX
+        } else {
+            (target as usize).max(self.base)
+        }
+    }
+
+    fn admits(&self, state: &State) -> bool {
+        state.live < self.target(state)
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Room for one more live instance: at once if there is room, else once there is.
+    pub(crate) async fn enter(self: &Arc<Self>) -> Live {
+        let waiting = {
+            let mut state = self.state.lock().unwrap();
+            if state.queue.is_empty() && self.admits(&state) {
+                self.count_in(&mut state);
+                None
+            } else {
+                let (sender, receiver) = oneshot::channel();
+                state.queue.push_back(sender);
+                self.queued.set(state.queue.len() as f64);
+                Some(receiver)
+            }
+        };
+        match waiting {
+            None => Live::new(self.clone()),
+            Some(receiver) => {
+                metrics::counter!(crate::metrics::INSTANCES_PACED).increment(1);
+                // A sender leaves the queue only to be sent on.
+                receiver.await.expect("a waiting request is admitted")
+            }
+        }
+    }
+
+    /// Counts one more live instance, runnable.
+    fn count_in(&self, state: &mut State) {
+        state.live += 1;
+        state.runnable += 1;
+        state.idle_since = None;
+        self.live.set(state.live as f64);
+    }
+
+    /// Admits waiting requests while there is room, or (`idle`) up to that many.
+    fn admit_waiting(self: &Arc<Self>, idle: Option<usize>) {
+        let mut admitted = 0;
+        loop {
+            let sender = {
+                let mut state = self.state.lock().unwrap();
+                let room = match idle {
+                    // (Still idle when the first is let in.)
+                    Some(n) => admitted < n && (admitted > 0 || state.idle_since.is_some()),
+                    None => self.admits(&state),
+                };
+                if !room {
+                    return;
+                }
+                let Some(sender) = state.queue.pop_front() else {
+                    return;
+                };
+                self.count_in(&mut state);
+                self.queued.set(state.queue.len() as f64);
+                sender
+            };
+            match sender.send(Live::new(self.clone())) {
+                Ok(()) => admitted += 1,
+                // That request is gone: its room goes to the next, in this loop.
+                Err(mut live) => live.admits = false,
+            }
+        }
+    }
+
+    fn waits(self: &Arc<Self>) {
+        {
+            let mut state = self.state.lock().unwrap();
+            state.runnable -= 1;
+            self.maybe_idle(&mut state);
+        }
+        self.admit_waiting(None);
+    }
+
+    /// Notes that no instance is runnable, if so, and makes sure that requests waiting then
+    /// are let in if it stays so for [`IDLE_FOR`].
+    fn maybe_idle(self: &Arc<Self>, state: &mut State) {
+        if state.runnable > 0 {
+            return;
+        }
+        state.idle_since = Some(self.now());
+        if !state.queue.is_empty()
+            && !state.idle_timer
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            state.idle_timer = true;
+            runtime.spawn(self.clone().idle_timer());
+        }
+    }
+
+    /// Lets a request in once no instance has been runnable for [`IDLE_FOR`] (a thread would
+    /// otherwise have nothing to do); two if the last idle spell had no instance woken since,
+    /// then four, and so on up to 64: a herd of requests whose guests all wait long gets in
+    /// quickly, while waits that end soon (a key-value round trip) let one in at a time.
+    async fn idle_timer(self: Arc<Self>) {
+        loop {
+            let mut streak = 0;
+            let left = {
+                let mut state = self.state.lock().unwrap();
+                let left = match state.idle_since {
+                    Some(since) if !state.queue.is_empty() => {
+                        let idle = Duration::from_nanos(self.now().saturating_sub(since));
+                        Some(IDLE_FOR.saturating_sub(idle))
+                    }
+                    _ => None,
+                };
+                if left.is_none_or(|left| left.is_zero()) {
+                    // Done: a later idle spell gets a timer of its own.
+                    state.idle_timer = false;
+                    streak = state.idle_streak.min(6);
+                    state.idle_streak += 1;
+                }
+                left
+            };
+            match left {
+                Some(left) if !left.is_zero() => tokio::time::sleep(left).await,
+                Some(_) => return self.admit_waiting(Some(1 << streak)),
+                None => return,
+            }
+        }
+    }
+
+    fn wakes(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.runnable += 1;
+        state.idle_since = None;
+        state.idle_streak = 0;
+    }
+}
+
+/// When an instance was runnable, shared by its [`Live`] and the wakers of its polls.
+struct Timing {
+    /// Whether it counts as runnable (set by whichever comes first of a waker and its next poll).
+    runnable: AtomicBool,
+    /// When it last became runnable ([`Pace::now`]).
+    since: AtomicU64,
+    /// Nanoseconds it was runnable before that.
+    ran: AtomicU64,
+}
+
+impl Timing {
+    /// Counts it runnable again, if nothing has yet: true if this call did.
+    fn resume(&self, pace: &Pace) -> bool {
+        if self.runnable.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        self.since.store(pace.now(), Ordering::Release);
+        true
+    }
+
+    /// Adds the time since it last became runnable.
+    fn pause(&self, pace: &Pace) {
+        let ran = pace
+            .now()
+            .saturating_sub(self.since.load(Ordering::Acquire));
+        self.ran.fetch_add(ran, Ordering::AcqRel);
+    }
+}
+
+/// One live instance's room: given back when dropped.
+pub(crate) struct Live {
+    pace: Arc<Pace>,
+    timing: Arc<Timing>,
+    admitted: u64,
+    /// Whether giving it back admits waiting requests (not when `admit_waiting` itself does).
+    admits: bool,
+}
+
+impl Live {
+    fn new(pace: Arc<Pace>) -> Live {
+        let admitted = pace.now();
+        Live {
+            pace,
+            timing: Arc::new(Timing {
+                runnable: AtomicBool::new(true),
+                since: AtomicU64::new(admitted),
+                ran: AtomicU64::new(0),
+            }),
+            admitted,
+            admits: true,
+        }
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        // A waker that fires after this finds the flag set and counts nothing.
+        let runnable = self.timing.runnable.swap(true, Ordering::AcqRel);
+        if runnable {
+            self.timing.pause(&self.pace);
+        }
+        let lifetime = self.pace.now().saturating_sub(self.admitted) as f64 / 1e9;
+        let ran = self.timing.ran.load(Ordering::Acquire) as f64 / 1e9;
+        {
+            let mut state = self.pace.state.lock().unwrap();
+            state.live -= 1;
+            if runnable {
+                state.runnable -= 1;
+            }
+            if self.admits {
+                state.lifetime += (lifetime - state.lifetime) * WEIGHT;
+                state.ran += (ran - state.ran) * WEIGHT;
+            }
+            self.pace.live.set(state.live as f64);
+            if runnable {
+                self.pace.maybe_idle(&mut state);
+            }
+        }
+        if self.admits {
+            self.pace.admit_waiting(None);
+        }
+    }
+}
+
+/// A live instance's future, counted runnable or waiting as it runs.
+pub(crate) struct Paced<F> {
+    /// Given back as soon as the future ends (what the request does after, such as waiting for
+    /// its writes to be on disk, holds no instance).
+    live: Option<Live>,
+    future: F,
+}
+
+impl<F: Future + Unpin> Paced<F> {
+    /// `future`, run in `live`'s room (or unpaced, with none).
+    pub(crate) fn new(live: Option<Live>, future: F) -> Self {
+        Paced { live, future }
+    }
+}
+
+/// The waker of one poll: being woken counts the instance runnable again.
+struct Wakes {
+    timing: Arc<Timing>,
+    pace: Arc<Pace>,
+    waker: Waker,
+}
+
+impl Wake for Wakes {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self.timing.resume(&self.pace) {
+            self.pace.wakes();
+        }
+        self.waker.wake_by_ref();
+    }
+}
+
+impl<F: Future + Unpin> Future for Paced<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        let Some(live) = &this.live else {
+            return Pin::new(&mut this.future).poll(cx);
+        };
+        // Polled without having been woken (a spurious poll, or by a waker of its caller's).
+        if live.timing.resume(&live.pace) {
+            live.pace.wakes();
+        }
+        let waker = Waker::from(Arc::new(Wakes {
+            timing: live.timing.clone(),
+            pace: live.pace.clone(),
+            waker: cx.waker().clone(),
+        }));
+        match Pin::new(&mut this.future).poll(&mut Context::from_waker(&waker)) {
+            Poll::Ready(output) => {
+                this.live = None;
+                Poll::Ready(output)
+            }
+            Poll::Pending => {
+                // From here its waker (or its next poll) counts it runnable again. (One woken
+                // during the poll counts as waiting until it is polled again.)
+                live.timing.pause(&live.pace);
+                live.timing.runnable.store(false, Ordering::Release);
+                live.pace.waits();
+                Poll::Pending
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt;
+
+    fn counts(pace: &Pace) -> (usize, usize, usize) {
+        let state = pace.state.lock().unwrap();
+        (state.live, state.runnable, state.queue.len())
+    }
+
+    /// A future that waits until `gate` is woken through the waker it last saw.
+    struct Waits(Arc<Mutex<(bool, Option<Waker>)>>);
+
+    impl Future for Waits {
+        type Output = ();
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            let mut gate = self.0.lock().unwrap();
+            if gate.0 {
+                return Poll::Ready(());
+            }
+            gate.1 = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+
+    fn open(gate: &Arc<Mutex<(bool, Option<Waker>)>>) {
+        let mut gate = gate.lock().unwrap();
+        gate.0 = true;
+        if let Some(waker) = gate.1.take() {
+            waker.wake();
+        }
+    }
+
+    #[tokio::test]
+    async fn room_up_to_the_base_then_a_queue_in_arrival_order() {
+        let pace = Arc::new(Pace::new(1));
+        let mut live = Vec::new();
+        for _ in 0..4 {
+            live.push(pace.enter().now_or_never().expect("room"));
+        }
+        assert_eq!(counts(&pace), (4, 4, 0));
+        let mut fifth = Box::pin(pace.enter());
+        let mut sixth = Box::pin(pace.enter());
+        assert!(fifth.as_mut().now_or_never().is_none());
+        assert!(sixth.as_mut().now_or_never().is_none());
+        assert_eq!(counts(&pace), (4, 4, 2));
+
+        live.pop();
+        let fifth = fifth
+            .now_or_never()
+            .expect("the first in the queue gets the room");
+        assert!(sixth.as_mut().now_or_never().is_none());
+        drop(fifth);
+        let sixth = sixth.now_or_never().expect("then the next");
+        drop((sixth, live));
+        assert_eq!(counts(&pace), (0, 0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_request_gone_from_the_queue_passes_its_turn() {
+        let pace = Arc::new(Pace::new(1));
+        let mut live: Vec<_> = (0..4)
+            .map(|_| pace.enter().now_or_never().unwrap())
+            .collect();
+        let mut gone = Box::pin(pace.enter());
+        let mut next = Box::pin(pace.enter());
+        assert!(gone.as_mut().now_or_never().is_none());
+        assert!(next.as_mut().now_or_never().is_none());
+        drop(gone);
+        live.pop();
+        let next = next
+            .now_or_never()
+            .expect("the room skips the request that left");
+        drop((next, live));
+        assert_eq!(counts(&pace), (0, 0, 0));
+    }
+
+    #[tokio::test]
+    async fn instances_count_runnable_until_they_wait_and_again_once_woken() {
+        let pace = Arc::new(Pace::new(1));
+        let gate = Arc::new(Mutex::new((false, None)));
+        let live = pace.enter().await;
+        let mut paced = Paced::new(Some(live), Box::pin(Waits(gate.clone())));
+        assert!((&mut paced).now_or_never().is_none());
+        assert_eq!(counts(&pace), (1, 0, 0));
+        open(&gate);
+        assert_eq!(
+            counts(&pace),
+            (1, 1, 0),
+            "woken: runnable before it is polled"
+        );
+        // A second wake of the same waker counts nothing more.
+        assert_eq!(counts(&pace), (1, 1, 0));
+        (&mut paced).await;
+        assert_eq!(
+            counts(&pace),
+            (0, 0, 0),
+            "its room is given back as it ends"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_poll_without_a_wake_counts_it_runnable_once() {
+        let pace = Arc::new(Pace::new(1));
+        let gate = Arc::new(Mutex::new((false, None)));
+        let mut paced = Paced::new(Some(pace.enter().await), Box::pin(Waits(gate.clone())));
+        for _ in 0..3 {
+            assert!((&mut paced).now_or_never().is_none());
+            assert_eq!(counts(&pace), (1, 0, 0));
+        }
+        // An old waker firing after the instance is gone counts nothing.
+        let stale = gate.lock().unwrap().1.clone().unwrap();
+        drop(paced);
+        assert_eq!(counts(&pace), (0, 0, 0));
+        stale.wake();
+        assert_eq!(counts(&pace), (0, 0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_queue_waits_out_short_waits_but_not_a_long_one() {
+        let pace = Arc::new(Pace::new(1));
+        let gates: Vec<_> = (0..4)
+            .map(|_| Arc::new(Mutex::new((false, None))))
+            .collect();
+        let mut paced = Vec::new();
+        for gate in &gates {
+            let live = pace.enter().now_or_never().unwrap();
+            paced.push(Paced::new(Some(live), Box::pin(Waits(gate.clone()))));
+        }
+        let mut next = Box::pin(pace.enter());
+        assert!(next.as_mut().now_or_never().is_none());
+        // Three wait, one runs: the queue waits.
+        for p in &mut paced[..3] {
+            assert!(p.now_or_never().is_none());
+        }
+        tokio::time::sleep(IDLE_FOR * 5).await;
+        assert!(
+            next.as_mut().now_or_never().is_none(),
+            "one instance is runnable"
+        );
+        // All four wait: after IDLE_FOR, the next request is let in.
+        assert!((&mut paced[3]).now_or_never().is_none());
+        assert_eq!(counts(&pace), (4, 0, 1));
+        let next = tokio::time::timeout(Duration::from_secs(10), next)
+            .await
+            .expect("let in once no instance was runnable for IDLE_FOR");
+        assert_eq!(counts(&pace), (5, 1, 0));
+        drop((next, paced));
+        assert_eq!(counts(&pace), (0, 0, 0));
+    }
+
+    #[tokio::test]
+    async fn idle_spells_in_a_row_let_more_in_each_time() {
+        let pace = Arc::new(Pace::new(1));
+        let gate = Arc::new(Mutex::new((false, None)));
+        let mut paced = Vec::new();
+        for _ in 0..4 {
+            let live = pace.enter().now_or_never().unwrap();
+            paced.push(Paced::new(Some(live), Box::pin(Waits(gate.clone()))));
+        }
+        for p in &mut paced[..3] {
+            assert!(p.now_or_never().is_none());
+        }
+        let (sender, mut admitted) = tokio::sync::mpsc::unbounded_channel();
+        for _ in 0..16 {
+            let (pace, sender) = (pace.clone(), sender.clone());
+            tokio::spawn(async move { sender.send(pace.enter().await) });
+        }
+        while counts(&pace).2 < 16 {
+            tokio::task::yield_now().await;
+        }
+        // Each round: every live instance waits; after IDLE_FOR, 1, then 2, then 4 are let in
+        // (they count runnable until polled, so no more come in meanwhile).
+        let (mut live, mut fresh) = (4, 3);
+        for batch in [1, 2, 4] {
+            // (Only those not yet waiting: polling one again would count as a wake.)
+            for p in &mut paced[fresh..] {
+                assert!(p.now_or_never().is_none());
+            }
+            fresh = paced.len();
+            assert_eq!(counts(&pace).1, 0);
+            for _ in 0..batch {
+                let entered = tokio::time::timeout(Duration::from_secs(10), admitted.recv())
+                    .await
+                    .expect("let in after IDLE_FOR")
+                    .unwrap();
+                paced.push(Paced::new(Some(entered), Box::pin(Waits(gate.clone()))));
+            }
+            live += batch;
+            assert_eq!(counts(&pace), (live, batch, 16 + 4 - live));
+        }
+    }
+
+    #[test]
+    fn the_room_grows_with_the_time_instances_wait() {
+        let pace = Pace::new(2);
+        let mut state = State::default();
+        assert_eq!(
+            pace.target(&state),
+            4,
+            "no history: twice the threads, at least 4"
+        );
+        (state.lifetime, state.ran) = (0.001, 0.001);
+        assert_eq!(
+            pace.target(&state),
+            4,
+            "instances that never wait need no more"
+        );
+        (state.lifetime, state.ran) = (0.100, 0.001);
+        assert_eq!(
+            pace.target(&state),
+            200,
+            "two threads, each with 100 waiting per runner"
+        );
+        (state.lifetime, state.ran) = (f64::MAX, 1e-300);
+        assert_eq!(pace.target(&state), usize::MAX);
+    }
+
+    #[tokio::test]
+    async fn averages_learn_from_instances_that_ended() {
+        let pace = Arc::new(Pace::new(1));
+        let gate = Arc::new(Mutex::new((false, None)));
+        for _ in 0..64 {
+            let mut paced = Paced::new(Some(pace.enter().await), Box::pin(Waits(gate.clone())));
+            gate.lock().unwrap().0 = false;
+            assert!((&mut paced).now_or_never().is_none());
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            open(&gate);
+            (&mut paced).await;
+        }
+        let state = pace.state.lock().unwrap();
+        assert!(
+            state.lifetime > 4.0 * state.ran,
+            "an instance waiting 2 ms and running a few microseconds: {} vs {}",
+            state.lifetime,
+            state.ran
+        );
+        assert!(pace.target(&state) > pace.base);
+    }
+}
