@@ -10,9 +10,10 @@
 //! what the instances have done so far (see [`Pace::target`]), and never fewer than twice the
 //! worker threads (at least 4); else it waits in a queue, in arrival order, until an instance
 //! ends, or until none of the live ones has been runnable for [`IDLE_FOR`] (all wait: a thread
-//! would otherwise have nothing to do), which lets one in. Guests that wait long (a slow origin)
-//! are not held back: the room grows with their waits as instances end, and idle spells that
-//! follow each other with no instance woken let in 2, 4, ... 64 at a time.
+//! would otherwise have nothing to do), which lets one in; never longer than [`MAX_WAIT`]
+//! (guests that compute for long do not hold up the others). Guests that wait long (a slow
+//! origin) are not held back: the room grows with their waits as instances end, and idle spells
+//! that follow each other with no instance woken let in 2, 4, ... 64 at a time.
 //!
 //! A live instance is runnable from its admission until its future returns `Pending`, and again
 //! from the moment it is woken (or polled) until its next `Pending`; [`Paced`] tracks this with a
@@ -29,6 +30,10 @@ use tokio::sync::oneshot;
 
 /// How much one instance's times move the averages [`Pace::target`] is made of.
 const WEIGHT: f64 = 1.0 / 32.0;
+
+/// How long a request waits for room at most: past it, it starts its instance anyway (the
+/// live ones compute rather than wait, so the threads are shared with it as they would be).
+const MAX_WAIT: Duration = Duration::from_millis(50);
 
 /// How long no live instance may be runnable, with requests waiting, before one more is let in
 /// past the target: a wait this short (a key-value round trip) is better waited out.
@@ -111,6 +116,10 @@ impl Pace {
     pub(crate) async fn enter(self: &Arc<Self>) -> Live {
         let waiting = {
             let mut state = self.state.lock().unwrap();
+            // (Requests that left the queue are skipped.)
+            while state.queue.front().is_some_and(oneshot::Sender::is_closed) {
+                state.queue.pop_front();
+            }
             if state.queue.is_empty() && self.admits(&state) {
                 self.count_in(&mut state);
                 None
@@ -123,10 +132,20 @@ impl Pace {
         };
         match waiting {
             None => Live::new(self.clone()),
-            Some(receiver) => {
+            Some(mut receiver) => {
                 metrics::counter!(crate::metrics::INSTANCES_PACED).increment(1);
-                // A sender leaves the queue only to be sent on.
-                receiver.await.expect("a waiting request is admitted")
+                match tokio::time::timeout(MAX_WAIT, &mut receiver).await {
+                    // A sender leaves the queue only to be sent on.
+                    Ok(live) => live.expect("a waiting request is admitted"),
+                    // Instances that compute (and so stay runnable) keep their threads; this
+                    // request gets its share of them now. Its place in the queue is skipped
+                    // (room sent there meanwhile is given back as the receiver drops).
+                    Err(_) => {
+                        drop(receiver);
+                        self.count_in(&mut self.state.lock().unwrap());
+                        Live::new(self.clone())
+                    }
+                }
             }
         }
     }
@@ -534,6 +553,31 @@ mod tests {
             .expect("let in once no instance was runnable for IDLE_FOR");
         assert_eq!(counts(&pace), (5, 1, 0));
         drop((next, paced));
+        assert_eq!(counts(&pace), (0, 0, 0));
+    }
+
+    #[tokio::test]
+    async fn no_request_waits_longer_than_max_wait() {
+        let pace = Arc::new(Pace::new(1));
+        // Four instances that compute: they stay runnable.
+        let live: Vec<_> = (0..4)
+            .map(|_| pace.enter().now_or_never().unwrap())
+            .collect();
+        let began = Instant::now();
+        let mut next = Box::pin(pace.enter());
+        assert!(next.as_mut().now_or_never().is_none());
+        let next = tokio::time::timeout(Duration::from_secs(10), next)
+            .await
+            .expect("in after MAX_WAIT");
+        assert!(began.elapsed() >= MAX_WAIT);
+        assert_eq!(
+            counts(&pace),
+            (5, 5, 1),
+            "its place in the queue is left dead"
+        );
+        drop(live);
+        assert_eq!(counts(&pace), (1, 1, 0), "and skipped");
+        drop(next);
         assert_eq!(counts(&pace), (0, 0, 0));
     }
 
