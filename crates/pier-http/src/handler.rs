@@ -90,7 +90,8 @@ fn text(code: impl std::fmt::Debug) -> String {
 /// Answers `req` with a fresh instance of `app`.
 ///
 /// The instance starts once there is room for it among the live instances ([`crate::pace`]: at
-/// once, unless many are live already); the wait counts toward the app's timeout.
+/// once, unless many are live already); the wait counts toward the app's timeout for a guest
+/// that then waits (one that computes gets its whole timeout of computing from its start).
 ///
 /// The guest runs right here, in the request's task, until it has handed over the response head.
 /// If it is done by then (a guest that answers at once), that is all: no task, and no other
@@ -127,7 +128,8 @@ where
         return reused(app, req, body_limit, permit).await;
     }
     // Room among the live instances (`crate::pace`): at once, unless many are live already.
-    // The time a request waits for it counts toward its timeout.
+    // The time a request waits for it counts toward its timeout (but for the guest's computing,
+    // bounded from the instance's start).
     let timeout = app.settings().timeout;
     let arrived = Instant::now();
     let live = match permit.as_ref().and_then(|p| p.pace.as_ref()) {

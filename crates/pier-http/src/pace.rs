@@ -127,6 +127,8 @@ impl Pace {
                 let (sender, receiver) = oneshot::channel();
                 state.queue.push_back(sender);
                 self.queued.set(state.queue.len() as f64);
+                // Every live instance may be waiting already.
+                self.arm_idle_timer(&mut state);
                 Some(receiver)
             }
         };
@@ -187,10 +189,16 @@ impl Pace {
         }
     }
 
-    fn waits(self: &Arc<Self>) {
+    /// Counts a runnable instance as waiting.
+    fn waits(self: &Arc<Self>, timing: &Timing) {
         {
             let mut state = self.state.lock().unwrap();
-            state.runnable -= 1;
+            if !timing.runnable.swap(false, Ordering::AcqRel) {
+                return;
+            }
+            timing.pause(self);
+            debug_assert!(state.runnable > 0);
+            state.runnable = state.runnable.saturating_sub(1);
             self.maybe_idle(&mut state);
         }
         self.admit_waiting(None);
@@ -203,7 +211,13 @@ impl Pace {
             return;
         }
         state.idle_since = Some(self.now());
-        if !state.queue.is_empty()
+        self.arm_idle_timer(state);
+    }
+
+    /// Starts the idle timer if requests wait while no instance is runnable, and none runs.
+    fn arm_idle_timer(self: &Arc<Self>, state: &mut State) {
+        if state.idle_since.is_some()
+            && !state.queue.is_empty()
             && !state.idle_timer
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
@@ -231,6 +245,8 @@ impl Pace {
                 if left.is_none_or(|left| left.is_zero()) {
                     // Done: a later idle spell gets a timer of its own.
                     state.idle_timer = false;
+                }
+                if left.is_some_and(|left| left.is_zero()) {
                     streak = state.idle_streak.min(6);
                     state.idle_streak += 1;
                 }
@@ -244,15 +260,21 @@ impl Pace {
         }
     }
 
-    fn wakes(&self) {
+    /// Counts an instance runnable again (woken, or polled), unless it already is.
+    fn resume(&self, timing: &Timing) {
         let mut state = self.state.lock().unwrap();
+        if timing.runnable.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        timing.since.store(self.now(), Ordering::Release);
         state.runnable += 1;
         state.idle_since = None;
         state.idle_streak = 0;
     }
 }
 
-/// When an instance was runnable, shared by its [`Live`] and the wakers of its polls.
+/// When an instance was runnable, shared by its [`Live`] and the wakers of its polls. Its flag
+/// changes only under the pace's lock, with the count of runnable instances.
 struct Timing {
     /// Whether it counts as runnable (set by whichever comes first of a waker and its next poll).
     runnable: AtomicBool,
@@ -263,15 +285,6 @@ struct Timing {
 }
 
 impl Timing {
-    /// Counts it runnable again, if nothing has yet: true if this call did.
-    fn resume(&self, pace: &Pace) -> bool {
-        if self.runnable.swap(true, Ordering::AcqRel) {
-            return false;
-        }
-        self.since.store(pace.now(), Ordering::Release);
-        true
-    }
-
     /// Adds the time since it last became runnable.
     fn pause(&self, pace: &Pace) {
         let ran = pace
@@ -288,6 +301,8 @@ pub(crate) struct Live {
     admitted: u64,
     /// Whether giving it back admits waiting requests (not when `admit_waiting` itself does).
     admits: bool,
+    /// Whether an instance ran in it (its times go into the averages).
+    measured: bool,
 }
 
 impl Live {
@@ -302,26 +317,29 @@ impl Live {
             }),
             admitted,
             admits: true,
+            measured: false,
         }
     }
 }
 
 impl Drop for Live {
     fn drop(&mut self) {
-        // A waker that fires after this finds the flag set and counts nothing.
-        let runnable = self.timing.runnable.swap(true, Ordering::AcqRel);
-        if runnable {
-            self.timing.pause(&self.pace);
-        }
-        let lifetime = self.pace.now().saturating_sub(self.admitted) as f64 / 1e9;
-        let ran = self.timing.ran.load(Ordering::Acquire) as f64 / 1e9;
         {
             let mut state = self.pace.state.lock().unwrap();
-            state.live -= 1;
+            // A waker that fires after this finds the flag set and counts nothing.
+            let runnable = self.timing.runnable.swap(true, Ordering::AcqRel);
             if runnable {
-                state.runnable -= 1;
+                self.timing.pause(&self.pace);
             }
-            if self.admits {
+            let lifetime = self.pace.now().saturating_sub(self.admitted) as f64 / 1e9;
+            let ran = self.timing.ran.load(Ordering::Acquire) as f64 / 1e9;
+            debug_assert!(state.live > 0 && (!runnable || state.runnable > 0));
+            state.live = state.live.saturating_sub(1);
+            if runnable {
+                state.runnable = state.runnable.saturating_sub(1);
+            }
+            // (Only an instance that ran tells how long instances live.)
+            if self.admits && self.measured {
                 state.lifetime += (lifetime - state.lifetime) * WEIGHT;
                 state.ran += (ran - state.ran) * WEIGHT;
             }
@@ -338,16 +356,19 @@ impl Drop for Live {
 
 /// A live instance's future, counted runnable or waiting as it runs.
 pub(crate) struct Paced<F> {
-    /// Given back as soon as the future ends (what the request does after, such as waiting for
-    /// its writes to be on disk, holds no instance).
-    live: Option<Live>,
+    /// (Dropped first: the instance is gone before its room is given back.)
     future: F,
+    /// Given back as soon as the future ends.
+    live: Option<Live>,
 }
 
 impl<F: Future + Unpin> Paced<F> {
     /// `future`, run in `live`'s room (or unpaced, with none).
-    pub(crate) fn new(live: Option<Live>, future: F) -> Self {
-        Paced { live, future }
+    pub(crate) fn new(mut live: Option<Live>, future: F) -> Self {
+        if let Some(live) = &mut live {
+            live.measured = true;
+        }
+        Paced { future, live }
     }
 }
 
@@ -364,9 +385,7 @@ impl Wake for Wakes {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        if self.timing.resume(&self.pace) {
-            self.pace.wakes();
-        }
+        self.pace.resume(&self.timing);
         self.waker.wake_by_ref();
     }
 }
@@ -380,9 +399,7 @@ impl<F: Future + Unpin> Future for Paced<F> {
             return Pin::new(&mut this.future).poll(cx);
         };
         // Polled without having been woken (a spurious poll, or by a waker of its caller's).
-        if live.timing.resume(&live.pace) {
-            live.pace.wakes();
-        }
+        live.pace.resume(&live.timing);
         let waker = Waker::from(Arc::new(Wakes {
             timing: live.timing.clone(),
             pace: live.pace.clone(),
@@ -396,9 +413,7 @@ impl<F: Future + Unpin> Future for Paced<F> {
             Poll::Pending => {
                 // From here its waker (or its next poll) counts it runnable again. (One woken
                 // during the poll counts as waiting until it is polled again.)
-                live.timing.pause(&live.pace);
-                live.timing.runnable.store(false, Ordering::Release);
-                live.pace.waits();
+                live.pace.waits(&live.timing);
                 Poll::Pending
             }
         }

@@ -1,6 +1,6 @@
-//! The request path, in order: limits on the head, admission (`--max-concurrency`; a component's
-//! instance then starts at the pace of [`crate::pace`]), the handler,
-//! and the access record that logs the response when it is done.
+//! The request path, in order: limits on the head, admission (`--max-concurrency`; a fresh
+//! component instance then starts at the pace of [`crate::pace`]), the handler, and the access
+//! record that logs the response when it is done.
 
 use std::sync::Arc;
 use std::time::Instant;
