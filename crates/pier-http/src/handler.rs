@@ -141,7 +141,8 @@ where
                 tracing::warn!(
                     component = app.name(),
                     path = req.uri().path(),
-                    "no room among the live instances within the timeout, answered 504"
+                    "no room among the live instances within --timeout ({}), answered 504",
+                    human(timeout)
                 );
                 return (failed(FailureKind::Timeout, timeout), None);
             }

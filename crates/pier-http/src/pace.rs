@@ -262,6 +262,13 @@ impl Pace {
 
     /// Counts an instance runnable again (woken, or polled), unless it already is.
     fn resume(&self, timing: &Timing) {
+        // Without the lock, for the usual case (polled while runnable: every request's first
+        // poll): only its own poll turns the flag off, so a set flag stays set meanwhile. A wake
+        // that reads it set just before that poll's `Pending` counts nothing; the poll that
+        // wake brings does.
+        if timing.runnable.load(Ordering::Acquire) {
+            return;
+        }
         let mut state = self.state.lock().unwrap();
         if timing.runnable.swap(true, Ordering::AcqRel) {
             return;
