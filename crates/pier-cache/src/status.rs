@@ -68,7 +68,10 @@ impl CacheStatus {
 
     /// The header value, for the cache named `pier`.
     pub fn header(&self) -> HeaderValue {
-        let mut s = String::from("pier");
+        use std::fmt::Write;
+
+        let mut s = String::with_capacity(48);
+        s.push_str("pier");
         if self.hit {
             s.push_str("; hit");
         }
@@ -77,10 +80,10 @@ impl CacheStatus {
             s.push_str(fwd.as_str());
         }
         if let Some(status) = self.fwd_status {
-            s.push_str(&format!("; fwd-status={status}"));
+            let _ = write!(s, "; fwd-status={status}");
         }
         if let Some(ttl) = self.ttl {
-            s.push_str(&format!("; ttl={ttl}"));
+            let _ = write!(s, "; ttl={ttl}");
         }
         if self.stored {
             s.push_str("; stored");

@@ -236,13 +236,15 @@ impl Fetch for ToHandler {
     }
 }
 
-/// Answers `req` from `shared` or through `origin` (see the module's description). `permit` and
-/// `limit` are the request's, as for the origin alone. (Boxed: a handler behind a cache is
+/// Answers `req` from `shared` or through `origin` (see the module's description). `known` is
+/// what a [`lookup`] made for `req` already found (a route looks up before admission). `permit`
+/// and `limit` are the request's, as for the origin alone. (Boxed: a handler behind a cache is
 /// answered by [`answer`], which calls this for the cache.)
 pub(crate) fn serve<'a, B, F>(
     shared: &'a Arc<SharedCache>,
     origin: F,
     req: Request<B>,
+    known: Option<Known>,
     limit: Option<BodyLimit>,
     permit: Option<Permits>,
 ) -> Pin<Box<dyn Future<Output = Fetched> + Send + 'a>>
@@ -254,35 +256,57 @@ where
     use http_body_util::BodyExt;
 
     let req = req.map(|body| body.map_err(Into::into).boxed_unsync());
-    Box::pin(async move { serve_now(shared, &origin, req, limit, permit).await })
+    Box::pin(async move {
+        let known = match known {
+            Some(known) => known,
+            None => match lookup(shared, &req).await {
+                Looked::Hit(response) => return Ok((response, None)),
+                Looked::Found(known) => known,
+                Looked::Unsafe => {
+                    let uri = effective_uri(&req);
+                    return Box::pin(serve_unsafe(shared, &origin, req, uri, limit, permit)).await;
+                }
+            },
+        };
+        Box::pin(serve_stored(shared, &origin, req, known, limit, permit)).await
+    })
 }
 
-/// The hit first, in a future of its own kept small (it is moved with every request): the rest
-/// (unsafe methods, misses, revalidation, collapsing) in boxed futures of their own.
-async fn serve_now<F: Fetch>(
-    shared: &Arc<SharedCache>,
-    origin: &F,
-    req: Request<RequestBody>,
-    limit: Option<BodyLimit>,
-    permit: Option<Permits>,
-) -> Fetched {
-    let uri = effective_uri(&req);
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return Box::pin(serve_unsafe(shared, origin, req, uri, limit, permit)).await;
+/// What the store holds for a request, looked up before anything else is done for it.
+pub(crate) enum Looked {
+    /// A fresh entry, and a request with no directives of its own: its answer.
+    Hit(Response<ResponseBody>),
+    /// A `GET` or `HEAD` request that takes more than the stored entry (a miss, a stale entry,
+    /// directives of its own, a variant to choose): what was found, for [`serve`].
+    Found(Known),
+    /// A method other than `GET` and `HEAD`: nothing looked up.
+    Unsafe,
+}
+
+/// Looks `req` up in `shared`: the common case, a plain hit, is answered at once (a route does
+/// this before admission, so a hit holds no slot of `--max-concurrency` and its request body
+/// is never wrapped).
+pub(crate) fn lookup<'a, B>(
+    shared: &'a SharedCache,
+    req: &'a Request<B>,
+) -> impl Future<Output = Looked> + Send + 'a {
+    let method = req.method();
+    let uri = (method == Method::GET || method == Method::HEAD).then(|| effective_uri(req));
+    let headers = req.headers();
+    async move {
+        let Some(uri) = uri else {
+            return Looked::Unsafe;
+        };
+        let key = pier_cache::key(&uri);
+        let stored = shared.cache.stored(&key).await;
+        let now = SystemTime::now();
+        if let Some(entry) = shared.cache.fresh(&stored, headers, now) {
+            shared.counts.hit.increment(1);
+            let status = CacheStatus::hit(entry.ttl(now));
+            return Looked::Hit(from_entry(&entry, method, headers, &status, now));
+        }
+        Looked::Found(Known { uri, key, stored })
     }
-    let key = pier_cache::key(&uri);
-    // The common case first: a fresh entry, and a request with no directives of its own.
-    let stored = shared.cache.stored(&key).await;
-    let now = SystemTime::now();
-    if let Some(entry) = shared.cache.fresh(&stored, req.headers(), now) {
-        shared.counts.hit.increment(1);
-        return Ok((
-            from_entry(&entry, &req, &CacheStatus::hit(entry.ttl(now)), now),
-            None,
-        ));
-    }
-    let stored = Known { uri, key, stored };
-    Box::pin(serve_stored(shared, origin, req, stored, limit, permit)).await
 }
 
 /// A request with a method other than `GET` and `HEAD`: sent on, and if it succeeds and is not
@@ -308,7 +332,7 @@ async fn serve_unsafe<F: Fetch>(
 }
 
 /// What a `GET` or `HEAD` request found: its URL, its key, and what is stored there.
-struct Known {
+pub(crate) struct Known {
     uri: Uri,
     key: String,
     stored: pier_cache::Stored,
@@ -351,7 +375,10 @@ async fn serve_stored<F: Fetch>(
                 }
                 let mut status = CacheStatus::hit(entry.ttl(now));
                 status.collapsed = collapsed;
-                return Ok((from_entry(&entry, &req, &status, now), None));
+                return Ok((
+                    from_entry(&entry, req.method(), req.headers(), &status, now),
+                    None,
+                ));
             }
             Lookup::Stale {
                 entry,
@@ -373,7 +400,10 @@ async fn serve_stored<F: Fetch>(
                     let mut status = CacheStatus::hit(entry.ttl(now));
                     status.fwd = Some(Forward::Stale);
                     status.detail = Some("stale-while-revalidate");
-                    return Ok((from_entry(&entry, &req, &status, now), None));
+                    return Ok((
+                        from_entry(&entry, req.method(), req.headers(), &status, now),
+                        None,
+                    ));
                 }
                 if only_if_cached(req.headers()) {
                     return Ok((not_cached(), None));
@@ -402,14 +432,20 @@ async fn serve_stored<F: Fetch>(
                         Revalidated::Refreshed(entry) => {
                             shared.counts.revalidated.increment(1);
                             status.ttl = Some(entry.ttl(now));
-                            (from_entry(&entry, &req, &status, now), None)
+                            (
+                                from_entry(&entry, req.method(), req.headers(), &status, now),
+                                None,
+                            )
                         }
                         Revalidated::Failed => {
                             shared.counts.stale.increment(1);
                             status.hit = true;
                             status.ttl = Some(entry.ttl(now));
                             status.detail = Some("stale-if-error");
-                            (from_entry(&entry, &req, &status, now), None)
+                            (
+                                from_entry(&entry, req.method(), req.headers(), &status, now),
+                                None,
+                            )
                         }
                         Revalidated::Replaced(response) => {
                             shared.counts.miss.increment(1);
@@ -692,11 +728,12 @@ impl Body for Storing {
     }
 }
 
-/// The response for `req` from `entry`, at `now`, with `status`: its stored head with `Age`,
+/// The response from `entry` to a request (`method`, `headers_in`), at `now`, with `status`: its stored head with `Age`,
 /// or what `req`'s conditions or range make of it (`304`, `412`, `206`, `416`).
-fn from_entry<B>(
+fn from_entry(
     entry: &Entry,
-    req: &Request<B>,
+    method: &Method,
+    headers_in: &HeaderMap,
     status: &CacheStatus,
     now: SystemTime,
 ) -> Response<ResponseBody> {
@@ -709,7 +746,7 @@ fn from_entry<B>(
     headers.insert(header::AGE, HeaderValue::from(entry.age(now)));
     let mut code = entry.status;
     let mut body = entry.body.clone();
-    if entry.status == StatusCode::OK && has_conditions(req.headers()) {
+    if entry.status == StatusCode::OK && has_conditions(headers_in) {
         let etag = entry
             .headers
             .get(header::ETAG)
@@ -719,7 +756,7 @@ fn from_entry<B>(
             .get(header::LAST_MODIFIED)
             .and_then(|v| v.to_str().ok());
         let modified = last_modified.and_then(|d| httpdate::parse_http_date(d).ok());
-        match conditional::evaluate(req.headers(), etag, modified) {
+        match conditional::evaluate(headers_in, etag, modified) {
             Condition::NotModified => {
                 code = StatusCode::NOT_MODIFIED;
                 body = Bytes::new();
@@ -731,7 +768,7 @@ fn from_entry<B>(
             }
             Condition::Proceed => {
                 let len = entry.body.len() as u64;
-                match conditional::range(req.headers(), len, etag, last_modified) {
+                match conditional::range(headers_in, len, etag, last_modified) {
                     Ok(Some((first, last))) => {
                         code = StatusCode::PARTIAL_CONTENT;
                         body = entry.body.slice(first as usize..=last as usize);
@@ -758,7 +795,7 @@ fn from_entry<B>(
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     }
     mark_parts(&mut headers, status);
-    let body = if req.method() == Method::HEAD || body.is_empty() {
+    let body = if *method == Method::HEAD || body.is_empty() {
         ResponseBody::Full(None)
     } else {
         ResponseBody::Full(Some(body))
@@ -959,7 +996,7 @@ impl pier_engine::Outbound for CachedOutbound {
             options,
         };
         Box::pin(async move {
-            let (response, _) = serve(&shared, origin, request, None, None).await?;
+            let (response, _) = serve(&shared, origin, request, None, None, None).await?;
             // A body that ends in an error reaches the guest as an incomplete response.
             Ok(response.map(|body| {
                 body.map_err(|_| wasmtime_wasi_http::Error::HttpResponseIncomplete)

@@ -143,6 +143,18 @@ impl Pipeline {
             let message = format!("no route for {}", record.uri.path());
             return reject(record, StatusCode::NOT_FOUND, &message, "no_route");
         }
+        // A route with a cache and no filters looks up first: a hit is answered here, with no
+        // slot of `--max-concurrency` (it runs no guest) and no request body wrapped.
+        let mut known = None;
+        if let Handler::Cached(cache, _) = &self.handler
+            && self.filters.is_empty()
+        {
+            match crate::cache::lookup(cache, &req).await {
+                crate::cache::Looked::Hit(response) => return record.attach(response),
+                crate::cache::Looked::Found(found) => known = Some(found),
+                crate::cache::Looked::Unsafe => {}
+            }
+        }
         // Admission: answer at once rather than queue without bound.
         let Ok(permit) = self.admission.concurrency.clone().try_acquire_owned() else {
             metrics::counter!(crate::metrics::REJECTED, "reason" => "overload").increment(1);
@@ -178,7 +190,9 @@ impl Pipeline {
             // Boxed: the filters' futures would make every request's future that much bigger.
             return Box::pin(self.filtered(req, record, peer, limit, permit)).await;
         }
-        let (response, outcome) = self.handle(req, peer, limit, permit).await;
+        // Boxed: what every request's future holds (and hyper moves with it) stays what a hit
+        // needs; a request sent on pays one allocation.
+        let (response, outcome) = Box::pin(self.handle(req, peer, limit, permit, known)).await;
         record.guest = outcome;
         record.attach(response)
     }
@@ -206,21 +220,27 @@ impl Pipeline {
         }
         let body = FilterChain::request_body(&record.streams, &mut parts.headers, body);
         let req = Request::from_parts(parts, body);
-        let (response, outcome) = self.handle(req, peer, limit, permit).await;
+        let (response, outcome) = self.handle(req, peer, limit, permit, None).await;
         record.guest = outcome;
         let response = FilterChain::on_response(&record.streams, response).await;
         record.attach(response)
     }
 
-    /// Calls the handler.
+    /// Calls the handler; `known`, what the route's cache found for `req` before admission.
     async fn handle(
         &self,
         req: Request<RequestBody>,
         peer: std::net::SocketAddr,
         limit: BodyLimit,
         permit: Permits,
+        known: Option<crate::cache::Known>,
     ) -> (Response<ResponseBody>, Option<Arc<GuestOutcome>>) {
-        answer(&self.handler, req, peer, Some(limit), Some(permit)).await
+        match (&self.handler, known) {
+            (Handler::Cached(cache, inner), known @ Some(_)) => {
+                cached(cache, inner, req, peer, known, Some(limit), Some(permit)).await
+            }
+            _ => answer(&self.handler, req, peer, Some(limit), Some(permit)).await,
+        }
     }
 }
 
@@ -246,17 +266,7 @@ where
             Box::pin(handler::handle(app.clone(), req, limit, permit, None)).await
         }
         Handler::Chain(chain) => Box::pin(chain.handle(req, peer, limit, permit)).await,
-        Handler::Cached(cache, inner) => {
-            let origin = crate::cache::ToHandler::new(inner, peer);
-            match crate::cache::serve(cache, origin, req, limit, permit).await {
-                Ok(answered) => answered,
-                // (A handler always answers.)
-                Err(e) => (
-                    error_response(StatusCode::BAD_GATEWAY, &format!("no answer: {e}")),
-                    None,
-                ),
-            }
-        }
+        Handler::Cached(cache, inner) => cached(cache, inner, req, peer, None, limit, permit).await,
         Handler::Upstream(upstream) => {
             let response = Box::pin(upstream.handle(req, peer)).await;
             drop(permit);
@@ -269,6 +279,31 @@ where
             (response, None)
         }
         Handler::NotFound => unreachable!("answered before admission"),
+    }
+}
+
+/// Answers `req` from `cache`, or through `inner` (see [`crate::cache::serve`]).
+async fn cached<B>(
+    cache: &Arc<crate::cache::SharedCache>,
+    inner: &Handler,
+    req: Request<B>,
+    peer: std::net::SocketAddr,
+    known: Option<crate::cache::Known>,
+    limit: Option<BodyLimit>,
+    permit: Option<Permits>,
+) -> (Response<ResponseBody>, Option<Arc<GuestOutcome>>)
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    let origin = crate::cache::ToHandler::new(inner, peer);
+    match crate::cache::serve(cache, origin, req, known, limit, permit).await {
+        Ok(answered) => answered,
+        // (A handler always answers.)
+        Err(e) => (
+            error_response(StatusCode::BAD_GATEWAY, &format!("no answer: {e}")),
+            None,
+        ),
     }
 }
 

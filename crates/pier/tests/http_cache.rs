@@ -310,7 +310,37 @@ in_both_storages!(
     s_maxage_and_expires_give_freshness,
     an_aborted_body_is_not_stored,
     an_unsafe_method_invalidates_its_location_too,
+    a_hit_holds_no_slot_of_max_concurrency,
 );
+
+/// `--max-concurrency` counts requests sent on: with its one slot taken by a slow miss, a hit
+/// is still answered, and another miss is refused (`503`).
+async fn a_hit_holds_no_slot_of_max_concurrency(storage: Storage) {
+    let (origin, addr) = Origin::start().await;
+    let Some(pier) = pier_in_front(storage, addr, &["--max-concurrency", "1"]) else {
+        return;
+    };
+    let stored = "/a?cc=max-age=60";
+    assert_eq!(get(&pier, stored, &[]).await.status, StatusCode::OK);
+    let slow = "/slow?delay=1500";
+    let waiting = {
+        let addr = pier.addr.clone();
+        tokio::spawn(async move {
+            let req = Request::get(slow).body(Full::new(Bytes::new())).unwrap();
+            pier_testkit::send(&addr, Proto::H1, req).await.unwrap()
+        })
+    };
+    while origin.seen(&format!("GET {slow}")) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let hit = get(&pier, stored, &[]).await;
+    assert_eq!(hit.status, StatusCode::OK);
+    assert!(status(&hit).contains("hit"), "{}", status(&hit));
+    assert_eq!(origin.seen(&format!("GET {stored}")), 1);
+    let refused = get(&pier, "/b?cc=max-age=60", &[]).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(waiting.await.unwrap().status, StatusCode::OK);
+}
 
 async fn get(pier: &PierServer, target: &str, headers: &[(&str, &str)]) -> Answer {
     send(pier, "GET", target, headers).await
