@@ -24,6 +24,7 @@ mod server;
 mod service;
 mod tls;
 mod upstream;
+mod woken;
 
 pub use app::{Built, Checked, build, build_keeping, check, open_store, run};
 pub use body::{BodyError, ResponseBody, error_response};

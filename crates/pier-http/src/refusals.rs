@@ -2,7 +2,7 @@
 //! logs and counts the same:
 //!
 //! - the responses hyper writes on its own for a request head it cannot parse (400, 414, and
-//!   431 for a header section beyond its buffer) become pier's: a one-line body, `server: pier`,
+//!   431 for a header section beyond its buffer or with more fields than it takes) become pier's: a one-line body, `server: pier`,
 //!   `connection: close`, an access-log line and the rejection counter;
 //! - a connection that starts like HTTP/2 (`PRI `) but with a wrong preface gets an empty
 //!   SETTINGS frame and GOAWAY with PROTOCOL_ERROR (RFC 9113, 3.4), not an HTTP/1.1 400.
@@ -44,7 +44,7 @@ pub fn replace(status: u16, original: &[u8], peer: SocketAddr) -> Vec<u8> {
         414 => ("URI Too Long", "request target too long", "uri_too_long"),
         431 => (
             "Request Header Fields Too Large",
-            "request header section too large",
+            "request header section too large, or with too many fields",
             "headers_too_large",
         ),
         _ => ("Bad Request", "malformed request head", "malformed_head"),
@@ -121,10 +121,10 @@ mod tests {
             "{ours}"
         );
         assert!(
-            ours.ends_with("\r\n\r\nrequest header section too large\n"),
+            ours.ends_with("\r\n\r\nrequest header section too large, or with too many fields\n"),
             "{ours}"
         );
-        assert!(ours.contains("content-length: 33\r\n"), "{ours}");
+        assert!(ours.contains("content-length: 58\r\n"), "{ours}");
     }
 
     #[test]

@@ -23,6 +23,7 @@ use wasmtime_wasi_http::WasiBody;
 use crate::conn::{Activity, Expired, Timeouts, Tracked};
 use crate::router::{Entry, Router};
 use crate::service::{Admission, Pipeline};
+use crate::woken::{IfWoken, WakeFlag};
 
 /// One route as the server takes it: where, what answers, the filters in front.
 pub struct Routed {
@@ -396,9 +397,17 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(None)
-        .max_headers(limits.max_headers.saturating_mul(2).max(100))
         .max_buf_size(limits.max_header_size.saturating_mul(2).max(8192))
         .keep_alive(true);
+    // hyper parses a head into room for its default of 100 fields kept on the stack; a limit
+    // of its own makes it allocate and fill room for that many fields for every request (~10
+    // KiB for 200). Up to 100 fields pier's check speaks first; past them hyper's 431 is made
+    // pier's (see `refusals`). Only a limit above the default needs hyper's raised.
+    if limits.max_headers > HYPER_MAX_HEADERS {
+        builder
+            .http1()
+            .max_headers(limits.max_headers.saturating_mul(2));
+    }
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -411,6 +420,9 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         );
     builder
 }
+
+/// The header fields hyper's HTTP/1 parser takes when no limit is set.
+const HYPER_MAX_HEADERS: usize = 100;
 
 /// One accepted connection.
 struct Connection {
@@ -461,6 +473,7 @@ impl Connection {
         // An idle connection told to go away (HTTP/2 GOAWAY) that has not gone within the send
         // timeout: its client holds a response it does not take (a window never opened).
         let mut leaving_by: Option<std::time::Instant> = None;
+        let drain = WakeFlag::new();
         loop {
             // Once closing, only a slow client is still cut off: the rest is the drain's.
             let timeouts = Timeouts {
@@ -479,7 +492,8 @@ impl Connection {
                     }
                     return;
                 }
-                _ = self.draining.changed(), if !closing => {
+                // Polled only once the drain has woken the task, not with every request.
+                _ = IfWoken::new(&drain, self.draining.changed()), if !closing => {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }

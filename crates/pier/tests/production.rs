@@ -342,6 +342,35 @@ async fn too_many_or_too_large_headers_are_431() {
     }
 }
 
+/// More header fields than the HTTP/1 parser takes at the default limit (100): still pier's
+/// 431, on both protocols, and the connection's next request is served.
+#[tokio::test]
+async fn more_fields_than_the_parser_takes_are_pier_431() {
+    let server = serve("hello", &[]);
+    for proto in PROTOS {
+        let mut many = Request::builder().uri("/");
+        for i in 0..150 {
+            many = many.header(format!("x-h{i}"), "v");
+        }
+        let answer = pier_testkit::send(
+            &server.addr,
+            proto,
+            many.body(Full::new(Bytes::new())).unwrap(),
+        )
+        .await
+        .unwrap();
+        assert_pier_error(
+            &answer,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "too many",
+        );
+        assert_eq!(
+            get(&server.addr, proto, "/").await.unwrap().status,
+            StatusCode::OK
+        );
+    }
+}
+
 /// A header section beyond what pier buffers (twice --max-header-size) is still pier's 431 on
 /// HTTP/1.1: its body, `server: pier`, the access log; and a head that does not parse is pier's
 /// 400. (HTTP/2's oversized sections are in h2_frames.rs.)
@@ -353,7 +382,11 @@ async fn heads_the_parser_refuses_are_pier_errors_too() {
         "v".repeat(200_000)
     );
     for (request, status, body) in [
-        (big.as_str(), "431", "request header section too large\n"),
+        (
+            big.as_str(),
+            "431",
+            "request header section too large, or with too many fields\n",
+        ),
         (
             "GET / HTTP/1.1\r\nbad header\r\n\r\n",
             "400",
