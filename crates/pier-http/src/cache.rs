@@ -728,8 +728,9 @@ impl Body for Storing {
     }
 }
 
-/// The response from `entry` to a request (`method`, `headers_in`), at `now`, with `status`: its stored head with `Age`,
-/// or what `req`'s conditions or range make of it (`304`, `412`, `206`, `416`).
+/// The response from `entry` to a request (its `method` and `headers_in`), at `now`, with
+/// `status`: its stored head with `Age`, or what the request's conditions or range make of it
+/// (`304`, `412`, `206`, `416`).
 fn from_entry(
     entry: &Entry,
     method: &Method,
