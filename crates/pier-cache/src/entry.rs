@@ -26,6 +26,27 @@ pub struct Entry {
     pub(crate) vary: Vec<(HeaderName, Vec<http::HeaderValue>)>,
     /// `Vary: *`: it matches no request.
     pub(crate) vary_any: bool,
+    /// The head of a plain hit, as last built from it.
+    pub hit_head: HitHead,
+}
+
+/// The response head of a plain hit (no conditions, no range), built from an entry and kept
+/// with the `Age` and `ttl` it was built for: the hits of the next second or so reuse it.
+#[derive(Debug, Default)]
+pub struct HitHead(arc_swap::ArcSwapOption<(u64, i64, HeaderMap)>);
+
+impl HitHead {
+    /// The head kept, if it was built for `age` and `ttl`.
+    pub fn get(&self, age: u64, ttl: i64) -> Option<HeaderMap> {
+        let kept = self.0.load();
+        let (a, t, head) = kept.as_deref()?;
+        (*a == age && *t == ttl).then(|| head.clone())
+    }
+
+    /// Keeps `head`, built for `age` and `ttl`.
+    pub fn keep(&self, age: u64, ttl: i64, head: HeaderMap) {
+        self.0.store(Some(std::sync::Arc::new((age, ttl, head))));
+    }
 }
 
 impl Entry {
@@ -61,6 +82,7 @@ impl Entry {
             body,
             vary,
             vary_any,
+            hit_head: HitHead::default(),
         }
     }
 
@@ -89,6 +111,7 @@ impl Entry {
             body: self.body.clone(),
             vary: self.vary.clone(),
             vary_any: self.vary_any,
+            hit_head: HitHead::default(),
         }
     }
 
@@ -280,6 +303,26 @@ mod tests {
             );
         }
         map
+    }
+
+    #[test]
+    fn a_hit_head_is_reused_only_for_the_age_and_ttl_it_was_built_for() {
+        let kept = HitHead::default();
+        assert_eq!(kept.get(0, 60), None);
+        kept.keep(
+            0,
+            60,
+            headers(&[("age", "0"), ("cache-status", "pier; hit; ttl=60")]),
+        );
+        assert_eq!(
+            kept.get(0, 60).unwrap()["cache-status"],
+            "pier; hit; ttl=60"
+        );
+        assert_eq!(kept.get(1, 60), None);
+        assert_eq!(kept.get(0, 59), None);
+        kept.keep(1, 59, headers(&[("age", "1")]));
+        assert_eq!(kept.get(1, 59).unwrap()["age"], "1");
+        assert_eq!(kept.get(0, 60), None);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use std::time::SystemTime;
 use http::{HeaderMap, Method, Uri, request};
 use http_cache_semantics::{AfterResponse, BeforeRequest, CacheOptions};
 
-pub use entry::{Entry, Windows};
+pub use entry::{Entry, HitHead, Windows};
 pub use http_cache_semantics::CachePolicy;
 pub use memory::{MemoryStore, Variants};
 pub use redis_store::RedisStore;

@@ -181,6 +181,7 @@ impl Decoded {
                 windows: head.windows,
                 vary,
                 vary_any: head.vary_any,
+                hit_head: Default::default(),
             }));
         }
         Some(variants)

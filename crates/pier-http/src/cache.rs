@@ -302,11 +302,39 @@ pub(crate) fn lookup<'a, B>(
         let now = SystemTime::now();
         if let Some(entry) = shared.cache.fresh(&stored, headers, now) {
             shared.counts.hit.increment(1);
-            let status = CacheStatus::hit(entry.ttl(now));
-            return Looked::Hit(from_entry(&entry, method, headers, &status, now));
+            return Looked::Hit(plain_hit(&entry, method, headers, now));
         }
         Looked::Found(Known { uri, key, stored })
     }
+}
+
+/// [`from_entry`] for a fresh entry and a request with no directives of its own. Without
+/// conditions or a range its head depends only on `Age` and `ttl`: built once, then cloned by
+/// the hits that find the same two (the next second or so of hits).
+fn plain_hit(
+    entry: &Entry,
+    method: &Method,
+    headers_in: &HeaderMap,
+    now: SystemTime,
+) -> Response<ResponseBody> {
+    let (age, ttl) = (entry.age(now), entry.ttl(now));
+    let plain = entry.status != StatusCode::OK || !has_conditions(headers_in);
+    if plain && let Some(head) = entry.hit_head.get(age, ttl) {
+        let body = if *method == Method::HEAD || entry.body.is_empty() {
+            ResponseBody::Full(None)
+        } else {
+            ResponseBody::Full(Some(entry.body.clone()))
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = entry.status;
+        *response.headers_mut() = head;
+        return response;
+    }
+    let response = from_entry(entry, method, headers_in, &CacheStatus::hit(ttl), now);
+    if plain {
+        entry.hit_head.keep(age, ttl, response.headers().clone());
+    }
+    response
 }
 
 /// A request with a method other than `GET` and `HEAD`: sent on, and if it succeeds and is not
