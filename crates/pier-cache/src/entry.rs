@@ -130,14 +130,15 @@ impl Entry {
                 .all(|(name, values)| headers.get_all(name).iter().eq(values.iter()))
     }
 
-    /// Bytes it takes in a store, roughly: its body and its header fields.
+    /// Bytes it takes in a store, roughly: its body, its header fields, and the head of a plain
+    /// hit it keeps (the same fields, their values shared, and two more).
     pub fn weight(&self) -> u64 {
         let headers: usize = self
             .headers
             .iter()
-            .map(|(n, v)| n.as_str().len() + v.len() + 32)
+            .map(|(n, v)| n.as_str().len() + v.len() + 32 + 32)
             .sum();
-        (self.body.len() + headers + 512) as u64
+        (self.body.len() + headers + 512 + 128) as u64
     }
 
     /// Its age at `now`, in whole seconds (the `Age` header).

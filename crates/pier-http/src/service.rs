@@ -1,6 +1,8 @@
-//! The request path, in order: limits on the head, admission (`--max-concurrency`; a fresh
-//! component instance then starts at the pace of [`crate::pace`]), the handler, and the access
-//! record that logs the response when it is done.
+//! The request path, in order: limits on the head, the route's cache (a hit is answered
+//! there), admission (`--max-concurrency`; a fresh component instance then starts at the pace
+//! of [`crate::pace`]), the handler, and the access record that logs the response when it is
+//! done. (On a route with filters, the request filters run after admission and the cache
+//! behind them.)
 
 use std::sync::Arc;
 use std::time::Instant;
