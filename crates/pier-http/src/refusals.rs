@@ -2,8 +2,9 @@
 //! logs and counts the same:
 //!
 //! - the responses hyper writes on its own for a request head it cannot parse (400, 414, and
-//!   431 for a header section beyond its buffer or with more fields than it takes) become pier's: a one-line body, `server: pier`,
-//!   `connection: close`, an access-log line and the rejection counter;
+//!   431 for a header section beyond its buffer or with more fields than it takes) become
+//!   pier's: a one-line body, `server: pier`, `connection: close`, an access-log line and the
+//!   rejection counter;
 //! - a connection that starts like HTTP/2 (`PRI `) but with a wrong preface gets an empty
 //!   SETTINGS frame and GOAWAY with PROTOCOL_ERROR (RFC 9113, 3.4), not an HTTP/1.1 400.
 
