@@ -17,7 +17,7 @@
 //!
 //! A live instance is runnable from its admission until its future returns `Pending`, and again
 //! from the moment it is woken (or polled) until its next `Pending`; [`Paced`] tracks this with a
-//! waker of its own around each poll.
+//! waker of its own around its polls.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -365,6 +365,8 @@ impl Drop for Live {
 pub(crate) struct Paced<F> {
     /// (Dropped first: the instance is gone before its room is given back.)
     future: F,
+    /// The waker its polls pass on, kept while the task polling it stays the same.
+    wakes: Option<Arc<Wakes>>,
     /// Given back as soon as the future ends.
     live: Option<Live>,
 }
@@ -375,7 +377,11 @@ impl<F: Future + Unpin> Paced<F> {
         if let Some(live) = &mut live {
             live.measured = true;
         }
-        Paced { future, live }
+        Paced {
+            future,
+            wakes: None,
+            live,
+        }
     }
 }
 
@@ -407,13 +413,21 @@ impl<F: Future + Unpin> Future for Paced<F> {
         };
         // Polled without having been woken (a spurious poll, or by a waker of its caller's).
         live.pace.resume(&live.timing);
-        let waker = Waker::from(Arc::new(Wakes {
-            timing: live.timing.clone(),
-            pace: live.pace.clone(),
-            waker: cx.waker().clone(),
-        }));
+        let wakes = match &this.wakes {
+            Some(wakes) if wakes.waker.will_wake(cx.waker()) => wakes.clone(),
+            _ => this
+                .wakes
+                .insert(Arc::new(Wakes {
+                    timing: live.timing.clone(),
+                    pace: live.pace.clone(),
+                    waker: cx.waker().clone(),
+                }))
+                .clone(),
+        };
+        let waker = Waker::from(wakes);
         match Pin::new(&mut this.future).poll(&mut Context::from_waker(&waker)) {
             Poll::Ready(output) => {
+                this.wakes = None;
                 this.live = None;
                 Poll::Ready(output)
             }
