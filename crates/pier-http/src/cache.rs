@@ -320,12 +320,7 @@ fn plain_hit(
     let (age, ttl) = (entry.age(now), entry.ttl(now));
     let plain = entry.status != StatusCode::OK || !has_conditions(headers_in);
     if plain && let Some(head) = entry.hit_head.get(age, ttl) {
-        let body = if *method == Method::HEAD || entry.body.is_empty() {
-            ResponseBody::Full(None)
-        } else {
-            ResponseBody::Full(Some(entry.body.clone()))
-        };
-        let mut response = Response::new(body);
+        let mut response = Response::new(answer_body(method, entry.body.clone()));
         *response.status_mut() = entry.status;
         *response.headers_mut() = head;
         return response;
@@ -824,15 +819,19 @@ fn from_entry(
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     }
     mark_parts(&mut headers, status);
-    let body = if *method == Method::HEAD || body.is_empty() {
-        ResponseBody::Full(None)
-    } else {
-        ResponseBody::Full(Some(body))
-    };
-    let mut response = Response::new(body);
+    let mut response = Response::new(answer_body(method, body));
     *response.status_mut() = code;
     *response.headers_mut() = headers;
     response
+}
+
+/// `body` as the answer to a request with `method` (none to a `HEAD`).
+fn answer_body(method: &Method, body: Bytes) -> ResponseBody {
+    if *method == Method::HEAD || body.is_empty() {
+        ResponseBody::Full(None)
+    } else {
+        ResponseBody::Full(Some(body))
+    }
 }
 
 /// Whether a request has preconditions or asks for a range (what can make a stored `200`

@@ -311,7 +311,30 @@ in_both_storages!(
     an_aborted_body_is_not_stored,
     an_unsafe_method_invalidates_its_location_too,
     a_hit_holds_no_slot_of_max_concurrency,
+    hits_seconds_apart_tell_their_own_age,
 );
+
+/// The `Age` and `ttl` of hits a couple of seconds apart are those of their own moment, not of
+/// an earlier hit's (whose head pier keeps for the hits of the same second).
+async fn hits_seconds_apart_tell_their_own_age(storage: Storage) {
+    let (_origin, addr) = Origin::start().await;
+    let Some(pier) = pier_in_front(storage, addr, &[]) else {
+        return;
+    };
+    let target = "/aging?cc=max-age=60";
+    get(&pier, target, &[]).await;
+    let read = |answer: &Answer| {
+        let age: u64 = answer.headers["age"].to_str().unwrap().parse().unwrap();
+        let status = status(answer);
+        let ttl: i64 = status.rsplit("ttl=").next().unwrap().parse().unwrap();
+        (age, ttl)
+    };
+    let (age, ttl) = read(&get(&pier, target, &[]).await);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (later_age, later_ttl) = read(&get(&pier, target, &[]).await);
+    assert!(later_age >= age + 2, "age {age} then {later_age}");
+    assert!(later_ttl <= ttl - 2, "ttl {ttl} then {later_ttl}");
+}
 
 /// `--max-concurrency` counts requests sent on: with its one slot taken by a slow miss, a hit
 /// is still answered, and another miss is refused (`503`).
