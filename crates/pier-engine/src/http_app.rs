@@ -234,8 +234,10 @@ pub struct HttpApp {
     settings: StoreSettings,
     outbound: Arc<dyn Outbound>,
     warm: Arc<Warm>,
-    /// With `settings.reuse` > 1: the workers holding reused instances, started on first use.
-    workers: OnceLock<wasmtime_wasi_http::handler::ProxyHandler<crate::reuse::Workers>>,
+    /// With `settings.reuse` > 1: the workers holding reused instances, started on first use;
+    /// one set per serving thread ([`crate::thread_slot`]), so a thread's requests go to
+    /// instances its own runtime runs.
+    workers: Box<[OnceLock<wasmtime_wasi_http::handler::ProxyHandler<crate::reuse::Workers>>]>,
 }
 
 impl HttpApp {
@@ -313,7 +315,9 @@ impl HttpApp {
             settings,
             outbound: Arc::new(DenyAll),
             warm: Arc::default(),
-            workers: OnceLock::new(),
+            workers: (0..crate::thread_slot::slots())
+                .map(|_| OnceLock::new())
+                .collect(),
         })
     }
 
@@ -425,7 +429,8 @@ impl HttpApp {
         self: &Arc<Self>,
         req: http::Request<wasmtime_wasi_http::WasiBody>,
     ) -> wasmtime::Result<http::Response<wasmtime_wasi_http::WasiBody>> {
-        let workers = self.workers.get_or_init(|| {
+        let slot = crate::thread_slot::slot(self.workers.len());
+        let workers = self.workers[slot].get_or_init(|| {
             wasmtime_wasi_http::handler::ProxyHandler::new(crate::reuse::Workers {
                 app: Arc::downgrade(self),
                 uses: self.settings.reuse,

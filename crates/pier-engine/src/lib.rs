@@ -14,6 +14,7 @@ pub mod p3;
 mod report;
 mod reuse;
 mod run;
+pub mod thread_slot;
 
 pub use cache::{CacheOutcome, CompileCache};
 pub use denials::warn_denied;

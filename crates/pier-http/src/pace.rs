@@ -79,15 +79,6 @@ impl Pace {
         }
     }
 
-    /// A pace for the current runtime's worker threads (or the machine's cores, outside one).
-    pub(crate) fn for_runtime() -> Pace {
-        let threads = tokio::runtime::Handle::try_current()
-            .map(|h| h.metrics().num_workers())
-            .or_else(|_| std::thread::available_parallelism().map(|n| n.get()))
-            .unwrap_or(1);
-        Pace::new(threads)
-    }
-
     /// How many live instances keep the threads busy: each thread runs one instance while the
     /// others it has started wait, so `threads x lifetime / runnable time` (an instance that
     /// waits as long as it runs needs two per thread); at least [`Pace::base`].

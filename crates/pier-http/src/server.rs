@@ -46,7 +46,12 @@ pub struct Routed {
 
 /// A listening server that has not started accepting yet.
 pub struct Server {
-    listener: TcpListener,
+    /// One listening socket per serving thread (several: an `SO_REUSEPORT` group).
+    listeners: Vec<std::net::TcpListener>,
+    /// The runtimes of the serving threads past the first (none with one thread, which serves
+    /// on the runtime that calls [`Server::serve`]).
+    runtimes: Vec<tokio::runtime::Runtime>,
+    local: SocketAddr,
     routes: Arc<Routes>,
     limits: Limits,
     tls: Option<TlsAcceptor>,
@@ -67,8 +72,13 @@ pub struct Routes {
 }
 
 impl Routes {
-    fn new(routes: Vec<Routed>, limits: Limits, local: Option<SocketAddr>) -> Routes {
-        let admission = Admission::new(&limits);
+    fn new(
+        routes: Vec<Routed>,
+        limits: Limits,
+        local: Option<SocketAddr>,
+        threads: usize,
+    ) -> Routes {
+        let admission = Admission::new(&limits, threads);
         let router = Routes::router(routes, &limits, local, &admission);
         Routes {
             current: ArcSwap::from_pointee(router),
@@ -176,6 +186,9 @@ pub enum ServeError {
     /// The listening socket given cannot be served on.
     #[error("cannot serve on the listening socket given: {error}")]
     Inherited { error: std::io::Error },
+    /// A serving thread's runtime could not be made.
+    #[error("cannot start a serving thread's runtime: {error}")]
+    Runtime { error: std::io::Error },
 }
 
 /// Binds `addr`, naming `flag` in the error.
@@ -258,10 +271,18 @@ fn bind_error(addr: SocketAddr, flag: &'static str, source: std::io::Error) -> S
 /// Where the server listens.
 #[derive(Debug)]
 pub enum Listen {
-    /// A port of its own.
-    Addr(SocketAddr),
+    /// A port of its own, served by `threads` threads: each accepts on a listening socket of
+    /// its own (`SO_REUSEPORT`: the kernel spreads new connections over them) and runs those
+    /// connections, their requests and their guests on its own single-threaded runtime, so a
+    /// request's work is never handed from one thread to another.
+    Addr {
+        /// The address.
+        addr: SocketAddr,
+        /// Serving threads (at least one).
+        threads: usize,
+    },
     /// A socket already listening, given by whoever started the process (a worker's, from
-    /// [`SharedPort`]).
+    /// [`SharedPort`]), served by the runtime that calls [`Server::serve`].
     Listener(std::net::TcpListener),
 }
 
@@ -273,17 +294,39 @@ impl Server {
         limits: Limits,
         tls: Option<TlsAcceptor>,
     ) -> Result<Server, ServeError> {
-        let listener = match listen {
-            Listen::Addr(addr) => bind(addr, "--addr").await?,
-            Listen::Listener(listener) => listener
-                .set_nonblocking(true)
-                .and_then(|()| TcpListener::from_std(listener))
-                .map_err(|source| ServeError::Inherited { error: source })?,
+        let listeners = match listen {
+            Listen::Addr { addr, threads } if threads > 1 => {
+                let port = SharedPort::bind(addr, threads, "--addr")?;
+                port.listeners
+            }
+            Listen::Addr { addr, .. } => {
+                let listener = bind(addr, "--addr").await?;
+                let listener = listener
+                    .into_std()
+                    .map_err(|source| bind_error(addr, "--addr", source))?;
+                vec![listener]
+            }
+            Listen::Listener(listener) => vec![listener],
         };
-        let local = listener.local_addr().ok();
+        let inherited = |source| ServeError::Inherited { error: source };
+        for listener in &listeners {
+            listener.set_nonblocking(true).map_err(inherited)?;
+        }
+        let local = listeners[0].local_addr().map_err(inherited)?;
+        let runtimes = (1..listeners.len())
+            .map(|_| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+            })
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|error| ServeError::Runtime { error })?;
+        let threads = listeners.len();
         Ok(Server {
-            listener,
-            routes: Arc::new(Routes::new(routes, limits.clone(), local)),
+            listeners,
+            runtimes,
+            local,
+            routes: Arc::new(Routes::new(routes, limits.clone(), Some(local), threads)),
             limits,
             tls,
         })
@@ -296,9 +339,7 @@ impl Server {
 
     /// The address actually bound (the real port when `:0` was asked for).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.local
     }
 
     /// The URL clients reach the server at.
@@ -310,22 +351,120 @@ impl Server {
     /// Serves until `shutdown` resolves; then stops accepting, asks every connection to finish
     /// (HTTP/2 GOAWAY, HTTP/1.1 close after the current response) and waits up to
     /// `--drain-timeout` for in-flight requests before returning.
+    ///
+    /// The first listening socket is served on the calling task's runtime; each other one on a
+    /// thread of its own, whose runtime ends (and with it whatever it still runs) once the drain
+    /// is over.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let Server {
-            listener,
+            listeners,
+            runtimes,
+            local: _,
             routes,
             limits,
             tls,
         } = self;
-        let builder = Arc::new(http_builder(&limits));
-        let connections = Arc::new(Semaphore::new(limits.max_connections));
         let (draining_tx, draining) = watch::channel(false);
-        tokio::pin!(shutdown);
+        let acceptor = Arc::new(Acceptor {
+            builder: http_builder(&limits),
+            routes,
+            connections: Arc::new(Semaphore::new(limits.max_connections)),
+            limits,
+            tls,
+            draining,
+        });
+        let (drained_tx, drained) = watch::channel(false);
+        let mut listeners = listeners.into_iter();
+        let first = listeners.next().expect("a server has a listening socket");
+        let threads: Vec<_> = listeners
+            .zip(runtimes)
+            .enumerate()
+            .map(|(i, (listener, runtime))| {
+                let acceptor = acceptor.clone();
+                let mut drained = drained.clone();
+                std::thread::Builder::new()
+                    .name(format!("pier-serve-{}", i + 1))
+                    .spawn(move || {
+                        runtime.block_on(async move {
+                            acceptor.accept(listener, acceptor.stopped()).await;
+                            // Its connections run on this runtime until the drain is over.
+                            let _ = drained.wait_for(|d| *d).await;
+                        });
+                    })
+                    .expect("cannot start a serving thread")
+            })
+            .collect();
+        acceptor.accept(first, shutdown).await;
+        let _ = draining_tx.send(true);
+        tracing::info!("shutting down: no new connections; waiting for in-flight requests");
+        let limits = &acceptor.limits;
+        let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+        let drain = acceptor.connections.acquire_many(all);
+        match tokio::time::timeout(limits.drain_timeout, drain).await {
+            Ok(_) => tracing::info!("drained: all connections closed"),
+            Err(_) => tracing::warn!(
+                "drain timed out after {:?}; closing the remaining connections",
+                limits.drain_timeout
+            ),
+        }
+        // The other threads' runtimes end, dropping what they still run; a thread whose guest
+        // has not come back to its runtime is not waited for long.
+        let _ = drained_tx.send(true);
+        let joined = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                if thread.join().is_err() {
+                    tracing::error!("a serving thread panicked");
+                }
+            }
+        });
+        let _ = tokio::time::timeout(THREADS_END_WITHIN, joined).await;
+    }
+}
+
+/// How long a server that drained waits for its other serving threads to end.
+const THREADS_END_WITHIN: Duration = Duration::from_secs(1);
+
+/// What every serving thread accepts connections with.
+struct Acceptor {
+    builder: auto::Builder<TokioExecutor>,
+    routes: Arc<Routes>,
+    limits: Limits,
+    tls: Option<TlsAcceptor>,
+    /// `--max-connections`, for all threads together.
+    connections: Arc<Semaphore>,
+    draining: watch::Receiver<bool>,
+}
+
+impl Acceptor {
+    /// Resolves once the server drains.
+    fn stopped(&self) -> impl Future<Output = ()> + 'static {
+        let mut draining = self.draining.clone();
+        async move {
+            let _ = draining.wait_for(|d| *d).await;
+        }
+    }
+
+    /// Accepts connections on `listener` until `stop` resolves, running each on a task of the
+    /// current runtime.
+    async fn accept(
+        self: &Arc<Self>,
+        listener: std::net::TcpListener,
+        stop: impl Future<Output = ()>,
+    ) {
+        let listener = match TcpListener::from_std(listener) {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::error!("cannot serve a listening socket: {e}");
+                return;
+            }
+        };
+        let limits = &self.limits;
+        tokio::pin!(stop);
         loop {
             // At the connection limit, stop accepting: clients wait in the kernel's backlog.
             let permit = tokio::select! {
-                permit = connections.clone().acquire_owned() => permit.expect("never closed"),
-                () = &mut shutdown => break,
+                permit = self.connections.clone().acquire_owned() => permit.expect("never closed"),
+                () = &mut stop => break,
             };
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -337,22 +476,21 @@ impl Server {
                         continue;
                     }
                 },
-                () = &mut shutdown => break,
+                () = &mut stop => break,
             };
             let _ = stream.set_nodelay(true);
             let conn = Connection {
-                builder: builder.clone(),
-                routes: routes.clone(),
+                acceptor: self.clone(),
                 timeouts: Timeouts {
                     idle: limits.idle_timeout,
                     header: limits.header_timeout,
                     send: limits.send_timeout,
                 },
-                draining: draining.clone(),
+                draining: self.draining.clone(),
                 peer,
-                secure: tls.is_some(),
+                secure: self.tls.is_some(),
             };
-            let tls = tls.clone();
+            let tls = self.tls.clone();
             // `--header-timeout 0` turns the slow-client limits off, this one too.
             let handshake_timeout = Some(limits.header_timeout)
                 .filter(|t| !t.is_zero())
@@ -371,17 +509,6 @@ impl Server {
                 }
                 drop(permit);
             });
-        }
-        drop(listener);
-        let _ = draining_tx.send(true);
-        tracing::info!("shutting down: no new connections; waiting for in-flight requests");
-        let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
-        match tokio::time::timeout(limits.drain_timeout, connections.acquire_many(all)).await {
-            Ok(_) => tracing::info!("drained: all connections closed"),
-            Err(_) => tracing::warn!(
-                "drain timed out after {:?}; closing the remaining connections",
-                limits.drain_timeout
-            ),
         }
     }
 }
@@ -426,8 +553,8 @@ const HYPER_MAX_HEADERS: usize = 100;
 
 /// One accepted connection.
 struct Connection {
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    routes: Arc<Routes>,
+    /// Its server's settings and routes.
+    acceptor: Arc<Acceptor>,
     timeouts: Timeouts,
     draining: watch::Receiver<bool>,
     peer: SocketAddr,
@@ -447,7 +574,7 @@ impl Connection {
     async fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(mut self, stream: S) {
         let activity = Activity::new(self.peer);
         let io = TokioIo::new(Tracked::new(stream, activity.clone()));
-        let routes = self.routes.clone();
+        let routes = self.acceptor.routes.clone();
         let requests = activity.clone();
         let secure = self.secure;
         let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
@@ -464,7 +591,7 @@ impl Connection {
             let router = routes.load();
             async move { Ok::<_, Infallible>(router.serve(req, Some(in_flight)).await) }
         });
-        let conn = self.builder.serve_connection(io, service);
+        let conn = self.acceptor.builder.serve_connection(io, service);
         tokio::pin!(conn);
         let mut closing = *self.draining.borrow();
         if closing {

@@ -88,7 +88,7 @@ impl Pipeline {
     #[cfg(test)]
     pub fn not_found_for_tests() -> Arc<Pipeline> {
         let limits = Limits::default();
-        let admission = Admission::new(&limits);
+        let admission = Admission::new(&limits, 1);
         Pipeline::new(
             Handler::NotFound,
             limits,
@@ -327,11 +327,11 @@ pub(crate) struct Admission {
 }
 
 impl Admission {
-    /// The admission `limits` ask for, on the current runtime.
-    pub(crate) fn new(limits: &Limits) -> Admission {
+    /// The admission `limits` ask for, for guests run on `threads` threads.
+    pub(crate) fn new(limits: &Limits, threads: usize) -> Admission {
         Admission {
             concurrency: Arc::new(Semaphore::new(limits.max_concurrency)),
-            pace: Arc::new(Pace::for_runtime()),
+            pace: Arc::new(Pace::new(threads)),
         }
     }
 }

@@ -112,6 +112,9 @@ struct ServeArgs {
     /// Requests one instance serves (0.2: one at a time, 0.3: 16 at once); 1 = fresh per request
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     instance_reuse: u32,
+    /// Threads serving in one process, each running the connections it accepts; default: one per core
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256), conflicts_with = "workers")]
+    threads: Option<u32>,
     /// Worker processes serving together on one port; one per core serves most.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     workers: u32,
@@ -152,6 +155,14 @@ struct ServeArgs {
 }
 
 impl ServeArgs {
+    /// How many threads serve (`--threads`, or one per core).
+    fn serving_threads(&self) -> usize {
+        self.threads.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            |n| n as usize,
+        )
+    }
+
     /// The application the flags (and the manifest, when one is given) describe.
     fn app(&self) -> anyhow::Result<App> {
         let settings = AppSettings {
@@ -776,15 +787,15 @@ fn main() -> ExitCode {
         matches!(cli.command, Command::Serve(_)),
     );
     let mut runtime = match &cli.command {
-        // A worker does everything on its one thread (see `--workers`): accepting, its
-        // connections, its guests and their outgoing requests, so no task is ever woken from
-        // another thread. (A multi-thread runtime with one worker thread, `block_on` running on
-        // the main thread beside it, cost a forwarded request ~35% more CPU.)
+        // A server's serving thread (one of `--threads`, or a worker of `--workers`) does
+        // everything on its one thread: accepting, its connections, its guests and their
+        // outgoing requests, so no task is handed to another thread. The main thread is the
+        // first serving thread (and runs the admin listener and reloads); the others have
+        // runtimes of their own (`pier_http::Server`). (A multi-thread runtime's hand-offs
+        // between its threads cost a light request a third more CPU.)
         // The supervisor only starts and watches its workers, on the main thread: a worker is
         // told to stop when the thread that started it ends (`PR_SET_PDEATHSIG`).
-        Command::Serve(args) if args.worker_fd.is_some() || args.workers > 1 => {
-            tokio::runtime::Builder::new_current_thread()
-        }
+        Command::Serve(_) => tokio::runtime::Builder::new_current_thread(),
         _ => tokio::runtime::Builder::new_multi_thread(),
     };
     let runtime = runtime
@@ -823,7 +834,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             workers::stop_with_supervisor()?;
             Listen::Listener(workers::inherited_listener(fd, "--worker-fd")?)
         }
-        None => Listen::Addr(args.addr),
+        None => Listen::Addr {
+            addr: args.addr,
+            threads: args.serving_threads(),
+        },
     };
     let app = args.app()?;
     // A worker reloads when its supervisor says so, which watches the files for all.

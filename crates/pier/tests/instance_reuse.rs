@@ -20,7 +20,15 @@ fn serve(args: &[&str]) -> PierServer {
 #[tokio::test]
 async fn a_0_2_instance_serves_n_requests_one_after_another() {
     let counter = pier_testkit::guest("counter");
-    let server = serve(&["--instance-reuse", "3", counter.to_str().unwrap()]);
+    // One serving thread: each thread keeps instances of its own, and these requests' new
+    // connections would be spread over them.
+    let server = serve(&[
+        "--instance-reuse",
+        "3",
+        "--threads",
+        "1",
+        counter.to_str().unwrap(),
+    ]);
     let mut globals = Vec::new();
     for _ in 0..7 {
         let answer = pier_testkit::get(&server.addr, Proto::H1, "/")

@@ -347,11 +347,15 @@ async fn http2_over_tls_with_a_private_ca() {
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, &pki.ca_pem).unwrap();
     let allow = format!("https://{target}");
+    // One serving thread: each keeps a pool of its own, and these requests' new connections
+    // would be spread over them.
     let pier = serve_forward(&[
         "--allow-outbound",
         &allow,
         "--ca-cert",
         ca.to_str().unwrap(),
+        "--threads",
+        "1",
     ]);
     for _ in 0..3 {
         let answer = forward(&pier, &target, true, "GET", "/hello", vec![]).await;
@@ -543,11 +547,14 @@ async fn a_name_resolving_to_loopback_needs_loopback_granted() {
 async fn outbound_metrics_show_reuse() {
     let upstream = Upstream::start(None).await;
     let target = upstream.addr.to_string();
+    // One serving thread: each keeps a pool of its own.
     let pier = serve_forward(&[
         "--allow-outbound",
         &format!("http://{target}"),
         "--admin-addr",
         "127.0.0.1:0",
+        "--threads",
+        "1",
     ]);
     for _ in 0..10 {
         forward(&pier, &target, false, "GET", "/hello", vec![]).await;
@@ -581,7 +588,14 @@ async fn a_componentize_py_guest_fetches_through_the_pool() {
     let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("py-cache");
     let pier = PierServer::start_with_env(
         pier(),
-        &["--allow-outbound", &allow, app.to_str().unwrap()],
+        // One serving thread: each keeps a pool of its own.
+        &[
+            "--allow-outbound",
+            &allow,
+            "--threads",
+            "1",
+            app.to_str().unwrap(),
+        ],
         &[("PIER_CACHE_DIR", cache.to_str().unwrap())],
     )
     .unwrap();

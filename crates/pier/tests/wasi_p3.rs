@@ -416,7 +416,8 @@ async fn every_0_3_request_gets_a_fresh_instance_unless_reuse_is_asked() {
     let Some(fresh) = python_service(&[]) else {
         return;
     };
-    let reused = python_service(&["--instance-reuse", "8"]).unwrap();
+    // One serving thread: each thread keeps instances of its own.
+    let reused = python_service(&["--instance-reuse", "8", "--threads", "1"]).unwrap();
     let mut counts = Vec::new();
     for proto in [Proto::H1, Proto::H2, Proto::H1, Proto::H2] {
         let answer = pier_testkit::get(&fresh.addr, proto, "/count")

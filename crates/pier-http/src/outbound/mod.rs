@@ -34,7 +34,10 @@ pub struct CaError {
 
 /// The shared outbound client of an app.
 pub struct OutboundClient {
-    client: Client<Connector, WasiBody>,
+    /// One pool per serving thread ([`pier_engine::thread_slot`]): a pooled connection's task
+    /// runs on the runtime that opened it, so a thread reusing another's connection would hand
+    /// every response across threads.
+    clients: Box<[Client<Connector, WasiBody>]>,
     policy: Arc<OutboundPolicy>,
     config: OutboundConfig,
 }
@@ -45,14 +48,18 @@ impl OutboundClient {
         let policy = Arc::new(config.policy.clone());
         let tls = tokio_rustls::TlsConnector::from(Arc::new(tls_config(&config.ca_certs)?));
         let connector = Connector::new(policy.clone(), tls, config.connect_timeout);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .pool_max_idle_per_host(config.pool_max_idle_per_host)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
+        let clients = (0..pier_engine::thread_slot::slots())
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(config.pool_idle_timeout)
+                    .pool_max_idle_per_host(config.pool_max_idle_per_host)
+                    .pool_timer(TokioTimer::new())
+                    .timer(TokioTimer::new())
+                    .build(connector.clone())
+            })
+            .collect();
         Ok(OutboundClient {
-            client,
+            clients,
             policy,
             config: config.clone(),
         })
@@ -131,7 +138,8 @@ impl Outbound for OutboundClient {
             connected_at: std::sync::OnceLock::new(),
             connecting: std::sync::atomic::AtomicBool::new(false),
         });
-        let sent = REQUEST.scope(timing.clone(), self.client.request(request));
+        let client = &self.clients[pier_engine::thread_slot::slot(self.clients.len())];
+        let sent = REQUEST.scope(timing.clone(), client.request(request));
         Box::pin(async move {
             let started = Instant::now();
             let response = match first_byte_deadline(sent, &timing, started, first_byte).await {
