@@ -235,7 +235,7 @@ pub struct HttpApp {
     outbound: Arc<dyn Outbound>,
     warm: Arc<Warm>,
     /// With `settings.reuse` > 1: the workers holding reused instances, started on first use;
-    /// one set per serving thread ([`crate::thread_slot`]), so a thread's requests go to
+    /// one set per serving thread ([`pier_threads`]), so a thread's requests go to
     /// instances its own runtime runs.
     workers: Box<[OnceLock<wasmtime_wasi_http::handler::ProxyHandler<crate::reuse::Workers>>]>,
 }
@@ -315,7 +315,7 @@ impl HttpApp {
             settings,
             outbound: Arc::new(DenyAll),
             warm: Arc::default(),
-            workers: (0..crate::thread_slot::slots())
+            workers: (0..pier_threads::slots())
                 .map(|_| OnceLock::new())
                 .collect(),
         })
@@ -429,7 +429,7 @@ impl HttpApp {
         self: &Arc<Self>,
         req: http::Request<wasmtime_wasi_http::WasiBody>,
     ) -> wasmtime::Result<http::Response<wasmtime_wasi_http::WasiBody>> {
-        let slot = crate::thread_slot::slot(self.workers.len());
+        let slot = pier_threads::slot(self.workers.len());
         let workers = self.workers[slot].get_or_init(|| {
             wasmtime_wasi_http::handler::ProxyHandler::new(crate::reuse::Workers {
                 app: Arc::downgrade(self),

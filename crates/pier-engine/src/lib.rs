@@ -14,7 +14,6 @@ pub mod p3;
 mod report;
 mod reuse;
 mod run;
-pub mod thread_slot;
 
 pub use cache::{CacheOutcome, CompileCache};
 pub use denials::warn_denied;

@@ -8,9 +8,9 @@
 //! live at once, most of them waiting (bench/RESULTS.md). A request is therefore admitted at
 //! once only while there is room: fewer instances live than the threads need to stay busy, by
 //! what the instances have done so far (see [`Pace::target`]), and never fewer than twice the
-//! worker threads (at least 4); else it waits in a queue, in arrival order, until an instance
-//! ends, or until none of the live ones has been runnable for [`IDLE_FOR`] (all wait: a thread
-//! would otherwise have nothing to do), which lets one in; never longer than [`MAX_WAIT`]
+//! threads; else it waits in a queue, in arrival order, until an instance ends, or until none
+//! of the live ones has been runnable for [`IDLE_FOR`] (all wait: a thread would otherwise
+//! have nothing to do), which lets one in; never longer than [`MAX_WAIT`]
 //! (guests that compute for long do not hold up the others). Guests that wait long (a slow
 //! origin) are not held back: the room grows with their waits as instances end, and idle spells
 //! that follow each other with no instance woken let in 2, 4, ... 64 at a time.
@@ -39,7 +39,7 @@ const MAX_WAIT: Duration = Duration::from_millis(50);
 /// past the target: a wait this short (a key-value round trip) is better waited out.
 const IDLE_FOR: Duration = Duration::from_micros(1000);
 
-/// The live instances of one process and the requests waiting for room.
+/// The live instances of one serving thread and the requests waiting for room.
 pub(crate) struct Pace {
     threads: usize,
     base: usize,
@@ -67,11 +67,12 @@ struct State {
 }
 
 impl Pace {
-    /// A pace for a runtime of `threads` worker threads.
+    /// A pace for a runtime of `threads` worker threads (a server keeps one per serving thread,
+    /// each for one).
     pub(crate) fn new(threads: usize) -> Pace {
         Pace {
             threads,
-            base: (2 * threads).max(4),
+            base: 2 * threads.max(1),
             epoch: Instant::now(),
             state: Mutex::new(State::default()),
             live: metrics::gauge!(crate::metrics::INSTANCES_LIVE),
@@ -110,6 +111,7 @@ impl Pace {
             // (Requests that left the queue are skipped.)
             while state.queue.front().is_some_and(oneshot::Sender::is_closed) {
                 state.queue.pop_front();
+                self.queued.decrement(1.0);
             }
             if state.queue.is_empty() && self.admits(&state) {
                 self.count_in(&mut state);
@@ -117,7 +119,7 @@ impl Pace {
             } else {
                 let (sender, receiver) = oneshot::channel();
                 state.queue.push_back(sender);
-                self.queued.set(state.queue.len() as f64);
+                self.queued.increment(1.0);
                 // Every live instance may be waiting already.
                 self.arm_idle_timer(&mut state);
                 Some(receiver)
@@ -148,7 +150,7 @@ impl Pace {
         state.live += 1;
         state.runnable += 1;
         state.idle_since = None;
-        self.live.set(state.live as f64);
+        self.live.increment(1.0);
     }
 
     /// Admits waiting requests while there is room, or (`idle`) up to that many.
@@ -169,7 +171,7 @@ impl Pace {
                     return;
                 };
                 self.count_in(&mut state);
-                self.queued.set(state.queue.len() as f64);
+                self.queued.decrement(1.0);
                 sender
             };
             match sender.send(Live::new(self.clone())) {
@@ -341,7 +343,7 @@ impl Drop for Live {
                 state.lifetime += (lifetime - state.lifetime) * WEIGHT;
                 state.ran += (ran - state.ran) * WEIGHT;
             }
-            self.pace.live.set(state.live as f64);
+            self.pace.live.decrement(1.0);
             if runnable {
                 self.pace.maybe_idle(&mut state);
             }
@@ -467,7 +469,7 @@ mod tests {
 
     #[tokio::test]
     async fn room_up_to_the_base_then_a_queue_in_arrival_order() {
-        let pace = Arc::new(Pace::new(1));
+        let pace = Arc::new(Pace::new(2));
         let mut live = Vec::new();
         for _ in 0..4 {
             live.push(pace.enter().now_or_never().expect("room"));
@@ -492,7 +494,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_gone_from_the_queue_passes_its_turn() {
-        let pace = Arc::new(Pace::new(1));
+        let pace = Arc::new(Pace::new(2));
         let mut live: Vec<_> = (0..4)
             .map(|_| pace.enter().now_or_never().unwrap())
             .collect();
@@ -511,7 +513,7 @@ mod tests {
 
     #[tokio::test]
     async fn instances_count_runnable_until_they_wait_and_again_once_woken() {
-        let pace = Arc::new(Pace::new(1));
+        let pace = Arc::new(Pace::new(2));
         let gate = Arc::new(Mutex::new((false, None)));
         let live = pace.enter().await;
         let mut paced = Paced::new(Some(live), Box::pin(Waits(gate.clone())));
@@ -535,7 +537,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_poll_without_a_wake_counts_it_runnable_once() {
-        let pace = Arc::new(Pace::new(1));
+        let pace = Arc::new(Pace::new(2));
         let gate = Arc::new(Mutex::new((false, None)));
         let mut paced = Paced::new(Some(pace.enter().await), Box::pin(Waits(gate.clone())));
         for _ in 0..3 {
@@ -552,7 +554,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_queue_waits_out_short_waits_but_not_a_long_one() {
-        let pace = Arc::new(Pace::new(1));
+        let pace = Arc::new(Pace::new(2));
         let gates: Vec<_> = (0..4)
             .map(|_| Arc::new(Mutex::new((false, None))))
             .collect();
@@ -585,7 +587,7 @@ mod tests {
 
     #[tokio::test]
     async fn no_request_waits_longer_than_max_wait() {
-        let pace = Arc::new(Pace::new(1));
+        let pace = Arc::new(Pace::new(2));
         // Four instances that compute: they stay runnable.
         let live: Vec<_> = (0..4)
             .map(|_| pace.enter().now_or_never().unwrap())
@@ -610,7 +612,7 @@ mod tests {
 
     #[tokio::test]
     async fn idle_spells_in_a_row_let_more_in_each_time() {
-        let pace = Arc::new(Pace::new(1));
+        let pace = Arc::new(Pace::new(2));
         let gate = Arc::new(Mutex::new((false, None)));
         let mut paced = Vec::new();
         for _ in 0..4 {
@@ -652,13 +654,11 @@ mod tests {
 
     #[test]
     fn the_room_grows_with_the_time_instances_wait() {
+        let one = Pace::new(1);
+        assert_eq!(one.target(&State::default()), 2, "one thread: two");
         let pace = Pace::new(2);
         let mut state = State::default();
-        assert_eq!(
-            pace.target(&state),
-            4,
-            "no history: twice the threads, at least 4"
-        );
+        assert_eq!(pace.target(&state), 4, "no history: twice the threads");
         (state.lifetime, state.ran) = (0.001, 0.001);
         assert_eq!(
             pace.target(&state),
@@ -677,7 +677,7 @@ mod tests {
 
     #[tokio::test]
     async fn averages_learn_from_instances_that_ended() {
-        let pace = Arc::new(Pace::new(1));
+        let pace = Arc::new(Pace::new(2));
         let gate = Arc::new(Mutex::new((false, None)));
         for _ in 0..64 {
             let mut paced = Paced::new(Some(pace.enter().await), Box::pin(Waits(gate.clone())));

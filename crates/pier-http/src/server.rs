@@ -385,6 +385,7 @@ impl Server {
                 std::thread::Builder::new()
                     .name(format!("pier-serve-{}", i + 1))
                     .spawn(move || {
+                        pier_threads::claim(i + 1);
                         runtime.block_on(async move {
                             acceptor.accept(listener, acceptor.stopped()).await;
                             // Its connections run on this runtime until the drain is over.
@@ -394,6 +395,7 @@ impl Server {
                     .expect("cannot start a serving thread")
             })
             .collect();
+        pier_threads::claim(0);
         acceptor.accept(first, shutdown).await;
         let _ = draining_tx.send(true);
         tracing::info!("shutting down: no new connections; waiting for in-flight requests");

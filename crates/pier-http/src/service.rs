@@ -183,7 +183,7 @@ impl Pipeline {
             _component: component_permit,
             // A request a component made to the app runs while that component's instance
             // waits for it: it is not held back behind new requests.
-            pace: from_outside.then(|| self.admission.pace.clone()),
+            pace: from_outside.then(|| self.admission.pace()),
         };
 
         let limit = BodyLimit::new(limits.max_body);
@@ -319,20 +319,29 @@ pub struct Permits {
 }
 
 /// What a server admits requests by, shared by every route of every version of its routes:
-/// `--max-concurrency`, and the pace of live instances.
+/// `--max-concurrency`, for all its threads, and the pace of live instances, one for each
+/// serving thread (each runs the instances of the requests it accepted).
 #[derive(Clone)]
 pub(crate) struct Admission {
     concurrency: Arc<Semaphore>,
-    pace: Arc<Pace>,
+    paces: Arc<[Arc<Pace>]>,
 }
 
 impl Admission {
-    /// The admission `limits` ask for, for guests run on `threads` threads.
+    /// The admission `limits` ask for, for a server of `threads` serving threads.
     pub(crate) fn new(limits: &Limits, threads: usize) -> Admission {
         Admission {
             concurrency: Arc::new(Semaphore::new(limits.max_concurrency)),
-            pace: Arc::new(Pace::new(threads)),
+            paces: (0..threads.max(1))
+                .map(|_| Arc::new(Pace::new(1)))
+                .collect(),
         }
+    }
+
+    /// The calling serving thread's pace.
+    fn pace(&self) -> Arc<Pace> {
+        let slot = pier_threads::slot(self.paces.len());
+        self.paces[slot].clone()
     }
 }
 

@@ -35,8 +35,10 @@ return 1
 pub struct Redis {
     client: redis::Client,
     prefix: String,
-    /// Connected on first use (a server down at start does not stop pier starting).
-    connection: OnceCell<ConnectionManager>,
+    /// Connected on first use (a server down at start does not stop pier starting), one per
+    /// serving thread ([`pier_threads`]): a connection's replies are read by a task of the
+    /// runtime that made it, which wakes the request waiting for them.
+    connections: Box<[OnceCell<ConnectionManager>]>,
     swap: redis::Script,
     shown: String,
 }
@@ -51,14 +53,16 @@ impl Redis {
         Ok(Redis {
             client,
             prefix: prefix.to_string(),
-            connection: OnceCell::new(),
+            connections: (0..pier_threads::slots())
+                .map(|_| OnceCell::new())
+                .collect(),
             swap: redis::Script::new(SWAP),
             shown,
         })
     }
 
     async fn connection(&self) -> Result<ConnectionManager> {
-        self.connection
+        self.connections[pier_threads::slot(self.connections.len())]
             .get_or_try_init(|| {
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(TIMEOUT)

@@ -34,7 +34,7 @@ pub struct CaError {
 
 /// The shared outbound client of an app.
 pub struct OutboundClient {
-    /// One pool per serving thread ([`pier_engine::thread_slot`]): a pooled connection's task
+    /// One pool per serving thread ([`pier_threads`]): a pooled connection's task
     /// runs on the runtime that opened it, so a thread reusing another's connection would hand
     /// every response across threads.
     clients: Box<[Client<Connector, WasiBody>]>,
@@ -48,7 +48,7 @@ impl OutboundClient {
         let policy = Arc::new(config.policy.clone());
         let tls = tokio_rustls::TlsConnector::from(Arc::new(tls_config(&config.ca_certs)?));
         let connector = Connector::new(policy.clone(), tls, config.connect_timeout);
-        let clients = (0..pier_engine::thread_slot::slots())
+        let clients = (0..pier_threads::slots())
             .map(|_| {
                 Client::builder(TokioExecutor::new())
                     .pool_idle_timeout(config.pool_idle_timeout)
@@ -138,7 +138,7 @@ impl Outbound for OutboundClient {
             connected_at: std::sync::OnceLock::new(),
             connecting: std::sync::atomic::AtomicBool::new(false),
         });
-        let client = &self.clients[pier_engine::thread_slot::slot(self.clients.len())];
+        let client = &self.clients[pier_threads::slot(self.clients.len())];
         let sent = REQUEST.scope(timing.clone(), client.request(request));
         Box::pin(async move {
             let started = Instant::now();
