@@ -464,6 +464,8 @@ impl Acceptor {
         tokio::pin!(stop);
         loop {
             // At the connection limit, stop accepting: clients wait in the kernel's backlog.
+            // (Each thread holds the permit for its next connection while it waits for it: near
+            // the limit, a client may wait for a permit that another thread holds idle.)
             let permit = tokio::select! {
                 permit = self.connections.clone().acquire_owned() => permit.expect("never closed"),
                 () = &mut stop => break,

@@ -791,8 +791,9 @@ fn main() -> ExitCode {
         // everything on its one thread: accepting, its connections, its guests and their
         // outgoing requests, so no task is handed to another thread. The main thread is the
         // first serving thread (and runs the admin listener and reloads); the others have
-        // runtimes of their own (`pier_http::Server`). (A multi-thread runtime's hand-offs
-        // between its threads cost a light request a third more CPU.)
+        // runtimes of their own (`pier_http::Server`). (On a multi-thread runtime, which hands
+        // tasks between its threads, one process served ~20% fewer hellos and ~35% fewer
+        // forwarded requests: bench/RESULTS.md, 2026-12-07.)
         // The supervisor only starts and watches its workers, on the main thread: a worker is
         // told to stop when the thread that started it ends (`PR_SET_PDEATHSIG`).
         Command::Serve(_) => tokio::runtime::Builder::new_current_thread(),

@@ -561,7 +561,8 @@ async fn components_with_many_memories_or_instances_get_one_for_every_concurrent
 
 #[tokio::test]
 async fn drain_finishes_every_request_in_flight_then_exits_0() {
-    let server = serve("faults", &["--drain-timeout", "10s"]);
+    // Three serving threads: requests are in flight on each (see tests/threads.rs).
+    let server = serve("faults", &["--drain-timeout", "10s", "--threads", "3"]);
     let tasks: Vec<_> = (0..10)
         .map(|i| {
             let addr = server.addr.clone();
