@@ -463,13 +463,6 @@ impl Acceptor {
         let limits = &self.limits;
         tokio::pin!(stop);
         loop {
-            // At the connection limit, stop accepting: clients wait in the kernel's backlog.
-            // (Each thread holds the permit for its next connection while it waits for it: near
-            // the limit, a client may wait for a permit that another thread holds idle.)
-            let permit = tokio::select! {
-                permit = self.connections.clone().acquire_owned() => permit.expect("never closed"),
-                () = &mut stop => break,
-            };
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
@@ -480,6 +473,13 @@ impl Acceptor {
                         continue;
                     }
                 },
+                () = &mut stop => break,
+            };
+            // At the connection limit, stop accepting: this connection waits for a slot, the
+            // next clients in the kernel's backlog. (The slot is taken after the accept, not
+            // before: a thread waiting for a connection holds none another thread could use.)
+            let permit = tokio::select! {
+                permit = self.connections.clone().acquire_owned() => permit.expect("never closed"),
                 () = &mut stop => break,
             };
             let _ = stream.set_nodelay(true);

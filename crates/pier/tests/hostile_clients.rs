@@ -239,11 +239,16 @@ async fn silent_connections_up_to_the_limit_are_closed_and_the_next_client_serve
     let app = guest("hello");
     let server = PierServer::start(
         pier(),
+        // One serving thread: connections are accepted in the order they arrive (with
+        // several, each thread's socket has a queue of its own, and the next client may be
+        // taken before silent ones queued for another thread).
         &[
             "--max-connections",
             "20",
             "--header-timeout",
             "2s",
+            "--threads",
+            "1",
             app.to_str().unwrap(),
         ],
     )
