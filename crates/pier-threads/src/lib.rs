@@ -15,7 +15,8 @@ thread_local! {
     static SLOT: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
-/// How many slots to keep per-thread state in: one per core.
+/// How many slots to keep per-thread state in, and how many threads a server serves on unless
+/// told otherwise: one per core.
 pub fn slots() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }

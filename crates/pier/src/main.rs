@@ -157,10 +157,8 @@ struct ServeArgs {
 impl ServeArgs {
     /// How many threads serve (`--threads`, or one per core).
     fn serving_threads(&self) -> usize {
-        self.threads.map_or_else(
-            || std::thread::available_parallelism().map_or(1, |n| n.get()),
-            |n| n as usize,
-        )
+        self.threads
+            .map_or_else(pier_threads::slots, |n| n as usize)
     }
 
     /// The application the flags (and the manifest, when one is given) describe.
