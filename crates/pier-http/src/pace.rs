@@ -7,8 +7,8 @@
 //! cost twice the CPU per request at 50 concurrent requests as at 2, 30-44 of its instances
 //! live at once, most of them waiting (bench/RESULTS.md). A request is therefore admitted at
 //! once only while there is room: fewer instances live than the threads need to stay busy, by
-//! what the instances have done so far (see [`Pace::target`]), and never fewer than twice the
-//! threads; else it waits in a queue, in arrival order, until an instance ends, or until none
+//! what the instances have done so far (see [`Pace::target`]), and never fewer than one per
+//! thread; else it waits in a queue, in arrival order, until an instance ends, or until none
 //! of the live ones has been runnable for [`IDLE_FOR`] (all wait: a thread would otherwise
 //! have nothing to do), which lets one in; never longer than [`MAX_WAIT`]
 //! (guests that compute for long do not hold up the others). Guests that wait long (a slow
@@ -30,6 +30,14 @@ use tokio::sync::oneshot;
 
 /// How much one instance's times move the averages [`Pace::target`] is made of.
 const WEIGHT: f64 = 1.0 / 32.0;
+
+/// How long instances must live for each time they run (waits included) before a thread gets a
+/// second one: waits at least half as long as the runs. Below that, a thread waits them out: a
+/// second instance of a large guest (an interpreter) costs more in cold caches than the thread
+/// would idle (a componentize-py app waiting on Redis for a `get` and a `set` lives ~1.3x its
+/// run: one live instance per thread instead of two cut what Redis adds per request from 224
+/// to 180 us, bench/RESULTS.md), while a small guest waiting on an origin (~2.4x) keeps three.
+const SECOND_INSTANCE_AT: f64 = 1.5;
 
 /// How long a request waits for room at most: past it, it starts its instance anyway (the
 /// live ones compute rather than wait, so the threads are shared with it as they would be).
@@ -72,7 +80,7 @@ impl Pace {
     pub(crate) fn new(threads: usize) -> Pace {
         Pace {
             threads,
-            base: 2 * threads.max(1),
+            base: threads.max(1),
             epoch: Instant::now(),
             state: Mutex::new(State::default()),
             live: metrics::gauge!(crate::metrics::INSTANCES_LIVE),
@@ -82,12 +90,19 @@ impl Pace {
 
     /// How many live instances keep the threads busy: each thread runs one instance while the
     /// others it has started wait, so `threads x lifetime / runnable time` (an instance that
-    /// waits as long as it runs needs two per thread); at least [`Pace::base`].
+    /// waits as long as it runs needs two per thread), rounded up; but one per thread while
+    /// instances live less than [`SECOND_INSTANCE_AT`] times their run; at least
+    /// [`Pace::base`].
     fn target(&self, state: &State) -> usize {
         if state.ran <= 0.0 {
             return self.base;
         }
-        let per_thread = (state.lifetime / state.ran).max(1.0);
+        let per_thread = state.lifetime / state.ran;
+        let per_thread = if per_thread < SECOND_INSTANCE_AT {
+            1.0
+        } else {
+            per_thread
+        };
         let target = (self.threads as f64 * per_thread).ceil();
         if target >= usize::MAX as f64 {
             usize::MAX
@@ -469,7 +484,7 @@ mod tests {
 
     #[tokio::test]
     async fn room_up_to_the_base_then_a_queue_in_arrival_order() {
-        let pace = Arc::new(Pace::new(2));
+        let pace = Arc::new(Pace::new(4));
         let mut live = Vec::new();
         for _ in 0..4 {
             live.push(pace.enter().now_or_never().expect("room"));
@@ -494,7 +509,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_gone_from_the_queue_passes_its_turn() {
-        let pace = Arc::new(Pace::new(2));
+        let pace = Arc::new(Pace::new(4));
         let mut live: Vec<_> = (0..4)
             .map(|_| pace.enter().now_or_never().unwrap())
             .collect();
@@ -513,7 +528,7 @@ mod tests {
 
     #[tokio::test]
     async fn instances_count_runnable_until_they_wait_and_again_once_woken() {
-        let pace = Arc::new(Pace::new(2));
+        let pace = Arc::new(Pace::new(4));
         let gate = Arc::new(Mutex::new((false, None)));
         let live = pace.enter().await;
         let mut paced = Paced::new(Some(live), Box::pin(Waits(gate.clone())));
@@ -537,7 +552,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_poll_without_a_wake_counts_it_runnable_once() {
-        let pace = Arc::new(Pace::new(2));
+        let pace = Arc::new(Pace::new(4));
         let gate = Arc::new(Mutex::new((false, None)));
         let mut paced = Paced::new(Some(pace.enter().await), Box::pin(Waits(gate.clone())));
         for _ in 0..3 {
@@ -554,7 +569,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_queue_waits_out_short_waits_but_not_a_long_one() {
-        let pace = Arc::new(Pace::new(2));
+        let pace = Arc::new(Pace::new(4));
         let gates: Vec<_> = (0..4)
             .map(|_| Arc::new(Mutex::new((false, None))))
             .collect();
@@ -587,7 +602,7 @@ mod tests {
 
     #[tokio::test]
     async fn no_request_waits_longer_than_max_wait() {
-        let pace = Arc::new(Pace::new(2));
+        let pace = Arc::new(Pace::new(4));
         // Four instances that compute: they stay runnable.
         let live: Vec<_> = (0..4)
             .map(|_| pace.enter().now_or_never().unwrap())
@@ -612,7 +627,7 @@ mod tests {
 
     #[tokio::test]
     async fn idle_spells_in_a_row_let_more_in_each_time() {
-        let pace = Arc::new(Pace::new(2));
+        let pace = Arc::new(Pace::new(4));
         let gate = Arc::new(Mutex::new((false, None)));
         let mut paced = Vec::new();
         for _ in 0..4 {
@@ -655,16 +670,26 @@ mod tests {
     #[test]
     fn the_room_grows_with_the_time_instances_wait() {
         let one = Pace::new(1);
-        assert_eq!(one.target(&State::default()), 2, "one thread: two");
+        assert_eq!(one.target(&State::default()), 1, "one thread: one");
         let pace = Pace::new(2);
         let mut state = State::default();
-        assert_eq!(pace.target(&state), 4, "no history: twice the threads");
+        assert_eq!(pace.target(&state), 2, "no history: one per thread");
         (state.lifetime, state.ran) = (0.001, 0.001);
         assert_eq!(
             pace.target(&state),
-            4,
+            2,
             "instances that never wait need no more"
         );
+        (state.lifetime, state.ran) = (0.0013, 0.001);
+        assert_eq!(
+            pace.target(&state),
+            2,
+            "short waits (a key-value round trip) are waited out"
+        );
+        (state.lifetime, state.ran) = (0.0015, 0.001);
+        assert_eq!(pace.target(&state), 3, "waits half as long as the runs");
+        (state.lifetime, state.ran) = (0.0024, 0.001);
+        assert_eq!(pace.target(&state), 5, "2.4 per thread, rounded up");
         (state.lifetime, state.ran) = (0.100, 0.001);
         assert_eq!(
             pace.target(&state),
@@ -677,7 +702,7 @@ mod tests {
 
     #[tokio::test]
     async fn averages_learn_from_instances_that_ended() {
-        let pace = Arc::new(Pace::new(2));
+        let pace = Arc::new(Pace::new(4));
         let gate = Arc::new(Mutex::new((false, None)));
         for _ in 0..64 {
             let mut paced = Paced::new(Some(pace.enter().await), Box::pin(Waits(gate.clone())));
