@@ -35,8 +35,9 @@ const WEIGHT: f64 = 1.0 / 32.0;
 /// second one: waits at least half as long as the runs. Below that, a thread waits them out: a
 /// second instance of a large guest (an interpreter) costs more in cold caches than the thread
 /// would idle (a componentize-py app waiting on Redis for a `get` and a `set` lives ~1.3x its
-/// run: one live instance per thread instead of two cut what Redis adds per request from 224
-/// to 180 us, bench/RESULTS.md), while a small guest waiting on an origin (~2.4x) keeps three.
+/// run: with one live instance per thread instead of two, pier spends ~5% less CPU on each of
+/// its requests and serves as many, or 5-20% more while other work contends for the caches,
+/// bench/RESULTS.md), while a small guest waiting on an origin (~2.4x) keeps three.
 const SECOND_INSTANCE_AT: f64 = 1.5;
 
 /// How long a request waits for room at most: past it, it starts its instance anyway (the
