@@ -1,6 +1,7 @@
 //! A store on a Redis server, for many pier processes or machines sharing state: the `redis`
-//! crate on tokio, one connection manager per store (it multiplexes requests on one
-//! connection, pipelining them, and reconnects after a failure). `rediss://` URLs use TLS.
+//! crate on tokio, one connection manager per store and serving thread (it multiplexes that
+//! thread's requests on one connection, pipelining them with `TCP_NODELAY`, and reconnects
+//! after a failure). `rediss://` URLs use TLS.
 //!
 //! Counters use `INCRBY`; compare-and-swap is one Lua script (atomic on the server);
 //! `list-keys` pages with `SCAN` (never `KEYS`, which blocks the server); batches are `MGET`,
