@@ -187,8 +187,17 @@ PIER_ARGS = []
 PIER_LOG = "warn"
 
 
+def server_env(**extra):
+    """The servers' environment: this one's, without the backtrace switches. With
+    `RUST_BACKTRACE=1` every error value captures a backtrace: `wasmtime serve` makes one each
+    time it drops a WASI 0.3 store (pier turns that off for itself), which would be measured
+    instead of the servers."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RUST_BACKTRACE", "RUST_LIB_BACKTRACE")}
+    return dict(env, **extra)
+
+
 def pier_env():
-    return dict(os.environ, PIER_CACHE_DIR=str(WORK / "pier-cache"), PIER_LOG=PIER_LOG)
+    return server_env(PIER_CACHE_DIR=str(WORK / "pier-cache"), PIER_LOG=PIER_LOG)
 
 
 def free_port():
@@ -244,12 +253,12 @@ def start(server, guests, name, cli, port):
             cmd[2:2] = WASMTIME_P3
         if server == "wasmtime-fresh":
             cmd[2:2] = ["--max-instance-reuse-count", "1"]
-        env = dict(os.environ)
+        env = server_env()
     else:
         cmd = [ROOT / "target" / "release" / "native-hello", addr]
         if name == "forward":
             cmd += ["--forward", f"127.0.0.1:{upstream_port()}"]
-        env = dict(os.environ)
+        env = server_env()
     return subprocess.Popen([str(c) for c in cmd], env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

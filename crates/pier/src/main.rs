@@ -760,7 +760,21 @@ impl CompileCacheArgs {
     }
 }
 
+/// Keeps `RUST_BACKTRACE=1` (common in containers and shells) from capturing a backtrace in
+/// every error value pier and wasmtime make: wasmtime makes one each time it drops a WASI 0.3
+/// store (`"future dropped"`, disposing the store's idle fiber), which cost a fresh 0.3 request
+/// ~9% of pier's CPU (bench/RESULTS.md, 2026-12-08). Error values read `RUST_LIB_BACKTRACE`
+/// before `RUST_BACKTRACE`; panics read only `RUST_BACKTRACE`, so they still print theirs. A
+/// `RUST_LIB_BACKTRACE` the user set is kept. Worker processes inherit the setting.
+fn backtraces_for_panics_only() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: the first thing `main` does, before any thread is started.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
+}
+
 fn main() -> ExitCode {
+    backtraces_for_panics_only();
     let matches = <Cli as clap::CommandFactory>::command().get_matches();
     let mut cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
         Ok(cli) => cli,
