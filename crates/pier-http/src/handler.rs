@@ -33,6 +33,8 @@ type GuestHead = Result<Response<HyperOutgoingBody>, String>;
 /// What the guest had done when the request path stopped running it.
 enum First {
     Ended((GuestEnd, Unsynced)),
+    /// It returned and handed over how it ended ([`Handover`]); its store is not reset yet.
+    Returned((GuestEnd, Unsynced)),
     Head(Result<GuestHead, oneshot::error::RecvError>),
 }
 
@@ -94,21 +96,20 @@ fn text(code: impl std::fmt::Debug) -> String {
 /// that then waits (one that computes gets its whole timeout of computing from its start).
 ///
 /// The guest runs right here, in the request's task, until it has handed over the response head.
-/// If it is done by then (a guest that answers at once), that is all: no task, and no other
-/// worker thread woken, which on a busy server is a large share of a small request's cost; its
-/// body, all written, goes out whole with its length. A guest that still writes its body
-/// without waiting on anything (a 0.3 guest writes it from a task of its own) is let finish it
-/// here too ([`settle`]). One that waits (streaming the body, or anything else) moves to a task
-/// of its own and the response goes out meanwhile.
+/// If it is done by then (a guest that answers at once), its body, all written, goes out whole
+/// with its length, and only then is its store reset, by a task of its own ([`Handover`]). A
+/// guest that still writes its body without waiting on anything (a 0.3 guest writes it from a
+/// task of its own) is let finish it here too ([`settle`]). One that waits (streaming the body,
+/// or anything else) moves to a task of its own and the response goes out meanwhile.
 ///
 /// If the guest fails before handing over the head, the client gets a 500 (504 for a timeout,
 /// 413 if it failed reading a body over the limit); if it fails after, the response body is
 /// aborted. `permit` (a slot of `--max-concurrency`) is held until the guest is done.
 ///
 /// An answer is complete only once the key-value writes it depends on are on disk
-/// ([`pier_kv::SyncPoint`]): a guest that returned waits for them here, its instance already
-/// gone; a guest that streams waits before its body ends. If the disk fails them, the client
-/// gets a 500, or an aborted body.
+/// ([`pier_kv::SyncPoint`]): a guest that returned waits for them here; a guest that streams
+/// waits before its body ends. If the disk fails them, the client gets a 500, or an aborted
+/// body.
 ///
 /// A middleware component ([`HttpApp::is_middleware`]) passes requests on to `next`
 /// ([`crate::middleware`]).
@@ -201,6 +202,7 @@ where
     };
 
     let outcome = Arc::new(GuestOutcome::default());
+    let returned = Handover::default();
     // Set once the guest streams its answer from a task of its own.
     let streaming = Arc::new(AtomicBool::new(false));
     let mut guest = {
@@ -208,6 +210,7 @@ where
         let outcome = outcome.clone();
         let limit = body_limit.clone();
         let streaming = streaming.clone();
+        let returned = returned.clone();
         let guest = Box::pin(async move {
             let call = async {
                 let (guest, instance) = match made {
@@ -279,6 +282,11 @@ where
             // see whole: its response fails too.
             let cut = limit.as_ref().is_some_and(BodyLimit::exceeded);
             outcome.set(end == GuestEnd::Returned && kept && !cut, elapsed);
+            // Answered on the request path: the answer goes out first, the reset after it.
+            if !streaming.load(Ordering::Acquire) {
+                returned.give((end, std::mem::take(&mut unsynced)));
+                yield_once().await;
+            }
             if let Ok(instance) = &result
                 && let Some(joined) = app.before_reset(&mut store, instance).await
                 && joined.gaps > 0
@@ -298,6 +306,9 @@ where
         if let Poll::Ready(end) = Pin::new(&mut guest).poll(cx) {
             return Poll::Ready(First::Ended(end));
         }
+        if let Some(end) = returned.take() {
+            return Poll::Ready(First::Returned(end));
+        }
         receiver.poll(cx)
     })
     .await;
@@ -307,10 +318,24 @@ where
             Some(head) => Head::Set(head, Some((end, unsynced))),
             None => Head::Unset(end),
         },
+        // Returned: what is left (the reset, then its room and slot given back) runs as a task
+        // of its own, after this one has written the response.
+        First::Returned((end, unsynced)) => {
+            tokio::spawn(guest);
+            match receiver.try_recv() {
+                Some(head) => Head::Set(head, Some((end, unsynced))),
+                None => Head::Unset(end),
+            }
+        }
         // The guest may still finish its body without waiting on anything (a 0.3 guest that
         // writes it from a task of its own): let it, here; if it waits, it moves to a task.
-        First::Head(Ok(head)) => match settle(Pin::new(&mut guest)).await {
+        First::Head(Ok(head)) => match settle(Pin::new(&mut guest), &returned).await {
             Some(end) => Head::Set(head, Some(end)),
+            None if returned.is_given() => {
+                let end = returned.take();
+                tokio::spawn(guest);
+                Head::Set(head, end)
+            }
             None => {
                 streaming.store(true, Ordering::Release);
                 tokio::spawn(guest);
@@ -379,7 +404,8 @@ const SETTLE_POLLS: usize = 16;
 const SETTLE_FOR: Duration = Duration::from_micros(200);
 
 /// Polls `guest`, which has handed over its response head, for as long as it makes progress on
-/// its own: its output if it ends, `None` once it waits on something outside it (a client
+/// its own: its output if it ends, `None` once it has returned (and said how in `returned`,
+/// its store still to be reset) or waits on something outside it (a client
 /// reading its body, a request body still arriving, an origin, a timer), or after
 /// [`SETTLE_POLLS`] polls or [`SETTLE_FOR`]. A 0.3 guest writes its body from a task of its own,
 /// after `handle` has returned: that takes one more turn of the store's event loop, which wakes
@@ -388,7 +414,7 @@ const SETTLE_FOR: Duration = Duration::from_micros(200);
 ///
 /// A guest that computes after handing over its head delays the head by one poll at most: until
 /// it next yields its thread (after ~50 ms of computing).
-async fn settle<F: Future>(mut guest: Pin<&mut F>) -> Option<F::Output> {
+async fn settle<F: Future>(mut guest: Pin<&mut F>, returned: &Handover) -> Option<F::Output> {
     std::future::poll_fn(|cx| {
         let woken = Arc::new(WakeFlag {
             woken: AtomicBool::new(false),
@@ -401,6 +427,9 @@ async fn settle<F: Future>(mut guest: Pin<&mut F>) -> Option<F::Output> {
             woken.woken.store(false, Ordering::Relaxed);
             if let Poll::Ready(output) = guest.as_mut().poll(&mut cx) {
                 return Poll::Ready(Some(output));
+            }
+            if returned.is_given() {
+                break;
             }
             if !woken.woken.load(Ordering::Acquire) || started.elapsed() >= SETTLE_FOR {
                 break;
@@ -426,6 +455,47 @@ impl std::task::Wake for WakeFlag {
         self.woken.store(true, Ordering::Release);
         self.waker.wake_by_ref();
     }
+}
+
+/// How a guest that returned on the request path ended, handed over before its store is reset,
+/// so that the response is written first and the reset (the reset hint's scan, the pool's copy:
+/// ~100 us of an interpreter's request) runs after it, in a task of its own. That task holds the
+/// instance's room among the live ones and its `--max-concurrency` slot until the store is
+/// gone. It runs as soon as the connection's task waits (tokio's current-thread scheduler runs
+/// queued tasks before it polls for I/O again), so a next request on the connection finds the
+/// slot given back unless it had arrived by the time the response was written (pipelined
+/// behind this one): at the limit, that one may get the 503 of a full server.
+#[derive(Clone, Default)]
+struct Handover(Arc<std::sync::Mutex<Option<(GuestEnd, Unsynced)>>>);
+
+impl Handover {
+    fn give(&self, end: (GuestEnd, Unsynced)) {
+        *self.0.lock().unwrap() = Some(end);
+    }
+
+    fn take(&self) -> Option<(GuestEnd, Unsynced)> {
+        self.0.lock().unwrap().take()
+    }
+
+    fn is_given(&self) -> bool {
+        self.0.lock().unwrap().is_some()
+    }
+}
+
+/// Pending once, waking its task at once: the task goes to the back of its runtime's queue.
+/// (`tokio::task::yield_now` would wake it only after the runtime next polls for I/O.)
+async fn yield_once() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await
 }
 
 /// Counts a guest's failure and logs it with its cause.
@@ -703,23 +773,42 @@ mod tests {
     #[tokio::test]
     async fn a_guest_that_only_wakes_itself_is_run_to_its_end() {
         let mut guest = steps(3, false);
-        assert_eq!(settle(guest.as_mut()).await, Some(4));
+        assert_eq!(settle(guest.as_mut(), &Handover::default()).await, Some(4));
     }
 
     #[tokio::test]
     async fn a_guest_that_waits_is_let_go_at_once() {
         let mut guest = steps(0, true);
-        assert_eq!(settle(guest.as_mut()).await, None);
+        assert_eq!(settle(guest.as_mut(), &Handover::default()).await, None);
         assert_eq!(guest.polls, 1);
         let mut guest = steps(2, true);
-        assert_eq!(settle(guest.as_mut()).await, None);
+        assert_eq!(settle(guest.as_mut(), &Handover::default()).await, None);
         assert_eq!(guest.polls, 3);
+    }
+
+    #[tokio::test]
+    async fn a_guest_that_has_returned_is_let_go_before_its_reset() {
+        // It hands over how it ended, then wakes itself to reset its store: that part runs
+        // after the response, elsewhere.
+        let returned = Handover::default();
+        let polls = std::cell::Cell::new(0);
+        let mut guest = std::pin::pin!(std::future::poll_fn(|cx| {
+            polls.set(polls.get() + 1);
+            if polls.get() == 2 {
+                returned.give((GuestEnd::Returned, Unsynced::default()));
+            }
+            cx.waker().wake_by_ref();
+            Poll::<()>::Pending
+        }));
+        assert_eq!(settle(guest.as_mut(), &returned).await, None);
+        assert_eq!(polls.get(), 2);
+        assert!(matches!(returned.take(), Some((GuestEnd::Returned, _))));
     }
 
     #[tokio::test]
     async fn a_guest_that_never_ends_is_polled_a_bounded_number_of_times() {
         let mut guest = steps(usize::MAX, false);
-        assert_eq!(settle(guest.as_mut()).await, None);
+        assert_eq!(settle(guest.as_mut(), &Handover::default()).await, None);
         assert!((1..=SETTLE_POLLS).contains(&guest.polls), "{}", guest.polls);
     }
 }

@@ -532,6 +532,29 @@ async fn overload_gets_503_with_retry_after_and_the_rest_succeed() {
     );
 }
 
+/// A fresh instance is reset after its response is written, in a task of its own that holds the
+/// request's `--max-concurrency` slot until the store is gone (`handler.rs`, `Handover`): a
+/// client's next request on the same connection, sent the moment the answer arrives, must still
+/// find the slot given back, never a 503.
+#[tokio::test]
+async fn back_to_back_requests_at_max_concurrency_1_are_all_answered() {
+    let server = serve("faults", &["--max-concurrency", "1"]);
+    for proto in PROTOS {
+        let mut client = Client::<Full<Bytes>>::connect(&server.addr, proto)
+            .await
+            .unwrap();
+        for i in 0..200 {
+            let req = Request::get("/ok").body(Full::new(Bytes::new())).unwrap();
+            let answer = read(client.send(req).await.unwrap()).await.unwrap();
+            assert_eq!(
+                (answer.status, answer.text().as_str()),
+                (StatusCode::OK, "ok\n"),
+                "{proto:?}, request {i}"
+            );
+        }
+    }
+}
+
 /// A component that needs more of the pool than a typical one gets a fresh instance for each of
 /// `--max-concurrency` requests at once. (Sized for a typical component, two memories and 20 core
 /// instances per component instance, the pool held the first guest's 31 memories for one request
