@@ -32,6 +32,9 @@ type GuestHead = Result<Response<HyperOutgoingBody>, String>;
 
 /// What the guest had done when the request path stopped running it.
 enum First {
+    /// Its future ended. Not on the request path as it is (a guest that returned hands over and
+    /// yields before its reset, [`Handover`]); kept so that a future that has ended is answered
+    /// here and never spawned, and polled, again.
     Ended((GuestEnd, Unsynced)),
     /// It returned and handed over how it ended ([`Handover`]); its store is not reset yet.
     Returned((GuestEnd, Unsynced)),
